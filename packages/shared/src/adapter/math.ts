@@ -1,0 +1,173 @@
+/**
+ * LoRA adapter math on plain typed arrays. Matrices are row-major f32; accumulation is f64.
+ *
+ * A LoRA module adapts a frozen weight W [out, in] by dW = (alpha / r) * B @ A, with
+ * A [r, in] and B [out, r]. The server aggregates either the factors (fedavg, hetlora) or the
+ * products dW (flexlora), and re-factorizes a product at any rank by truncated SVD.
+ */
+import { Matrix as MlMatrix, SingularValueDecomposition } from 'ml-matrix';
+import { AdapterMathError } from '../errors.js';
+
+export interface Matrix {
+  rows: number;
+  cols: number;
+  data: Float32Array;
+}
+
+/** The two factors of one LoRA module: A [rank, inFeatures], B [outFeatures, rank]. */
+export interface LoraFactors {
+  rank: number;
+  inFeatures: number;
+  outFeatures: number;
+  A: Float32Array;
+  B: Float32Array;
+}
+
+export function matrix(rows: number, cols: number, data = new Float32Array(rows * cols)): Matrix {
+  if (data.length !== rows * cols) {
+    throw new AdapterMathError('shape_mismatch', `a ${String(rows)}x${String(cols)} matrix needs ${String(rows * cols)} elements, got ${String(data.length)}`);
+  }
+  return { rows, cols, data };
+}
+
+export function loraFactors(A: Float32Array, B: Float32Array, rank: number): LoraFactors {
+  if (!Number.isInteger(rank) || rank < 1 || A.length % rank !== 0 || B.length % rank !== 0) {
+    throw new AdapterMathError('shape_mismatch', `factors of ${String(A.length)} and ${String(B.length)} elements do not have rank ${String(rank)}`);
+  }
+  return { rank, inFeatures: A.length / rank, outFeatures: B.length / rank, A, B };
+}
+
+function checkRank(rank: number): void {
+  if (!Number.isInteger(rank) || rank < 1) {
+    throw new AdapterMathError('invalid_argument', `rank must be a positive integer, got ${String(rank)}`);
+  }
+}
+
+/** Zero-pads the factors up to `rank` (extra rows of A, extra columns of B): the product is unchanged. */
+export function padRank(factors: LoraFactors, rank: number): LoraFactors {
+  checkRank(rank);
+  if (rank < factors.rank) {
+    throw new AdapterMathError('invalid_argument', `cannot pad rank ${String(factors.rank)} down to ${String(rank)}; use truncateRank`);
+  }
+  return resizeRank(factors, rank);
+}
+
+/** Keeps the first `rank` components (rows of A, columns of B). */
+export function truncateRank(factors: LoraFactors, rank: number): LoraFactors {
+  checkRank(rank);
+  if (rank > factors.rank) {
+    throw new AdapterMathError('invalid_argument', `cannot truncate rank ${String(factors.rank)} up to ${String(rank)}; use padRank`);
+  }
+  return resizeRank(factors, rank);
+}
+
+function resizeRank(factors: LoraFactors, rank: number): LoraFactors {
+  const { inFeatures, outFeatures } = factors;
+  const kept = Math.min(rank, factors.rank);
+  const A = new Float32Array(rank * inFeatures);
+  A.set(factors.A.subarray(0, kept * inFeatures));
+  const B = new Float32Array(outFeatures * rank);
+  for (let row = 0; row < outFeatures; row++) {
+    B.set(factors.B.subarray(row * factors.rank, row * factors.rank + kept), row * rank);
+  }
+  return { rank, inFeatures, outFeatures, A, B };
+}
+
+/** sum_k w_k x_k / sum_k w_k, elementwise; the weights are sample counts or any positive numbers. */
+export function weightedMean(arrays: readonly Float32Array[], weights: readonly number[]): Float32Array {
+  if (arrays.length === 0 || arrays.length !== weights.length) {
+    throw new AdapterMathError('invalid_argument', `weightedMean needs one weight per array and at least one array (got ${String(arrays.length)} arrays, ${String(weights.length)} weights)`);
+  }
+  const length = (arrays[0] as Float32Array).length;
+  let total = 0;
+  for (const [k, weight] of weights.entries()) {
+    if (!(Number.isFinite(weight) && weight >= 0)) {
+      throw new AdapterMathError('invalid_argument', `weight ${String(k)} is ${String(weight)}; weights must be finite and >= 0`);
+    }
+    if ((arrays[k] as Float32Array).length !== length) {
+      throw new AdapterMathError('shape_mismatch', `array ${String(k)} has ${String(arrays[k]?.length)} elements, array 0 has ${String(length)}`);
+    }
+    total += weight;
+  }
+  if (total <= 0) throw new AdapterMathError('invalid_argument', 'the weights sum to zero');
+  const sum = new Float64Array(length);
+  for (const [k, array] of arrays.entries()) {
+    const w = (weights[k] as number) / total;
+    for (let i = 0; i < length; i++) sum[i] = (sum[i] as number) + w * (array[i] as number);
+  }
+  return Float32Array.from(sum);
+}
+
+/** dW = (alpha / r) * B @ A, shape [outFeatures, inFeatures]. */
+export function loraProduct(factors: LoraFactors, alpha: number): Matrix {
+  const { rank, inFeatures, outFeatures, A, B } = factors;
+  const scale = alpha / rank;
+  const out = new Float32Array(outFeatures * inFeatures);
+  const row = new Float64Array(inFeatures);
+  for (let i = 0; i < outFeatures; i++) {
+    row.fill(0);
+    for (let k = 0; k < rank; k++) {
+      const b = (B[i * rank + k] as number) * scale;
+      if (b === 0) continue;
+      const aOffset = k * inFeatures;
+      for (let j = 0; j < inFeatures; j++) row[j] = (row[j] as number) + b * (A[aOffset + j] as number);
+    }
+    out.set(row, i * inFeatures);
+  }
+  return { rows: outFeatures, cols: inFeatures, data: out };
+}
+
+export interface Factorization {
+  factors: LoraFactors;
+  /** All singular values of dW, descending (the discarded tail tells the truncation error). */
+  singularValues: Float64Array;
+}
+
+/**
+ * The best rank-`rank` LoRA factors of dW (Eckart-Young): with dW = U S V^T,
+ * B = U_r sqrt(S_r) c and A = sqrt(S_r) V_r^T c where c = sqrt(rank / alpha), so that
+ * (alpha / rank) B A = U_r S_r V_r^T. Ranks beyond min(out, in) are zero-padded.
+ */
+export function factorize(dW: Matrix, rank: number, alpha: number): Factorization {
+  checkRank(rank);
+  if (!(alpha > 0 && Number.isFinite(alpha))) {
+    throw new AdapterMathError('invalid_argument', `alpha must be finite and > 0, got ${String(alpha)}`);
+  }
+  const { rows, cols } = dW;
+  const svd = new SingularValueDecomposition(MlMatrix.from1DArray(rows, cols, dW.data), { autoTranspose: true });
+  const U = svd.leftSingularVectors;
+  const V = svd.rightSingularVectors;
+  const singularValues = Float64Array.from(svd.diagonal);
+  const kept = Math.min(rank, singularValues.length);
+  const c = Math.sqrt(rank / alpha);
+  const A = new Float32Array(rank * cols);
+  const B = new Float32Array(rows * rank);
+  for (let k = 0; k < kept; k++) {
+    const root = Math.sqrt(singularValues[k] as number) * c;
+    for (let i = 0; i < rows; i++) B[i * rank + k] = U.get(i, k) * root;
+    for (let j = 0; j < cols; j++) A[k * cols + j] = V.get(j, k) * root;
+  }
+  return { factors: { rank, inFeatures: cols, outFeatures: rows, A, B }, singularValues };
+}
+
+export function frobeniusNorm(values: Float32Array): number {
+  let sum = 0;
+  for (const v of values) sum += v * v;
+  return Math.sqrt(sum);
+}
+
+/** ||approx - exact||_F / ||exact||_F (absolute error when exact is zero). */
+export function relativeFrobeniusError(approx: Float32Array, exact: Float32Array): number {
+  if (approx.length !== exact.length) {
+    throw new AdapterMathError('shape_mismatch', `cannot compare ${String(approx.length)} with ${String(exact.length)} elements`);
+  }
+  let diff = 0;
+  let norm = 0;
+  for (let i = 0; i < exact.length; i++) {
+    const e = exact[i] as number;
+    const d = (approx[i] as number) - e;
+    diff += d * d;
+    norm += e * e;
+  }
+  return norm === 0 ? Math.sqrt(diff) : Math.sqrt(diff / norm);
+}
