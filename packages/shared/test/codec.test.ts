@@ -54,8 +54,19 @@ describe('adapter update codec', () => {
   });
 
   it('keeps signed zeros, subnormals and extreme finite values exactly', () => {
-    const special = Float32Array.of(-0, 0, 1e-45, -1e-45, 3.4028234663852886e38, -3.4028234663852886e38, 1.17549435e-38);
-    const a = { alpha: 1, modules: new Map([['m.q_proj', { rank: 1, inFeatures: 7, outFeatures: 1, A: special, B: Float32Array.of(1) }]]) };
+    const special = Float32Array.of(
+      -0,
+      0,
+      1e-45,
+      -1e-45,
+      3.4028234663852886e38,
+      -3.4028234663852886e38,
+      1.17549435e-38,
+    );
+    const a = {
+      alpha: 1,
+      modules: new Map([['m.q_proj', { rank: 1, inFeatures: 7, outFeatures: 1, A: special, B: Float32Array.of(1) }]]),
+    };
     const back = decodeAdapterUpdate(encodeAdapterUpdate(update(a)));
     expect(sameBits(back.adapter.modules.get('m.q_proj')!.A, special)).toBe(true);
   });
@@ -67,7 +78,8 @@ describe('adapter update codec', () => {
     const back = decodeAdapterUpdate(f16);
     for (const [path, f] of adapter.modules) {
       const A = back.adapter.modules.get(path)!.A;
-      for (let i = 0; i < A.length; i += 97) expect(Math.abs(A[i]! - f.A[i]!)).toBeLessThanOrEqual(Math.abs(f.A[i]!) * 2 ** -11 + 2 ** -25);
+      for (let i = 0; i < A.length; i += 97)
+        expect(Math.abs(A[i]! - f.A[i]!)).toBeLessThanOrEqual(Math.abs(f.A[i]!) * 2 ** -11 + 2 ** -25);
     }
   });
 
@@ -126,7 +138,7 @@ describe('frame and message errors', () => {
     first!.A[5] = 1e6; // finite in f32, overflows f16
     expect(codeOf(() => decodeAdapterUpdate(encodeAdapterUpdate(update(adapter), 'f16')))).toBe('non_finite');
 
-    const wrongShape = {
+    const wrongShape: Message = {
       type: 'update',
       jobId: 'j',
       round: 0,
@@ -134,7 +146,7 @@ describe('frame and message errors', () => {
       plan: { rank: 1, targetModules: ['q_proj'] },
       adapter: { alpha: 1, tensors: [{ name: 'x', dtype: 'f32', shape: [2, 3], data: new Uint8Array(20) }] },
       metrics: {},
-    } as const;
+    };
     expect(codeOf(() => encodeMessage(wrongShape))).toBe('bad_tensor');
   });
 

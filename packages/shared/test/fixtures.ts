@@ -18,7 +18,12 @@ export function randomArray(length: number, random: () => number, scale = 1): Fl
   return out;
 }
 
-export function randomFactors(rank: number, inFeatures: number, outFeatures: number, random: () => number): LoraFactors {
+export function randomFactors(
+  rank: number,
+  inFeatures: number,
+  outFeatures: number,
+  random: () => number,
+): LoraFactors {
   return {
     rank,
     inFeatures,

@@ -23,16 +23,22 @@ export interface LoraFactors {
   B: Float32Array;
 }
 
-export function matrix(rows: number, cols: number, data = new Float32Array(rows * cols)): Matrix {
+export function matrix(rows: number, cols: number, data: Float32Array = new Float32Array(rows * cols)): Matrix {
   if (data.length !== rows * cols) {
-    throw new AdapterMathError('shape_mismatch', `a ${String(rows)}x${String(cols)} matrix needs ${String(rows * cols)} elements, got ${String(data.length)}`);
+    throw new AdapterMathError(
+      'shape_mismatch',
+      `a ${String(rows)}x${String(cols)} matrix needs ${String(rows * cols)} elements, got ${String(data.length)}`,
+    );
   }
   return { rows, cols, data };
 }
 
 export function loraFactors(A: Float32Array, B: Float32Array, rank: number): LoraFactors {
   if (!Number.isInteger(rank) || rank < 1 || A.length % rank !== 0 || B.length % rank !== 0) {
-    throw new AdapterMathError('shape_mismatch', `factors of ${String(A.length)} and ${String(B.length)} elements do not have rank ${String(rank)}`);
+    throw new AdapterMathError(
+      'shape_mismatch',
+      `factors of ${String(A.length)} and ${String(B.length)} elements do not have rank ${String(rank)}`,
+    );
   }
   return { rank, inFeatures: A.length / rank, outFeatures: B.length / rank, A, B };
 }
@@ -47,7 +53,10 @@ function checkRank(rank: number): void {
 export function padRank(factors: LoraFactors, rank: number): LoraFactors {
   checkRank(rank);
   if (rank < factors.rank) {
-    throw new AdapterMathError('invalid_argument', `cannot pad rank ${String(factors.rank)} down to ${String(rank)}; use truncateRank`);
+    throw new AdapterMathError(
+      'invalid_argument',
+      `cannot pad rank ${String(factors.rank)} down to ${String(rank)}; use truncateRank`,
+    );
   }
   return resizeRank(factors, rank);
 }
@@ -56,7 +65,10 @@ export function padRank(factors: LoraFactors, rank: number): LoraFactors {
 export function truncateRank(factors: LoraFactors, rank: number): LoraFactors {
   checkRank(rank);
   if (rank > factors.rank) {
-    throw new AdapterMathError('invalid_argument', `cannot truncate rank ${String(factors.rank)} up to ${String(rank)}; use padRank`);
+    throw new AdapterMathError(
+      'invalid_argument',
+      `cannot truncate rank ${String(factors.rank)} up to ${String(rank)}; use padRank`,
+    );
   }
   return resizeRank(factors, rank);
 }
@@ -76,16 +88,25 @@ function resizeRank(factors: LoraFactors, rank: number): LoraFactors {
 /** sum_k w_k x_k / sum_k w_k, elementwise; the weights are sample counts or any positive numbers. */
 export function weightedMean(arrays: readonly Float32Array[], weights: readonly number[]): Float32Array {
   if (arrays.length === 0 || arrays.length !== weights.length) {
-    throw new AdapterMathError('invalid_argument', `weightedMean needs one weight per array and at least one array (got ${String(arrays.length)} arrays, ${String(weights.length)} weights)`);
+    throw new AdapterMathError(
+      'invalid_argument',
+      `weightedMean needs one weight per array and at least one array (got ${String(arrays.length)} arrays, ${String(weights.length)} weights)`,
+    );
   }
   const length = (arrays[0] as Float32Array).length;
   let total = 0;
   for (const [k, weight] of weights.entries()) {
     if (!(Number.isFinite(weight) && weight >= 0)) {
-      throw new AdapterMathError('invalid_argument', `weight ${String(k)} is ${String(weight)}; weights must be finite and >= 0`);
+      throw new AdapterMathError(
+        'invalid_argument',
+        `weight ${String(k)} is ${String(weight)}; weights must be finite and >= 0`,
+      );
     }
     if ((arrays[k] as Float32Array).length !== length) {
-      throw new AdapterMathError('shape_mismatch', `array ${String(k)} has ${String(arrays[k]?.length)} elements, array 0 has ${String(length)}`);
+      throw new AdapterMathError(
+        'shape_mismatch',
+        `array ${String(k)} has ${String(arrays[k]?.length)} elements, array 0 has ${String(length)}`,
+      );
     }
     total += weight;
   }
@@ -159,7 +180,10 @@ export function frobeniusNorm(values: Float32Array): number {
 /** ||approx - exact||_F / ||exact||_F (absolute error when exact is zero). */
 export function relativeFrobeniusError(approx: Float32Array, exact: Float32Array): number {
   if (approx.length !== exact.length) {
-    throw new AdapterMathError('shape_mismatch', `cannot compare ${String(approx.length)} with ${String(exact.length)} elements`);
+    throw new AdapterMathError(
+      'shape_mismatch',
+      `cannot compare ${String(approx.length)} with ${String(exact.length)} elements`,
+    );
   }
   let diff = 0;
   let norm = 0;

@@ -53,7 +53,10 @@ export function adapterFromTensors(tensors: readonly Tensor[], alpha: number): L
     const parsed = parseLoraTensorName(tensor.name);
     if (!parsed) throw new AdapterMathError('invalid_argument', `${tensor.name} is not a PEFT LoRA tensor name`);
     if (tensor.shape.length !== 2) {
-      throw new AdapterMathError('shape_mismatch', `${tensor.name} must be 2-D, has shape [${tensor.shape.join(', ')}]`);
+      throw new AdapterMathError(
+        'shape_mismatch',
+        `${tensor.name} must be 2-D, has shape [${tensor.shape.join(', ')}]`,
+      );
     }
     const pair = halves.get(parsed.modulePath) ?? {};
     if (pair[parsed.factor]) throw new AdapterMathError('invalid_argument', `${tensor.name} appears twice`);
@@ -62,11 +65,15 @@ export function adapterFromTensors(tensors: readonly Tensor[], alpha: number): L
   }
   const modules = new Map<string, LoraFactors>();
   for (const [path, { A, B }] of halves) {
-    if (!A || !B) throw new AdapterMathError('invalid_argument', `module ${path} lacks its lora_${A ? 'B' : 'A'} tensor`);
+    if (!A || !B)
+      throw new AdapterMathError('invalid_argument', `module ${path} lacks its lora_${A ? 'B' : 'A'} tensor`);
     const [rank, inFeatures] = A.shape as [number, number];
     const [outFeatures, rankB] = B.shape as [number, number];
     if (rank !== rankB) {
-      throw new AdapterMathError('shape_mismatch', `module ${path}: lora_A has rank ${String(rank)}, lora_B has rank ${String(rankB)}`);
+      throw new AdapterMathError(
+        'shape_mismatch',
+        `module ${path}: lora_A has rank ${String(rank)}, lora_B has rank ${String(rankB)}`,
+      );
     }
     modules.set(path, { rank, inFeatures, outFeatures, A: A.data, B: B.data });
   }

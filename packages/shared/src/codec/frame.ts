@@ -39,10 +39,14 @@ export function decodeFrame(bytes: unknown, maxBytes = DEFAULT_MAX_FRAME_BYTES):
     throw new CodecError('not_bytes', `a frame must be a byte array, got ${describe(bytes)}`);
   }
   if (bytes.byteLength > maxBytes) {
-    throw new CodecError('too_large', `frame of ${String(bytes.byteLength)} bytes exceeds the limit of ${String(maxBytes)}`, {
-      bytes: bytes.byteLength,
-      maxBytes,
-    });
+    throw new CodecError(
+      'too_large',
+      `frame of ${String(bytes.byteLength)} bytes exceeds the limit of ${String(maxBytes)}`,
+      {
+        bytes: bytes.byteLength,
+        maxBytes,
+      },
+    );
   }
   if (bytes.byteLength < FRAME_HEADER_BYTES) {
     throw new CodecError('truncated', `frame of ${String(bytes.byteLength)} bytes is shorter than its 16-byte header`);
@@ -51,7 +55,10 @@ export function decodeFrame(bytes: unknown, maxBytes = DEFAULT_MAX_FRAME_BYTES):
     if (bytes[i] !== FRAME_MAGIC[i]) throw new CodecError('bad_magic', 'not a Floe frame (bad magic bytes)');
   }
   if (bytes[4] !== FRAME_VERSION) {
-    throw new CodecError('unsupported_frame_version', `frame format v${String(bytes[4])} is not supported (expected v${String(FRAME_VERSION)})`);
+    throw new CodecError(
+      'unsupported_frame_version',
+      `frame format v${String(bytes[4])} is not supported (expected v${String(FRAME_VERSION)})`,
+    );
   }
   if (bytes[5] !== 0 || bytes[6] !== 0 || bytes[7] !== 0) {
     throw new CodecError('bad_header', 'reserved header bytes must be zero');
@@ -59,7 +66,10 @@ export function decodeFrame(bytes: unknown, maxBytes = DEFAULT_MAX_FRAME_BYTES):
   const header = new DataView(bytes.buffer, bytes.byteOffset, FRAME_HEADER_BYTES);
   const length = header.getUint32(8, true);
   if (length !== bytes.byteLength - FRAME_HEADER_BYTES) {
-    throw new CodecError('bad_length', `header announces ${String(length)} payload bytes, frame carries ${String(bytes.byteLength - FRAME_HEADER_BYTES)}`);
+    throw new CodecError(
+      'bad_length',
+      `header announces ${String(length)} payload bytes, frame carries ${String(bytes.byteLength - FRAME_HEADER_BYTES)}`,
+    );
   }
   const payload = bytes.subarray(FRAME_HEADER_BYTES);
   if (crc32(payload) !== header.getUint32(12, true)) {
@@ -69,7 +79,5 @@ export function decodeFrame(bytes: unknown, maxBytes = DEFAULT_MAX_FRAME_BYTES):
 }
 
 function describe(value: unknown): string {
-  if (value === null) return 'null';
-  if (typeof value === 'object') return (value as object).constructor?.name ?? 'object';
-  return typeof value;
+  return typeof value === 'object' ? Object.prototype.toString.call(value) : typeof value;
 }

@@ -3,7 +3,7 @@ import { CodecError, ProtocolError } from '../errors.js';
 import type { Message, MessageOf, MessageType, WireAdapter } from '../protocol/schemas.js';
 import { parseMessage } from '../protocol/validate.js';
 import { DEFAULT_MAX_FRAME_BYTES, decodeFrame, encodeFrame } from './frame.js';
-import { checkWireTensor } from './tensor.js';
+import { checkWireTensorSize, ownWireTensor } from './tensor.js';
 
 // Plain msgpack maps (no msgpackr record extension) so any msgpack implementation can read a frame.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number', moreTypes: false });
@@ -18,7 +18,7 @@ export interface DecodeOptions {
 /** Validates `message` and encodes it as one frame. Refuses to emit what a peer would refuse. */
 export function encodeMessage(message: Message): Uint8Array {
   const valid = parseMessage(message);
-  forEachAdapter(valid, (adapter) => adapter.tensors.forEach((tensor) => checkWireTensor(tensor, false)));
+  forEachAdapter(valid, (adapter) => adapter.tensors.forEach(checkWireTensorSize));
   return encodeFrame(packr.pack(valid));
 }
 
@@ -38,13 +38,17 @@ export function decodeMessage(bytes: unknown, options: DecodeOptions = {}): Mess
   const message = parseMessage(value);
   const requireFinite = options.requireFinite ?? true;
   forEachAdapter(message, (adapter) => {
-    adapter.tensors = adapter.tensors.map((tensor) => checkWireTensor(tensor, requireFinite));
+    adapter.tensors = adapter.tensors.map((tensor) => ownWireTensor(tensor, requireFinite));
   });
   return message;
 }
 
 /** decodeMessage, and the message must be of `type`. */
-export function decodeMessageOf<T extends MessageType>(bytes: unknown, type: T, options: DecodeOptions = {}): MessageOf<T> {
+export function decodeMessageOf<T extends MessageType>(
+  bytes: unknown,
+  type: T,
+  options: DecodeOptions = {},
+): MessageOf<T> {
   const message = decodeMessage(bytes, options);
   if (message.type !== type) {
     throw new ProtocolError('invalid_message', `expected a ${type} message, got ${message.type}`);

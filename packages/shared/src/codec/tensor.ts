@@ -25,7 +25,10 @@ export function elementCount(shape: readonly number[]): number {
 /** The wire form of `tensor`. For f32 the bytes are a view of `tensor.data`, not a copy. */
 export function toWireTensor(tensor: Tensor, dtype: TensorDType = 'f32'): WireTensor {
   if (elementCount(tensor.shape) !== tensor.data.length) {
-    throw new CodecError('bad_tensor', `tensor ${tensor.name}: shape [${tensor.shape.join(', ')}] does not hold ${String(tensor.data.length)} elements`);
+    throw new CodecError(
+      'bad_tensor',
+      `tensor ${tensor.name}: shape [${tensor.shape.join(', ')}] does not hold ${String(tensor.data.length)} elements`,
+    );
   }
   const source = dtype === 'f32' ? tensor.data : float32ToFloat16Bits(tensor.data);
   return {
@@ -36,30 +39,44 @@ export function toWireTensor(tensor: Tensor, dtype: TensorDType = 'f32'): WireTe
   };
 }
 
-/**
- * Checks a schema-valid wire tensor (byte count against shape, finite values) and returns it with
- * its bytes copied into an owned, aligned buffer, so it no longer aliases the received frame.
- */
-export function checkWireTensor(wire: WireTensor, requireFinite = true): WireTensor {
+/** Checks that a schema-valid wire tensor's byte count matches its dtype and shape. */
+export function checkWireTensorSize(wire: WireTensor): void {
   const count = elementCount(wire.shape);
   if (count > MAX_TENSOR_ELEMENTS) {
-    throw new CodecError('bad_tensor', `tensor ${wire.name}: ${String(count)} elements exceeds the limit of ${String(MAX_TENSOR_ELEMENTS)}`);
+    throw new CodecError(
+      'bad_tensor',
+      `tensor ${wire.name}: ${String(count)} elements exceeds the limit of ${String(MAX_TENSOR_ELEMENTS)}`,
+    );
   }
   const expected = count * BYTES_PER_ELEMENT[wire.dtype];
   if (wire.data.byteLength !== expected) {
-    throw new CodecError('bad_tensor', `tensor ${wire.name}: ${wire.dtype} shape [${wire.shape.join(', ')}] needs ${String(expected)} bytes, got ${String(wire.data.byteLength)}`);
+    throw new CodecError(
+      'bad_tensor',
+      `tensor ${wire.name}: ${wire.dtype} shape [${wire.shape.join(', ')}] needs ${String(expected)} bytes, got ${String(wire.data.byteLength)}`,
+    );
   }
+}
+
+/**
+ * Checks a received wire tensor (size, and finite values unless told otherwise) and returns it with
+ * its bytes copied into an owned, aligned buffer, so it no longer aliases the received frame.
+ */
+export function ownWireTensor(wire: WireTensor, requireFinite = true): WireTensor {
+  checkWireTensorSize(wire);
   const owned = new Uint8Array(wire.data);
   if (requireFinite) {
     const index = firstNonFinite(owned, wire.dtype);
     if (index >= 0) {
-      throw new CodecError('non_finite', `tensor ${wire.name}: element ${String(index)} is not finite`, { tensor: wire.name, index });
+      throw new CodecError('non_finite', `tensor ${wire.name}: element ${String(index)} is not finite`, {
+        tensor: wire.name,
+        index,
+      });
     }
   }
   return { ...wire, shape: [...wire.shape], data: owned };
 }
 
-/** The in-memory form of a checked wire tensor (see checkWireTensor). */
+/** The in-memory form of an owned wire tensor (see ownWireTensor). */
 export function fromWireTensor(wire: WireTensor): Tensor {
   const { data } = wire;
   if (wire.dtype === 'f16') {

@@ -27,7 +27,11 @@ export const Bytes = Type.Refine(
   (value) => value instanceof Uint8Array,
   () => 'must be a byte array',
 );
-const FiniteNumber = Type.Refine(Type.Number(), (value) => Number.isFinite(value), () => 'must be finite');
+const FiniteNumber = Type.Refine(
+  Type.Number(),
+  (value) => Number.isFinite(value),
+  () => 'must be finite',
+);
 const NonNegative = Type.Refine(
   Type.Number({ minimum: 0 }),
   (value) => Number.isFinite(value),
@@ -65,7 +69,11 @@ export type WireTensor = Static<typeof WireTensor>;
 /** A LoRA adapter on the wire (PEFT tensor names, see adapter/peft.ts). */
 export const WireAdapter = Type.Object(
   {
-    alpha: Type.Refine(Type.Number({ exclusiveMinimum: 0 }), (v) => Number.isFinite(v), () => 'must be finite'),
+    alpha: Type.Refine(
+      Type.Number({ exclusiveMinimum: 0 }),
+      (v) => Number.isFinite(v),
+      () => 'must be finite',
+    ),
     tensors: Type.Array(WireTensor, { maxItems: MAX_TENSORS_PER_MESSAGE }),
   },
   strict,
@@ -153,9 +161,17 @@ export const RoundConfig = Type.Object(
     baseModel: BaseModelRef,
     targetModules: Type.Array(ModuleName, { minItems: 1, maxItems: 16, uniqueItems: true }),
     rank: Type.Integer({ minimum: 1, maximum: MAX_LORA_RANK }),
-    alpha: Type.Refine(Type.Number({ exclusiveMinimum: 0 }), (v) => Number.isFinite(v), () => 'must be finite'),
+    alpha: Type.Refine(
+      Type.Number({ exclusiveMinimum: 0 }),
+      (v) => Number.isFinite(v),
+      () => 'must be finite',
+    ),
     localSteps: Type.Integer({ minimum: 1, maximum: 100_000 }),
-    learningRate: Type.Refine(Type.Number({ exclusiveMinimum: 0 }), (v) => Number.isFinite(v), () => 'must be finite'),
+    learningRate: Type.Refine(
+      Type.Number({ exclusiveMinimum: 0 }),
+      (v) => Number.isFinite(v),
+      () => 'must be finite',
+    ),
     batchSize: Type.Integer({ minimum: 1, maximum: 4096 }),
   },
   strict,
@@ -307,11 +323,7 @@ export const JobSpec = Type.Object(
 );
 export type JobSpec = Static<typeof JobSpec>;
 
-export const JobStatus = Type.Union([
-  Type.Literal('running'),
-  Type.Literal('stopped'),
-  Type.Literal('completed'),
-]);
+export const JobStatus = Type.Union([Type.Literal('running'), Type.Literal('stopped'), Type.Literal('completed')]);
 export type JobStatus = Static<typeof JobStatus>;
 
 export const RoundRecord = Type.Object(
