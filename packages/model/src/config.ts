@@ -1,0 +1,100 @@
+/**
+ * Model configuration with Hugging Face Llama keys, so that config.json files move between Floe-TS
+ * and other tools unchanged. Everything about a checkpoint is read from here; nothing is hard-coded.
+ */
+import Type, { type Static } from 'typebox';
+import { parse } from '@floe/shared';
+
+export const LlamaConfigSchema = Type.Object({
+  model_type: Type.Literal('llama'),
+  architectures: Type.Optional(Type.Array(Type.String())),
+  vocab_size: Type.Integer({ minimum: 1 }),
+  hidden_size: Type.Integer({ minimum: 1 }),
+  intermediate_size: Type.Integer({ minimum: 1 }),
+  num_hidden_layers: Type.Integer({ minimum: 1 }),
+  num_attention_heads: Type.Integer({ minimum: 1 }),
+  num_key_value_heads: Type.Integer({ minimum: 1 }),
+  head_dim: Type.Optional(Type.Integer({ minimum: 2 })),
+  max_position_embeddings: Type.Integer({ minimum: 1 }),
+  rms_norm_eps: Type.Number({ exclusiveMinimum: 0 }),
+  rope_theta: Type.Number({ exclusiveMinimum: 0 }),
+  tie_word_embeddings: Type.Boolean(),
+  bos_token_id: Type.Integer({ minimum: 0 }),
+  eos_token_id: Type.Integer({ minimum: 0 }),
+  pad_token_id: Type.Integer({ minimum: 0 }),
+  hidden_act: Type.Optional(Type.Literal('silu')),
+  torch_dtype: Type.Optional(Type.String()),
+});
+export type LlamaConfig = Static<typeof LlamaConfigSchema>;
+
+/** Parses and checks a config.json object; unknown keys (other HF fields) are kept but ignored. */
+export function parseLlamaConfig(value: unknown): LlamaConfig {
+  const config = parse(LlamaConfigSchema, value, 'model config');
+  if (config.num_attention_heads % config.num_key_value_heads !== 0) {
+    throw new Error(
+      `num_attention_heads (${config.num_attention_heads}) must be a multiple of num_key_value_heads (${config.num_key_value_heads})`,
+    );
+  }
+  if (headDim(config) % 2 !== 0) throw new Error(`head_dim must be even for rotary embeddings, got ${headDim(config)}`);
+  for (const key of ['bos_token_id', 'eos_token_id', 'pad_token_id'] as const) {
+    if (config[key] >= config.vocab_size) throw new Error(`${key} ${config[key]} is outside the vocabulary`);
+  }
+  return config;
+}
+
+export function headDim(config: LlamaConfig): number {
+  return config.head_dim ?? config.hidden_size / config.num_attention_heads;
+}
+
+/** The linear layers LoRA can target, with their [out, in] shapes. */
+export const LORA_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
+export type LoraModuleKind = (typeof LORA_MODULES)[number];
+
+export function isLoraModuleKind(value: string): value is LoraModuleKind {
+  return (LORA_MODULES as readonly string[]).includes(value);
+}
+
+export function linearShape(config: LlamaConfig, kind: LoraModuleKind): [out: number, inn: number] {
+  const h = config.hidden_size;
+  const hd = headDim(config);
+  switch (kind) {
+    case 'q_proj':
+      return [config.num_attention_heads * hd, h];
+    case 'k_proj':
+    case 'v_proj':
+      return [config.num_key_value_heads * hd, h];
+    case 'o_proj':
+      return [h, config.num_attention_heads * hd];
+    case 'gate_proj':
+    case 'up_proj':
+      return [config.intermediate_size, h];
+    case 'down_proj':
+      return [h, config.intermediate_size];
+  }
+}
+
+/** `model.layers.3.self_attn.q_proj` */
+export function linearPath(layer: number, kind: LoraModuleKind): string {
+  const block = kind === 'gate_proj' || kind === 'up_proj' || kind === 'down_proj' ? 'mlp' : 'self_attn';
+  return `model.layers.${layer}.${block}.${kind}`;
+}
+
+/** Every weight tensor of the model with its HF name and shape, in a fixed order. */
+export function weightShapes(config: LlamaConfig): [name: string, shape: number[]][] {
+  const h = config.hidden_size;
+  const shapes: [string, number[]][] = [['model.embed_tokens.weight', [config.vocab_size, h]]];
+  for (let layer = 0; layer < config.num_hidden_layers; layer++) {
+    shapes.push([`model.layers.${layer}.input_layernorm.weight`, [h]]);
+    for (const kind of LORA_MODULES) {
+      if (kind === 'gate_proj') shapes.push([`model.layers.${layer}.post_attention_layernorm.weight`, [h]]);
+      shapes.push([`${linearPath(layer, kind)}.weight`, linearShape(config, kind)]);
+    }
+  }
+  shapes.push(['model.norm.weight', [h]]);
+  if (!config.tie_word_embeddings) shapes.push(['lm_head.weight', [config.vocab_size, h]]);
+  return shapes;
+}
+
+export function parameterCount(config: LlamaConfig): number {
+  return weightShapes(config).reduce((n, [, shape]) => n + shape.reduce((a, b) => a * b, 1), 0);
+}

@@ -1,0 +1,154 @@
+/**
+ * The Llama graph on onnxruntime-node: prefill and decode with a KV cache, LoRA as runtime inputs.
+ */
+import ort from 'onnxruntime-node';
+import { type LoraAdapter, moduleKind } from '@floe/shared';
+import { type LlamaConfig, type LoraModuleKind, headDim, linearShape } from '../config.js';
+import type { Weights } from '../checkpoint.js';
+import { checkAdapter } from '../lora.js';
+import { allLoraModules, buildLlamaGraph, loraInputNames, transpose2d } from '../onnx/llama-graph.js';
+import { defaultPositions } from '../tfjs/llama.js';
+
+export interface OrtLlamaOptions {
+  /** Module paths with LoRA inputs; 'all' for every linear layer; none by default. */
+  loraModules?: readonly string[] | 'all';
+  /** ORT intra-op threads (default: 1, fastest for models this small on this kind of machine). */
+  threads?: number;
+}
+
+/** Per layer, [batch, kvHeads, past, headDim]. */
+export interface OrtKVCache {
+  keys: ort.Tensor[];
+  values: ort.Tensor[];
+  length: number;
+}
+
+export interface OrtForwardOptions {
+  attentionMask?: number[][] | undefined;
+  positionIds?: number[][] | undefined;
+  cache?: OrtKVCache | undefined;
+  lora?: LoraAdapter | undefined;
+}
+
+export interface OrtForwardResult {
+  /** [batch, seq, vocab], row-major. */
+  logits: Float32Array;
+  cache: OrtKVCache;
+}
+
+/** LoRA feeds prepared once per adapter: A^T and scale * B^T. */
+type LoraFeeds = Record<string, ort.Tensor>;
+
+export class OrtLlama {
+  private loraCache = new WeakMap<LoraAdapter, LoraFeeds>();
+  private zeroLora: LoraFeeds | undefined;
+
+  private constructor(
+    readonly config: LlamaConfig,
+    readonly session: ort.InferenceSession,
+    readonly loraModules: readonly string[],
+  ) {}
+
+  static async create(config: LlamaConfig, weights: Weights, options: OrtLlamaOptions = {}): Promise<OrtLlama> {
+    const loraModules = options.loraModules === 'all' ? allLoraModules(config) : [...(options.loraModules ?? [])];
+    const graph = buildLlamaGraph(config, weights, { loraModules });
+    const threads = options.threads ?? 1;
+    const session = await ort.InferenceSession.create(graph, {
+      graphOptimizationLevel: 'all',
+      intraOpNumThreads: threads,
+      interOpNumThreads: 1,
+      executionMode: 'sequential',
+    });
+    return new OrtLlama(config, session, loraModules);
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+
+  emptyCache(batch: number): OrtKVCache {
+    const dims = [batch, this.config.num_key_value_heads, 0, headDim(this.config)];
+    const empty = () => new ort.Tensor('float32', new Float32Array(0), dims);
+    const layers = [...Array(this.config.num_hidden_layers).keys()];
+    return { keys: layers.map(empty), values: layers.map(empty), length: 0 };
+  }
+
+  async forward(inputIds: number[][], options: OrtForwardOptions = {}): Promise<OrtForwardResult> {
+    const batch = inputIds.length;
+    const seq = inputIds[0]?.length ?? 0;
+    const cache = options.cache ?? this.emptyCache(batch);
+    const total = cache.length + seq;
+    const mask = options.attentionMask ?? inputIds.map(() => new Array<number>(total).fill(1));
+    if (mask.length !== batch || mask.some((row) => row.length !== total)) {
+      throw new Error(`attention_mask must be [${batch}, ${total}] (past ${cache.length} + new ${seq})`);
+    }
+    const positions = options.positionIds ?? defaultPositions(mask, seq);
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: int64(inputIds, [batch, seq]),
+      attention_mask: int64(mask, [batch, total]),
+      position_ids: int64(positions, [batch, seq]),
+      ...this.loraFeeds(options.lora),
+    };
+    for (let layer = 0; layer < this.config.num_hidden_layers; layer++) {
+      feeds[`past_key.${layer}`] = cache.keys[layer] as ort.Tensor;
+      feeds[`past_value.${layer}`] = cache.values[layer] as ort.Tensor;
+    }
+    const out = await this.session.run(feeds);
+    const layers = [...Array(this.config.num_hidden_layers).keys()];
+    return {
+      logits: (out['logits'] as ort.Tensor).data as Float32Array,
+      cache: {
+        keys: layers.map((l) => out[`present_key.${l}`] as ort.Tensor),
+        values: layers.map((l) => out[`present_value.${l}`] as ort.Tensor),
+        length: total,
+      },
+    };
+  }
+
+  private loraFeeds(adapter: LoraAdapter | undefined): LoraFeeds {
+    if (this.loraModules.length === 0) {
+      if (adapter && adapter.modules.size > 0) throw new Error('this session was built without LoRA inputs');
+      return {};
+    }
+    if (!adapter) return (this.zeroLora ??= this.prepareLora(undefined));
+    let feeds = this.loraCache.get(adapter);
+    if (!feeds) {
+      feeds = this.prepareLora(adapter);
+      this.loraCache.set(adapter, feeds);
+    }
+    return feeds;
+  }
+
+  /** Modules the adapter does not cover get rank-1 zeros, i.e. no change. */
+  private prepareLora(adapter: LoraAdapter | undefined): LoraFeeds {
+    if (adapter) {
+      checkAdapter(this.config, adapter);
+      for (const path of adapter.modules.keys()) {
+        if (!this.loraModules.includes(path)) throw new Error(`this session has no LoRA inputs for ${path}`);
+      }
+    }
+    const feeds: LoraFeeds = {};
+    for (const path of this.loraModules) {
+      const names = loraInputNames(path);
+      const f = adapter?.modules.get(path);
+      if (f) {
+        const scale = (adapter as LoraAdapter).alpha / f.rank;
+        feeds[names.A] = new ort.Tensor('float32', transpose2d(f.A, f.rank, f.inFeatures), [f.inFeatures, f.rank]);
+        const Bt = transpose2d(f.B, f.outFeatures, f.rank).map((x) => x * scale);
+        feeds[names.B] = new ort.Tensor('float32', Bt, [f.rank, f.outFeatures]);
+      } else {
+        const [out, inn] = linearShape(this.config, moduleKind(path) as LoraModuleKind);
+        feeds[names.A] = new ort.Tensor('float32', new Float32Array(inn), [inn, 1]);
+        feeds[names.B] = new ort.Tensor('float32', new Float32Array(out), [1, out]);
+      }
+    }
+    return feeds;
+  }
+}
+
+function int64(rows: number[][], dims: number[]): ort.Tensor {
+  const data = new BigInt64Array(dims.reduce((a, b) => a * b, 1));
+  let i = 0;
+  for (const row of rows) for (const v of row) data[i++] = BigInt(v);
+  return new ort.Tensor('int64', data, dims);
+}
