@@ -13,7 +13,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { LoraAdapter } from '@floe/shared';
-import { type LlamaConfig, LORA_MODULES, headDim, linearPath, weightShapes } from '../config.js';
+import { type LlamaConfig, type LORA_MODULES, headDim, linearPath, weightShapes } from '../config.js';
 import type { Weights } from '../checkpoint.js';
 import { checkAdapter } from '../lora.js';
 
@@ -131,14 +131,14 @@ export class TfjsLlama {
         const vx = repeatKv(v, H / KV);
         const scores = tf.add(tf.mul(tf.matMul(qr, kx, false, true), 1 / Math.sqrt(hd)), mask);
         const attn = tf.matMul(tf.softmax(scores, -1), vx); // [b, H, s, hd]
-        const merged = attn.transpose([0, 2, 1, 3]).reshape([batch, seq, H * hd]) as tf.Tensor3D;
+        const merged = attn.transpose([0, 2, 1, 3]).reshape<tf.Rank.R3>([batch, seq, H * hd]);
         h = tf.add(h, linear(merged, 'o_proj'));
 
         // SwiGLU MLP
         const n2 = rmsNorm(h, this.w(`${prefix}.post_attention_layernorm.weight`), config.rms_norm_eps);
         const gate = linear(n2, 'gate_proj');
         const up = linear(n2, 'up_proj');
-        const act = tf.mul(tf.mul(gate, tf.sigmoid(gate)), up) as tf.Tensor3D;
+        const act = tf.mul<tf.Tensor3D>(tf.mul(gate, tf.sigmoid(gate)), up);
         h = tf.add(h, linear(act, 'down_proj'));
       }
 
@@ -146,7 +146,7 @@ export class TfjsLlama {
       const head = config.tie_word_embeddings ? this.w('model.embed_tokens.weight') : this.w('lm_head.weight');
       return tf
         .matMul(final.reshape([batch * seq, config.hidden_size]), head as tf.Tensor2D, false, true)
-        .reshape([batch, seq, config.vocab_size]) as tf.Tensor3D;
+        .reshape<tf.Rank.R3>([batch, seq, config.vocab_size]);
     });
     return { logits, cache: { keys, values } };
   }
@@ -155,7 +155,7 @@ export class TfjsLlama {
   private linear(x: tf.Tensor3D, modulePath: string, lora: TfjsLora | undefined): tf.Tensor3D {
     const [b, s, inn] = x.shape;
     const x2 = x.reshape([b * s, inn]);
-    let y = tf.matMul(x2, this.w(`${modulePath}.weight`) as tf.Tensor2D, false, true);
+    let y = tf.matMul(x2, this.w(`${modulePath}.weight`), false, true);
     const adapter = lora?.get(modulePath);
     if (adapter) {
       const delta = tf.matMul(tf.matMul(x2, adapter.A, false, true), adapter.B, false, true);
@@ -193,7 +193,7 @@ function rotaryTables(config: LlamaConfig, positions: number[][]): [tf.Tensor4D,
   const seq = positions[0]?.length ?? 0;
   const pos = tf.tensor3d(positions.flat(), [batch, seq, 1]);
   const freqs = tf.mul(pos, tf.tensor1d(inverseFrequencies(config)));
-  const emb = tf.concat([freqs, freqs], -1).reshape([batch, 1, seq, headDim(config)]) as tf.Tensor4D;
+  const emb = tf.concat([freqs, freqs], -1).reshape<tf.Rank.R4>([batch, 1, seq, headDim(config)]);
   return [tf.cos(emb), tf.sin(emb)];
 }
 
