@@ -131,7 +131,7 @@ export class TfjsLlama {
         const vx = repeatKv(v, H / KV);
         const scores = tf.add(tf.mul(tf.matMul(qr, kx, false, true), 1 / Math.sqrt(hd)), mask);
         const attn = tf.matMul(tf.softmax(scores, -1), vx); // [b, H, s, hd]
-        const merged = attn.transpose([0, 2, 1, 3]).reshape<tf.Rank.R3>([batch, seq, H * hd]);
+        const merged = attn.transpose([0, 2, 1, 3]).reshape<tf.Tensor3D>([batch, seq, H * hd]);
         h = tf.add(h, linear(merged, 'o_proj'));
 
         // SwiGLU MLP
@@ -145,8 +145,8 @@ export class TfjsLlama {
       const final = rmsNorm(h, this.w('model.norm.weight'), config.rms_norm_eps);
       const head = config.tie_word_embeddings ? this.w('model.embed_tokens.weight') : this.w('lm_head.weight');
       return tf
-        .matMul(final.reshape([batch * seq, config.hidden_size]), head as tf.Tensor2D, false, true)
-        .reshape<tf.Rank.R3>([batch, seq, config.vocab_size]);
+        .matMul(final.reshape([batch * seq, config.hidden_size]), head, false, true)
+        .reshape<tf.Tensor3D>([batch, seq, config.vocab_size]);
     });
     return { logits, cache: { keys, values } };
   }
@@ -193,7 +193,7 @@ function rotaryTables(config: LlamaConfig, positions: number[][]): [tf.Tensor4D,
   const seq = positions[0]?.length ?? 0;
   const pos = tf.tensor3d(positions.flat(), [batch, seq, 1]);
   const freqs = tf.mul(pos, tf.tensor1d(inverseFrequencies(config)));
-  const emb = tf.concat([freqs, freqs], -1).reshape<tf.Rank.R4>([batch, 1, seq, headDim(config)]);
+  const emb = tf.concat([freqs, freqs], -1).reshape<tf.Tensor4D>([batch, 1, seq, headDim(config)]);
   return [tf.cos(emb), tf.sin(emb)];
 }
 
