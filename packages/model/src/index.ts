@@ -9,3 +9,4 @@ export * from './tfjs/llama.js';
 export * from './onnx/graph.js';
 export * from './onnx/llama-graph.js';
 export * from './ort/llama.js';
+export * from './generate.js';

@@ -49,7 +49,9 @@ describe('safetensors', () => {
   });
 
   it('writes the layout other tools read: u64 header length, JSON header, 8-byte aligned data', () => {
-    const bytes = serializeSafetensors([tensor, { name: 'b', shape: [2], data: Float32Array.of(1, 2) }], 'F32', { step: '7' });
+    const bytes = serializeSafetensors([tensor, { name: 'b', shape: [2], data: Float32Array.of(1, 2) }], 'F32', {
+      step: '7',
+    });
     const headerLength = Number(new DataView(bytes.buffer).getBigUint64(0, true));
     expect((8 + headerLength) % 8).toBe(0);
     const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + headerLength))) as Record<string, unknown>;
@@ -101,7 +103,13 @@ describe('checkpoints and adapters', () => {
     expect([...adapter.modules.values()].every((f) => f.B.every((x) => x === 0))).toBe(true);
     await saveAdapter(dir, adapter, 'edge-test');
     const cfg = JSON.parse(await readFile(path.join(dir, 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
-    expect(cfg).toMatchObject({ peft_type: 'LORA', r: 4, lora_alpha: 8, target_modules: ['q_proj', 'down_proj'], task_type: 'CAUSAL_LM' });
+    expect(cfg).toMatchObject({
+      peft_type: 'LORA',
+      r: 4,
+      lora_alpha: 8,
+      target_modules: ['q_proj', 'down_proj'],
+      task_type: 'CAUSAL_LM',
+    });
     const { adapter: back } = await loadAdapter(dir);
     expect(back.alpha).toBe(8);
     for (const [p, f] of adapter.modules) expect(back.modules.get(p)).toEqual(f);

@@ -16,6 +16,7 @@ import type { LoraAdapter } from '@floe/shared';
 import { type LlamaConfig, type LORA_MODULES, headDim, linearPath, weightShapes } from '../config.js';
 import type { Weights } from '../checkpoint.js';
 import { checkAdapter } from '../lora.js';
+import type { DecoderModel } from '../generate.js';
 
 /** Large negative score for masked keys: exp() underflows to exactly 0, and fully masked rows stay finite. */
 export const MASK_VALUE = -1e9;
@@ -249,4 +250,39 @@ export function tfjsLora(config: LlamaConfig, adapter: LoraAdapter, trainable = 
 
 export function disposeCache(cache: KVCache): void {
   tf.dispose([...cache.keys, ...cache.values]);
+}
+
+/** TfjsLlama behind the DecoderModel interface used by generation (logits copied out, old caches freed). */
+export class TfjsDecoder implements DecoderModel<KVCache> {
+  private readonly adapters = new WeakMap<LoraAdapter, TfjsLora>();
+
+  constructor(readonly model: TfjsLlama) {}
+
+  get config(): LlamaConfig {
+    return this.model.config;
+  }
+
+  forward(
+    inputIds: number[][],
+    options: { attentionMask: number[][]; cache?: KVCache | undefined; lora?: LoraAdapter | undefined },
+  ): Promise<{ logits: Float32Array; cache: KVCache }> {
+    const { logits, cache } = this.model.forward(inputIds, {
+      attentionMask: options.attentionMask,
+      cache: options.cache,
+      lora: options.lora ? this.loraFor(options.lora) : undefined,
+    });
+    const data = logits.dataSync() as Float32Array;
+    logits.dispose();
+    if (options.cache) disposeCache(options.cache);
+    return Promise.resolve({ logits: data, cache });
+  }
+
+  private loraFor(adapter: LoraAdapter): TfjsLora {
+    let lora = this.adapters.get(adapter);
+    if (!lora) {
+      lora = tfjsLora(this.model.config, adapter);
+      this.adapters.set(adapter, lora);
+    }
+    return lora;
+  }
 }
