@@ -10,3 +10,4 @@ export * from './onnx/graph.js';
 export * from './onnx/llama-graph.js';
 export * from './ort/llama.js';
 export * from './generate.js';
+export * from './tfjs/train.js';

@@ -43,6 +43,8 @@ export interface ForwardOptions {
   cache?: KVCache | undefined;
   /** One-hot matmul instead of gather for the embedding (the wasm backend has no gather gradient). */
   oneHotEmbedding?: boolean | undefined;
+  /** Keep the keys and values for later decoding (default true; training turns it off). */
+  returnCache?: boolean | undefined;
 }
 
 export interface ForwardResult {
@@ -126,8 +128,10 @@ export class TfjsLlama {
           k = tf.concat([cache.keys[layer] as tf.Tensor4D, k], 2);
           v = tf.concat([cache.values[layer] as tf.Tensor4D, v], 2);
         }
-        keys.push(tf.keep(k));
-        values.push(tf.keep(v));
+        if (options.returnCache !== false) {
+          keys.push(tf.keep(k));
+          values.push(tf.keep(v));
+        }
         const kx = repeatKv(k, H / KV);
         const vx = repeatKv(v, H / KV);
         const scores = tf.add(tf.mul(tf.matMul(qr, kx, false, true), 1 / Math.sqrt(hd)), mask);
@@ -180,7 +184,8 @@ function splitHeads(x: tf.Tensor3D, heads: number, hd: number): tf.Tensor4D {
 function repeatKv(x: tf.Tensor4D, rep: number): tf.Tensor4D {
   if (rep === 1) return x;
   const [b, kv, t, hd] = x.shape;
-  return tf.tile(x.reshape([b, kv, 1, t, hd]), [1, 1, rep, 1, 1]).reshape([b, kv * rep, t, hd]);
+  // rank-4 tile: tfjs has no tile gradient for rank 5
+  return tf.tile(x.reshape([b, kv, 1, t * hd]), [1, 1, rep, 1]).reshape([b, kv * rep, t, hd]);
 }
 
 export function inverseFrequencies(config: LlamaConfig): Float32Array {
