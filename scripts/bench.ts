@@ -2,7 +2,8 @@
  * pnpm bench <name> [--json FILE]: runs one benchmark, prints a table, optionally writes JSON.
  * Each benchmark lives in scripts/bench/<name>.ts and exports `run(): Promise<BenchResult>`.
  */
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 
@@ -13,6 +14,7 @@ export interface BenchResult {
 
 const BENCHES: Record<string, () => Promise<{ run: () => Promise<BenchResult> }>> = {
   shared: () => import('./bench/shared.js'),
+  model: () => import('./bench/model.js'),
 };
 
 const { positionals, values } = parseArgs({
@@ -37,6 +39,7 @@ const bench = await BENCHES[name]!();
 const result = await bench.run();
 console.table(result.rows);
 if (values.json) {
+  await mkdir(path.dirname(values.json), { recursive: true });
   await writeFile(
     values.json,
     `${JSON.stringify({ bench: name, date: new Date().toISOString(), machine, ...result.data }, null, 2)}\n`,

@@ -98,3 +98,54 @@ export function weightShapes(config: LlamaConfig): [name: string, shape: number[
 export function parameterCount(config: LlamaConfig): number {
   return weightShapes(config).reduce((n, [, shape]) => n + shape.reduce((a, b) => a * b, 1), 0);
 }
+
+function byteLlama(
+  shape: Pick<
+    LlamaConfig,
+    'hidden_size' | 'intermediate_size' | 'num_hidden_layers' | 'num_attention_heads' | 'num_key_value_heads'
+  >,
+): LlamaConfig {
+  return {
+    model_type: 'llama',
+    architectures: ['LlamaForCausalLM'],
+    vocab_size: 259,
+    max_position_embeddings: 512,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: true,
+    bos_token_id: 256,
+    eos_token_id: 257,
+    pad_token_id: 258,
+    hidden_act: 'silu',
+    ...shape,
+  };
+}
+
+/** The project's own checkpoint shapes (byte-level vocabulary, see tokenizer.ts). */
+export const MODEL_PRESETS = {
+  /** ~0.11M parameters */
+  'edge-tiny': byteLlama({
+    hidden_size: 64,
+    intermediate_size: 176,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+  }),
+  /** ~0.84M parameters */
+  'edge-small': byteLlama({
+    hidden_size: 128,
+    intermediate_size: 352,
+    num_hidden_layers: 4,
+    num_attention_heads: 4,
+    num_key_value_heads: 4,
+  }),
+  /** ~3.9M parameters, 4.6x edge-small */
+  cloud: byteLlama({
+    hidden_size: 256,
+    intermediate_size: 608,
+    num_hidden_layers: 6,
+    num_attention_heads: 8,
+    num_key_value_heads: 2,
+  }),
+} as const satisfies Record<string, LlamaConfig>;
+export type ModelPreset = keyof typeof MODEL_PRESETS;

@@ -36,76 +36,81 @@ beforeAll(async () => {
   await selectTfjsBackend();
 });
 
-describe.each(CASES)('tfjs and ONNX Runtime agree: $name', ({ config, lora, rank }) => {
-  const weights = randomWeights(config, 11);
-  const adapter = randomLora(config, rank, lora, 12);
-  const random = new Random(13);
-  // row 1 is left-padded by 3
-  const ids = randomIds(random, 2, 14, 256);
-  const mask = [new Array<number>(14).fill(1), [0, 0, 0, ...new Array<number>(11).fill(1)]];
-  ids[1]!.fill(config.pad_token_id, 0, 3);
+const KERNELS = CASES.flatMap((c) => (['fused', 'onnx'] as const).map((attention) => ({ ...c, attention })));
 
-  it('logits match to 1e-4 with and without runtime LoRA', async () => {
-    const tfModel = new TfjsLlama(config, weights);
-    const ortModel = await OrtLlama.create(config, weights, { loraModules: [...adapter.modules.keys()] });
-    const tfLora = tfjsLora(config, adapter);
-    try {
-      for (const withLora of [false, true]) {
-        const { logits: expected, cache } = tfModel.forward(ids, {
-          attentionMask: mask,
-          lora: withLora ? tfLora : undefined,
-        });
-        const { logits } = await ortModel.forward(ids, { attentionMask: mask, lora: withLora ? adapter : undefined });
-        const diff = maxAbsDiff(logits, expected.dataSync());
-        expect(diff).toBeLessThan(1e-4);
-        expected.dispose();
-        cache.keys.forEach((t) => t.dispose());
-        cache.values.forEach((t) => t.dispose());
+describe.each(KERNELS)(
+  'tfjs and ONNX Runtime ($attention attention) agree: $name',
+  ({ config, lora, rank, attention }) => {
+    const weights = randomWeights(config, 11);
+    const adapter = randomLora(config, rank, lora, 12);
+    const random = new Random(13);
+    // row 1 is left-padded by 3
+    const ids = randomIds(random, 2, 14, 256);
+    const mask = [new Array<number>(14).fill(1), [0, 0, 0, ...new Array<number>(11).fill(1)]];
+    ids[1]!.fill(config.pad_token_id, 0, 3);
+
+    it('logits match to 1e-4 with and without runtime LoRA', async () => {
+      const tfModel = new TfjsLlama(config, weights);
+      const ortModel = await OrtLlama.create(config, weights, { loraModules: [...adapter.modules.keys()], attention });
+      const tfLora = tfjsLora(config, adapter);
+      try {
+        for (const withLora of [false, true]) {
+          const { logits: expected, cache } = tfModel.forward(ids, {
+            attentionMask: mask,
+            lora: withLora ? tfLora : undefined,
+          });
+          const { logits } = await ortModel.forward(ids, { attentionMask: mask, lora: withLora ? adapter : undefined });
+          const diff = maxAbsDiff(logits, expected.dataSync());
+          expect(diff).toBeLessThan(1e-4);
+          expected.dispose();
+          cache.keys.forEach((t) => t.dispose());
+          cache.values.forEach((t) => t.dispose());
+        }
+        // LoRA must actually change the output, or the comparison above proves nothing
+        const base = await ortModel.forward(ids, { attentionMask: mask });
+        const adapted = await ortModel.forward(ids, { attentionMask: mask, lora: adapter });
+        expect(maxAbsDiff(base.logits, adapted.logits)).toBeGreaterThan(1e-2);
+      } finally {
+        tfModel.dispose();
+        await ortModel.release();
       }
-      // LoRA must actually change the output, or the comparison above proves nothing
-      const base = await ortModel.forward(ids, { attentionMask: mask });
-      const adapted = await ortModel.forward(ids, { attentionMask: mask, lora: adapter });
-      expect(maxAbsDiff(base.logits, adapted.logits)).toBeGreaterThan(1e-2);
-    } finally {
-      tfModel.dispose();
-      await ortModel.release();
-    }
-  });
+    });
 
-  it('KV-cache decoding gives the logits of full recomputation', async () => {
-    const ortModel = await OrtLlama.create(config, weights, { loraModules: [...adapter.modules.keys()] });
-    try {
-      const full = await ortModel.forward(ids, { attentionMask: mask, lora: adapter });
-      const V = config.vocab_size;
-      const prefix = 6;
-      let step = await ortModel.forward(
-        ids.map((r) => r.slice(0, prefix)),
-        {
-          attentionMask: mask.map((r) => r.slice(0, prefix)),
-          lora: adapter,
-        },
-      );
-      // padded query positions attend to nothing real; their logits are unused and not compared
-      const real = (logits: Float32Array, from: number) => zeroPadded(logits, mask, V, from);
-      let worst = maxAbsDiff(real(step.logits, 0), real(rowsSlice(full.logits, 2, 14, V, 0, prefix), 0));
-      for (let t = prefix; t < 14; t++) {
-        step = await ortModel.forward(
-          ids.map((r) => [r[t]!]),
+    it('KV-cache decoding gives the logits of full recomputation', async () => {
+      const ortModel = await OrtLlama.create(config, weights, { loraModules: [...adapter.modules.keys()], attention });
+      try {
+        const full = await ortModel.forward(ids, { attentionMask: mask, lora: adapter });
+        const V = config.vocab_size;
+        const prefix = 6;
+        let step = await ortModel.forward(
+          ids.map((r) => r.slice(0, prefix)),
           {
-            attentionMask: mask.map((r) => r.slice(0, t + 1)),
-            cache: step.cache,
+            attentionMask: mask.map((r) => r.slice(0, prefix)),
             lora: adapter,
           },
         );
-        worst = Math.max(worst, maxAbsDiff(step.logits, rowsSlice(full.logits, 2, 14, V, t, t + 1)));
+        // padded query positions attend to nothing real; their logits are unused and not compared
+        const real = (logits: Float32Array, from: number) => zeroPadded(logits, mask, V, from);
+        let worst = maxAbsDiff(real(step.logits, 0), real(rowsSlice(full.logits, 2, 14, V, 0, prefix), 0));
+        for (let t = prefix; t < 14; t++) {
+          step = await ortModel.forward(
+            ids.map((r) => [r[t]!]),
+            {
+              attentionMask: mask.map((r) => r.slice(0, t + 1)),
+              cache: step.cache,
+              lora: adapter,
+            },
+          );
+          worst = Math.max(worst, maxAbsDiff(step.logits, rowsSlice(full.logits, 2, 14, V, t, t + 1)));
+        }
+        expect(step.cache.length).toBe(14);
+        expect(worst).toBeLessThan(1e-4);
+      } finally {
+        await ortModel.release();
       }
-      expect(step.cache.length).toBe(14);
-      expect(worst).toBeLessThan(1e-4);
-    } finally {
-      await ortModel.release();
-    }
-  });
-});
+    });
+  },
+);
 
 /** Copy of [batch, n, V] logits with positions that are padding (per mask, from position `from`) zeroed. */
 function zeroPadded(logits: Float32Array, mask: number[][], V: number, from: number): Float32Array {

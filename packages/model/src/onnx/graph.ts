@@ -29,6 +29,7 @@ export class Graph {
   readonly outputs: ValueInfo[] = [];
   private counter = 0;
   private readonly constants = new Map<string, string>();
+  private readonly domains = new Set<string>();
 
   constructor(readonly name: string) {}
 
@@ -42,6 +43,7 @@ export class Graph {
     return name;
   }
 
+  /** Declares `value` a graph output under `name`; name the producing op's output instead where a copy matters. */
   output(value: string, name: string, elemType: number, dims: Dim[]): void {
     if (value !== name) this.op('Identity', [value], {}, name);
     this.outputs.push({ name, elemType, dims });
@@ -98,16 +100,19 @@ export class Graph {
     return name;
   }
 
-  /** Emits a node with several outputs. */
+  /** Emits a node with several outputs; `domain` selects an operator set such as `com.microsoft`. */
   opMulti(
     opType: string,
     inputs: string[],
     outputs: string[],
     attributes: Record<string, AttributeValue> = {},
+    domain = '',
   ): string[] {
+    if (domain !== '') this.domains.add(domain);
     this.nodes.push(
       onnx.NodeProto.create({
         opType,
+        domain,
         name: this.fresh(`n_${opType}`),
         input: inputs,
         output: outputs,
@@ -132,7 +137,7 @@ export class Graph {
     const model = onnx.ModelProto.create({
       irVersion: IR_VERSION,
       producerName: 'floe-ts',
-      opsetImport: [{ domain: '', version: OPSET }],
+      opsetImport: [{ domain: '', version: OPSET }, ...[...this.domains].map((domain) => ({ domain, version: 1 }))],
       graph: onnx.GraphProto.create({
         name: this.name,
         node: this.nodes,

@@ -3,30 +3,220 @@
  *
  * Inputs:  input_ids [batch, seq] int64, attention_mask [batch, past + seq] int64 (1 real, 0 padding),
  *          position_ids [batch, seq] int64, past_key.{l} / past_value.{l} [batch, kvHeads, past, headDim]
- *          (past may be 0), and per adapted module `lora.{path}.A_t` [in, r] and `lora.{path}.B_t`
- *          [r, out] with alpha / r folded into B_t (any r, per call).
+ *          (past may be 0), and per adapted projection group `lora.{l}.{group}.A` / `.B` (see below).
  * Outputs: logits [batch, seq, vocab], present_key.{l} / present_value.{l} [batch, kvHeads, past + seq, headDim].
  *
- * Weights are initializers, linear weights stored transposed ([in, out]) so each projection is one MatMul.
+ * At decode time a step costs about 2 us per graph node on this kind of CPU, far more than the
+ * arithmetic of a model this small, so the graph is laid out for few nodes (same math, fewer ops):
+ * - q, k, v are one MatMul with columns [q | k | rot(q) | rot(k) | v]. rotate_half is a fixed signed
+ *   permutation R of each head's features, so rot(x W^T) = x (W^T R): the rotary embedding becomes
+ *   qk * cos + rot(qk) * sin, three elementwise ops for q and k together. 1/sqrt(head_dim) is folded
+ *   into the q columns.
+ * - gate and up are one MatMul with columns [gate | up].
+ * - LoRA works per group (qkv, o, gate_up, down): x @ A_cat (the group's A^T side by side) @ B_block
+ *   (the group's alpha/r * B^T on a block diagonal, laid out like the group's weight columns), so a
+ *   group costs three nodes whatever the number of adapted modules, at any rank.
+ * - RMSNorm is written in the pattern ORT fuses into one SimplifiedLayerNormalization kernel.
  */
+import type { LoraAdapter } from '@floe/shared';
 import { type LlamaConfig, LORA_MODULES, type LoraModuleKind, headDim, linearPath } from '../config.js';
 import type { Weights } from '../checkpoint.js';
 import { inverseFrequencies, MASK_VALUE } from '../tfjs/llama.js';
 import { DataType, Graph } from './graph.js';
 
+export type ProjectionGroup = 'qkv' | 'o' | 'gate_up' | 'down';
+export const PROJECTION_GROUPS: Record<ProjectionGroup, readonly LoraModuleKind[]> = {
+  qkv: ['q_proj', 'k_proj', 'v_proj'],
+  o: ['o_proj'],
+  gate_up: ['gate_proj', 'up_proj'],
+  down: ['down_proj'],
+};
+
 export interface LlamaGraphOptions {
-  /** Module paths (e.g. `model.layers.0.self_attn.q_proj`) that get LoRA inputs. */
+  /** Module paths (e.g. `model.layers.0.self_attn.q_proj`) that can be adapted at run time. */
   loraModules?: readonly string[];
+  /**
+   * `fused` (default): ONNX Runtime's com.microsoft.MultiHeadAttention kernel, one node per layer
+   * for attention and the KV cache. `onnx`: standard ONNX operators only, for other runtimes.
+   */
+  attention?: AttentionKernel;
 }
 
-export function loraInputNames(modulePath: string): { A: string; B: string } {
-  return { A: `lora.${modulePath}.A_t`, B: `lora.${modulePath}.B_t` };
+export type AttentionKernel = 'fused' | 'onnx';
+
+export function loraInputNames(layer: number, group: ProjectionGroup): { A: string; B: string } {
+  return { A: `lora.${layer}.${group}.A`, B: `lora.${layer}.${group}.B` };
 }
 
 export function transpose2d(data: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(rows * cols);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = data[i * cols + j] as number;
   return out;
+}
+
+/** One column block of a fused projection: `cols` columns computed from module `kind`. */
+interface ColumnBlock {
+  kind: LoraModuleKind;
+  cols: number;
+  /** The columns are rotate_half of the module's output (q and k only). */
+  rotated: boolean;
+  scale: number;
+}
+
+/** The column layout of each fused projection group. */
+function columnBlocks(config: LlamaConfig, group: ProjectionGroup): ColumnBlock[] {
+  const hd = headDim(config);
+  const q = config.num_attention_heads * hd;
+  const kv = config.num_key_value_heads * hd;
+  const qScale = 1 / Math.sqrt(hd);
+  switch (group) {
+    case 'qkv':
+      return [
+        { kind: 'q_proj', cols: q, rotated: false, scale: qScale },
+        { kind: 'k_proj', cols: kv, rotated: false, scale: 1 },
+        { kind: 'q_proj', cols: q, rotated: true, scale: qScale },
+        { kind: 'k_proj', cols: kv, rotated: true, scale: 1 },
+        { kind: 'v_proj', cols: kv, rotated: false, scale: 1 },
+      ];
+    case 'o':
+      return [{ kind: 'o_proj', cols: config.hidden_size, rotated: false, scale: 1 }];
+    case 'gate_up':
+      return [
+        { kind: 'gate_proj', cols: config.intermediate_size, rotated: false, scale: 1 },
+        { kind: 'up_proj', cols: config.intermediate_size, rotated: false, scale: 1 },
+      ];
+    case 'down':
+      return [{ kind: 'down_proj', cols: config.hidden_size, rotated: false, scale: 1 }];
+  }
+}
+
+/**
+ * Writes M^T (M is [out, inner], row-major) into columns [offset, offset + out) of a [inner, width]
+ * matrix, optionally applying rotate_half within each head: rotated column j of a head takes
+ * -column (j + hd/2) for j < hd/2 and column (j - hd/2) otherwise.
+ */
+function writeTransposed(
+  target: Float32Array,
+  width: number,
+  offset: number,
+  M: Float32Array,
+  out: number,
+  inner: number,
+  block: ColumnBlock,
+  hd: number,
+  extraScale = 1,
+): void {
+  const half = hd / 2;
+  const scale = block.scale * extraScale;
+  for (let c = 0; c < out; c++) {
+    let source = c;
+    let sign = 1;
+    if (block.rotated) {
+      const within = c % hd;
+      source = within < half ? c + half : c - half;
+      sign = within < half ? -1 : 1;
+    }
+    for (let i = 0; i < inner; i++) target[i * width + offset + c] = sign * scale * (M[source * inner + i] as number);
+  }
+}
+
+function groupWidth(config: LlamaConfig, group: ProjectionGroup): number {
+  return columnBlocks(config, group).reduce((n, b) => n + b.cols, 0);
+}
+
+function groupInput(config: LlamaConfig, group: ProjectionGroup): number {
+  if (group === 'o') return config.num_attention_heads * headDim(config);
+  if (group === 'down') return config.intermediate_size;
+  return config.hidden_size;
+}
+
+/** The fused weight [in, width] of a projection group of one layer. */
+function fusedWeight(config: LlamaConfig, weights: Weights, layer: number, group: ProjectionGroup): Float32Array {
+  const inner = groupInput(config, group);
+  const width = groupWidth(config, group);
+  const fused = new Float32Array(inner * width);
+  let offset = 0;
+  for (const block of columnBlocks(config, group)) {
+    const name = `${linearPath(layer, block.kind)}.weight`;
+    const w = weights.get(name);
+    if (!w) throw new Error(`weights lack ${name}`);
+    writeTransposed(fused, width, offset, w.data, block.cols, inner, block, headDim(config));
+    offset += block.cols;
+  }
+  return fused;
+}
+
+export interface LoraGroupFeed {
+  A: Float32Array; // [in, rank]
+  B: Float32Array; // [rank, width]
+  inFeatures: number;
+  rank: number;
+  width: number;
+}
+
+/**
+ * The two LoRA inputs of a projection group: A_cat [in, sum r] and the block-diagonal B [sum r, width].
+ * Modules of the group the adapter does not cover contribute nothing; with none covered, rank-1 zeros.
+ */
+export function loraGroupFeed(
+  config: LlamaConfig,
+  adapter: LoraAdapter | undefined,
+  layer: number,
+  group: ProjectionGroup,
+): LoraGroupFeed {
+  const inFeatures = groupInput(config, group);
+  const width = groupWidth(config, group);
+  const members = PROJECTION_GROUPS[group]
+    .map((kind) => ({ kind, factors: adapter?.modules.get(linearPath(layer, kind)) }))
+    .filter((m) => m.factors !== undefined);
+  const rank = members.reduce((n, m) => n + (m.factors?.rank ?? 0), 0);
+  if (rank === 0) return { A: new Float32Array(inFeatures), B: new Float32Array(width), inFeatures, rank: 1, width };
+  const A = new Float32Array(inFeatures * rank);
+  const B = new Float32Array(rank * width);
+  let rowOffset = 0;
+  for (const { kind, factors } of members) {
+    if (!factors) continue;
+    const r = factors.rank;
+    // A^T columns [rowOffset, rowOffset + r)
+    for (let k = 0; k < r; k++)
+      for (let i = 0; i < inFeatures; i++) A[i * rank + rowOffset + k] = factors.A[k * inFeatures + i] as number;
+    // rows [rowOffset, rowOffset + r) of B carry alpha/r * B^T under every column block of this module
+    const rowsOfB = B.subarray(rowOffset * width, (rowOffset + r) * width);
+    let colOffset = 0;
+    for (const block of columnBlocks(config, group)) {
+      if (block.kind === kind) {
+        writeTransposed(
+          rowsOfB,
+          width,
+          colOffset,
+          factors.B,
+          block.cols,
+          r,
+          block,
+          headDim(config),
+          (adapter as LoraAdapter).alpha / r,
+        );
+      }
+      colOffset += block.cols;
+    }
+    rowOffset += r;
+  }
+  return { A, B, inFeatures, rank, width };
+}
+
+/** The projection groups of each layer that get LoRA inputs, given the adaptable module paths. */
+export function loraGroups(
+  config: LlamaConfig,
+  loraModules: readonly string[],
+): { layer: number; group: ProjectionGroup }[] {
+  const adaptable = new Set(loraModules);
+  const groups: { layer: number; group: ProjectionGroup }[] = [];
+  for (let layer = 0; layer < config.num_hidden_layers; layer++) {
+    for (const [group, kinds] of Object.entries(PROJECTION_GROUPS) as [ProjectionGroup, readonly LoraModuleKind[]][]) {
+      if (kinds.some((kind) => adaptable.has(linearPath(layer, kind)))) groups.push({ layer, group });
+    }
+  }
+  return groups;
 }
 
 export function buildLlamaGraph(config: LlamaConfig, weights: Weights, options: LlamaGraphOptions = {}): Uint8Array {
@@ -37,17 +227,14 @@ export function buildLlamaGraph(config: LlamaConfig, weights: Weights, options: 
   const hd = headDim(config);
   const H = config.num_attention_heads;
   const KV = config.num_key_value_heads;
-  const lora = new Set(options.loraModules ?? []);
+  const adapted = new Set(loraGroups(config, options.loraModules ?? []).map(({ layer, group }) => `${layer}.${group}`));
+  const fused = (options.attention ?? 'fused') === 'fused';
+  const cacheHeads = cacheHeadCount(config, options.attention ?? 'fused');
 
   const weight = (name: string): { data: Float32Array; shape: number[] } => {
     const t = weights.get(name);
     if (!t) throw new Error(`weights lack ${name}`);
     return t;
-  };
-  const linearWeight = (name: string): string => {
-    const { data, shape } = weight(name);
-    const [out, inn] = shape as [number, number];
-    return g.initializer(`${name}_t`, transpose2d(data, out, inn), [inn, out]);
   };
 
   const inputIds = g.input('input_ids', I64, ['batch', 'seq']);
@@ -67,42 +254,50 @@ export function buildLlamaGraph(config: LlamaConfig, weights: Weights, options: 
     g.op('Unsqueeze', [queryPos, g.constI64([1], [1])]),
   ]); // [s, T]
   const real = g.op('Unsqueeze', [g.op('Equal', [attentionMask, one]), g.constI64([1, 2])]); // [b, 1, 1, T]
-  const visible = g.op('And', [causal, real]); // [b, 1, s, T]
-  const bias = g.op('Where', [visible, g.constF32([0]), g.constF32([MASK_VALUE])]);
+  const bias = g.op('Where', [g.op('And', [causal, real]), g.constF32([0]), g.constF32([MASK_VALUE])]); // [b, 1, s, T]
 
-  // --- rotary tables, [b, 1, s, hd]
+  // --- rotary tables for q and k side by side, [b, s, (H + KV) * hd]
   const positions = g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: F }), g.constI64([2], [1])]); // [b, s, 1]
   const freqs = g.op('Mul', [positions, g.initializer('rope.inv_freq', inverseFrequencies(config), [hd / 2])]);
-  const emb = g.op('Unsqueeze', [g.op('Concat', [freqs, freqs], { axis: -1 }), g.constI64([1], [1])]);
-  const cos = g.op('Cos', [emb]);
-  const sin = g.op('Sin', [emb]);
-  const half = g.constI64([hd / 2, hd / 2]);
-  const rotary = (x: string): string => {
-    const [x1, x2] = g.opMulti('Split', [x, half], [g.fresh('x1'), g.fresh('x2')], { axis: 3 }) as [string, string];
-    const rotated = g.op('Concat', [g.op('Neg', [x2]), x1], { axis: 3 });
-    return g.op('Add', [g.op('Mul', [x, cos]), g.op('Mul', [rotated, sin])]);
-  };
+  const emb = g.op('Concat', [freqs, freqs], { axis: -1 }); // [b, s, hd]
+  const heads = g.constI64([1, 1, H + KV]);
+  const cos = g.op('Tile', [g.op('Cos', [emb]), heads]);
+  const sin = g.op('Tile', [g.op('Sin', [emb]), heads]);
 
+  // Written as Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul so that ORT fuses it into one
+  // SimplifiedLayerNormalization kernel.
   const rmsNorm = (x: string, name: string): string => {
-    const meanSquare = g.op('ReduceMean', [g.op('Mul', [x, x])], { axes: [-1], keepdims: 1 });
-    const inv = g.op('Reciprocal', [g.op('Sqrt', [g.op('Add', [meanSquare, g.constF32([config.rms_norm_eps])])])]);
+    const meanSquare = g.op('ReduceMean', [g.op('Pow', [x, g.constF32([2])])], { axes: [-1], keepdims: 1 });
+    const rms = g.op('Sqrt', [g.op('Add', [meanSquare, g.constF32([config.rms_norm_eps])])]);
     const gain = weight(name);
-    return g.op('Mul', [g.op('Mul', [x, inv]), g.initializer(name, gain.data, gain.shape)]);
+    return g.op('Mul', [g.op('Div', [x, rms]), g.initializer(name, gain.data, gain.shape)]);
   };
 
-  const linear = (x: string, layer: number, kind: LoraModuleKind): string => {
-    const path = linearPath(layer, kind);
-    const y = g.op('MatMul', [x, linearWeight(`${path}.weight`)]);
-    if (!lora.has(path)) return y;
-    const names = loraInputNames(path);
-    const [out, inn] = weight(`${path}.weight`).shape as [number, number];
-    const A = g.input(names.A, F, [inn, `r_${layer}_${kind}`]);
-    const B = g.input(names.B, F, [`r_${layer}_${kind}`, out]);
+  const project = (x: string, layer: number, group: ProjectionGroup): string => {
+    const inner = groupInput(config, group);
+    const width = groupWidth(config, group);
+    const w = g.initializer(`layer${layer}.${group}.weight_t`, fusedWeight(config, weights, layer, group), [
+      inner,
+      width,
+    ]);
+    const y = g.op('MatMul', [x, w]);
+    if (!adapted.has(`${layer}.${group}`)) return y;
+    const names = loraInputNames(layer, group);
+    const A = g.input(names.A, F, [inner, `r_${layer}_${group}`]);
+    const B = g.input(names.B, F, [`r_${layer}_${group}`, width]);
     return g.op('Add', [y, g.op('MatMul', [g.op('MatMul', [x, A]), B])]);
   };
 
-  const splitHeads = (x: string, heads: number): string =>
-    g.op('Transpose', [g.op('Reshape', [x, g.constI64([0, 0, heads, hd])])], { perm: [0, 2, 1, 3] });
+  const toHeads = (x: string, n: number): string =>
+    g.op('Transpose', [g.op('Reshape', [x, g.constI64([0, 0, n, hd])])], { perm: [0, 2, 1, 3] });
+
+  // The fused kernel needs as many key/value heads as query heads: [b, s, KV * hd] -> [b, s, H * hd].
+  const repeatKvFeatures = (x: string): string => {
+    if (H === KV) return x;
+    const x5 = g.op('Reshape', [x, g.constI64([0, 0, KV, 1, hd])]);
+    const target = g.op('Mul', [g.op('Shape', [x5]), g.constI64([1, 1, 1, H / KV, 1])]);
+    return g.op('Reshape', [g.op('Expand', [x5, target]), g.constI64([0, 0, H * hd])]);
+  };
 
   const repeatKv = (x: string): string => {
     if (H === KV) return x;
@@ -119,31 +314,74 @@ export function buildLlamaGraph(config: LlamaConfig, weights: Weights, options: 
   for (let layer = 0; layer < config.num_hidden_layers; layer++) {
     const prefix = `model.layers.${layer}`;
     const n1 = rmsNorm(hidden, `${prefix}.input_layernorm.weight`);
-    const q = rotary(splitHeads(linear(n1, layer, 'q_proj'), H));
-    const pastKey = g.input(`past_key.${layer}`, F, ['batch', KV, 'past', hd]);
-    const pastValue = g.input(`past_value.${layer}`, F, ['batch', KV, 'past', hd]);
-    const k = g.op('Concat', [pastKey, rotary(splitHeads(linear(n1, layer, 'k_proj'), KV))], { axis: 2 });
-    const v = g.op('Concat', [pastValue, splitHeads(linear(n1, layer, 'v_proj'), KV)], { axis: 2 });
-    g.output(k, `present_key.${layer}`, F, ['batch', KV, 'total', hd]);
-    g.output(v, `present_value.${layer}`, F, ['batch', KV, 'total', hd]);
-
-    const kT = g.op('Transpose', [repeatKv(k)], { perm: [0, 1, 3, 2] });
-    const scores = g.op('Add', [g.op('Mul', [g.op('MatMul', [q, kT]), g.constF32([1 / Math.sqrt(hd)])]), bias]);
-    const attn = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), repeatKv(v)]); // [b, H, s, hd]
-    const merged = g.op('Reshape', [g.op('Transpose', [attn], { perm: [0, 2, 1, 3] }), g.constI64([0, 0, H * hd])]);
-    hidden = g.op('Add', [hidden, linear(merged, layer, 'o_proj')]);
+    const qkWidth = (H + KV) * hd;
+    const [qk, qkRotated, vNew] = g.opMulti(
+      'Split',
+      [project(n1, layer, 'qkv'), g.constI64([qkWidth, qkWidth, KV * hd])],
+      [g.fresh('qk'), g.fresh('qk_rot'), g.fresh('v')],
+      { axis: -1 },
+    ) as [string, string, string];
+    const qkEmbedded = g.op('Add', [g.op('Mul', [qk, cos]), g.op('Mul', [qkRotated, sin])]);
+    const pastKey = g.input(`past_key.${layer}`, F, ['batch', cacheHeads, 'past', hd]);
+    const pastValue = g.input(`past_value.${layer}`, F, ['batch', cacheHeads, 'past', hd]);
+    const presentKey = `present_key.${layer}`;
+    const presentValue = `present_value.${layer}`;
+    g.outputs.push({ name: presentKey, elemType: F, dims: ['batch', cacheHeads, 'total', hd] });
+    g.outputs.push({ name: presentValue, elemType: F, dims: ['batch', cacheHeads, 'total', hd] });
+    let merged: string; // [b, s, H * hd]
+    if (fused) {
+      const [q, kNew] = g.opMulti('Split', [qkEmbedded, g.constI64([H * hd, KV * hd])], [g.fresh('q'), g.fresh('k')], {
+        axis: -1,
+      }) as [string, string];
+      merged = g.fresh('attn');
+      g.opMulti(
+        'MultiHeadAttention',
+        [q, repeatKvFeatures(kNew), repeatKvFeatures(vNew), '', '', bias, pastKey, pastValue],
+        [merged, presentKey, presentValue],
+        { num_heads: H, scale: { float: 1 } }, // q carries 1/sqrt(hd)
+        'com.microsoft',
+      );
+    } else {
+      const [q, kNew] = g.opMulti(
+        'Split',
+        [toHeads(qkEmbedded, H + KV), g.constI64([H, KV])],
+        [g.fresh('q'), g.fresh('k')],
+        {
+          axis: 1,
+        },
+      ) as [string, string];
+      const k = g.op('Concat', [pastKey, kNew], { axis: 2 }, presentKey);
+      const v = g.op('Concat', [pastValue, toHeads(vNew, KV)], { axis: 2 }, presentValue);
+      const kT = g.op('Transpose', [repeatKv(k)], { perm: [0, 1, 3, 2] });
+      const scores = g.op('Add', [g.op('MatMul', [q, kT]), bias]); // q carries 1/sqrt(hd)
+      const attn = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), repeatKv(v)]); // [b, H, s, hd]
+      merged = g.op('Reshape', [g.op('Transpose', [attn], { perm: [0, 2, 1, 3] }), g.constI64([0, 0, H * hd])]);
+    }
+    hidden = g.op('Add', [hidden, project(merged, layer, 'o')]);
 
     const n2 = rmsNorm(hidden, `${prefix}.post_attention_layernorm.weight`);
-    const gate = linear(n2, layer, 'gate_proj');
-    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), linear(n2, layer, 'up_proj')]);
-    hidden = g.op('Add', [hidden, linear(act, layer, 'down_proj')]);
+    const I = config.intermediate_size;
+    const [gate, up] = g.opMulti(
+      'Split',
+      [project(n2, layer, 'gate_up'), g.constI64([I, I])],
+      [g.fresh('gate'), g.fresh('up')],
+      {
+        axis: -1,
+      },
+    ) as [string, string];
+    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
+    hidden = g.op('Add', [hidden, project(act, layer, 'down')]);
   }
   const final = rmsNorm(hidden, 'model.norm.weight');
-  const head = config.tie_word_embeddings
-    ? g.initializer('lm_head_t', transpose2d(embed.data, config.vocab_size, h), [h, config.vocab_size])
-    : linearWeight('lm_head.weight');
-  g.output(g.op('MatMul', [final, head]), 'logits', F, ['batch', 'seq', config.vocab_size]);
+  const head = config.tie_word_embeddings ? embed : weight('lm_head.weight');
+  const headT = g.initializer('lm_head_t', transpose2d(head.data, config.vocab_size, h), [h, config.vocab_size]);
+  g.output(g.op('MatMul', [final, headT]), 'logits', F, ['batch', 'seq', config.vocab_size]);
   return g.toBytes();
+}
+
+/** Heads held in the KV cache: the fused kernel keeps key/value heads repeated to the query head count. */
+export function cacheHeadCount(config: LlamaConfig, attention: AttentionKernel): number {
+  return attention === 'fused' ? config.num_attention_heads : config.num_key_value_heads;
 }
 
 /** Every LoRA-capable module path of the model. */

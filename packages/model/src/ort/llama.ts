@@ -2,11 +2,21 @@
  * The Llama graph on onnxruntime-node: prefill and decode with a KV cache, LoRA as runtime inputs.
  */
 import ort from 'onnxruntime-node';
-import { type LoraAdapter, moduleKind } from '@floe/shared';
-import { type LlamaConfig, type LoraModuleKind, headDim, linearShape } from '../config.js';
+import type { LoraAdapter } from '@floe/shared';
+import { type LlamaConfig, headDim } from '../config.js';
 import type { Weights } from '../checkpoint.js';
+import type { DecoderModel } from '../generate.js';
 import { checkAdapter } from '../lora.js';
-import { allLoraModules, buildLlamaGraph, loraInputNames, transpose2d } from '../onnx/llama-graph.js';
+import {
+  type AttentionKernel,
+  type ProjectionGroup,
+  allLoraModules,
+  cacheHeadCount,
+  buildLlamaGraph,
+  loraGroupFeed,
+  loraGroups,
+  loraInputNames,
+} from '../onnx/llama-graph.js';
 import { defaultPositions } from '../tfjs/llama.js';
 
 export interface OrtLlamaOptions {
@@ -14,6 +24,8 @@ export interface OrtLlamaOptions {
   loraModules?: readonly string[] | 'all';
   /** ORT intra-op threads (default: 1, fastest for models this small on this kind of machine). */
   threads?: number;
+  /** Attention kernel (see LlamaGraphOptions); default `fused`. */
+  attention?: AttentionKernel;
 }
 
 /** Per layer, [batch, kvHeads, past, headDim]. */
@@ -39,19 +51,25 @@ export interface OrtForwardResult {
 /** LoRA feeds prepared once per adapter: A^T and scale * B^T. */
 type LoraFeeds = Record<string, ort.Tensor>;
 
-export class OrtLlama {
+export class OrtLlama implements DecoderModel<OrtKVCache> {
   private loraCache = new WeakMap<LoraAdapter, LoraFeeds>();
   private zeroLora: LoraFeeds | undefined;
+
+  private readonly groups: { layer: number; group: ProjectionGroup }[];
 
   private constructor(
     readonly config: LlamaConfig,
     readonly session: ort.InferenceSession,
     readonly loraModules: readonly string[],
-  ) {}
+    private readonly cacheHeads: number,
+  ) {
+    this.groups = loraGroups(config, loraModules);
+  }
 
   static async create(config: LlamaConfig, weights: Weights, options: OrtLlamaOptions = {}): Promise<OrtLlama> {
     const loraModules = options.loraModules === 'all' ? allLoraModules(config) : [...(options.loraModules ?? [])];
-    const graph = buildLlamaGraph(config, weights, { loraModules });
+    const attention = options.attention ?? 'fused';
+    const graph = buildLlamaGraph(config, weights, { loraModules, attention });
     const threads = options.threads ?? 1;
     const session = await ort.InferenceSession.create(graph, {
       graphOptimizationLevel: 'all',
@@ -59,7 +77,7 @@ export class OrtLlama {
       interOpNumThreads: 1,
       executionMode: 'sequential',
     });
-    return new OrtLlama(config, session, loraModules);
+    return new OrtLlama(config, session, loraModules, cacheHeadCount(config, attention));
   }
 
   async release(): Promise<void> {
@@ -67,7 +85,7 @@ export class OrtLlama {
   }
 
   emptyCache(batch: number): OrtKVCache {
-    const dims = [batch, this.config.num_key_value_heads, 0, headDim(this.config)];
+    const dims = [batch, this.cacheHeads, 0, headDim(this.config)];
     const empty = () => new ort.Tensor('float32', new Float32Array(0), dims);
     const layers = [...Array(this.config.num_hidden_layers).keys()];
     return { keys: layers.map(empty), values: layers.map(empty), length: 0 };
@@ -119,7 +137,7 @@ export class OrtLlama {
     return feeds;
   }
 
-  /** Modules the adapter does not cover get rank-1 zeros, i.e. no change. */
+  /** Fused per-group inputs (see llama-graph.ts); groups the adapter does not cover get rank-1 zeros. */
   private prepareLora(adapter: LoraAdapter | undefined): LoraFeeds {
     if (adapter) {
       checkAdapter(this.config, adapter);
@@ -128,27 +146,21 @@ export class OrtLlama {
       }
     }
     const feeds: LoraFeeds = {};
-    for (const path of this.loraModules) {
-      const names = loraInputNames(path);
-      const f = adapter?.modules.get(path);
-      if (f) {
-        const scale = (adapter as LoraAdapter).alpha / f.rank;
-        feeds[names.A] = new ort.Tensor('float32', transpose2d(f.A, f.rank, f.inFeatures), [f.inFeatures, f.rank]);
-        const Bt = transpose2d(f.B, f.outFeatures, f.rank).map((x) => x * scale);
-        feeds[names.B] = new ort.Tensor('float32', Bt, [f.rank, f.outFeatures]);
-      } else {
-        const [out, inn] = linearShape(this.config, moduleKind(path) as LoraModuleKind);
-        feeds[names.A] = new ort.Tensor('float32', new Float32Array(inn), [inn, 1]);
-        feeds[names.B] = new ort.Tensor('float32', new Float32Array(out), [1, out]);
-      }
+    for (const { layer, group } of this.groups) {
+      const names = loraInputNames(layer, group);
+      const feed = loraGroupFeed(this.config, adapter, layer, group);
+      feeds[names.A] = new ort.Tensor('float32', feed.A, [feed.inFeatures, feed.rank]);
+      feeds[names.B] = new ort.Tensor('float32', feed.B, [feed.rank, feed.width]);
     }
     return feeds;
   }
 }
 
+/** int64 tensor of small non-negative integers, written as (low, high) 32-bit words: BigInt per element is slow. */
 function int64(rows: number[][], dims: number[]): ort.Tensor {
   const data = new BigInt64Array(dims.reduce((a, b) => a * b, 1));
+  const words = new Int32Array(data.buffer);
   let i = 0;
-  for (const row of rows) for (const v of row) data[i++] = BigInt(v);
+  for (const row of rows) for (const v of row) words[2 * i++] = v;
   return new ort.Tensor('int64', data, dims);
 }
