@@ -11,3 +11,4 @@ export * from './onnx/llama-graph.js';
 export * from './ort/llama.js';
 export * from './generate.js';
 export * from './tfjs/train.js';
+export * from './onnx/autodiff.js';
