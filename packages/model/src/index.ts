@@ -12,3 +12,7 @@ export * from './ort/llama.js';
 export * from './generate.js';
 export * from './tfjs/train.js';
 export * from './onnx/autodiff.js';
+export * from './onnx/llama-train-graph.js';
+export * from './onnx/adamw-graph.js';
+export * from './trainer.js';
+export * from './ort/trainer.js';

@@ -26,7 +26,9 @@ async function checkGradients(
   const session = await ort.InferenceSession.create(t.graph.toBytes());
 
   const values = shapes.map((shape) =>
-    options.positive ? Float32Array.from({ length: size(shape) }, () => 0.5 + random.next()) : random.normalArray(size(shape), 1),
+    options.positive
+      ? Float32Array.from({ length: size(shape) }, () => 0.5 + random.next())
+      : random.normalArray(size(shape), 1),
   );
   const run = async (xs: Float32Array[]) => {
     const feeds = Object.fromEntries(xs.map((x, i) => [`x${i}`, new ort.Tensor('float32', x, shapes[i])]));
@@ -46,9 +48,10 @@ async function checkGradients(
       const fPlus = ((await run(plus))['loss']!.data as Float32Array)[0]!;
       const fMinus = ((await run(minus))['loss']!.data as Float32Array)[0]!;
       const numeric = (fPlus - fMinus) / (2 * eps);
-      expect(Math.abs(numeric - analytic[j]!), `${name}: d/dx${i}[${j}] analytic ${analytic[j]} numeric ${numeric}`).toBeLessThan(
-        5e-3 + 1e-2 * Math.abs(numeric),
-      );
+      expect(
+        Math.abs(numeric - analytic[j]!),
+        `${name}: d/dx${i}[${j}] analytic ${analytic[j]} numeric ${numeric}`,
+      ).toBeLessThan(5e-3 + 1e-2 * Math.abs(numeric));
     }
   }
   await session.release();
@@ -57,21 +60,64 @@ async function checkGradients(
 describe('vector-Jacobian rules match finite differences', () => {
   it('add, sub, mul with broadcasting', async () => {
     await checkGradients('add', [[2, 3, 4], [4]], (t, [a, b]) => t.add(a!, b!));
-    await checkGradients('sub', [[2, 1, 4], [3, 1]], (t, [a, b]) => t.sub(a!, b!));
-    await checkGradients('mul', [[2, 3, 4], [1, 3, 1]], (t, [a, b]) => t.mul(a!, b!));
+    await checkGradients(
+      'sub',
+      [
+        [2, 1, 4],
+        [3, 1],
+      ],
+      (t, [a, b]) => t.sub(a!, b!),
+    );
+    await checkGradients(
+      'mul',
+      [
+        [2, 3, 4],
+        [1, 3, 1],
+      ],
+      (t, [a, b]) => t.mul(a!, b!),
+    );
   });
 
   it('div, neg, sqrt, sigmoid', async () => {
-    await checkGradients('div', [[3, 4], [3, 1]], (t, [a, b]) => t.div(a!, b!), { positive: true });
+    await checkGradients(
+      'div',
+      [
+        [3, 4],
+        [3, 1],
+      ],
+      (t, [a, b]) => t.div(a!, b!),
+      { positive: true },
+    );
     await checkGradients('neg', [[5]], (t, [a]) => t.neg(a!));
     await checkGradients('sqrt', [[2, 5]], (t, [a]) => t.sqrt(a!), { positive: true });
     await checkGradients('sigmoid', [[2, 5]], (t, [a]) => t.sigmoid(a!));
   });
 
   it('matmul: batched, broadcast batch, and a 2-D weight shared across a batch', async () => {
-    await checkGradients('matmul4d', [[2, 3, 4, 5], [2, 3, 5, 2]], (t, [a, b]) => t.matmul(a!, b!));
-    await checkGradients('matmulBroadcast', [[2, 3, 4, 5], [1, 3, 5, 2]], (t, [a, b]) => t.matmul(a!, b!));
-    await checkGradients('matmulWeight', [[2, 3, 5], [5, 4]], (t, [a, b]) => t.matmul(a!, b!));
+    await checkGradients(
+      'matmul4d',
+      [
+        [2, 3, 4, 5],
+        [2, 3, 5, 2],
+      ],
+      (t, [a, b]) => t.matmul(a!, b!),
+    );
+    await checkGradients(
+      'matmulBroadcast',
+      [
+        [2, 3, 4, 5],
+        [1, 3, 5, 2],
+      ],
+      (t, [a, b]) => t.matmul(a!, b!),
+    );
+    await checkGradients(
+      'matmulWeight',
+      [
+        [2, 3, 5],
+        [5, 4],
+      ],
+      (t, [a, b]) => t.matmul(a!, b!),
+    );
   });
 
   it('reshape, transpose, expand', async () => {
@@ -92,7 +138,14 @@ describe('vector-Jacobian rules match finite differences', () => {
       const [x, , z] = t.split(a!, [2, 3, 2], 1);
       return t.concat([z!, x!], 1);
     });
-    await checkGradients('concat', [[2, 3], [2, 2]], (t, [a, b]) => t.concat([a!, b!], -1));
+    await checkGradients(
+      'concat',
+      [
+        [2, 3],
+        [2, 2],
+      ],
+      (t, [a, b]) => t.concat([a!, b!], -1),
+    );
   });
 
   it('a value used twice sums both gradients', async () => {

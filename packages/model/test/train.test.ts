@@ -32,7 +32,7 @@ function batchOf(seed: number, batch = 2, seq = 10): TrainBatch {
 }
 
 describe('tfjs training', () => {
-  it('LoRA gradients match central finite differences of the loss', () => {
+  it('LoRA gradients match central finite differences of the loss', async () => {
     const model = new TfjsLlama(config, weights);
     const lora = tfjsLora(config, randomLora(config, 2, ['q_proj', 'v_proj', 'down_proj'], 32), true);
     const trainer = new TfjsTrainer(model, { learningRate: 1e-3, lora });
@@ -50,7 +50,7 @@ describe('tfjs training', () => {
           const data = original.slice();
           data[i]! += delta;
           p.assign(tf.tensor(data, p.shape));
-          return trainer.evaluate(batch);
+          return trainer.evaluateSync(batch);
         };
         const eps = 1e-2;
         const numeric = (at(eps) - at(-eps)) / (2 * eps);
@@ -62,11 +62,10 @@ describe('tfjs training', () => {
     expect(checked).toBe(params.length * 3);
     expect(params.length).toBe(2 * 3 * config.num_hidden_layers);
     tf.dispose(grads);
-    trainer.dispose();
-    model.dispose();
+    await trainer.dispose();
   });
 
-  it('tokens with weight 0 do not affect the loss; weights scale the others', () => {
+  it('tokens with weight 0 do not affect the loss; weights scale the others', async () => {
     const model = new TfjsLlama(config, weights);
     const trainer = new TfjsTrainer(model, {
       learningRate: 1e-3,
@@ -74,14 +73,13 @@ describe('tfjs training', () => {
     });
     const batch = batchOf(35);
     const changed = { ...batch, targets: batch.targets.map((r) => r.map((t, i) => (i % 3 === 0 ? (t + 1) % 256 : t))) };
-    expect(trainer.evaluate(changed)).toBeCloseTo(trainer.evaluate(batch), 6);
+    expect(trainer.evaluateSync(changed)).toBeCloseTo(trainer.evaluateSync(batch), 6);
     const doubled = { ...batch, weights: batch.weights.map((r) => r.map((w) => w * 2)) };
-    expect(trainer.evaluate(doubled)).toBeCloseTo(trainer.evaluate(batch), 6);
-    trainer.dispose();
-    model.dispose();
+    expect(trainer.evaluateSync(doubled)).toBeCloseTo(trainer.evaluateSync(batch), 6);
+    await trainer.dispose();
   });
 
-  it('LoRA fine-tuning from PEFT init (B = 0) overfits a batch and changes only the adapter', () => {
+  it('LoRA fine-tuning from PEFT init (B = 0) overfits a batch and changes only the adapter', async () => {
     const model = new TfjsLlama(config, weights);
     const adapter = initLora(
       config,
@@ -91,46 +89,46 @@ describe('tfjs training', () => {
     const lora = tfjsLora(config, adapter, true);
     const trainer = new TfjsTrainer(model, { learningRate: 2e-2, maxGradNorm: 1, lora });
     const batch = batchOf(37);
-    const first = trainer.step(batch).loss;
+    const first = trainer.stepSync(batch).loss;
     let last = first;
-    for (let i = 0; i < 40; i++) last = trainer.step(batch).loss;
+    for (let i = 0; i < 40; i++) last = trainer.stepSync(batch).loss;
     expect(last).toBeLessThan(first * 0.7);
     const trained = adapterFromTfjs(lora, 8);
     expect([...trained.modules.values()].some((f) => f.B.some((x) => x !== 0))).toBe(true);
     expect(model.weights().get('model.layers.0.self_attn.q_proj.weight')!.data).toEqual(
       weights.get('model.layers.0.self_attn.q_proj.weight')!.data,
     );
-    trainer.dispose();
-    model.dispose();
+    await trainer.dispose();
   });
 
-  it('full-model training (pretraining) lowers the loss, embeddings included', () => {
+  it('full-model training (pretraining) lowers the loss, embeddings included', async () => {
     const model = new TfjsLlama(config, weights, true);
     const trainer = new TfjsTrainer(model, { learningRate: 1e-2, weightDecay: 0.01, maxGradNorm: 1 });
     const batch = batchOf(38);
-    const first = trainer.step(batch).loss;
+    const first = trainer.stepSync(batch).loss;
     let last = first;
-    for (let i = 0; i < 20; i++) last = trainer.step(batch).loss;
+    for (let i = 0; i < 20; i++) last = trainer.stepSync(batch).loss;
     expect(last).toBeLessThan(first * 0.8);
     const embed = model.weights().get('model.embed_tokens.weight')!.data;
     expect(embed).not.toEqual(weights.get('model.embed_tokens.weight')!.data);
-    trainer.dispose();
-    model.dispose();
+    await trainer.dispose();
   });
 });
 
 describe('optimizer pieces', () => {
-  it('AdamW takes a first step of lr * sign(g) plus decoupled decay', () => {
-    const p = tf.variable(tf.tensor1d([1, -2, 3]));
+  it('AdamW takes a first step of lr * sign(g), plus decoupled decay on matrices only', () => {
+    const matrix = tf.variable(tf.tensor2d([1, -2, 3], [1, 3]));
+    const gain = tf.variable(tf.tensor1d([1, -2, 3]));
     const opt = new AdamW({ learningRate: 0.1, weightDecay: 0.5 });
-    opt.apply([p], [tf.tensor1d([0.3, -4, 0])]);
-    const [a, b, c] = p.dataSync();
-    // m_hat = g, v_hat = g^2 -> m_hat / (|g| + eps) = sign(g); decay adds wd * p
+    opt.apply([matrix, gain], [tf.tensor2d([0.3, -4, 0], [1, 3]), tf.tensor1d([0.3, -4, 0])]);
+    // m_hat = g, v_hat = g^2 -> m_hat / (|g| + eps) = sign(g); decay adds wd * p for matrices
+    const [a, b, c] = matrix.dataSync();
     expect(a).toBeCloseTo(1 - 0.1 * (1 + 0.5 * 1), 5);
     expect(b).toBeCloseTo(-2 - 0.1 * (-1 + 0.5 * -2), 5);
     expect(c).toBeCloseTo(3 - 0.1 * (0 + 0.5 * 3), 5);
+    expect([...gain.dataSync()].map((x) => +x.toFixed(5))).toEqual([0.9, -1.9, 3]);
     opt.dispose();
-    p.dispose();
+    tf.dispose([matrix, gain]);
   });
 
   it('clips to the global norm and reports the norm before clipping', () => {

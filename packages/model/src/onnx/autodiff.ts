@@ -25,7 +25,8 @@ export function broadcastShape(a: readonly number[], b: readonly number[]): numb
   for (let i = 0; i < rank; i++) {
     const x = a[a.length - rank + i] ?? 1;
     const y = b[b.length - rank + i] ?? 1;
-    if (x !== y && x !== 1 && y !== 1) throw new Error(`shapes [${a.join(', ')}] and [${b.join(', ')}] do not broadcast`);
+    if (x !== y && x !== 1 && y !== 1)
+      throw new Error(`shapes [${a.join(', ')}] and [${b.join(', ')}] do not broadcast`);
     out.push(Math.max(x, y));
   }
   return out;
@@ -89,7 +90,12 @@ export class TapeGraph {
   }
 
   /** A node with no gradient rule (used inside backward passes and for constants). */
-  raw(opType: string, inputs: (Value | string)[], shape: readonly number[], attributes: Parameters<Graph['op']>[2] = {}): Value {
+  raw(
+    opType: string,
+    inputs: (Value | string)[],
+    shape: readonly number[],
+    attributes: Parameters<Graph['op']>[2] = {},
+  ): Value {
     return this.emit(opType, inputs, shape, attributes);
   }
 
@@ -140,7 +146,8 @@ export class TapeGraph {
     return this.emit('Div', [a, b], broadcastShape(a.shape, b.shape), {}, (g, y) => {
       if (a.requiresGrad) this.accumulate(a, this.raw('Div', [g, b], g.shape));
       // d(a/b)/db = -y / b
-      if (b.requiresGrad) this.accumulate(b, this.raw('Neg', [this.raw('Div', [this.raw('Mul', [g, y], g.shape), b], g.shape)], g.shape));
+      if (b.requiresGrad)
+        this.accumulate(b, this.raw('Neg', [this.raw('Div', [this.raw('Mul', [g, y], g.shape), b], g.shape)], g.shape));
     });
   }
 
@@ -189,11 +196,17 @@ export class TapeGraph {
     const rank = x.shape.length;
     const perm = [...Array(rank).keys()];
     [perm[rank - 2], perm[rank - 1]] = [perm[rank - 1] as number, perm[rank - 2] as number];
-    return this.raw('Transpose', [x], perm.map((p) => x.shape[p] as number), { perm });
+    return this.raw(
+      'Transpose',
+      [x],
+      perm.map((p) => x.shape[p] as number),
+      { perm },
+    );
   }
 
   reshape(a: Value, shape: readonly number[]): Value {
-    if (size(shape) !== size(a.shape)) throw new Error(`cannot reshape [${a.shape.join(', ')}] to [${shape.join(', ')}]`);
+    if (size(shape) !== size(a.shape))
+      throw new Error(`cannot reshape [${a.shape.join(', ')}] to [${shape.join(', ')}]`);
     return this.emit('Reshape', [a, this.constI64([...shape])], shape, {}, (g) => {
       this.accumulate(a, this.raw('Reshape', [g, this.constI64([...a.shape])], a.shape));
     });
@@ -201,14 +214,22 @@ export class TapeGraph {
 
   transpose(a: Value, perm: readonly number[]): Value {
     const inverse = perm.map((_, i) => perm.indexOf(i));
-    return this.emit('Transpose', [a], perm.map((p) => a.shape[p] as number), { perm: [...perm] }, (g) => {
-      this.accumulate(a, this.raw('Transpose', [g], a.shape, { perm: inverse }));
-    });
+    return this.emit(
+      'Transpose',
+      [a],
+      perm.map((p) => a.shape[p] as number),
+      { perm: [...perm] },
+      (g) => {
+        this.accumulate(a, this.raw('Transpose', [g], a.shape, { perm: inverse }));
+      },
+    );
   }
 
   /** Broadcasts `a` to `shape`. */
   expand(a: Value, shape: readonly number[]): Value {
-    return this.emit('Expand', [a, this.constI64([...shape])], broadcastShape(a.shape, shape), {}, (g) => this.accumulate(a, g));
+    return this.emit('Expand', [a, this.constI64([...shape])], broadcastShape(a.shape, shape), {}, (g) =>
+      this.accumulate(a, g),
+    );
   }
 
   reduceSum(a: Value, axes: readonly number[], keepdims = true): Value {
@@ -247,7 +268,11 @@ export class TapeGraph {
       const size = sizes[i] as number;
       const before = offset;
       offset += size;
-      const part = this.value(name, a.shape.map((d, j) => (j === ax ? size : d)), false);
+      const part = this.value(
+        name,
+        a.shape.map((d, j) => (j === ax ? size : d)),
+        false,
+      );
       return this.custom(part, [a], (g) => {
         const pads = new Array<number>(2 * a.shape.length).fill(0);
         pads[ax] = before;
@@ -267,10 +292,14 @@ export class TapeGraph {
 
   concat(values: readonly Value[], axis: number): Value {
     const ax = axis < 0 ? axis + (values[0] as Value).shape.length : axis;
-    const shape = (values[0] as Value).shape.map((d, i) => (i === ax ? values.reduce((n, v) => n + (v.shape[i] as number), 0) : d));
+    const shape = (values[0] as Value).shape.map((d, i) =>
+      i === ax ? values.reduce((n, v) => n + (v.shape[i] as number), 0) : d,
+    );
     return this.emit('Concat', [...values], shape, { axis: ax }, (g) => {
       const outs = values.map(() => this.graph.fresh('concat_grad'));
-      this.graph.opMulti('Split', [g.name, this.constI64(values.map((v) => v.shape[ax] as number))], outs, { axis: ax });
+      this.graph.opMulti('Split', [g.name, this.constI64(values.map((v) => v.shape[ax] as number))], outs, {
+        axis: ax,
+      });
       values.forEach((v, i) => this.accumulate(v, this.value(outs[i] as string, v.shape, false)));
     });
   }
@@ -283,10 +312,18 @@ export class TapeGraph {
     const [N, V] = logits.shape as [number, number];
     const max = this.raw('ReduceMax', [logits], [N, 1], { axes: [1], keepdims: 1 });
     const shifted = this.raw('Sub', [logits, max], [N, V]);
-    const logSumExp = this.raw('Log', [this.raw('ReduceSum', [this.raw('Exp', [shifted], [N, V]), this.constI64([1])], [N, 1], { keepdims: 1 })], [N, 1]);
+    const logSumExp = this.raw(
+      'Log',
+      [this.raw('ReduceSum', [this.raw('Exp', [shifted], [N, V]), this.constI64([1])], [N, 1], { keepdims: 1 })],
+      [N, 1],
+    );
     const logProbs = this.raw('Sub', [shifted, logSumExp], [N, V]);
-    const oneHot = this.raw('OneHot', [targets, this.graph.constI64([V]), this.graph.constF32([0, 1])], [N, V], { axis: -1 });
-    const picked = this.raw('ReduceSum', [this.raw('Mul', [logProbs, oneHot], [N, V]), this.constI64([1])], [N], { keepdims: 0 });
+    const oneHot = this.raw('OneHot', [targets, this.graph.constI64([V]), this.graph.constF32([0, 1])], [N, V], {
+      axis: -1,
+    });
+    const picked = this.raw('ReduceSum', [this.raw('Mul', [logProbs, oneHot], [N, V]), this.constI64([1])], [N], {
+      keepdims: 0,
+    });
     const weighted = this.raw('Mul', [picked, weights], [N]);
     const nllSum = this.raw('Neg', [this.raw('ReduceSum', [weighted], [], { keepdims: 0 })], []);
     return this.custom(nllSum, [logits], (g) => {

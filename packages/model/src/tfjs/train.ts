@@ -4,7 +4,10 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { LoraAdapter, LoraFactors } from '@floe/shared';
-import type { TfjsLlama, TfjsLora } from './llama.js';
+import type { LlamaConfig } from '../config.js';
+import type { Weights } from '../checkpoint.js';
+import type { Trainer } from '../trainer.js';
+import { TfjsLlama, type TfjsLora, tfjsLora } from './llama.js';
 
 /**
  * A batch: predict targets[b][t] from inputIds[b][..t]. weights[b][t] scales each token's loss
@@ -65,7 +68,7 @@ export class AdamW {
 
   constructor(readonly options: AdamWOptions) {}
 
-  /** One update: m, v moments with bias correction, then p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p). */
+  /** One update: m, v moments with bias correction, then p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), wd on matrices only. */
   apply(params: tf.Variable[], grads: tf.Tensor[], learningRate = this.options.learningRate): void {
     const { beta1 = 0.9, beta2 = 0.999, epsilon = 1e-8, weightDecay = 0 } = this.options;
     this.t += 1;
@@ -82,7 +85,9 @@ export class AdamW {
       this.m.set(p, m);
       this.v.set(p, v);
       tf.tidy(() => {
-        const update = tf.add(tf.div(tf.div(m, c1), tf.add(tf.sqrt(tf.div(v, c2)), epsilon)), tf.mul(p, weightDecay));
+        const adam = tf.div(tf.div(m, c1), tf.add(tf.sqrt(tf.div(v, c2)), epsilon));
+        // decay matrices only, not RMSNorm gains (as in the ORT optimizer graph)
+        const update = p.rank >= 2 && weightDecay !== 0 ? tf.add(adam, tf.mul(p, weightDecay)) : adam;
         p.assign(tf.sub(p, tf.mul(update, learningRate)));
       });
     });
@@ -96,10 +101,13 @@ export class AdamW {
 export interface TfjsTrainerOptions extends AdamWOptions {
   /** Train these LoRA tensors; when absent, all model weights are trained (pretraining). */
   lora?: TfjsLora;
+  /** The adapter's alpha, to hand the trained factors back as an adapter. */
+  loraAlpha?: number;
 }
 
 /** Trains LoRA factors (fine-tuning) or all weights (pretraining) of a TfjsLlama. */
-export class TfjsTrainer {
+export class TfjsTrainer implements Trainer {
+  readonly engine = 'tfjs';
   readonly optimizer: AdamW;
   private readonly params: tf.Variable[];
   private readonly fullModel: boolean;
@@ -123,7 +131,7 @@ export class TfjsTrainer {
     return { loss, grads: this.params.map((p) => grads[p.name] as tf.Tensor) };
   }
 
-  step(batch: TrainBatch, learningRate?: number): StepResult {
+  stepSync(batch: TrainBatch, learningRate?: number): StepResult {
     const { loss, grads } = this.gradients(batch);
     const clipped = clipByGlobalNorm(grads, this.options.maxGradNorm);
     this.optimizer.apply(this.params, clipped.grads, learningRate);
@@ -132,8 +140,24 @@ export class TfjsTrainer {
     return { loss, gradNorm: clipped.norm };
   }
 
-  evaluate(batch: TrainBatch): number {
+  step(batch: TrainBatch, learningRate?: number): Promise<StepResult> {
+    return Promise.resolve(this.stepSync(batch, learningRate));
+  }
+
+  evaluateSync(batch: TrainBatch): number {
     return tf.tidy(() => this.loss(batch).dataSync()[0] as number);
+  }
+
+  evaluate(batch: TrainBatch): Promise<number> {
+    return Promise.resolve(this.evaluateSync(batch));
+  }
+
+  adapter(): LoraAdapter | undefined {
+    return this.options.lora ? adapterFromTfjs(this.options.lora, this.options.loraAlpha ?? 1) : undefined;
+  }
+
+  weights(): Weights {
+    return this.model.weights();
   }
 
   private loss(batch: TrainBatch): tf.Scalar {
@@ -146,9 +170,24 @@ export class TfjsTrainer {
     return weightedCrossEntropy(logits, batch.targets, batch.weights);
   }
 
-  dispose(): void {
+  dispose(): Promise<void> {
     this.optimizer.dispose();
+    this.model.dispose();
+    if (this.options.lora) for (const m of this.options.lora.values()) tf.dispose([m.A, m.B]);
+    return Promise.resolve();
   }
+}
+
+/** A tfjs trainer behind the Trainer interface: LoRA when `adapter` is given, else every weight. */
+export function createTfjsTrainer(
+  config: LlamaConfig,
+  weights: Weights,
+  options: AdamWOptions & { adapter?: LoraAdapter | undefined },
+): TfjsTrainer {
+  const { adapter, ...adamw } = options;
+  const model = new TfjsLlama(config, weights, !adapter);
+  if (!adapter) return new TfjsTrainer(model, adamw);
+  return new TfjsTrainer(model, { ...adamw, lora: tfjsLora(config, adapter, true), loraAlpha: adapter.alpha });
 }
 
 /** The trained LoRA factors back as a plain adapter. */
