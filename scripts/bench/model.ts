@@ -123,13 +123,12 @@ export async function run(): Promise<BenchResult> {
       targets: batchIds.map((r) => r.slice(1)),
       weights: batchIds.map((r) => r.slice(1).map(() => 1)),
     };
-    trainer.step(batch);
+    trainer.stepSync(batch);
     const trainStart = performance.now();
     const trainSteps = 3;
-    for (let i = 0; i < trainSteps; i++) trainer.step(batch);
+    for (let i = 0; i < trainSteps; i++) trainer.stepSync(batch);
     const tfjsTrain = (trainSteps * 4 * 64) / ((performance.now() - trainStart) / 1000);
-    trainer.dispose();
-    tfModel.dispose();
+    await trainer.dispose(); // disposes tfModel too
     await Promise.all([ort.release(), ortBase.release()]);
 
     const result = {
