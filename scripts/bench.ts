@@ -15,6 +15,7 @@ export interface BenchResult {
 const BENCHES: Record<string, () => Promise<{ run: () => Promise<BenchResult> }>> = {
   shared: () => import('./bench/shared.js'),
   model: () => import('./bench/model.js'),
+  train: () => import('./bench/train.js'),
 };
 
 const { positionals, values } = parseArgs({

@@ -16,3 +16,4 @@ export * from './onnx/llama-train-graph.js';
 export * from './onnx/adamw-graph.js';
 export * from './trainer.js';
 export * from './ort/trainer.js';
+export * from './ort/matmul-ceiling.js';

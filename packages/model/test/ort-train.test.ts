@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { LoraAdapter } from '@floe/shared';
@@ -13,6 +16,10 @@ import {
   selectTfjsBackend,
   tfjsLora,
   ByteTokenizer,
+  loadAdapter,
+  loadCheckpoint,
+  saveAdapter,
+  saveCheckpoint,
 } from '../src/index.js';
 import { randomLora, randomWeights, tinyConfig } from './helpers.js';
 
@@ -207,5 +214,43 @@ describe('ONNX Runtime and tfjs training from the same start on the same batches
     expect(Math.abs(ortLoss - tfjsLoss) / tfjsLoss).toBeLessThan(0.02);
     expect(Math.abs(ortHeld - tfjsHeld) / tfjsHeld).toBeLessThan(0.02);
     await Promise.all([ort.dispose(), tfjs.dispose()]);
+  });
+});
+
+describe('trained results leave the trainer as ordinary adapters and checkpoints', () => {
+  const config = CONFIGS[1]!.config;
+  const weights = randomWeights(config, 71);
+  const batch = randomBatch(72, 2, 10);
+
+  it('an ORT-trained adapter, saved and loaded in PEFT layout, reproduces the trainer loss in tfjs', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'floe-adapter-'));
+    const adapter = randomLora(config, 2, ['q_proj', 'down_proj'], 73);
+    const trainer = await OrtTrainer.create(config, weights, {
+      learningRate: 1e-2,
+      adapter,
+      microBatch: 2,
+      seqLen: 10,
+    });
+    for (let i = 0; i < 5; i++) await trainer.step(batch);
+    await saveAdapter(dir, trainer.adapter()!);
+    const { adapter: loaded } = await loadAdapter(dir);
+    const check = createTfjsTrainer(config, weights, { learningRate: 0, adapter: loaded });
+    expect(check.evaluateSync(batch)).toBeCloseTo(await trainer.evaluate(batch), 4);
+    expect(check.evaluateSync(batch)).not.toBeCloseTo(
+      createTfjsTrainer(config, weights, { learningRate: 0, adapter }).evaluateSync(batch),
+      3,
+    );
+    await Promise.all([trainer.dispose(), check.dispose(), rm(dir, { recursive: true })]);
+  });
+
+  it('ORT-pretrained weights, saved as a checkpoint, reproduce the trainer loss in tfjs', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'floe-ckpt-'));
+    const trainer = await OrtTrainer.create(config, weights, { learningRate: 1e-2, microBatch: 2, seqLen: 10 });
+    for (let i = 0; i < 5; i++) await trainer.step(batch);
+    await saveCheckpoint(dir, { config, weights: trainer.weights() });
+    const loaded = await loadCheckpoint(dir);
+    const check = createTfjsTrainer(loaded.config, loaded.weights, { learningRate: 0 });
+    expect(check.evaluateSync(batch)).toBeCloseTo(await trainer.evaluate(batch), 4);
+    await Promise.all([trainer.dispose(), check.dispose(), rm(dir, { recursive: true })]);
   });
 });

@@ -1,13 +1,14 @@
 /**
  * One optimizer step as an ONNX graph, for every trainable tensor at once:
  *
- *   g = grad_sum * inv_weight_sum                 (gradients accumulated over micro-batches)
- *   g = g * min(1, max_norm / (||g||_global + 1e-6))
+ *   g = grad_sum * inv_weight_sum * clip,  clip = min(1, max_norm / (||grad_sum * inv_weight_sum|| + 1e-6))
  *   m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
- *   p = p - lr (m / bc1 / (sqrt(v / bc2) + eps) + wd p)      (wd only on matrices)
+ *   p = p (1 - lr wd) - (lr / bc1) m / (sqrt(v / bc2) + eps)      (wd only on matrices)
  *
- * Inputs per tensor i: p.i, m.i, v.i, g.i; scalars inv_weight_sum, lr, bc1 = 1 - b1^t, bc2 = 1 - b2^t,
- * max_norm. Outputs p_out.i, m_out.i, v_out.i and grad_norm (before clipping).
+ * Scalars are combined before they touch a tensor, so each tensor is read and written as few times
+ * as possible (the step is memory-bound). Inputs per tensor i: p.i, m.i, v.i, g.i; scalars
+ * inv_weight_sum, lr, bc1 = 1 - b1^t, bc2 = 1 - b2^t, max_norm. Outputs p_out.i, m_out.i, v_out.i
+ * and grad_norm (of the averaged gradient, before clipping).
  */
 import { DataType, Graph } from './graph.js';
 
@@ -29,38 +30,36 @@ export function buildAdamWGraph(shapes: readonly (readonly number[])[], hyper: A
   const maxNorm = scalar('max_norm');
   const c = (x: number) => g.constF32([x]);
 
-  const grads = shapes.map((shape, i) => g.op('Mul', [g.input(`g.${i}`, F, [...shape]), invWeight]));
-  const squares = grads.map((grad) => g.op('ReduceSum', [g.op('Mul', [grad, grad])], { keepdims: 0 }));
+  const rawGrads = shapes.map((shape, i) => g.input(`g.${i}`, F, [...shape]));
+  const squares = rawGrads.map((grad) => g.op('ReduceSumSquare', [grad], { keepdims: 0 }));
   const total = squares.length === 1 ? (squares[0] as string) : g.op('Sum', squares);
-  const norm = g.op('Sqrt', [total]);
+  const norm = g.op('Mul', [g.op('Sqrt', [total]), invWeight]);
   g.output(norm, 'grad_norm', F, []);
   const clip = g.op('Min', [c(1), g.op('Div', [maxNorm, g.op('Add', [norm, c(1e-6)])])]);
+  const gradScale = g.op('Mul', [invWeight, clip]);
+  const mScale = g.op('Mul', [gradScale, c(1 - hyper.beta1)]);
+  const vScale = g.op('Mul', [g.op('Mul', [gradScale, gradScale]), c(1 - hyper.beta2)]);
+  const stepSize = g.op('Div', [lr, bc1]);
+  const invBc2 = g.op('Reciprocal', [bc2]);
+  const decay = g.op('Sub', [c(1), g.op('Mul', [lr, c(hyper.weightDecay)])]);
 
   shapes.forEach((shape, i) => {
     const dims = [...shape];
+    const grad = rawGrads[i] as string;
     const p = g.input(`p.${i}`, F, dims);
     const m = g.input(`m.${i}`, F, dims);
     const v = g.input(`v.${i}`, F, dims);
-    const grad = g.op('Mul', [grads[i] as string, clip]);
-    const m2 = g.op(
-      'Add',
-      [g.op('Mul', [m, c(hyper.beta1)]), g.op('Mul', [grad, c(1 - hyper.beta1)])],
-      {},
-      `m_out.${i}`,
-    );
+    const m2 = g.op('Add', [g.op('Mul', [m, c(hyper.beta1)]), g.op('Mul', [grad, mScale])], {}, `m_out.${i}`);
     const v2 = g.op(
       'Add',
-      [g.op('Mul', [v, c(hyper.beta2)]), g.op('Mul', [g.op('Mul', [grad, grad]), c(1 - hyper.beta2)])],
+      [g.op('Mul', [v, c(hyper.beta2)]), g.op('Mul', [g.op('Mul', [grad, grad]), vScale])],
       {},
       `v_out.${i}`,
     );
-    let update = g.op('Div', [
-      g.op('Div', [m2, bc1]),
-      g.op('Add', [g.op('Sqrt', [g.op('Div', [v2, bc2])]), c(hyper.epsilon)]),
-    ]);
-    if (hyper.weightDecay !== 0 && shape.length >= 2)
-      update = g.op('Add', [update, g.op('Mul', [p, c(hyper.weightDecay)])]);
-    g.op('Sub', [p, g.op('Mul', [update, lr])], {}, `p_out.${i}`);
+    const denominator = g.op('Add', [g.op('Sqrt', [g.op('Mul', [v2, invBc2])]), c(hyper.epsilon)]);
+    const update = g.op('Div', [g.op('Mul', [m2, stepSize]), denominator]);
+    const kept = hyper.weightDecay !== 0 && shape.length >= 2 ? g.op('Mul', [p, decay]) : p;
+    g.op('Sub', [kept, update], {}, `p_out.${i}`);
     for (const name of [`p_out.${i}`, `m_out.${i}`, `v_out.${i}`]) g.outputs.push({ name, elemType: F, dims });
   });
   return g.toBytes();

@@ -70,7 +70,7 @@ export class OrtTrainer implements Trainer {
     };
     const [gradSession, applySession] = await Promise.all([
       ort.InferenceSession.create(graph.bytes, sessionOptions),
-      ort.InferenceSession.create(apply, { ...sessionOptions, intraOpNumThreads: 1 }),
+      ort.InferenceSession.create(apply, sessionOptions),
     ]);
     return new OrtTrainer(config, weights, options, graph.trainables, gradSession, applySession);
   }
@@ -89,7 +89,8 @@ export class OrtTrainer implements Trainer {
       lossSum += (out['loss_sum']!.data as Float32Array)[0] as number;
       weightSum += (out['weight_sum']!.data as Float32Array)[0] as number;
       const step = this.trainables.map((tensor) => out[`grad.${tensor.name}`]!.data as Float32Array);
-      if (!grads) grads = step.map((g) => g.slice());
+      // the first micro-batch's output arrays are fresh, so they can hold the running sum
+      if (!grads) grads = step;
       else grads.forEach((g, i) => addInto(g, step[i] as Float32Array));
     }
     return { lossSum, weightSum, grads: grads ?? [] };
