@@ -82,6 +82,19 @@ function differs(a: Uint8Array, b: Uint8Array): boolean {
   return a.length !== b.length || a.some((v, i) => v !== b[i]);
 }
 
+/** A well-formed update message around one (hostile) tensor. */
+function updateWith(tensor: Record<string, unknown>) {
+  return {
+    type: 'update',
+    jobId: 'j',
+    round: 0,
+    numSamples: 1,
+    plan: { rank: 1, targetModules: ['q_proj'] },
+    metrics: {},
+    adapter: { alpha: 1, tensors: [tensor] },
+  };
+}
+
 describe('decoder under hostile input', () => {
   it('rejects 5,000 random byte strings with a typed error', () => {
     const outcomes = { 'typed-error': 0, decoded: 0 };
@@ -141,36 +154,9 @@ describe('decoder under hostile input', () => {
       { type: 'constructor' },
       { type: 'x'.repeat(100_000) },
       { type: 'hello', protocolVersion: 1, profile: { memoryMiB: -1 } },
-      {
-        type: 'update',
-        jobId: 'j',
-        round: 0,
-        numSamples: 1,
-        plan: { rank: 1, targetModules: ['q_proj'] },
-        metrics: {},
-        adapter: { alpha: 1, tensors: [{ name: 'a', dtype: 'f64', shape: [1], data: new Uint8Array(8) }] },
-      },
-      {
-        type: 'update',
-        jobId: 'j',
-        round: 0,
-        numSamples: 1,
-        plan: { rank: 1, targetModules: ['q_proj'] },
-        metrics: {},
-        adapter: {
-          alpha: 1,
-          tensors: [{ name: 'a', dtype: 'f32', shape: [16777216, 16777216], data: new Uint8Array(4) }],
-        },
-      },
-      {
-        type: 'update',
-        jobId: 'j',
-        round: 0,
-        numSamples: 1,
-        plan: { rank: 1, targetModules: ['q_proj'] },
-        metrics: {},
-        adapter: { alpha: 1, tensors: [{ name: 'a', dtype: 'f32', shape: [1], data: [0, 0, 0, 0] }] },
-      },
+      updateWith({ name: 'a', dtype: 'f64', shape: [1], data: new Uint8Array(8) }),
+      updateWith({ name: 'a', dtype: 'f32', shape: [16777216, 16777216], data: new Uint8Array(4) }),
+      updateWith({ name: 'a', dtype: 'f32', shape: [1], data: [0, 0, 0, 0] }),
     ];
     let nested: unknown = 0;
     for (let i = 0; i < 100_000; i++) nested = [nested];
@@ -194,15 +180,7 @@ describe('decoder under hostile input', () => {
       shape: [1, 1],
       data: new Uint8Array(4),
     };
-    const message = {
-      type: 'update',
-      jobId: 'j',
-      round: 0,
-      numSamples: 1,
-      plan: { rank: 1, targetModules: ['q_proj'] },
-      metrics: {},
-      adapter: { alpha: 1, tensors: [loneA] },
-    };
+    const message = updateWith(loneA);
     const bytes = encodeFrame(new Packr({ useRecords: false }).pack(message));
     expect(decodeMessage(bytes).type).toBe('update');
     expect(() => decodeAdapterUpdate(bytes)).toThrow(/lacks its lora_B/);
