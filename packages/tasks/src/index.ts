@@ -1,0 +1,2 @@
+export * from './corpora.js';
+export * from './tasks.js';
