@@ -1,2 +1,3 @@
 export * from './corpora.js';
 export * from './tasks.js';
+export * from './evaluate.js';

@@ -1,0 +1,188 @@
+/**
+ * Task metrics on any model behind the DecoderModel interface (ORT or tfjs):
+ * - speech: bits per byte and next-byte accuracy, over non-overlapping windows that each start with BOS;
+ * - email: label accuracy, by comparing the log-likelihood of the continuations " spam" and " ham";
+ * - arithmetic: greedy exact match, overall and per operation and digit count.
+ */
+import { ByteTokenizer, type DecoderModel, generate } from '@floe/model';
+import type { LoraAdapter } from '@floe/shared';
+import type { Example, TaskName } from './tasks.js';
+
+export interface EvalOptions {
+  lora?: LoraAdapter | undefined;
+  /** Rows per forward pass. */
+  batch?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+const tokenizer = new ByteTokenizer();
+
+/** log p(target) for each position of each row, from logits [rows, seq, vocab]. */
+function logProbsOfTargets(logits: Float32Array, vocab: number, rows: number[][], targets: number[][]): number[][] {
+  const seq = rows[0]?.length ?? 0;
+  return targets.map((row, b) =>
+    row.map((target, t) => {
+      const offset = (b * seq + t) * vocab;
+      let max = -Infinity;
+      for (let v = 0; v < vocab; v++) max = Math.max(max, logits[offset + v] as number);
+      let sum = 0;
+      for (let v = 0; v < vocab; v++) sum += Math.exp((logits[offset + v] as number) - max);
+      return (logits[offset + target] as number) - max - Math.log(sum);
+    }),
+  );
+}
+
+function argmaxAt(logits: Float32Array, vocab: number, offset: number): number {
+  let best = 0;
+  for (let v = 1; v < vocab; v++) if ((logits[offset + v] as number) > (logits[offset + best] as number)) best = v;
+  return best;
+}
+
+/** Scores rows (right-padded) and returns log p of each row's targets (undefined targets are skipped). */
+async function scoreRows<C>(model: DecoderModel<C>, rows: number[][], targets: number[][], options: EvalOptions) {
+  const width = Math.max(...rows.map((r) => r.length));
+  const padded = rows.map((r) => [...r, ...new Array<number>(width - r.length).fill(model.config.pad_token_id)]);
+  const mask = rows.map((r) => [
+    ...new Array<number>(r.length).fill(1),
+    ...new Array<number>(width - r.length).fill(0),
+  ]);
+  const { logits } = await model.forward(padded, { attentionMask: mask, lora: options.lora });
+  return { logits, width, logProbs: logProbsOfTargets(logits, model.config.vocab_size, padded, targets) };
+}
+
+export interface SpeechMetrics {
+  bitsPerByte: number;
+  nextByteAccuracy: number;
+  bytes: number;
+}
+
+export async function evaluateSpeech<C>(
+  model: DecoderModel<C>,
+  documents: readonly string[],
+  options: EvalOptions = {},
+): Promise<SpeechMetrics> {
+  const window = model.config.max_position_embeddings - 1;
+  const windows: number[][] = [];
+  for (const doc of documents) {
+    const bytes = tokenizer.encode(doc);
+    for (let start = 0; start < bytes.length; start += window) windows.push(bytes.slice(start, start + window));
+  }
+  const batch = options.batch ?? 8;
+  let nats = 0;
+  let correct = 0;
+  let count = 0;
+  for (let i = 0; i < windows.length; i += batch) {
+    const chunk = windows.slice(i, i + batch);
+    const inputs = chunk.map((w) => [model.config.bos_token_id, ...w.slice(0, -1)]);
+    const { logits, width, logProbs } = await scoreRows(model, inputs, chunk, options);
+    chunk.forEach((w, b) => {
+      w.forEach((target, t) => {
+        nats -= logProbs[b]?.[t] as number;
+        if (argmaxAt(logits, model.config.vocab_size, (b * width + t) * model.config.vocab_size) === target) correct++;
+      });
+      count += w.length;
+    });
+    options.onProgress?.(Math.min(i + batch, windows.length), windows.length);
+  }
+  return { bitsPerByte: nats / count / Math.LN2, nextByteAccuracy: correct / count, bytes: count };
+}
+
+export interface EmailMetrics {
+  accuracy: number;
+  examples: number;
+}
+
+export const EMAIL_LABELS = [' spam', ' ham'] as const;
+
+export async function evaluateEmail<C>(
+  model: DecoderModel<C>,
+  examples: readonly Example[],
+  options: EvalOptions = {},
+): Promise<EmailMetrics> {
+  const batch = Math.max(2, options.batch ?? 8);
+  let correct = 0;
+  for (let i = 0; i < examples.length; i += batch / 2) {
+    const chunk = examples.slice(i, i + batch / 2);
+    const rows: number[][] = [];
+    const targets: number[][] = [];
+    const labelStart: number[] = [];
+    for (const example of chunk) {
+      const prompt = tokenizer.encode(example.prompt, { bos: true });
+      for (const label of EMAIL_LABELS) {
+        const full = [...prompt, ...tokenizer.encode(label)];
+        rows.push(full.slice(0, -1));
+        targets.push(full.slice(1));
+        labelStart.push(prompt.length - 1);
+      }
+    }
+    const { logProbs } = await scoreRows(model, rows, targets, options);
+    const score = (r: number) => (logProbs[r] ?? []).slice(labelStart[r]).reduce((a, b) => a + b, 0);
+    chunk.forEach((example, k) => {
+      const predicted = score(2 * k) >= score(2 * k + 1) ? EMAIL_LABELS[0] : EMAIL_LABELS[1];
+      if (predicted === example.answer) correct++;
+    });
+    options.onProgress?.(Math.min(i + batch / 2, examples.length), examples.length);
+  }
+  return { accuracy: correct / examples.length, examples: examples.length };
+}
+
+export interface ArithmeticMetrics {
+  exactMatch: number;
+  examples: number;
+  /** Exact match per `op digits`, e.g. `+ 2`. */
+  byDifficulty: Record<string, { exactMatch: number; examples: number }>;
+}
+
+export function arithmeticDifficulty(prompt: string): string {
+  const match = /^(\d+)([+\-*])(\d+)=$/.exec(prompt);
+  return match ? `${match[2]} ${Math.max(match[1]!.length, match[3]!.length)}` : 'other';
+}
+
+export async function evaluateArithmetic<C>(
+  model: DecoderModel<C>,
+  examples: readonly Example[],
+  options: EvalOptions = {},
+): Promise<ArithmeticMetrics> {
+  const batch = options.batch ?? 32;
+  const tally = new Map<string, { right: number; total: number }>();
+  let correct = 0;
+  for (let i = 0; i < examples.length; i += batch) {
+    const chunk = examples.slice(i, i + batch);
+    const maxAnswer = Math.max(...chunk.map((e) => e.answer.length));
+    const outputs = await generate(
+      model,
+      chunk.map((e) => e.prompt),
+      { maxNewTokens: maxAnswer + 1, stop: ['\n'], lora: options.lora },
+    );
+    chunk.forEach((example, k) => {
+      const right = outputs[k]?.text.trim() === example.answer;
+      if (right) correct++;
+      const key = arithmeticDifficulty(example.prompt);
+      const entry = tally.get(key) ?? { right: 0, total: 0 };
+      entry.total++;
+      if (right) entry.right++;
+      tally.set(key, entry);
+    });
+    options.onProgress?.(Math.min(i + batch, examples.length), examples.length);
+  }
+  const byDifficulty = Object.fromEntries(
+    [...tally]
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([k, v]) => [k, { exactMatch: v.right / v.total, examples: v.total }]),
+  );
+  return { exactMatch: correct / examples.length, examples: examples.length, byDifficulty };
+}
+
+export type TaskMetrics = SpeechMetrics | EmailMetrics | ArithmeticMetrics;
+
+export async function evaluateTask<C>(
+  model: DecoderModel<C>,
+  task: TaskName,
+  split: { documents: string[]; examples?: Example[] },
+  options: EvalOptions = {},
+): Promise<TaskMetrics> {
+  if (task === 'speech') return evaluateSpeech(model, split.documents, options);
+  if (!split.examples) throw new Error(`the ${task} split has no examples`);
+  if (task === 'email') return evaluateEmail(model, split.examples, options);
+  return evaluateArithmetic(model, split.examples, options);
+}
