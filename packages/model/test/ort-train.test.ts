@@ -254,3 +254,20 @@ describe('trained results leave the trainer as ordinary adapters and checkpoints
     await Promise.all([trainer.dispose(), check.dispose(), rm(dir, { recursive: true })]);
   });
 });
+
+describe('resuming', () => {
+  it('a trainer restored from a saved state continues exactly as the original', async () => {
+    const config = CONFIGS[0]!.config;
+    const weights = randomWeights(config, 81);
+    const options = { learningRate: 1e-2, maxGradNorm: 1, microBatch: 2, seqLen: 10 };
+    const original = await OrtTrainer.create(config, weights, options);
+    for (let i = 0; i < 3; i++) await original.step(randomBatch(82 + i, 2, 10));
+    const resumed = await OrtTrainer.create(config, weights, options);
+    resumed.restore(original.state());
+    const a = await original.step(randomBatch(90, 2, 10));
+    const b = await resumed.step(randomBatch(90, 2, 10));
+    expect(b).toEqual(a);
+    expect(resumed.state().step).toBe(4);
+    await Promise.all([original.dispose(), resumed.dispose()]);
+  });
+});

@@ -23,6 +23,11 @@ export interface OrtTrainerOptions extends AdamWOptions {
   threads?: number;
 }
 
+export interface TrainerState {
+  step: number;
+  tensors: { name: string; shape: number[]; value: Float32Array; m: Float32Array; v: Float32Array }[];
+}
+
 export class OrtTrainer implements Trainer {
   readonly engine = 'ort';
   private readonly values: Float32Array[];
@@ -123,6 +128,38 @@ export class OrtTrainer implements Trainer {
       this.v[i] = out[`v_out.${i}`]!.data as Float32Array;
     });
     return { loss: lossSum / weightSum, gradNorm: (out['grad_norm']!.data as Float32Array)[0] as number };
+  }
+
+  /** Everything a resumed run needs: step count, parameters and AdamW moments. */
+  state(): TrainerState {
+    return {
+      step: this.t,
+      tensors: this.trainables.map((tensor, i) => ({
+        name: tensor.name,
+        shape: [...tensor.shape],
+        value: (this.values[i] as Float32Array).slice(),
+        m: (this.m[i] as Float32Array).slice(),
+        v: (this.v[i] as Float32Array).slice(),
+      })),
+    };
+  }
+
+  restore(state: TrainerState): void {
+    if (state.tensors.length !== this.trainables.length) {
+      throw new Error(`saved state has ${state.tensors.length} tensors, this trainer ${this.trainables.length}`);
+    }
+    state.tensors.forEach((saved, i) => {
+      const tensor = this.trainables[i] as TrainableTensor;
+      if (saved.name !== tensor.name || saved.shape.join(',') !== tensor.shape.join(',')) {
+        throw new Error(
+          `saved tensor ${saved.name} [${saved.shape.join(', ')}] does not match ${tensor.name} [${tensor.shape.join(', ')}]`,
+        );
+      }
+      this.values[i] = saved.value.slice();
+      this.m[i] = saved.m.slice();
+      this.v[i] = saved.v.slice();
+    });
+    this.t = state.step;
   }
 
   /** The trainable tensors and their live values (mutating a value changes the next step's input). */

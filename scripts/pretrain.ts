@@ -1,0 +1,219 @@
+/**
+ * pnpm models:pretrain NAME [--steps N] [--seq 256] [--batch 16] [--micro 8] [--lr X] [--seed 0] [--fresh]
+ *
+ * Trains the preset NAME (edge-tiny, edge-small, cloud) from scratch on the general corpora of all
+ * tasks with the fastest engine, showing progress; saves its state every --save-every steps and
+ * resumes from it unless --fresh. Writes models/NAME/: config.json, model.safetensors (f16) and
+ * MODEL_CARD.md with the data, tokens, steps, wall time, machine and held-out figures for every task.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { SingleBar } from 'cli-progress';
+import {
+  MODEL_PRESETS,
+  type ModelPreset,
+  OrtLlama,
+  OrtTrainer,
+  type TrainerState,
+  initWeights,
+  loadCheckpoint,
+  parameterCount,
+  readSafetensors,
+  saveCheckpoint,
+  writeSafetensors,
+} from '@floe/model';
+import { PretrainData, TASKS, evaluateTask, taskPartition } from '@floe/tasks';
+
+const DEFAULTS: Record<ModelPreset, { steps: number; lr: number }> = {
+  'edge-tiny': { steps: 2000, lr: 3e-3 },
+  'edge-small': { steps: 3000, lr: 2e-3 },
+  cloud: { steps: 6000, lr: 1e-3 },
+};
+
+const { positionals, values } = parseArgs({
+  allowPositionals: true,
+  options: {
+    steps: { type: 'string' },
+    seq: { type: 'string', default: '256' },
+    batch: { type: 'string', default: '16' },
+    micro: { type: 'string', default: '8' },
+    lr: { type: 'string' },
+    seed: { type: 'string', default: '0' },
+    'save-every': { type: 'string', default: '200' },
+    out: { type: 'string' },
+    fresh: { type: 'boolean', default: false },
+  },
+});
+const name = positionals[0] as ModelPreset | undefined;
+if (!name || !(name in MODEL_PRESETS)) {
+  console.error(`usage: pnpm models:pretrain <${Object.keys(MODEL_PRESETS).join('|')}> [--steps N] [--fresh] ...`);
+  process.exit(2);
+}
+const config = MODEL_PRESETS[name];
+const steps = Number(values.steps ?? DEFAULTS[name].steps);
+const seqLen = Number(values.seq);
+const rows = Number(values.batch);
+const micro = Number(values.micro);
+const peakLr = Number(values.lr ?? DEFAULTS[name].lr);
+const seed = Number(values.seed);
+const saveEvery = Number(values['save-every']);
+const out = values.out ?? path.join('models', name);
+const stateDir = path.join(out, '.pretrain');
+const warmup = Math.min(100, Math.floor(steps / 10));
+
+/** Linear warm-up, then cosine decay to 10% of the peak. */
+function learningRate(step: number): number {
+  if (step < warmup) return (peakLr * (step + 1)) / warmup;
+  const progress = (step - warmup) / Math.max(1, steps - warmup);
+  return peakLr * (0.1 + 0.45 * (1 + Math.cos(Math.PI * progress)));
+}
+
+const data = new PretrainData(seed, seqLen);
+const trainer = await OrtTrainer.create(config, initWeights(config, seed), {
+  learningRate: peakLr,
+  weightDecay: 0.1,
+  maxGradNorm: 1,
+  beta2: 0.99,
+  microBatch: micro,
+  seqLen,
+});
+
+interface Progress {
+  elapsedSeconds: number;
+  losses: [step: number, loss: number][];
+}
+let progress: Progress = { elapsedSeconds: 0, losses: [] };
+const statePath = path.join(stateDir, 'state.safetensors');
+if (values.fresh) await rm(stateDir, { recursive: true, force: true });
+if (existsSync(statePath)) {
+  const saved = await readSafetensors(statePath);
+  const tensors = trainer.state().tensors.map(({ name: tensor, shape }) => {
+    const get = (kind: string) => {
+      const t = saved.tensors.get(`${kind}:${tensor}`);
+      if (!t) throw new Error(`${statePath} lacks ${kind}:${tensor}; start over with --fresh`);
+      return t.data;
+    };
+    return { name: tensor, shape, value: get('p'), m: get('m'), v: get('v') };
+  });
+  trainer.restore({ step: Number(saved.metadata['step']), tensors });
+  progress = JSON.parse(await readFile(path.join(stateDir, 'progress.json'), 'utf8')) as Progress;
+  console.log(`resuming ${name} at step ${trainer.state().step} of ${steps}`);
+}
+
+async function saveState(state: TrainerState): Promise<void> {
+  await mkdir(stateDir, { recursive: true });
+  const tensors = state.tensors.flatMap((t) => [
+    { name: `p:${t.name}`, shape: t.shape, data: t.value },
+    { name: `m:${t.name}`, shape: t.shape, data: t.m },
+    { name: `v:${t.name}`, shape: t.shape, data: t.v },
+  ]);
+  await writeSafetensors(`${statePath}.tmp`, tensors, 'F32', { step: String(state.step) });
+  await writeFile(path.join(stateDir, 'progress.json'), JSON.stringify(progress));
+  const { rename } = await import('node:fs/promises');
+  await rename(`${statePath}.tmp`, statePath);
+}
+
+const tokensPerStep = rows * seqLen;
+console.log(
+  `${name}: ${parameterCount(config).toLocaleString()} parameters, ${steps} steps of ${tokensPerStep} tokens, ` +
+    `engine ${trainer.engine}, general corpus bytes ${JSON.stringify(data.bytesByTask)}`,
+);
+const bar = new SingleBar({
+  format: `${name} [{bar}] {value}/{total} | loss {loss} | {speed} tok/s | eta {eta_formatted}`,
+  etaBuffer: 50,
+});
+let first = trainer.state().step;
+bar.start(steps, first, { loss: '-', speed: '-' });
+let smoothed: number | undefined;
+let windowStart = performance.now();
+let windowSteps = 0;
+const startedAt = performance.now() - progress.elapsedSeconds * 1000;
+for (let step = first; step < steps; step++) {
+  const { loss } = await trainer.step(data.batch(step, rows), learningRate(step));
+  smoothed = smoothed === undefined ? loss : 0.95 * smoothed + 0.05 * loss;
+  windowSteps++;
+  if ((step + 1) % 10 === 0) progress.losses.push([step + 1, loss]);
+  const speed = (windowSteps * tokensPerStep) / ((performance.now() - windowStart) / 1000);
+  bar.update(step + 1, { loss: smoothed.toFixed(3), speed: Math.round(speed) });
+  if (!process.stdout.isTTY && (step + 1) % 50 === 0) {
+    console.log(`step ${step + 1}/${steps} loss ${smoothed.toFixed(3)} ${Math.round(speed)} tok/s`);
+  }
+  if (windowSteps === 50) {
+    windowStart = performance.now();
+    windowSteps = 0;
+  }
+  if ((step + 1) % saveEvery === 0 || step + 1 === steps) {
+    progress.elapsedSeconds = (performance.now() - startedAt) / 1000;
+    await saveState(trainer.state());
+  }
+}
+bar.stop();
+first = 0;
+progress.elapsedSeconds = (performance.now() - startedAt) / 1000;
+const weights = trainer.weights();
+await trainer.dispose();
+
+// Save in f16 and evaluate the saved file, so that `pnpm eval` reproduces the card exactly.
+await saveCheckpoint(
+  out,
+  { config, weights },
+  { dtype: 'F16', metadata: { steps: String(steps), seed: String(seed) } },
+);
+const saved = await loadCheckpoint(out);
+const model = await OrtLlama.create(saved.config, saved.weights);
+const figures: Record<string, unknown> = {};
+for (const task of TASKS) {
+  const split = taskPartition(task, { seed }).general.test;
+  const started = performance.now();
+  figures[task] = await evaluateTask(model, task, split);
+  console.log(
+    `${task} general:test ${JSON.stringify(figures[task])} (${((performance.now() - started) / 1000).toFixed(0)} s)`,
+  );
+}
+await model.release();
+
+const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+const card = `# ${name}
+
+A byte-level Llama-family model trained from scratch by Floe-TS (\`pnpm models:pretrain ${name}\`).
+
+| | |
+| --- | --- |
+| parameters | ${parameterCount(config).toLocaleString('en-US')} |
+| shape | hidden ${config.hidden_size}, ${config.num_hidden_layers} layers, ${config.num_attention_heads} heads (${config.num_key_value_heads} key/value), MLP ${config.intermediate_size}, tied embeddings: ${config.tie_word_embeddings} |
+| vocabulary | 256 bytes + \`<bos>\` 256, \`<eos>\` 257, \`<pad>\` 258 |
+| context | ${config.max_position_embeddings} positions; trained on ${seqLen}-byte windows |
+| data | general (non-client) corpora of the seed-${seed} partitions: speech ${data.bytesByTask.speech.toLocaleString('en-US')} bytes (State of the Union addresses of non-client presidents, Moby-Dick), email ${data.bytesByTask.email.toLocaleString('en-US')} bytes, arithmetic ${data.bytesByTask.arithmetic.toLocaleString('en-US')} bytes; mixture ${JSON.stringify(data.mixture)} |
+| training | ${steps} steps x ${tokensPerStep} tokens = ${(steps * tokensPerStep).toLocaleString('en-US')} tokens; AdamW (b2 0.99, wd 0.1, clip 1), peak lr ${peakLr}, warm-up ${warmup} steps, cosine to 10% |
+| engine | ONNX Runtime training graph (packages/model/src/onnx/llama-train-graph.ts) |
+| wall time | ${(progress.elapsedSeconds / 60).toFixed(1)} min on ${cpu}, ${os.cpus().length} cores |
+| weights | model.safetensors in f16 |
+
+## Held-out figures (general:test of each task, seed ${seed})
+
+Reproduce with \`pnpm eval --model models/${name} --task TASK --split general:test\`.
+
+\`\`\`json
+${JSON.stringify(figures, null, 2)}
+\`\`\`
+
+## Training loss
+
+${lossTable(progress.losses)}
+`;
+await writeFile(path.join(out, 'MODEL_CARD.md'), card);
+await writeFile(path.join(out, 'eval.json'), `${JSON.stringify(figures, null, 2)}\n`);
+console.log(`wrote ${out}`);
+
+function lossTable(losses: [number, number][]): string {
+  const every = Math.max(1, Math.floor(losses.length / 12));
+  const rowsOut = losses.filter((_, i) => i % every === 0 || i === losses.length - 1);
+  return [
+    '| step | loss (nats/byte) |',
+    '| --- | --- |',
+    ...rowsOut.map(([s, l]) => `| ${s} | ${l.toFixed(3)} |`),
+  ].join('\n');
+}
