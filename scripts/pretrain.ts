@@ -7,7 +7,7 @@
  * MODEL_CARD.md with the data, tokens, steps, wall time, machine and held-out figures for every task.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -112,7 +112,6 @@ async function saveState(state: TrainerState): Promise<void> {
   ]);
   await writeSafetensors(`${statePath}.tmp`, tensors, 'F32', { step: String(state.step) });
   await writeFile(path.join(stateDir, 'progress.json'), JSON.stringify(progress));
-  const { rename } = await import('node:fs/promises');
   await rename(`${statePath}.tmp`, statePath);
 }
 
@@ -125,7 +124,7 @@ const bar = new SingleBar({
   format: `${name} [{bar}] {value}/{total} | loss {loss} | {speed} tok/s | eta {eta_formatted}`,
   etaBuffer: 50,
 });
-let first = trainer.state().step;
+const first = trainer.state().step;
 bar.start(steps, first, { loss: '-', speed: '-' });
 let smoothed: number | undefined;
 let windowStart = performance.now();
@@ -151,7 +150,6 @@ for (let step = first; step < steps; step++) {
   }
 }
 bar.stop();
-first = 0;
 progress.elapsedSeconds = (performance.now() - startedAt) / 1000;
 const weights = trainer.weights();
 await trainer.dispose();

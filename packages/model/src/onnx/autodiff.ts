@@ -349,8 +349,4 @@ export class TapeGraph {
       return g;
     });
   }
-
-  zeros(shape: readonly number[]): Value {
-    return this.raw('ConstantOfShape', [this.constI64([...shape])], shape);
-  }
 }

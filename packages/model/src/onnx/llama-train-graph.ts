@@ -10,7 +10,7 @@
  * from seeing padding and the mask is a constant. Frozen weights are initializers; the optimizer step
  * lives in a separate graph (adamw-graph.ts) so that gradients can be accumulated over micro-batches.
  */
-import { type LlamaConfig, LORA_MODULES, type LoraModuleKind, headDim, linearPath, weightShapes } from '../config.js';
+import { type LlamaConfig, LORA_MODULES, type LoraModuleKind, headDim, linearPath } from '../config.js';
 import type { Weights } from '../checkpoint.js';
 import { inverseFrequencies, MASK_VALUE } from '../tfjs/llama.js';
 import { type Value, TapeGraph } from './autodiff.js';
@@ -179,9 +179,4 @@ function checkLoraCoverage(config: LlamaConfig, ranks: ReadonlyMap<string, numbe
     [...Array(config.num_hidden_layers).keys()].flatMap((l) => LORA_MODULES.map((k) => linearPath(l, k))),
   );
   for (const path of ranks.keys()) if (!known.has(path)) throw new Error(`${path} is not a LoRA-capable module`);
-}
-
-/** Names of every weight the full-model training graph trains, in graph order. */
-export function pretrainedWeightNames(config: LlamaConfig): string[] {
-  return weightShapes(config).map(([name]) => name);
 }

@@ -211,8 +211,7 @@ export class OrtTrainer implements Trainer {
     const rows = batch.inputIds.length;
     batch.inputIds.forEach((row, r) => {
       if (row.length > S) throw new Error(`row ${r} has ${row.length} tokens; this trainer's sequence length is ${S}`);
-      const mask = batch.attentionMask?.[r];
-      if (mask && mask.some((x, j) => x !== (j < (mask.indexOf(0) === -1 ? mask.length : mask.indexOf(0)) ? 1 : 0))) {
+      if (!isRightPadded(batch.attentionMask?.[r])) {
         throw new Error(`row ${r}: the ONNX Runtime trainer needs right-padded rows (attention mask 1...1 0...0)`);
       }
     });
@@ -244,6 +243,13 @@ function initialValue(tensor: TrainableTensor, weights: Weights, adapter: LoraAd
   if (tensor.kind === 'weight') return (weights.get(tensor.name) as { data: Float32Array }).data.slice();
   const factors = adapter?.modules.get(tensor.modulePath) as LoraFactors;
   return (tensor.factor === 'A' ? factors.A : factors.B).slice();
+}
+
+/** No mask, or a mask of ones followed only by zeros. */
+function isRightPadded(mask: readonly number[] | undefined): boolean {
+  if (!mask) return true;
+  const real = mask.indexOf(0) === -1 ? mask.length : mask.indexOf(0);
+  return mask.every((x, j) => x === (j < real ? 1 : 0));
 }
 
 function addInto(target: Float32Array, source: Float32Array): void {
