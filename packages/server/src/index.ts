@@ -1,1 +1,2 @@
-export {};
+export * from './aggregation/strategy.js';
+export * from './aggregation/validate.js';

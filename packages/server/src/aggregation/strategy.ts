@@ -1,0 +1,177 @@
+/**
+ * Aggregation strategies, in the spirit of Flower's Strategy: a small object per strategy, the math in
+ * pure functions of `@floe/shared`. Every client trains the job's target modules at its own rank with
+ * the job's alpha (scale alpha / r); a strategy turns the round's accepted updates into the adapter each
+ * client receives next round, at that client's rank.
+ */
+import {
+  AdapterMathError,
+  type LoraAdapter,
+  type LoraFactors,
+  type StrategyName,
+  factorize,
+  loraProduct,
+  matrix,
+  padRank,
+  truncateRank,
+  weightedMean,
+} from '@floe/shared';
+
+export interface ClientUpdate {
+  clientId: string;
+  /** The aggregation weight: the number of training samples behind the update. */
+  numSamples: number;
+  adapter: LoraAdapter;
+}
+
+export interface Aggregate {
+  /** The aggregated adapter at `rank`, what a client of that rank starts its next round from. */
+  forRank(rank: number): LoraAdapter;
+}
+
+export interface Strategy {
+  readonly name: StrategyName;
+  aggregate(updates: readonly ClientUpdate[], alpha: number): Aggregate;
+}
+
+function modulePaths(updates: readonly ClientUpdate[]): string[] {
+  const first = updates[0];
+  if (!first) throw new AdapterMathError('invalid_argument', 'nothing to aggregate: no updates');
+  const paths = [...first.adapter.modules.keys()].sort();
+  for (const u of updates) {
+    const own = [...u.adapter.modules.keys()].sort();
+    if (own.join('|') !== paths.join('|')) {
+      throw new AdapterMathError(
+        'shape_mismatch',
+        `client ${u.clientId} adapts other modules than client ${first.clientId}`,
+      );
+    }
+  }
+  return paths;
+}
+
+function factorsOf(update: ClientUpdate, path: string): LoraFactors {
+  return update.adapter.modules.get(path) as LoraFactors;
+}
+
+/** FedAvg: every client at the same rank; the weighted mean of A and of B. */
+export const fedavg: Strategy = {
+  name: 'fedavg',
+  aggregate(updates, alpha) {
+    const paths = modulePaths(updates);
+    const weights = updates.map((u) => u.numSamples);
+    const modules = new Map<string, LoraFactors>();
+    for (const path of paths) {
+      const all = updates.map((u) => factorsOf(u, path));
+      const rank = all[0]?.rank as number;
+      if (all.some((f) => f.rank !== rank)) {
+        throw new AdapterMathError(
+          'shape_mismatch',
+          `fedavg needs one rank for ${path}; got ${[...new Set(all.map((f) => f.rank))].join(', ')}`,
+        );
+      }
+      modules.set(path, {
+        ...(all[0] as LoraFactors),
+        A: weightedMean(
+          all.map((f) => f.A),
+          weights,
+        ),
+        B: weightedMean(
+          all.map((f) => f.B),
+          weights,
+        ),
+      });
+    }
+    return {
+      forRank(rank) {
+        const own = [...modules.values()][0]?.rank;
+        if (rank !== own)
+          throw new AdapterMathError('invalid_argument', `fedavg aggregated rank ${String(own)}, not ${rank}`);
+        return { alpha, modules };
+      },
+    };
+  },
+};
+
+/** HetLoRA: zero-pad every client to the largest rank, weighted mean, truncate back to each client's rank. */
+export const hetlora: Strategy = {
+  name: 'hetlora',
+  aggregate(updates, alpha) {
+    const paths = modulePaths(updates);
+    const weights = updates.map((u) => u.numSamples);
+    const modules = new Map<string, LoraFactors>();
+    for (const path of paths) {
+      const all = updates.map((u) => factorsOf(u, path));
+      const maxRank = Math.max(...all.map((f) => f.rank));
+      const padded = all.map((f) => padRank(f, maxRank));
+      modules.set(path, {
+        ...(padded[0] as LoraFactors),
+        A: weightedMean(
+          padded.map((f) => f.A),
+          weights,
+        ),
+        B: weightedMean(
+          padded.map((f) => f.B),
+          weights,
+        ),
+      });
+    }
+    return {
+      forRank(rank) {
+        const out = new Map<string, LoraFactors>();
+        for (const [path, f] of modules) out.set(path, rank <= f.rank ? truncateRank(f, rank) : padRank(f, rank));
+        return { alpha, modules: out };
+      },
+    };
+  },
+};
+
+/**
+ * FlexLoRA: the weighted mean of the clients' products dW_k = (alpha / r_k) B_k A_k, then for each
+ * client the truncated SVD of that mean at the client's rank. Exact aggregation of the products; a
+ * weak device's low rank caps only its own copy.
+ */
+export const flexlora: Strategy = {
+  name: 'flexlora',
+  aggregate(updates, alpha) {
+    const paths = modulePaths(updates);
+    const weights = updates.map((u) => u.numSamples);
+    const means = new Map<string, { rows: number; cols: number; data: Float32Array }>();
+    for (const path of paths) {
+      const products = updates.map((u) => loraProduct(factorsOf(u, path), alpha));
+      const { rows, cols } = products[0] as { rows: number; cols: number };
+      means.set(path, {
+        rows,
+        cols,
+        data: weightedMean(
+          products.map((p) => p.data),
+          weights,
+        ),
+      });
+    }
+    // One SVD per module, at full rank R; rank r takes the first r components, rescaled by sqrt(r / R)
+    // because the factors carry sqrt(rank / alpha) (see factorize).
+    const full = new Map<string, LoraFactors>();
+    for (const [path, dW] of means)
+      full.set(path, factorize(matrix(dW.rows, dW.cols, dW.data), Math.min(dW.rows, dW.cols), alpha).factors);
+    const byRank = new Map<number, LoraAdapter>();
+    return {
+      forRank(rank) {
+        let adapter = byRank.get(rank);
+        if (!adapter) {
+          const modules = new Map<string, LoraFactors>();
+          for (const [path, f] of full) {
+            const resized = rank <= f.rank ? truncateRank(f, rank) : padRank(f, rank);
+            const scale = Math.sqrt(rank / f.rank);
+            modules.set(path, { ...resized, A: resized.A.map((x) => x * scale), B: resized.B.map((x) => x * scale) });
+          }
+          adapter = { alpha, modules };
+          byRank.set(rank, adapter);
+        }
+        return adapter;
+      },
+    };
+  },
+};
+
+export const STRATEGIES: Record<StrategyName, Strategy> = { fedavg, hetlora, flexlora };
