@@ -5,17 +5,60 @@
 import { ByteTokenizer, Random, type TrainBatch } from '@floe/model';
 import { TASKS, type TaskName, taskPartition } from './tasks.js';
 
-interface Stream {
-  bytes: Uint8Array;
-  /** Offsets rows may start at: document starts (examples) or undefined for anywhere (prose). */
-  starts: number[] | undefined;
+/** Random training windows over a set of documents, each row starting with BOS. */
+export class WindowSampler {
+  private readonly bytes: Uint8Array;
+  /** Offsets rows may start at: document starts, or undefined for anywhere (prose). */
+  private readonly starts: number[] | undefined;
+
+  constructor(
+    documents: readonly string[],
+    readonly seqLen: number,
+    startAtDocuments: boolean,
+  ) {
+    const encoder = new TextEncoder();
+    const separator = startAtDocuments ? '' : '\n\n';
+    const starts: number[] = [];
+    let offset = 0;
+    for (const doc of documents) {
+      starts.push(offset);
+      offset += encoder.encode(doc + separator).length;
+    }
+    this.bytes = encoder.encode(documents.join(separator) + separator);
+    this.starts = startAtDocuments ? starts : undefined;
+    if (this.bytes.length <= seqLen)
+      throw new Error(`${this.bytes.length} bytes of text cannot fill a ${seqLen}-byte window`);
+  }
+
+  get byteLength(): number {
+    return this.bytes.length;
+  }
+
+  /** One row: inputs [BOS, x0..x(S-2)], targets [x0..x(S-1)]. */
+  row(random: Random): { inputIds: number[]; targets: number[] } {
+    const last = this.bytes.length - this.seqLen;
+    const start = this.starts
+      ? Math.min(this.starts[random.integer(this.starts.length)] as number, last)
+      : random.integer(last);
+    const row = [new ByteTokenizer().bos, ...this.bytes.subarray(start, start + this.seqLen)];
+    return { inputIds: row.slice(0, -1), targets: row.slice(1) };
+  }
+
+  batch(random: Random, rows: number): TrainBatch {
+    const picked = Array.from({ length: rows }, () => this.row(random));
+    return {
+      inputIds: picked.map((r) => r.inputIds),
+      targets: picked.map((r) => r.targets),
+      weights: picked.map((r) => r.targets.map(() => 1)),
+    };
+  }
 }
 
 export type Mixture = Record<TaskName, number>;
 export const DEFAULT_MIXTURE: Mixture = { speech: 0.5, email: 0.2, arithmetic: 0.3 };
 
 export class PretrainData {
-  private readonly streams: Map<TaskName, Stream>;
+  private readonly samplers: Map<TaskName, WindowSampler>;
   readonly bytesByTask: Record<TaskName, number>;
 
   constructor(
@@ -23,23 +66,13 @@ export class PretrainData {
     readonly seqLen: number,
     readonly mixture: Mixture = DEFAULT_MIXTURE,
   ) {
-    const encoder = new TextEncoder();
-    this.streams = new Map();
-    for (const task of TASKS) {
-      const docs = taskPartition(task, { seed }).general.train.documents;
-      const separator = task === 'speech' ? '\n\n' : '';
-      const starts: number[] = [];
-      let offset = 0;
-      for (const doc of docs) {
-        starts.push(offset);
-        offset += encoder.encode(doc + separator).length;
-      }
-      this.streams.set(task, {
-        bytes: encoder.encode(docs.join(separator) + separator),
-        starts: task === 'speech' ? undefined : starts,
-      });
-    }
-    this.bytesByTask = Object.fromEntries(TASKS.map((t) => [t, this.streams.get(t)?.bytes.length ?? 0])) as Record<
+    this.samplers = new Map(
+      TASKS.map((task) => [
+        task,
+        new WindowSampler(taskPartition(task, { seed }).general.train.documents, seqLen, task !== 'speech'),
+      ]),
+    );
+    this.bytesByTask = Object.fromEntries(TASKS.map((t) => [t, this.samplers.get(t)?.byteLength ?? 0])) as Record<
       TaskName,
       number
     >;
@@ -47,20 +80,16 @@ export class PretrainData {
 
   batch(step: number, rows: number): TrainBatch {
     const random = new Random(this.seed * 1_000_003 + step);
-    const bos = new ByteTokenizer().bos;
     const total = TASKS.reduce((n, t) => n + this.mixture[t], 0);
-    const inputIds: number[][] = [];
-    const targets: number[][] = [];
-    for (let r = 0; r < rows; r++) {
+    const picked = Array.from({ length: rows }, () => {
       let pick = random.next() * total;
       const task = TASKS.find((t) => (pick -= this.mixture[t]) < 0) ?? 'speech';
-      const { bytes, starts } = this.streams.get(task) as Stream;
-      const last = bytes.length - this.seqLen;
-      const start = starts ? Math.min(starts[random.integer(starts.length)] as number, last) : random.integer(last);
-      const row = [bos, ...bytes.subarray(start, start + this.seqLen)];
-      inputIds.push(row.slice(0, -1));
-      targets.push(row.slice(1));
-    }
-    return { inputIds, targets, weights: targets.map((row) => row.map(() => 1)) };
+      return (this.samplers.get(task) as WindowSampler).row(random);
+    });
+    return {
+      inputIds: picked.map((r) => r.inputIds),
+      targets: picked.map((r) => r.targets),
+      weights: picked.map((r) => r.targets.map(() => 1)),
+    };
   }
 }
