@@ -21,7 +21,7 @@ const { values } = parseArgs({
     ranks: { type: 'string', default: '2,4,8,8' },
     rounds: { type: 'string', default: '3' },
     'local-steps': { type: 'string', default: '20' },
-    lr: { type: 'string', default: '1e-2' },
+    lr: { type: 'string', default: '5e-3' },
     alpha: { type: 'string', default: '16' },
     modules: { type: 'string', default: 'q_proj,v_proj,up_proj,down_proj' },
     batch: { type: 'string', default: '8' },
