@@ -50,6 +50,21 @@ function modulePaths(updates: readonly ClientUpdate[]): string[] {
   return paths;
 }
 
+/** The weighted mean of A and of B over factors that share one rank and shape. */
+function meanFactors(factors: readonly LoraFactors[], weights: readonly number[]): LoraFactors {
+  return {
+    ...(factors[0] as LoraFactors),
+    A: weightedMean(
+      factors.map((f) => f.A),
+      weights,
+    ),
+    B: weightedMean(
+      factors.map((f) => f.B),
+      weights,
+    ),
+  };
+}
+
 function factorsOf(update: ClientUpdate, path: string): LoraFactors {
   return update.adapter.modules.get(path) as LoraFactors;
 }
@@ -70,17 +85,7 @@ export const fedavg: Strategy = {
           `fedavg needs one rank for ${path}; got ${[...new Set(all.map((f) => f.rank))].join(', ')}`,
         );
       }
-      modules.set(path, {
-        ...(all[0] as LoraFactors),
-        A: weightedMean(
-          all.map((f) => f.A),
-          weights,
-        ),
-        B: weightedMean(
-          all.map((f) => f.B),
-          weights,
-        ),
-      });
+      modules.set(path, meanFactors(all, weights));
     }
     return {
       forRank(rank) {
@@ -104,17 +109,7 @@ export const hetlora: Strategy = {
       const all = updates.map((u) => factorsOf(u, path));
       const maxRank = Math.max(...all.map((f) => f.rank));
       const padded = all.map((f) => padRank(f, maxRank));
-      modules.set(path, {
-        ...(padded[0] as LoraFactors),
-        A: weightedMean(
-          padded.map((f) => f.A),
-          weights,
-        ),
-        B: weightedMean(
-          padded.map((f) => f.B),
-          weights,
-        ),
-      });
+      modules.set(path, meanFactors(padded, weights));
     }
     return {
       forRank(rank) {
