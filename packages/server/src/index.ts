@@ -1,2 +1,3 @@
 export * from './aggregation/strategy.js';
 export * from './aggregation/validate.js';
+export * from './aggregation/clustering.js';
