@@ -14,6 +14,7 @@ import {
   TfjsTrainer,
   initWeights,
   loraModulePaths,
+  loraShape,
   parameterCount,
   selectTfjsBackend,
   tfjsLora,
@@ -26,8 +27,7 @@ const LORA_RANK = 8;
 function randomAdapter(config: LlamaConfig, random: Random): LoraAdapter {
   const modules = new Map<string, LoraFactors>();
   for (const path of loraModulePaths(config, { r: LORA_RANK, lora_alpha: 16, target_modules: [...LORA_MODULES] })) {
-    const probe = initWeights(config, 0, 0).get(`${path}.weight`);
-    const [outFeatures, inFeatures] = probe!.shape as [number, number];
+    const [outFeatures, inFeatures] = loraShape(config, path);
     modules.set(path, {
       rank: LORA_RANK,
       inFeatures,

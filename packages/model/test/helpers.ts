@@ -6,8 +6,8 @@ import {
   Random,
   SPECIAL_TOKENS,
   initWeights,
-  linearShape,
   loraModulePaths,
+  loraShape,
   type LoraModuleKind,
 } from '../src/index.js';
 
@@ -46,7 +46,7 @@ export function randomLora(config: LlamaConfig, rank: number, modules: LoraModul
   const random = new Random(seed);
   const factors = new Map<string, LoraFactors>();
   for (const path of loraModulePaths(config, { r: rank, lora_alpha: 2 * rank, target_modules: modules })) {
-    const [outFeatures, inFeatures] = linearShape(config, path.slice(path.lastIndexOf('.') + 1) as LoraModuleKind);
+    const [outFeatures, inFeatures] = loraShape(config, path);
     factors.set(path, {
       rank,
       inFeatures,

@@ -6,12 +6,12 @@
  */
 import {
   type LlamaConfig,
-  LORA_MODULES,
   OrtLlama,
   OrtTrainer,
   Random,
   type Weights,
   initLora,
+  isLoraModuleKind,
   loadCheckpoint,
 } from '@floe/model';
 import { STRATEGIES, type ClientUpdate } from '@floe/server';
@@ -90,9 +90,7 @@ export async function runLocalFederation(
   const partition = taskPartition(options.task, { seed: options.seed, clients: options.ranks.length });
   const clients = partition.clients;
   const strategy = STRATEGIES[options.strategy];
-  const kinds = options.targetModules.filter((m): m is (typeof LORA_MODULES)[number] =>
-    (LORA_MODULES as readonly string[]).includes(m),
-  );
+  const kinds = options.targetModules.filter(isLoraModuleKind);
   const samplers = clients.map((c) => new WindowSampler(c.train.documents, options.seqLen, options.task !== 'speech'));
   const random = new Random(options.seed);
   const results: RoundResult[] = [];

@@ -5,6 +5,15 @@
 import { ByteTokenizer, Random, type TrainBatch } from '@floe/model';
 import { TASKS, type TaskName, taskPartition } from './tasks.js';
 
+/** Rows as a batch in which every target token counts once. */
+function batchOf(rows: readonly { inputIds: number[]; targets: number[] }[]): TrainBatch {
+  return {
+    inputIds: rows.map((r) => r.inputIds),
+    targets: rows.map((r) => r.targets),
+    weights: rows.map((r) => r.targets.map(() => 1)),
+  };
+}
+
 /** Random training windows over a set of documents, each row starting with BOS. */
 export class WindowSampler {
   private readonly bytes: Uint8Array;
@@ -46,11 +55,7 @@ export class WindowSampler {
 
   batch(random: Random, rows: number): TrainBatch {
     const picked = Array.from({ length: rows }, () => this.row(random));
-    return {
-      inputIds: picked.map((r) => r.inputIds),
-      targets: picked.map((r) => r.targets),
-      weights: picked.map((r) => r.targets.map(() => 1)),
-    };
+    return batchOf(picked);
   }
 }
 
@@ -86,10 +91,6 @@ export class PretrainData {
       const task = TASKS.find((t) => (pick -= this.mixture[t]) < 0) ?? 'speech';
       return (this.samplers.get(task) as WindowSampler).row(random);
     });
-    return {
-      inputIds: picked.map((r) => r.inputIds),
-      targets: picked.map((r) => r.targets),
-      weights: picked.map((r) => r.targets.map(() => 1)),
-    };
+    return batchOf(picked);
   }
 }

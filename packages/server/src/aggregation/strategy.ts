@@ -65,19 +65,29 @@ function meanFactors(factors: readonly LoraFactors[], weights: readonly number[]
   };
 }
 
-function factorsOf(update: ClientUpdate, path: string): LoraFactors {
-  return update.adapter.modules.get(path) as LoraFactors;
+/** `combine` applied, per adapted module, to the clients' factors and their sample-count weights. */
+function perModule<T>(
+  updates: readonly ClientUpdate[],
+  combine: (path: string, factors: LoraFactors[], weights: number[]) => T,
+): Map<string, T> {
+  const weights = updates.map((u) => u.numSamples);
+  return new Map(
+    modulePaths(updates).map((path) => [
+      path,
+      combine(
+        path,
+        updates.map((u) => u.adapter.modules.get(path) as LoraFactors),
+        weights,
+      ),
+    ]),
+  );
 }
 
 /** FedAvg: every client at the same rank; the weighted mean of A and of B. */
 export const fedavg: Strategy = {
   name: 'fedavg',
   aggregate(updates, alpha) {
-    const paths = modulePaths(updates);
-    const weights = updates.map((u) => u.numSamples);
-    const modules = new Map<string, LoraFactors>();
-    for (const path of paths) {
-      const all = updates.map((u) => factorsOf(u, path));
+    const modules = perModule(updates, (path, all, weights) => {
       const rank = all[0]?.rank as number;
       if (all.some((f) => f.rank !== rank)) {
         throw new AdapterMathError(
@@ -85,8 +95,8 @@ export const fedavg: Strategy = {
           `fedavg needs one rank for ${path}; got ${[...new Set(all.map((f) => f.rank))].join(', ')}`,
         );
       }
-      modules.set(path, meanFactors(all, weights));
-    }
+      return meanFactors(all, weights);
+    });
     return {
       forRank(rank) {
         const own = [...modules.values()][0]?.rank;
@@ -102,15 +112,13 @@ export const fedavg: Strategy = {
 export const hetlora: Strategy = {
   name: 'hetlora',
   aggregate(updates, alpha) {
-    const paths = modulePaths(updates);
-    const weights = updates.map((u) => u.numSamples);
-    const modules = new Map<string, LoraFactors>();
-    for (const path of paths) {
-      const all = updates.map((u) => factorsOf(u, path));
+    const modules = perModule(updates, (_path, all, weights) => {
       const maxRank = Math.max(...all.map((f) => f.rank));
-      const padded = all.map((f) => padRank(f, maxRank));
-      modules.set(path, meanFactors(padded, weights));
-    }
+      return meanFactors(
+        all.map((f) => padRank(f, maxRank)),
+        weights,
+      );
+    });
     return {
       forRank(rank) {
         const out = new Map<string, LoraFactors>();
@@ -129,26 +137,17 @@ export const hetlora: Strategy = {
 export const flexlora: Strategy = {
   name: 'flexlora',
   aggregate(updates, alpha) {
-    const paths = modulePaths(updates);
-    const weights = updates.map((u) => u.numSamples);
-    const means = new Map<string, { rows: number; cols: number; data: Float32Array }>();
-    for (const path of paths) {
-      const products = updates.map((u) => loraProduct(factorsOf(u, path), alpha));
-      const { rows, cols } = products[0] as { rows: number; cols: number };
-      means.set(path, {
-        rows,
-        cols,
-        data: weightedMean(
-          products.map((p) => p.data),
-          weights,
-        ),
-      });
-    }
     // One SVD per module, at full rank R; rank r takes the first r components, rescaled by sqrt(r / R)
     // because the factors carry sqrt(rank / alpha) (see factorize).
-    const full = new Map<string, LoraFactors>();
-    for (const [path, dW] of means)
-      full.set(path, factorize(matrix(dW.rows, dW.cols, dW.data), Math.min(dW.rows, dW.cols), alpha).factors);
+    const full = perModule(updates, (_path, all, weights) => {
+      const products = all.map((f) => loraProduct(f, alpha));
+      const { rows, cols } = products[0] as { rows: number; cols: number };
+      const mean = weightedMean(
+        products.map((p) => p.data),
+        weights,
+      );
+      return factorize(matrix(rows, cols, mean), Math.min(rows, cols), alpha).factors;
+    });
     const byRank = new Map<number, LoraAdapter>();
     return {
       forRank(rank) {
