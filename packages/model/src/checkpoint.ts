@@ -4,7 +4,8 @@ import path from 'node:path';
 import type { Tensor } from '@floe/shared';
 import { type LlamaConfig, parseLlamaConfig, weightShapes } from './config.js';
 import { Random } from './random.js';
-import { type SafetensorsDType, readSafetensors, writeSafetensors } from './safetensors.js';
+import { type SafetensorsDType } from '@floe/shared';
+import { readSafetensors, writeSafetensors } from './safetensors.js';
 
 export type Weights = Map<string, Tensor>;
 

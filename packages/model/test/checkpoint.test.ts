@@ -2,7 +2,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { float16BitsToFloat32, float32ToFloat16Bits } from '@floe/shared';
+import { float16BitsToFloat32, float32ToFloat16Bits, parseSafetensors, serializeSafetensors } from '@floe/shared';
 import {
   ByteTokenizer,
   OrtLlama,
@@ -12,10 +12,8 @@ import {
   loadCheckpoint,
   mergeLora,
   parameterCount,
-  parseSafetensors,
   saveAdapter,
   saveCheckpoint,
-  serializeSafetensors,
 } from '../src/index.js';
 import { maxAbsDiff, randomIds, randomLora, randomWeights, tinyConfig } from './helpers.js';
 

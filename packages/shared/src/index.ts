@@ -9,3 +9,4 @@ export * from './codec/message.js';
 export * from './codec/update.js';
 export * from './adapter/math.js';
 export * from './adapter/peft.js';
+export * from './formats/safetensors.js';
