@@ -33,7 +33,7 @@ import { DEFAULT_MIXTURE, type Mixture, PretrainData, TASKS, evaluateTask, taskP
 const DEFAULTS: Record<ModelPreset, { steps: number; lr: number; mixture: Mixture }> = {
   'edge-tiny': { steps: 2000, lr: 3e-3, mixture: DEFAULT_MIXTURE },
   'edge-small': { steps: 3000, lr: 2e-3, mixture: DEFAULT_MIXTURE },
-  cloud: { steps: 4500, lr: 1.5e-3, mixture: { speech: 0.4, email: 0.15, arithmetic: 0.45 } },
+  cloud: { steps: 4000, lr: 1.5e-3, mixture: { speech: 0.4, email: 0.15, arithmetic: 0.45 } },
 };
 
 function parseMixture(text: string): Mixture {

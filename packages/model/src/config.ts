@@ -3,7 +3,14 @@
  * and other tools unchanged. Everything about a checkpoint is read from here; nothing is hard-coded.
  */
 import Type, { type Static } from 'typebox';
-import { parse } from '@floe/shared';
+import {
+  LORA_MODULES,
+  type LoraModuleKind,
+  type ModelArchitecture,
+  linearPath,
+  linearShapeOf,
+  parse,
+} from '@floe/shared';
 
 export const LlamaConfigSchema = Type.Object({
   model_type: Type.Literal('llama'),
@@ -47,36 +54,22 @@ export function headDim(config: LlamaConfig): number {
 }
 
 /** The linear layers LoRA can target, with their [out, in] shapes. */
-export const LORA_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
-export type LoraModuleKind = (typeof LORA_MODULES)[number];
+export { LORA_MODULES, type LoraModuleKind, isLoraModuleKind, linearPath } from '@floe/shared';
 
-export function isLoraModuleKind(value: string): value is LoraModuleKind {
-  return (LORA_MODULES as readonly string[]).includes(value);
+/** The shape-fixing numbers of `config`, as a job spec carries them to the server. */
+export function architectureOf(config: LlamaConfig): ModelArchitecture {
+  return {
+    hiddenSize: config.hidden_size,
+    intermediateSize: config.intermediate_size,
+    numHiddenLayers: config.num_hidden_layers,
+    numAttentionHeads: config.num_attention_heads,
+    numKeyValueHeads: config.num_key_value_heads,
+    headDim: headDim(config),
+  };
 }
 
 export function linearShape(config: LlamaConfig, kind: LoraModuleKind): [out: number, inn: number] {
-  const h = config.hidden_size;
-  const hd = headDim(config);
-  switch (kind) {
-    case 'q_proj':
-      return [config.num_attention_heads * hd, h];
-    case 'k_proj':
-    case 'v_proj':
-      return [config.num_key_value_heads * hd, h];
-    case 'o_proj':
-      return [h, config.num_attention_heads * hd];
-    case 'gate_proj':
-    case 'up_proj':
-      return [config.intermediate_size, h];
-    case 'down_proj':
-      return [h, config.intermediate_size];
-  }
-}
-
-/** `model.layers.3.self_attn.q_proj` */
-export function linearPath(layer: number, kind: LoraModuleKind): string {
-  const block = kind === 'gate_proj' || kind === 'up_proj' || kind === 'down_proj' ? 'mlp' : 'self_attn';
-  return `model.layers.${layer}.${block}.${kind}`;
+  return linearShapeOf(architectureOf(config), kind);
 }
 
 /** Every weight tensor of the model with its HF name and shape, in a fixed order. */

@@ -13,6 +13,7 @@ import {
   loraProduct,
   moduleKind,
   moduleLayer,
+  peftAdapterConfig,
   parse,
 } from '@floe/shared';
 import {
@@ -104,32 +105,12 @@ export function mergeLora(config: LlamaConfig, weights: Weights, adapter: LoraAd
   return merged;
 }
 
-export function loraConfigOf(adapter: LoraAdapter, baseModel?: string): LoraConfig {
-  const ranks = new Set([...adapter.modules.values()].map((f) => f.rank));
-  if (ranks.size > 1) throw new Error(`adapter mixes ranks ${[...ranks].join(', ')}; PEFT needs one r`);
-  const kinds = [...new Set([...adapter.modules.keys()].map(moduleKind))];
-  const layers = [...new Set([...adapter.modules.keys()].map((p) => moduleLayer(p) ?? 0))].sort((a, b) => a - b);
-  return {
-    peft_type: 'LORA',
-    r: [...ranks][0] ?? 1,
-    lora_alpha: adapter.alpha,
-    target_modules: kinds,
-    layers_to_transform: layers,
-    base_model_name_or_path: baseModel ?? null,
-  };
-}
-
 export async function saveAdapter(dir: string, adapter: LoraAdapter, baseModel?: string): Promise<void> {
   await mkdir(dir, { recursive: true });
-  const config = {
-    ...loraConfigOf(adapter, baseModel),
-    task_type: 'CAUSAL_LM',
-    bias: 'none',
-    lora_dropout: 0,
-    fan_in_fan_out: false,
-    inference_mode: true,
-  };
-  await writeFile(path.join(dir, 'adapter_config.json'), `${JSON.stringify(config, null, 2)}\n`);
+  await writeFile(
+    path.join(dir, 'adapter_config.json'),
+    `${JSON.stringify(peftAdapterConfig(adapter, baseModel), null, 2)}\n`,
+  );
   await writeSafetensors(path.join(dir, 'adapter_model.safetensors'), adapterToTensors(adapter));
 }
 

@@ -9,4 +9,5 @@ export * from './codec/message.js';
 export * from './codec/update.js';
 export * from './adapter/math.js';
 export * from './adapter/peft.js';
+export * from './adapter/architecture.js';
 export * from './formats/safetensors.js';

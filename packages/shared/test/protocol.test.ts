@@ -30,7 +30,18 @@ describe('protocol version', () => {
 
 describe('message and body validation', () => {
   const job: JobSpecType = {
-    baseModel: { id: 'edge-small', sha256: 'a'.repeat(64) },
+    baseModel: {
+      id: 'edge-small',
+      sha256: 'a'.repeat(64),
+      architecture: {
+        hiddenSize: 128,
+        intermediateSize: 352,
+        numHiddenLayers: 4,
+        numAttentionHeads: 4,
+        numKeyValueHeads: 2,
+        headDim: 32,
+      },
+    },
     targetModules: ['q_proj', 'v_proj'],
     strategy: 'flexlora',
     clustering: true,

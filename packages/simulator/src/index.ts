@@ -1,1 +1,2 @@
 export * from './local-federation.js';
+export * from './synthetic-devices.js';

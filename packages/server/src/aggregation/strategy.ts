@@ -32,22 +32,17 @@ export interface Aggregate {
 export interface Strategy {
   readonly name: StrategyName;
   aggregate(updates: readonly ClientUpdate[], alpha: number): Aggregate;
+  /**
+   * A stored aggregate (what `forRank(maxRank)` returned) as a client of `rank` receives it; equal to
+   * `forRank(rank)` of the aggregate it came from.
+   */
+  resize(adapter: LoraAdapter, rank: number): LoraAdapter;
 }
 
+/** Every module path any update adapts (devices may adapt only some layers), sorted. */
 function modulePaths(updates: readonly ClientUpdate[]): string[] {
-  const first = updates[0];
-  if (!first) throw new AdapterMathError('invalid_argument', 'nothing to aggregate: no updates');
-  const paths = [...first.adapter.modules.keys()].sort();
-  for (const u of updates) {
-    const own = [...u.adapter.modules.keys()].sort();
-    if (own.join('|') !== paths.join('|')) {
-      throw new AdapterMathError(
-        'shape_mismatch',
-        `client ${u.clientId} adapts other modules than client ${first.clientId}`,
-      );
-    }
-  }
-  return paths;
+  if (updates.length === 0) throw new AdapterMathError('invalid_argument', 'nothing to aggregate: no updates');
+  return [...new Set(updates.flatMap((u) => [...u.adapter.modules.keys()]))].sort();
 }
 
 /** The weighted mean of A and of B over factors that share one rank and shape. */
@@ -65,22 +60,36 @@ function meanFactors(factors: readonly LoraFactors[], weights: readonly number[]
   };
 }
 
-/** `combine` applied, per adapted module, to the clients' factors and their sample-count weights. */
+/**
+ * `combine` applied, per adapted module, to the factors of the clients that adapt it and their
+ * sample-count weights.
+ */
 function perModule<T>(
   updates: readonly ClientUpdate[],
   combine: (path: string, factors: LoraFactors[], weights: number[]) => T,
 ): Map<string, T> {
-  const weights = updates.map((u) => u.numSamples);
   return new Map(
-    modulePaths(updates).map((path) => [
-      path,
-      combine(
+    modulePaths(updates).map((path) => {
+      const holders = updates.filter((u) => u.adapter.modules.has(path));
+      return [
         path,
-        updates.map((u) => u.adapter.modules.get(path) as LoraFactors),
-        weights,
-      ),
-    ]),
+        combine(
+          path,
+          holders.map((u) => u.adapter.modules.get(path) as LoraFactors),
+          holders.map((u) => u.numSamples),
+        ),
+      ];
+    }),
   );
+}
+
+function mapModules(adapter: LoraAdapter, change: (f: LoraFactors) => LoraFactors): LoraAdapter {
+  return { alpha: adapter.alpha, modules: new Map([...adapter.modules].map(([path, f]) => [path, change(f)])) };
+}
+
+/** Keeps or zero-pads components so that every module has `rank`. */
+function prefixRank(f: LoraFactors, rank: number): LoraFactors {
+  return rank <= f.rank ? truncateRank(f, rank) : padRank(f, rank);
 }
 
 /** FedAvg: every client at the same rank; the weighted mean of A and of B. */
@@ -106,6 +115,12 @@ export const fedavg: Strategy = {
       },
     };
   },
+  resize(adapter, rank) {
+    for (const f of adapter.modules.values()) {
+      if (f.rank !== rank) throw new AdapterMathError('invalid_argument', `fedavg holds rank ${f.rank}, not ${rank}`);
+    }
+    return adapter;
+  },
 };
 
 /** HetLoRA: zero-pad every client to the largest rank, weighted mean, truncate back to each client's rank. */
@@ -120,13 +135,10 @@ export const hetlora: Strategy = {
       );
     });
     return {
-      forRank(rank) {
-        const out = new Map<string, LoraFactors>();
-        for (const [path, f] of modules) out.set(path, rank <= f.rank ? truncateRank(f, rank) : padRank(f, rank));
-        return { alpha, modules: out };
-      },
+      forRank: (rank) => hetlora.resize({ alpha, modules }, rank),
     };
   },
+  resize: (adapter, rank) => mapModules(adapter, (f) => prefixRank(f, rank)),
 };
 
 /**
@@ -137,8 +149,7 @@ export const hetlora: Strategy = {
 export const flexlora: Strategy = {
   name: 'flexlora',
   aggregate(updates, alpha) {
-    // One SVD per module, at full rank R; rank r takes the first r components, rescaled by sqrt(r / R)
-    // because the factors carry sqrt(rank / alpha) (see factorize).
+    // One SVD per module, at full rank; each client rank is a rescaled prefix (see resize).
     const full = perModule(updates, (_path, all, weights) => {
       const products = all.map((f) => loraProduct(f, alpha));
       const { rows, cols } = products[0] as { rows: number; cols: number };
@@ -153,18 +164,21 @@ export const flexlora: Strategy = {
       forRank(rank) {
         let adapter = byRank.get(rank);
         if (!adapter) {
-          const modules = new Map<string, LoraFactors>();
-          for (const [path, f] of full) {
-            const resized = rank <= f.rank ? truncateRank(f, rank) : padRank(f, rank);
-            const scale = Math.sqrt(rank / f.rank);
-            modules.set(path, { ...resized, A: resized.A.map((x) => x * scale), B: resized.B.map((x) => x * scale) });
-          }
-          adapter = { alpha, modules };
+          adapter = flexlora.resize({ alpha, modules: full }, rank);
           byRank.set(rank, adapter);
         }
         return adapter;
       },
     };
+  },
+  resize(adapter, rank) {
+    // SVD-ordered components: rank r keeps the first r, rescaled by sqrt(r / R) because the factors
+    // carry sqrt(rank / alpha) (see factorize); the product of the kept components is unchanged.
+    return mapModules(adapter, (f) => {
+      const resized = prefixRank(f, rank);
+      const scale = Math.sqrt(rank / f.rank);
+      return { ...resized, A: resized.A.map((x) => x * scale), B: resized.B.map((x) => x * scale) };
+    });
   },
 };
 

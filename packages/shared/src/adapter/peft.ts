@@ -79,3 +79,26 @@ export function adapterFromTensors(tensors: readonly Tensor[], alpha: number): L
   }
   return { alpha, modules };
 }
+
+/** The adapter_config.json of `adapter` (one rank for all modules, as PEFT requires). */
+export function peftAdapterConfig(adapter: LoraAdapter, baseModel?: string) {
+  const ranks = new Set([...adapter.modules.values()].map((f) => f.rank));
+  if (ranks.size > 1) {
+    throw new AdapterMathError('invalid_argument', `adapter mixes ranks ${[...ranks].join(', ')}; PEFT needs one r`);
+  }
+  const kinds = [...new Set([...adapter.modules.keys()].map(moduleKind))];
+  const layers = [...new Set([...adapter.modules.keys()].map((p) => moduleLayer(p) ?? 0))].sort((a, b) => a - b);
+  return {
+    peft_type: 'LORA' as const,
+    r: [...ranks][0] ?? 1,
+    lora_alpha: adapter.alpha,
+    target_modules: kinds,
+    layers_to_transform: layers,
+    base_model_name_or_path: baseModel ?? null,
+    task_type: 'CAUSAL_LM',
+    bias: 'none',
+    lora_dropout: 0,
+    fan_in_fan_out: false,
+    inference_mode: true,
+  };
+}

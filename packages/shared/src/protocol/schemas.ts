@@ -111,7 +111,22 @@ export const RankPlan = Type.Object(
 );
 export type RankPlan = Static<typeof RankPlan>;
 
-export const BaseModelRef = Type.Object({ id: Id, sha256: Sha256Hex }, strict);
+/** The numbers that fix the shape of every linear layer of a Llama-style decoder. */
+export const ModelArchitecture = Type.Object(
+  {
+    hiddenSize: Type.Integer({ minimum: 1, maximum: 65_536 }),
+    intermediateSize: Type.Integer({ minimum: 1, maximum: 262_144 }),
+    numHiddenLayers: Type.Integer({ minimum: 1, maximum: 4096 }),
+    numAttentionHeads: Type.Integer({ minimum: 1, maximum: 1024 }),
+    numKeyValueHeads: Type.Integer({ minimum: 1, maximum: 1024 }),
+    headDim: Type.Integer({ minimum: 1, maximum: 4096 }),
+  },
+  strict,
+);
+export type ModelArchitecture = Static<typeof ModelArchitecture>;
+
+/** The frozen base model every client of a job adapts: a name, the hash of its weights and its shapes. */
+export const BaseModelRef = Type.Object({ id: Id, sha256: Sha256Hex, architecture: ModelArchitecture }, strict);
 export type BaseModelRef = Static<typeof BaseModelRef>;
 
 export const StrategyName = Type.Union([Type.Literal('fedavg'), Type.Literal('hetlora'), Type.Literal('flexlora')]);
@@ -326,9 +341,14 @@ export type JobSpec = Static<typeof JobSpec>;
 export const JobStatus = Type.Union([Type.Literal('running'), Type.Literal('stopped'), Type.Literal('completed')]);
 export type JobStatus = Static<typeof JobStatus>;
 
+export const RoundStatus = Type.Union([Type.Literal('open'), Type.Literal('aggregated'), Type.Literal('failed')]);
+export type RoundStatus = Static<typeof RoundStatus>;
+
 export const RoundRecord = Type.Object(
   {
     round: Type.Integer({ minimum: 0 }),
+    /** `failed`: fewer accepted updates than the quorum by the deadline (or the job was stopped). */
+    status: RoundStatus,
     startedAt: Type.String({ format: 'date-time' }),
     endedAt: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
     sampled: Type.Integer({ minimum: 0 }),

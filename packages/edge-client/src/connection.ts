@@ -1,0 +1,203 @@
+/**
+ * The device's link to a coordination server: enrollment over HTTP, then one socket.io connection
+ * authenticated by the credential, each event one framed msgpack message (@floe/shared codec).
+ * Incoming frames are decoded and validated before any listener sees them.
+ */
+import { EventEmitter } from 'node:events';
+import { io, type Socket } from 'socket.io-client';
+import {
+  type DeviceProfile,
+  type EnrollResponse,
+  type ErrorMessage,
+  type Hello,
+  type Message,
+  type MessageOf,
+  PROTOCOL_VERSION,
+  type RankPlan,
+  type RoundEnd,
+  type RoundStart,
+  type Update,
+  type UpdateAck,
+  type Welcome,
+  FloeError,
+  SERVER_MESSAGES,
+  decodeMessage,
+  encodeMessage,
+} from '@floe/shared';
+
+export class ConnectionError extends FloeError {}
+
+/** POST /v1/enroll: trades the deployment's join token for this device's credential. */
+export async function enroll(serverUrl: string, joinToken: string, profile: DeviceProfile): Promise<EnrollResponse> {
+  const response = await fetch(new URL('/v1/enroll', serverUrl), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ joinToken, protocolVersion: PROTOCOL_VERSION, profile }),
+  });
+  const body = (await response.json()) as EnrollResponse | { code: string; message: string };
+  if (!response.ok || !('credential' in body)) {
+    const error = body as { code?: string; message?: string };
+    throw new ConnectionError(error.code ?? 'enroll_failed', `enrollment refused: ${error.message ?? response.status}`);
+  }
+  return body;
+}
+
+export interface ConnectionEvents {
+  round_start: [RoundStart];
+  round_end: [RoundEnd];
+  update_ack: [UpdateAck];
+  error: [ErrorMessage];
+  disconnect: [string];
+}
+
+export interface ConnectOptions {
+  profile: DeviceProfile;
+  plan?: RankPlan;
+  /** ms to wait for the welcome. */
+  timeoutMs?: number;
+  /** Reconnect (and say hello again) after the link drops. Default true. */
+  reconnect?: boolean;
+}
+
+export class ServerConnection extends EventEmitter<ConnectionEvents> {
+  private readonly socket: Socket;
+  private welcome: Welcome | undefined;
+
+  private constructor(socket: Socket) {
+    super();
+    this.socket = socket;
+  }
+
+  /** Connects with `credential`, says hello and resolves with the server's welcome. */
+  static async open(serverUrl: string, credential: string, options: ConnectOptions): Promise<ServerConnection> {
+    const socket = io(serverUrl, {
+      auth: { token: credential },
+      transports: ['websocket'],
+      reconnection: options.reconnect ?? true,
+      reconnectionDelay: 200,
+      reconnectionDelayMax: 2000,
+    });
+    const connection = new ServerConnection(socket);
+    const hello: Hello = {
+      type: 'hello',
+      protocolVersion: PROTOCOL_VERSION,
+      profile: options.profile,
+      ...(options.plan ? { plan: options.plan } : {}),
+    };
+    for (const type of SERVER_MESSAGES) {
+      socket.on(type, (payload: unknown) => connection.receive(payload));
+    }
+    socket.on('connect', () => socket.emit('hello', encodeMessage(hello)));
+    socket.on('disconnect', (reason) => connection.emit('disconnect', reason));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        socket.close();
+        reject(new ConnectionError('timeout', 'no welcome from the server'));
+      }, options.timeoutMs ?? 10_000);
+      socket.once('connect_error', (error: Error & { data?: { code?: string } }) => {
+        if (socket.active) return; // transient: socket.io retries by itself
+        clearTimeout(timer);
+        reject(new ConnectionError(error.data?.code ?? 'connect_failed', error.message));
+      });
+      socket.once('welcome', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    return connection;
+  }
+
+  get clientId(): string | undefined {
+    return this.welcome?.clientId;
+  }
+
+  get maxFrameBytes(): number | undefined {
+    return this.welcome?.maxFrameBytes;
+  }
+
+  private receive(payload: unknown): void {
+    let message: Message;
+    try {
+      message = decodeMessage(payload);
+    } catch (error) {
+      this.emit('error', {
+        type: 'error',
+        code: 'bad_server_frame',
+        message: error instanceof Error ? error.message : String(error),
+      });
+      return;
+    }
+    if (message.type === 'welcome') this.welcome = message;
+    else if (message.type === 'round_start') this.emit('round_start', message);
+    else if (message.type === 'round_end') this.emit('round_end', message);
+    else if (message.type === 'update_ack') this.emit('update_ack', message);
+    else if (message.type === 'error') this.emit('error', message);
+  }
+
+  /** Sends an update and resolves with its ack (or the error message that refused it, e.g. rate_limited). */
+  async sendUpdate(update: Omit<Update, 'type'>, timeoutMs = 30_000): Promise<UpdateAck | ErrorMessage> {
+    const frame = encodeMessage({ type: 'update', ...update });
+    return this.sendFrame('update', frame, update.jobId, update.round, timeoutMs);
+  }
+
+  /**
+   * Sends raw bytes on an event and resolves with the server's answer: the ack for (jobId, round),
+   * or the next `error` message. For clients with their own encoder, and for testing the server.
+   */
+  sendFrame(
+    event: string,
+    frame: Uint8Array,
+    jobId: string,
+    round: number,
+    timeoutMs = 30_000,
+  ): Promise<UpdateAck | ErrorMessage> {
+    return new Promise((resolve, reject) => {
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.off('update_ack', onAck);
+        this.off('error', onError);
+      };
+      const onAck = (ack: UpdateAck) => {
+        if (ack.jobId !== jobId || ack.round !== round) return;
+        cleanup();
+        resolve(ack);
+      };
+      const onError = (error: ErrorMessage) => {
+        cleanup();
+        resolve(error);
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new ConnectionError('timeout', `no answer to ${event} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.on('update_ack', onAck);
+      this.on('error', onError);
+      this.socket.emit(event, frame);
+    });
+  }
+
+  /** The next message of `type` (optionally matching `filter`). */
+  next<T extends 'round_start' | 'round_end' | 'update_ack' | 'error'>(
+    type: T,
+    filter: (message: MessageOf<T>) => boolean = () => true,
+    timeoutMs = 60_000,
+  ): Promise<MessageOf<T>> {
+    return new Promise((resolve, reject) => {
+      const listener = (message: MessageOf<T>) => {
+        if (!filter(message)) return;
+        clearTimeout(timer);
+        this.off(type, listener as never);
+        resolve(message);
+      };
+      const timer = setTimeout(() => {
+        this.off(type, listener as never);
+        reject(new ConnectionError('timeout', `no ${type} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.on(type, listener as never);
+    });
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}

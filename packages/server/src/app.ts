@@ -1,0 +1,139 @@
+/**
+ * Composition root: one fastify instance (REST, /metrics, /docs, dashboard) and one socket.io server
+ * on the same HTTP port, over one embedded store.
+ */
+import { randomBytes } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import rateLimit from '@fastify/rate-limit';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import { TypeBoxValidatorCompiler, registerAjvFormats } from '@fastify/type-provider-typebox';
+import { Server as SocketServer } from 'socket.io';
+import { PROTOCOL_VERSION } from '@floe/shared';
+import { Credentials } from './auth.js';
+import { DEFAULT_CONFIG, type ServerConfig } from './config.js';
+import { registerApi, HttpError } from './http/api.js';
+import { registerDashboard } from './http/dashboard.js';
+import { ServerMetrics } from './metrics.js';
+import { Coordinator } from './rounds/coordinator.js';
+import { Store } from './store/store.js';
+import { Gateway } from './transport/gateway.js';
+
+export interface FloeServer {
+  app: FastifyInstance;
+  store: Store;
+  coordinator: Coordinator;
+  gateway: Gateway;
+  config: ServerConfig;
+  /** http://host:port once listening. */
+  url: string;
+  close(): Promise<void>;
+}
+
+registerAjvFormats();
+
+export async function startServer(overrides: Partial<ServerConfig> = {}): Promise<FloeServer> {
+  const config: ServerConfig = { ...DEFAULT_CONFIG, ...overrides };
+  const store = new Store(config.dataDir);
+  let secret = config.credentialSecret || store.meta('credential_secret');
+  if (!secret) {
+    secret = randomBytes(32).toString('hex');
+    store.setMeta('credential_secret', secret);
+  }
+  const credentials = new Credentials(secret, config.credentialTtlSec);
+  const metrics = new ServerMetrics();
+
+  const app = Fastify({
+    logger: { level: config.logLevel },
+    bodyLimit: 1024 * 1024,
+  });
+  app.setValidatorCompiler(TypeBoxValidatorCompiler);
+  // response schemas document the API; JSON.stringify writes it (TypeBox refinements are not JSON Schema)
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data));
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    if (error instanceof HttpError) return reply.code(error.status).send({ code: error.code, message: error.message });
+    if (error.validation) {
+      return reply.code(400).send({ code: 'invalid_request', message: error.message.slice(0, 2048) });
+    }
+    const status = error.statusCode ?? 500;
+    if (status === 429) return reply.code(429).send({ code: 'rate_limited', message: error.message });
+    if (status < 500) {
+      const code = (error.code || 'bad_request')
+        .toLowerCase()
+        .replace(/^fst_/, '')
+        .replace(/[^a-z0-9_]/g, '_');
+      return reply
+        .code(status)
+        .send({ code: /^[a-z]/.test(code) ? code.slice(0, 64) : 'bad_request', message: error.message });
+    }
+    request.log.error({ err: error }, 'request failed');
+    return reply.code(500).send({ code: 'internal_error', message: 'internal server error' });
+  });
+
+  await app.register(rateLimit, { max: config.httpRateLimitPerMinute, timeWindow: 60_000 });
+  await app.register(swagger, {
+    openapi: {
+      info: {
+        title: 'Floe-TS coordination server',
+        version: String(PROTOCOL_VERSION),
+        description:
+          'Enrollment, federated fine-tuning jobs, round history and aggregated LoRA adapters. Devices then talk ' +
+          'socket.io on the same port (events hello/update from clients; welcome/round_start/update_ack/round_end/error ' +
+          'from the server), each event one framed msgpack message.',
+      },
+      components: {
+        securitySchemes: {
+          adminToken: { type: 'http', scheme: 'bearer', description: 'the deployment admin token' },
+          clientCredential: { type: 'http', scheme: 'bearer', description: 'a credential from /v1/enroll' },
+        },
+      },
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  const io = new SocketServer(app.server, {
+    maxHttpBufferSize: 2 * config.maxFrameBytes,
+    serveClient: false,
+    pingInterval: 10_000,
+    pingTimeout: 20_000,
+  });
+  const gateway = new Gateway(io, credentials, store, metrics, app.log, {
+    maxFrameBytes: config.maxFrameBytes,
+    rateLimitMessages: config.rateLimitMessages,
+    rateWindowSec: config.rateWindowSec,
+  });
+  const coordinator = new Coordinator(store, metrics, gateway, app.log, {
+    gatherMs: config.gatherMs,
+    restartGraceMs: config.restartGraceMs,
+    maxFrameBytes: config.maxFrameBytes,
+  });
+  gateway.attach(coordinator);
+
+  registerApi(app, { config, store, credentials, coordinator, gateway, metrics });
+  registerDashboard(app);
+
+  coordinator.recover();
+  await app.listen({ host: config.host, port: config.port });
+  const address = app.server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+
+  let closing: Promise<void> | undefined;
+  return {
+    app,
+    store,
+    coordinator,
+    gateway,
+    config,
+    url: `http://${host}:${address.port}`,
+    close() {
+      closing ??= (async () => {
+        coordinator.close();
+        await io.close();
+        await app.close();
+        store.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,80 @@
+/**
+ * Server settings: defaults, overridden by FLOE_* environment variables, overridden by code (tests,
+ * the simulator). Secrets have no default outside development: `main.ts` refuses to start without
+ * them unless FLOE_DEV=1.
+ */
+import { DEFAULT_MAX_FRAME_BYTES } from '@floe/shared';
+
+export interface ServerConfig {
+  host: string;
+  port: number;
+  /** Directory of the embedded store; ':memory:' keeps nothing. */
+  dataDir: string;
+  /** Devices present this to enroll. */
+  joinToken: string;
+  /** Admin endpoints take `Authorization: Bearer <adminToken>`. */
+  adminToken: string;
+  /** Signs client credentials; keep it across restarts or every client must enroll again. */
+  credentialSecret: string;
+  credentialTtlSec: number;
+  maxFrameBytes: number;
+  /** socket.io messages per client per window. */
+  rateLimitMessages: number;
+  rateWindowSec: number;
+  /** HTTP requests per IP per minute (enrollment and admin API). */
+  httpRateLimitPerMinute: number;
+  gatherMs: number;
+  restartGraceMs: number;
+  logLevel: string;
+}
+
+export const DEFAULT_CONFIG: ServerConfig = {
+  host: '127.0.0.1',
+  port: 8080,
+  dataDir: './data',
+  joinToken: '',
+  adminToken: '',
+  credentialSecret: '',
+  credentialTtlSec: 30 * 24 * 3600,
+  maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+  rateLimitMessages: 20,
+  rateWindowSec: 10,
+  httpRateLimitPerMinute: 600,
+  gatherMs: 2000,
+  restartGraceMs: 15_000,
+  logLevel: 'info',
+};
+
+const ENV: Record<keyof ServerConfig, string> = {
+  host: 'FLOE_HOST',
+  port: 'FLOE_PORT',
+  dataDir: 'FLOE_DATA_DIR',
+  joinToken: 'FLOE_JOIN_TOKEN',
+  adminToken: 'FLOE_ADMIN_TOKEN',
+  credentialSecret: 'FLOE_CREDENTIAL_SECRET',
+  credentialTtlSec: 'FLOE_CREDENTIAL_TTL_SEC',
+  maxFrameBytes: 'FLOE_MAX_FRAME_BYTES',
+  rateLimitMessages: 'FLOE_RATE_LIMIT_MESSAGES',
+  rateWindowSec: 'FLOE_RATE_WINDOW_SEC',
+  httpRateLimitPerMinute: 'FLOE_HTTP_RATE_LIMIT_PER_MINUTE',
+  gatherMs: 'FLOE_GATHER_MS',
+  restartGraceMs: 'FLOE_RESTART_GRACE_MS',
+  logLevel: 'FLOE_LOG_LEVEL',
+};
+
+/** DEFAULT_CONFIG with every FLOE_* variable set in `env` applied; numbers are checked. */
+export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ServerConfig {
+  const config: ServerConfig = { ...DEFAULT_CONFIG };
+  for (const [key, name] of Object.entries(ENV) as [keyof ServerConfig, string][]) {
+    const raw = env[name];
+    if (raw === undefined || raw === '') continue;
+    if (typeof DEFAULT_CONFIG[key] === 'number') {
+      const value = Number(raw);
+      if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number, got "${raw}"`);
+      (config as unknown as Record<string, number>)[key] = value;
+    } else {
+      (config as unknown as Record<string, string>)[key] = raw;
+    }
+  }
+  return config;
+}

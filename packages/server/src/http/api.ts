@@ -1,0 +1,351 @@
+/**
+ * The REST API: enrollment (join token -> credential), jobs (admin), round history, clients, and the
+ * current adapter of each cluster in PEFT layout. Bodies are validated against the TypeBox schemas of
+ * @floe/shared, which also document the routes at /docs.
+ */
+import { randomBytes } from 'node:crypto';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import Type from 'typebox';
+import {
+  EnrollRequest,
+  EnrollResponse,
+  ErrorBody,
+  FloeError,
+  Id,
+  JobSpec,
+  JobSummary,
+  PROTOCOL_VERSION,
+  type RoundRecord,
+  RoundRecord as RoundRecordSchema,
+  adapterFromTensors,
+  parseSafetensors,
+  peftAdapterConfig,
+} from '@floe/shared';
+import { type Credentials, bearer, newClientId, safeEqual } from '../auth.js';
+import type { ServerConfig } from '../config.js';
+import type { ServerMetrics } from '../metrics.js';
+import type { Coordinator } from '../rounds/coordinator.js';
+import type { JobRow, RoundRow, Store } from '../store/store.js';
+import type { Gateway } from '../transport/gateway.js';
+
+export class HttpError extends FloeError {
+  constructor(
+    readonly status: number,
+    code: string,
+    message: string,
+  ) {
+    super(code, message);
+  }
+}
+
+export interface ApiDeps {
+  config: ServerConfig;
+  store: Store;
+  credentials: Credentials;
+  coordinator: Coordinator;
+  gateway: Gateway;
+  metrics: ServerMetrics;
+}
+
+export function roundRecord(r: RoundRow): RoundRecord {
+  return {
+    round: r.round,
+    status: r.status,
+    startedAt: r.startedAt,
+    endedAt: r.endedAt,
+    sampled: r.sampled.length,
+    accepted: r.accepted,
+    rejected: r.rejected,
+    dropped: r.dropped,
+    clusters: r.clusters,
+    metrics: r.metrics,
+  };
+}
+
+export function jobSummary(store: Store, job: JobRow): JobSummary {
+  return {
+    id: job.id,
+    spec: job.spec,
+    status: job.status,
+    currentRound: job.currentRound,
+    createdAt: job.createdAt,
+    rounds: store.rounds(job.id).map(roundRecord),
+  };
+}
+
+const JobParams = Type.Object({ id: Id }, { additionalProperties: false });
+const ClusterParams = Type.Object(
+  { id: Id, cluster: Type.Integer({ minimum: 0, maximum: 1_000_000 }) },
+  { additionalProperties: false },
+);
+const ClientInfo = Type.Object({
+  id: Id,
+  createdAt: Type.String(),
+  connected: Type.Boolean(),
+  profile: Type.Unknown(),
+});
+const ClusterInfo = Type.Object({
+  clusterId: Type.Integer(),
+  round: Type.Integer(),
+  rank: Type.Integer(),
+  sha256: Type.String(),
+  clients: Type.Array(Id),
+});
+const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 429: ErrorBody };
+const admin = [{ adminToken: [] }];
+
+export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
+  const { config, store, credentials, coordinator, gateway, metrics } = deps;
+
+  const requireAdmin = (request: FastifyRequest, _reply: FastifyReply, done: (error?: Error) => void): void => {
+    const token = bearer(request.headers.authorization);
+    if (!token || !config.adminToken || !safeEqual(token, config.adminToken)) {
+      done(new HttpError(401, 'unauthorized', 'admin token required: Authorization: Bearer <admin token>'));
+      return;
+    }
+    done();
+  };
+  /** Admins, and enrolled clients with their credential. */
+  const requireAdminOrClient = async (request: FastifyRequest): Promise<void> => {
+    const token = bearer(request.headers.authorization);
+    if (token && config.adminToken && safeEqual(token, config.adminToken)) return;
+    const clientId = await credentials.verify(token).catch(() => undefined);
+    if (!clientId || !store.hasClient(clientId)) {
+      throw new HttpError(401, 'unauthorized', 'an admin token or a client credential is required');
+    }
+  };
+  const jobOr404 = (id: string): JobRow => {
+    const job = store.job(id);
+    if (!job) throw new HttpError(404, 'unknown_job', `no job ${id}`);
+    return job;
+  };
+
+  app.get(
+    '/healthz',
+    { schema: { tags: ['ops'], summary: 'Liveness and readiness', response: { 200: Type.Unknown() } } },
+    () => ({
+      status: 'ok',
+      protocolVersion: PROTOCOL_VERSION,
+      uptimeSec: Math.round(process.uptime()),
+      connectedClients: gateway.connectedCount(),
+      runningJobs: store.jobs().filter((j) => j.status === 'running').length,
+    }),
+  );
+
+  app.get('/metrics', { schema: { tags: ['ops'], summary: 'Prometheus metrics' } }, async (_request, reply) => {
+    void reply.header('content-type', metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+
+  app.post(
+    '/v1/enroll',
+    {
+      schema: {
+        tags: ['clients'],
+        summary: 'Trade the join token for a client credential',
+        body: EnrollRequest,
+        response: { 200: EnrollResponse, ...errors },
+      },
+      config: { rateLimit: { max: Math.max(1, Math.ceil(config.httpRateLimitPerMinute / 4)), timeWindow: 60_000 } },
+      bodyLimit: 16 * 1024,
+    },
+    async (request) => {
+      const body = request.body as EnrollRequest;
+      if (body.protocolVersion !== PROTOCOL_VERSION) {
+        throw new HttpError(
+          400,
+          'version_mismatch',
+          `client speaks protocol ${body.protocolVersion}, this server speaks ${PROTOCOL_VERSION}`,
+        );
+      }
+      if (!config.joinToken || !safeEqual(body.joinToken, config.joinToken)) {
+        throw new HttpError(403, 'bad_join_token', 'the join token is not valid for this deployment');
+      }
+      const clientId = newClientId();
+      store.addClient(clientId, body.profile);
+      metrics.enrolled.inc();
+      request.log.info({ clientId, tier: body.profile.tier }, 'client enrolled');
+      const response: EnrollResponse = {
+        clientId,
+        credential: await credentials.issue(clientId),
+        protocolVersion: PROTOCOL_VERSION,
+      };
+      return response;
+    },
+  );
+
+  app.post(
+    '/v1/jobs',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: 'Create a job',
+        security: admin,
+        body: JobSpec,
+        response: { 201: JobSummary, ...errors },
+      },
+      preHandler: requireAdmin,
+      bodyLimit: 64 * 1024,
+    },
+    async (request, reply) => {
+      const spec = request.body as JobSpec;
+      const id = `job-${randomBytes(6).toString('hex')}`;
+      try {
+        const job = coordinator.createJob(id, spec);
+        void reply.code(201);
+        return jobSummary(store, job);
+      } catch (error) {
+        if (error instanceof FloeError || error instanceof RangeError) {
+          throw new HttpError(400, error instanceof FloeError ? error.code : 'invalid_job', error.message);
+        }
+        throw error;
+      }
+    },
+  );
+
+  app.get(
+    '/v1/jobs',
+    {
+      schema: { tags: ['jobs'], summary: 'List jobs', security: admin, response: { 200: Type.Array(JobSummary) } },
+      preHandler: requireAdmin,
+    },
+    () => store.jobs().map((job) => jobSummary(store, job)),
+  );
+
+  app.get(
+    '/v1/jobs/:id',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: 'A job with its round history',
+        security: admin,
+        params: JobParams,
+        response: { 200: JobSummary, ...errors },
+      },
+      preHandler: requireAdmin,
+    },
+    (request) => jobSummary(store, jobOr404((request.params as { id: string }).id)),
+  );
+
+  app.post(
+    '/v1/jobs/:id/stop',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: 'Stop a job (its open round fails)',
+        security: admin,
+        params: JobParams,
+        response: { 200: JobSummary, ...errors },
+      },
+      preHandler: requireAdmin,
+    },
+    (request) => {
+      const job = jobOr404((request.params as { id: string }).id);
+      return jobSummary(store, coordinator.stopJob(job.id));
+    },
+  );
+
+  app.get(
+    '/v1/jobs/:id/rounds',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: 'Round history with metrics',
+        security: admin,
+        params: JobParams,
+        response: { 200: Type.Array(RoundRecordSchema), ...errors },
+      },
+      preHandler: requireAdmin,
+    },
+    (request) => store.rounds(jobOr404((request.params as { id: string }).id).id).map(roundRecord),
+  );
+
+  app.get(
+    '/v1/jobs/:id/clusters',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: 'Clusters of a job: their adapter (round, rank, checksum) and members',
+        security: admin,
+        params: JobParams,
+        response: { 200: Type.Array(ClusterInfo), ...errors },
+      },
+      preHandler: requireAdmin,
+    },
+    (request) => {
+      const job = jobOr404((request.params as { id: string }).id);
+      return store.adapters(job.id).map((a) => ({
+        clusterId: a.clusterId,
+        round: a.round,
+        rank: a.rank,
+        sha256: a.sha256,
+        clients: Object.entries(job.state.clusterOf)
+          .filter(([, c]) => c === a.clusterId)
+          .map(([id]) => id)
+          .sort(),
+      }));
+    },
+  );
+
+  const adapterOf = (request: FastifyRequest) => {
+    const { id, cluster } = request.params as { id: string; cluster: number };
+    const job = jobOr404(id);
+    const stored = store.adapter(job.id, cluster);
+    if (!stored)
+      throw new HttpError(404, 'no_adapter', `job ${job.id} has no aggregated adapter for cluster ${cluster}`);
+    return { job, stored };
+  };
+
+  app.get(
+    '/v1/jobs/:id/clusters/:cluster/adapter_config.json',
+    {
+      schema: {
+        tags: ['adapters'],
+        summary: 'PEFT adapter_config.json of a cluster adapter',
+        security: [...admin, { clientCredential: [] }],
+        params: ClusterParams,
+      },
+      preHandler: requireAdminOrClient,
+    },
+    (request) => {
+      const { job, stored } = adapterOf(request);
+      const adapter = adapterFromTensors([...parseSafetensors(stored.safetensors).tensors.values()], job.spec.alpha);
+      return peftAdapterConfig(adapter, job.spec.baseModel.id);
+    },
+  );
+
+  app.get(
+    '/v1/jobs/:id/clusters/:cluster/adapter_model.safetensors',
+    {
+      schema: {
+        tags: ['adapters'],
+        summary: 'PEFT adapter_model.safetensors of a cluster adapter (ETag: its SHA-256)',
+        security: [...admin, { clientCredential: [] }],
+        params: ClusterParams,
+      },
+      preHandler: requireAdminOrClient,
+    },
+    (request, reply: FastifyReply) => {
+      const { stored } = adapterOf(request);
+      void reply
+        .header('content-type', 'application/octet-stream')
+        .header('etag', `"${stored.sha256}"`)
+        .header('x-floe-round', String(stored.round));
+      return reply.send(Buffer.from(stored.safetensors));
+    },
+  );
+
+  app.get(
+    '/v1/clients',
+    {
+      schema: {
+        tags: ['clients'],
+        summary: 'Enrolled clients',
+        security: admin,
+        response: { 200: Type.Array(ClientInfo) },
+      },
+      preHandler: requireAdmin,
+    },
+    () => store.clients().map((c) => ({ ...c, connected: gateway.isConnected(c.id) })),
+  );
+}

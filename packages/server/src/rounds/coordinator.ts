@@ -1,0 +1,616 @@
+/**
+ * Jobs and their rounds. A running job without an open round samples idle clients, records the round
+ * (sampled clients, their rank and cluster, the deadline) and sends each its `round_start`. Every
+ * update is checked before it is accepted, and an accepted update is committed to the store before
+ * its ack, so a restart never loses one. A round closes when every sampled client has answered or at
+ * its deadline; with at least `quorum` accepted updates it is aggregated (per cluster when clustering
+ * is on), otherwise it fails and the job moves on; stragglers only miss that round.
+ */
+import {
+  CodecError,
+  FloeError,
+  type JobSpec,
+  type LoraAdapter,
+  type Metrics,
+  type RankPlan,
+  type RoundEnd,
+  type RoundStart,
+  type Update,
+  type UpdateAck,
+  adapterFromTensors,
+  adapterModuleShapes,
+  adapterToTensors,
+  decodeMessageOf,
+  fromWireAdapter,
+  moduleLayer,
+  ownWireTensor,
+  parseSafetensors,
+  serializeSafetensors,
+  toWireAdapter,
+} from '@floe/shared';
+import { UpdateSketch, clusterSketches } from '../aggregation/clustering.js';
+import { type ClientUpdate, STRATEGIES } from '../aggregation/strategy.js';
+import { updateProblems } from '../aggregation/validate.js';
+import type { ServerMetrics } from '../metrics.js';
+import type { Assignment, JobRow, RoundRow, Store } from '../store/store.js';
+import { sampleClients } from './sampling.js';
+
+/** Delivers server messages to connected clients; false when the client is not connected. */
+export interface RoundTransport {
+  send(clientId: string, message: RoundStart | RoundEnd): boolean;
+}
+
+export interface Logger {
+  info(object: object, message: string): void;
+  warn(object: object, message: string): void;
+  error(object: object, message: string): void;
+}
+
+export interface CoordinatorOptions {
+  /** How long a job waits for `clientsPerRound` idle clients before starting with a quorum. */
+  gatherMs: number;
+  /** After a restart, an open round's deadline is moved to at least now + this, so clients can reconnect. */
+  restartGraceMs: number;
+  maxFrameBytes: number;
+}
+
+interface Session {
+  plan: RankPlan | undefined;
+  /** The job whose open round this client is sampled in. */
+  busyWith: string | undefined;
+}
+
+export class JobError extends FloeError {}
+
+const DEFAULT_MAX_UPDATE_NORM = 1e4;
+
+export class Coordinator {
+  private readonly sessions = new Map<string, Session>();
+  private readonly deadlineTimers = new Map<string, NodeJS.Timeout>();
+  private readonly gatherTimers = new Map<string, NodeJS.Timeout>();
+  /** Clients refused in the current round of a job (they may still retry until it closes). */
+  private readonly refused = new Map<string, Set<string>>();
+  private readonly sketcher = new UpdateSketch(64, 0);
+  private closed = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly metrics: ServerMetrics,
+    private readonly transport: RoundTransport,
+    private readonly log: Logger,
+    private readonly options: CoordinatorOptions,
+  ) {}
+
+  /** Picks up rounds left open by a previous process. */
+  recover(): void {
+    for (const round of this.store.openRounds()) {
+      const deadline = Math.max(round.deadline, Date.now() + this.options.restartGraceMs);
+      this.store.updateRound(round.jobId, round.round, { deadline });
+      for (const a of round.sampled) this.sessionOf(a.clientId).busyWith = round.jobId;
+      this.armDeadline(round.jobId, deadline);
+      this.log.info(
+        {
+          jobId: round.jobId,
+          round: round.round,
+          accepted: round.accepted,
+          deadline: new Date(deadline).toISOString(),
+        },
+        'resuming open round',
+      );
+    }
+    this.metrics.activeJobs.set(this.store.jobs().filter((j) => j.status === 'running').length);
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const timer of [...this.deadlineTimers.values(), ...this.gatherTimers.values()]) clearTimeout(timer);
+    this.deadlineTimers.clear();
+    this.gatherTimers.clear();
+  }
+
+  // ------------------------------------------------------------------------------------------ jobs
+
+  createJob(id: string, spec: JobSpec): JobRow {
+    if (spec.quorum > spec.clientsPerRound) {
+      throw new JobError('invalid_job', `quorum ${spec.quorum} exceeds clientsPerRound ${spec.clientsPerRound}`);
+    }
+    adapterModuleShapes(spec.baseModel.architecture, spec.targetModules); // throws on unknown modules
+    const job: JobRow = {
+      id,
+      spec,
+      status: 'running',
+      currentRound: 0,
+      createdAt: new Date().toISOString(),
+      state: { centroids: [], clusterOf: {} },
+    };
+    this.store.addJob(job);
+    this.metrics.activeJobs.inc();
+    this.log.info({ jobId: id, strategy: spec.strategy, rounds: spec.rounds }, 'job created');
+    this.schedule();
+    return job;
+  }
+
+  stopJob(id: string): JobRow {
+    const job = this.store.job(id);
+    if (!job) throw new JobError('unknown_job', `no job ${id}`);
+    if (job.status !== 'running') return job;
+    const open = this.store.round(id, job.currentRound);
+    this.store.transaction(() => {
+      if (open?.status === 'open') {
+        this.store.updateRound(id, open.round, { status: 'failed', endedAt: new Date().toISOString() });
+      }
+      this.store.updateJob(id, { status: 'stopped' });
+    });
+    if (open?.status === 'open') this.release(open);
+    this.clearTimers(id);
+    this.metrics.activeJobs.dec();
+    this.log.info({ jobId: id }, 'job stopped');
+    this.schedule();
+    return this.store.job(id) as JobRow;
+  }
+
+  // --------------------------------------------------------------------------------------- clients
+
+  /** A client said hello: it may be sampled; if it is owed a round_start (after a reconnect), it gets it. */
+  clientReady(clientId: string, plan: RankPlan | undefined): void {
+    const session = this.sessionOf(clientId);
+    session.plan = plan;
+    for (const job of this.store.jobs()) {
+      if (job.status !== 'running') continue;
+      const round = this.store.round(job.id, job.currentRound);
+      const assignment = round?.status === 'open' ? round.sampled.find((a) => a.clientId === clientId) : undefined;
+      if (round && assignment && !this.store.acceptedClients(job.id, round.round).has(clientId)) {
+        session.busyWith = job.id;
+        this.sendRoundStart(job, round, assignment, new Map());
+      }
+    }
+    this.schedule();
+  }
+
+  clientGone(clientId: string): void {
+    const session = this.sessions.get(clientId);
+    // a sampled client keeps its place in the round until the deadline: it may reconnect and deliver
+    if (session && !session.busyWith) this.sessions.delete(clientId);
+    else if (session) session.plan = undefined;
+  }
+
+  connectedIdle(): string[] {
+    return [...this.sessions].filter(([, s]) => s.plan !== undefined && !s.busyWith).map(([id]) => id);
+  }
+
+  // --------------------------------------------------------------------------------------- updates
+
+  /**
+   * Checks and, if sound, durably accepts an update. `frame` is the received bytes (stored as the
+   * update's record); `update` was decoded from it without the finiteness check, done here so that a
+   * NaN update gets an ack naming its round.
+   */
+  receiveUpdate(clientId: string, frame: Uint8Array, update: Update): UpdateAck {
+    const refuse = (code: string, message: string): UpdateAck => {
+      this.metrics.updates.inc({ outcome: code });
+      const round = this.store.round(update.jobId, update.round);
+      if (round?.status === 'open' && round.sampled.some((a) => a.clientId === clientId)) {
+        this.store.countRejected(update.jobId, update.round);
+        let set = this.refused.get(update.jobId);
+        if (!set) this.refused.set(update.jobId, (set = new Set()));
+        set.add(clientId);
+        this.closeIfComplete(update.jobId);
+      }
+      this.log.warn({ clientId, jobId: update.jobId, round: update.round, code }, `update refused: ${message}`);
+      return {
+        type: 'update_ack',
+        jobId: update.jobId,
+        round: update.round,
+        accepted: false,
+        error: { code, message },
+      };
+    };
+
+    const job = this.store.job(update.jobId);
+    if (!job) return refuse('unknown_job', `no job ${update.jobId}`);
+    if (job.status !== 'running') return refuse('job_not_running', `job ${job.id} is ${job.status}`);
+    const round = this.store.round(job.id, job.currentRound);
+    if (!round || round.status !== 'open' || round.round !== update.round) {
+      return refuse('wrong_round', `job ${job.id} is not collecting round ${update.round}`);
+    }
+    const assignment = round.sampled.find((a) => a.clientId === clientId);
+    if (!assignment) return refuse('not_sampled', `this client is not sampled in round ${round.round}`);
+    if (this.store.acceptedClients(job.id, round.round).has(clientId)) {
+      return refuse('duplicate_update', `an update of this client is already accepted in round ${round.round}`);
+    }
+    try {
+      for (const tensor of update.adapter.tensors) ownWireTensor(tensor, true);
+    } catch (error) {
+      if (error instanceof CodecError) return refuse(error.code, error.message);
+      throw error;
+    }
+    const { spec } = job;
+    if (update.plan.rank !== assignment.rank) {
+      return refuse('wrong_rank', `planned rank ${assignment.rank}, update has rank ${update.plan.rank}`);
+    }
+    if ([...update.plan.targetModules].sort().join(',') !== [...spec.targetModules].sort().join(',')) {
+      return refuse('wrong_modules', `the job adapts ${spec.targetModules.join(', ')}`);
+    }
+    if (layersKey(update.plan.layers) !== layersKey(assignment.layers)) {
+      return refuse('wrong_layers', 'the update adapts other layers than the client planned');
+    }
+    let adapter: LoraAdapter;
+    try {
+      adapter = fromWireAdapter(update.adapter);
+    } catch (error) {
+      if (error instanceof FloeError) return refuse('bad_adapter', error.message);
+      throw error;
+    }
+    const problems = updateProblems(adapter, {
+      modules: adapterModuleShapes(spec.baseModel.architecture, spec.targetModules, assignment.layers),
+      rank: assignment.rank,
+      alpha: spec.alpha,
+      maxNorm: spec.maxUpdateNorm ?? DEFAULT_MAX_UPDATE_NORM,
+    });
+    const first = problems[0];
+    if (first) {
+      const text = problems
+        .slice(0, 3)
+        .map((p) => JSON.stringify(p))
+        .join('; ');
+      return refuse(first.code, `${problems.length} problem(s): ${text}`);
+    }
+    this.store.addUpdate({
+      jobId: job.id,
+      round: round.round,
+      clientId,
+      numSamples: update.numSamples,
+      rank: assignment.rank,
+      metrics: update.metrics,
+      frame,
+    });
+    this.metrics.updates.inc({ outcome: 'accepted' });
+    this.refused.get(job.id)?.delete(clientId);
+    this.closeIfComplete(job.id);
+    return { type: 'update_ack', jobId: job.id, round: round.round, accepted: true };
+  }
+
+  // ---------------------------------------------------------------------------------------- rounds
+
+  /** Starts a round for every running job that can start one. */
+  schedule(): void {
+    if (this.closed) return;
+    for (const job of this.store.jobs()) {
+      if (job.status !== 'running') continue;
+      const round = this.store.round(job.id, job.currentRound);
+      if (round?.status === 'open') continue;
+      this.tryStart(job);
+    }
+  }
+
+  private tryStart(job: JobRow): void {
+    const { spec } = job;
+    const idle = this.connectedIdle();
+    if (idle.length < spec.quorum) return;
+    if (idle.length < spec.clientsPerRound && this.options.gatherMs > 0) {
+      if (!this.gatherTimers.has(job.id)) {
+        this.gatherTimers.set(
+          job.id,
+          setTimeout(() => {
+            this.gatherTimers.delete(job.id);
+            const current = this.store.job(job.id);
+            if (current?.status === 'running' && this.store.round(job.id, current.currentRound)?.status !== 'open') {
+              this.startRound(current);
+            }
+          }, this.options.gatherMs),
+        );
+      }
+      return;
+    }
+    this.startRound(job);
+  }
+
+  private startRound(job: JobRow): void {
+    const { spec } = job;
+    const idle = this.connectedIdle();
+    if (idle.length < spec.quorum) return;
+    const gather = this.gatherTimers.get(job.id);
+    if (gather) clearTimeout(gather);
+    this.gatherTimers.delete(job.id);
+
+    const chosen = sampleClients(idle, spec.clientsPerRound, `${job.id}:${job.currentRound}`);
+    const clusters = new Set(this.store.adapters(job.id).map((a) => a.clusterId));
+    const defaultCluster = clusters.size > 0 ? Math.min(...clusters) : 0;
+    const sampled: Assignment[] = chosen.map((clientId) => {
+      const plan = this.sessions.get(clientId)?.plan;
+      const rank = spec.strategy === 'fedavg' ? spec.maxRank : Math.min(plan?.rank ?? spec.maxRank, spec.maxRank);
+      const clusterId = job.state.clusterOf[clientId] ?? defaultCluster;
+      const layers = plan?.layers ? [...plan.layers].sort((a, b) => a - b) : undefined;
+      return layers ? { clientId, rank, clusterId, layers } : { clientId, rank, clusterId };
+    });
+    const now = Date.now();
+    const round: RoundRow = {
+      jobId: job.id,
+      round: job.currentRound,
+      status: 'open',
+      startedAt: new Date(now).toISOString(),
+      deadline: now + spec.roundDeadlineSec * 1000,
+      endedAt: null,
+      sampled,
+      accepted: 0,
+      rejected: 0,
+      dropped: 0,
+      clusters: 0,
+      metrics: {},
+    };
+    this.store.addRound(round);
+    this.refused.set(job.id, new Set());
+    for (const a of sampled) this.sessionOf(a.clientId).busyWith = job.id;
+    this.armDeadline(job.id, round.deadline);
+    this.log.info({ jobId: job.id, round: round.round, sampled: sampled.length, idle: idle.length }, 'round started');
+    const cache = new Map<string, RoundStart['adapter']>();
+    for (const a of sampled) this.sendRoundStart(job, round, a, cache);
+  }
+
+  private sendRoundStart(job: JobRow, round: RoundRow, a: Assignment, cache: Map<string, RoundStart['adapter']>): void {
+    const key = `${a.clusterId}:${a.rank}:${layersKey(a.layers)}`;
+    let adapter = cache.get(key);
+    if (adapter === undefined) {
+      const stored = this.clusterAdapter(job, a.clusterId);
+      adapter = stored ? toWireAdapter(restrict(STRATEGIES[job.spec.strategy].resize(stored, a.rank), a.layers)) : null;
+      cache.set(key, adapter);
+    }
+    const { spec } = job;
+    this.transport.send(a.clientId, {
+      type: 'round_start',
+      jobId: job.id,
+      round: round.round,
+      clusterId: a.clusterId,
+      deadline: round.deadline,
+      config: {
+        baseModel: spec.baseModel,
+        targetModules: spec.targetModules,
+        rank: a.rank,
+        alpha: spec.alpha,
+        localSteps: spec.localSteps,
+        learningRate: spec.learningRate,
+        batchSize: spec.batchSize,
+      },
+      adapter,
+    });
+  }
+
+  private clusterAdapter(job: JobRow, clusterId: number): LoraAdapter | undefined {
+    const stored = this.store.adapter(job.id, clusterId);
+    if (!stored) return undefined;
+    return adapterFromTensors([...parseSafetensors(stored.safetensors).tensors.values()], job.spec.alpha);
+  }
+
+  private closeIfComplete(jobId: string): void {
+    const job = this.store.job(jobId);
+    const round = job && this.store.round(jobId, job.currentRound);
+    if (!round || round.status !== 'open') return;
+    const accepted = this.store.acceptedClients(jobId, round.round);
+    const refused = this.refused.get(jobId) ?? new Set();
+    if (round.sampled.every((a) => accepted.has(a.clientId) || refused.has(a.clientId))) {
+      // after the ack that completed the round has been sent
+      setImmediate(() => this.closeRound(jobId, round.round));
+    }
+  }
+
+  /** Aggregates (or fails) the open round `round` of `jobId`; a no-op if it is already closed. */
+  closeRound(jobId: string, roundIndex: number): void {
+    if (this.closed) return;
+    const job = this.store.job(jobId);
+    const round = job && this.store.round(jobId, roundIndex);
+    if (!job || !round || round.status !== 'open' || job.currentRound !== roundIndex) return;
+    this.clearTimers(jobId);
+    const started = performance.now();
+    const updates = this.store.updates(jobId, roundIndex);
+    const refused = this.refused.get(jobId) ?? new Set();
+    const acceptedIds = new Set(updates.map((u) => u.clientId));
+    const dropped = round.sampled.filter((a) => !acceptedIds.has(a.clientId) && !refused.has(a.clientId)).length;
+    const { spec } = job;
+    const nextRound = roundIndex + 1;
+    const finished = nextRound >= spec.rounds;
+    const endedAt = new Date().toISOString();
+
+    if (updates.length < spec.quorum) {
+      this.store.transaction(() => {
+        this.store.updateRound(jobId, roundIndex, { status: 'failed', endedAt, dropped });
+        this.store.updateJob(jobId, { currentRound: nextRound, status: finished ? 'completed' : 'running' });
+      });
+      this.metrics.rounds.inc({ status: 'failed' });
+      this.log.warn(
+        { jobId, round: roundIndex, accepted: updates.length, quorum: spec.quorum, dropped },
+        'round failed',
+      );
+      this.finishRound(job, round, finished, {});
+      return;
+    }
+
+    const clientUpdates: (ClientUpdate & { metrics: Metrics; assignment: Assignment })[] = updates.map((u) => ({
+      clientId: u.clientId,
+      numSamples: u.numSamples,
+      adapter: fromWireAdapter(decodeMessageOf(u.frame, 'update', { maxBytes: this.options.maxFrameBytes }).adapter),
+      metrics: u.metrics,
+      assignment: round.sampled.find((a) => a.clientId === u.clientId) as Assignment,
+    }));
+
+    // which updates aggregate together
+    let clusterIds = clientUpdates.map(() => 0);
+    let centroids = new Map(job.state.centroids);
+    let silhouette: number | undefined;
+    if (spec.clustering) {
+      // cluster on what each client changed, not on the shared starting point
+      const startSketch = new Map<string, Float64Array>();
+      const sketches = clientUpdates.map((u) => {
+        const own = this.sketcher.sketch(u.adapter);
+        const key = `${u.assignment.clusterId}:${u.assignment.rank}:${layersKey(u.assignment.layers)}`;
+        let start = startSketch.get(key);
+        if (!start) {
+          const stored = this.clusterAdapter(job, u.assignment.clusterId);
+          start = stored
+            ? this.sketcher.sketch(
+                restrict(STRATEGIES[spec.strategy].resize(stored, u.assignment.rank), u.assignment.layers),
+              )
+            : new Float64Array(own.length);
+          startSketch.set(key, start);
+        }
+        return own.map((x, i) => x - (start[i] as number));
+      });
+      const clustering = clusterSketches(sketches, {
+        maxClusters: Math.min(spec.maxClusters ?? 8, clientUpdates.length),
+        previous: centroids,
+        seed: roundIndex,
+      });
+      clusterIds = clustering.ids;
+      centroids = new Map([...centroids, ...clustering.centroids]);
+      silhouette = clustering.silhouette;
+    }
+
+    const strategy = STRATEGIES[spec.strategy];
+    const groups = new Map<number, typeof clientUpdates>();
+    clientUpdates.forEach((u, i) => {
+      const id = clusterIds[i] as number;
+      groups.set(id, [...(groups.get(id) ?? []), u]);
+    });
+    const adapters = [...groups].map(([clusterId, members]) => {
+      const adapter = strategy.aggregate(members, spec.alpha).forRank(spec.maxRank);
+      const safetensors = serializeSafetensors(adapterToTensors(adapter), 'F32', {
+        job: jobId,
+        round: String(roundIndex),
+        cluster: String(clusterId),
+        strategy: spec.strategy,
+        alpha: String(spec.alpha),
+        rank: String(spec.maxRank),
+      });
+      return { clusterId, safetensors };
+    });
+    const aggregationSeconds = (performance.now() - started) / 1000;
+
+    const clusterOf = { ...job.state.clusterOf };
+    clientUpdates.forEach((u, i) => (clusterOf[u.clientId] = clusterIds[i] as number));
+    const metrics: Metrics = { ...meanMetrics(clientUpdates), aggregation_seconds: aggregationSeconds };
+    metrics.samples = clientUpdates.reduce((n, u) => n + u.numSamples, 0);
+    if (silhouette !== undefined) metrics.silhouette = silhouette;
+    this.store.transaction(() => {
+      for (const a of adapters) {
+        this.store.putAdapter({
+          jobId,
+          clusterId: a.clusterId,
+          round: roundIndex,
+          rank: spec.maxRank,
+          safetensors: a.safetensors,
+        });
+      }
+      this.store.updateRound(jobId, roundIndex, {
+        status: 'aggregated',
+        endedAt,
+        dropped,
+        clusters: groups.size,
+        metrics,
+      });
+      this.store.updateJob(jobId, {
+        currentRound: nextRound,
+        status: finished ? 'completed' : 'running',
+        state: { centroids: [...centroids], clusterOf },
+      });
+    });
+    this.metrics.rounds.inc({ status: 'aggregated' });
+    this.metrics.aggregationSeconds.observe(aggregationSeconds);
+    this.log.info(
+      { jobId, round: roundIndex, accepted: updates.length, clusters: groups.size, dropped, aggregationSeconds },
+      'round aggregated',
+    );
+    this.finishRound(job, round, finished, clusterOf, metrics, updates.length);
+  }
+
+  private finishRound(
+    job: JobRow,
+    round: RoundRow,
+    finished: boolean,
+    clusterOf: Record<string, number>,
+    metrics: Metrics = {},
+    accepted = 0,
+  ): void {
+    this.metrics.roundSeconds.observe((Date.now() - Date.parse(round.startedAt)) / 1000);
+    if (finished) {
+      this.metrics.activeJobs.dec();
+      this.log.info({ jobId: job.id, rounds: job.spec.rounds }, 'job completed');
+    }
+    this.release(round);
+    for (const a of round.sampled) {
+      this.transport.send(a.clientId, {
+        type: 'round_end',
+        jobId: job.id,
+        round: round.round,
+        clusterId: clusterOf[a.clientId] ?? a.clusterId,
+        accepted,
+        metrics,
+      });
+    }
+    this.refused.delete(job.id);
+    this.schedule();
+  }
+
+  // -------------------------------------------------------------------------------------- helpers
+
+  private sessionOf(clientId: string): Session {
+    let session = this.sessions.get(clientId);
+    if (!session) this.sessions.set(clientId, (session = { plan: undefined, busyWith: undefined }));
+    return session;
+  }
+
+  private release(round: RoundRow): void {
+    for (const a of round.sampled) {
+      const session = this.sessions.get(a.clientId);
+      if (session?.busyWith === round.jobId) session.busyWith = undefined;
+      if (session && session.plan === undefined) this.sessions.delete(a.clientId);
+    }
+  }
+
+  private armDeadline(jobId: string, deadline: number): void {
+    const existing = this.deadlineTimers.get(jobId);
+    if (existing) clearTimeout(existing);
+    const job = this.store.job(jobId);
+    const roundIndex = job?.currentRound ?? 0;
+    this.deadlineTimers.set(
+      jobId,
+      setTimeout(() => this.closeRound(jobId, roundIndex), Math.max(0, deadline - Date.now())),
+    );
+  }
+
+  private clearTimers(jobId: string): void {
+    for (const timers of [this.deadlineTimers, this.gatherTimers]) {
+      const timer = timers.get(jobId);
+      if (timer) clearTimeout(timer);
+      timers.delete(jobId);
+    }
+  }
+}
+
+function layersKey(layers: readonly number[] | undefined): string {
+  return layers ? [...layers].sort((a, b) => a - b).join(',') : 'all';
+}
+
+/** Only the modules of `layers` (all when undefined). */
+function restrict(adapter: LoraAdapter, layers: readonly number[] | undefined): LoraAdapter {
+  if (!layers) return adapter;
+  const keep = new Set(layers);
+  return {
+    alpha: adapter.alpha,
+    modules: new Map([...adapter.modules].filter(([path]) => keep.has(moduleLayer(path) ?? -1))),
+  };
+}
+
+/** Sample-weighted mean of every metric the clients reported, as `client.<name>`. */
+function meanMetrics(updates: readonly { numSamples: number; metrics: Metrics }[]): Metrics {
+  const sums = new Map<string, { total: number; weight: number }>();
+  for (const u of updates) {
+    for (const [name, value] of Object.entries(u.metrics)) {
+      const s = sums.get(name) ?? { total: 0, weight: 0 };
+      s.total += value * u.numSamples;
+      s.weight += u.numSamples;
+      sums.set(name, s);
+    }
+  }
+  return Object.fromEntries(
+    [...sums].slice(0, 24).map(([name, s]) => [`client.${name}`.slice(0, 64), s.total / s.weight]),
+  );
+}

@@ -1,0 +1,140 @@
+/**
+ * Synthetic devices: real protocol clients (enrollment, socket.io, framed msgpack) whose "training"
+ * draws an adapter from a known distribution instead of running the model. They exercise the server
+ * at scale (tests, `pnpm bench server`) where what matters is the coordination, not the learning;
+ * each distribution is a fixed random adapter direction plus per-client noise, so updates of two
+ * distributions are separable and those of one are not.
+ */
+import { ServerConnection, enroll } from '@floe/edge-client';
+import {
+  type DeviceProfile,
+  type LoraAdapter,
+  type LoraFactors,
+  type Update,
+  type RankPlan,
+  type RoundStart,
+  type UpdateAck,
+  type ErrorMessage,
+  adapterModuleShapes,
+  toWireAdapter,
+} from '@floe/shared';
+
+/** A small deterministic PRNG (mulberry32) with Gaussian draws. */
+export class Gaussian {
+  private state: number;
+  constructor(seed: number) {
+    this.state = seed >>> 0;
+  }
+  uniform(): number {
+    this.state = (this.state + 0x6d2b79f5) >>> 0;
+    let t = this.state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  next(): number {
+    const u = Math.max(this.uniform(), 1e-12);
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.uniform());
+  }
+}
+
+export interface UpdateDistribution {
+  /** Which distribution: its shared direction is drawn from this seed. */
+  seed: number;
+  /** Standard deviation of the shared direction's entries. */
+  scale: number;
+  /** Standard deviation of each client's own noise, relative to `scale`. */
+  noise: number;
+}
+
+/**
+ * An adapter for `start` (the round's modules, rank and alpha) drawn from `distribution`, with
+ * client-specific noise from `clientSeed`.
+ */
+export function sampleAdapter(
+  start: RoundStart,
+  layers: readonly number[] | undefined,
+  distribution: UpdateDistribution,
+  clientSeed: number,
+): LoraAdapter {
+  const { config } = start;
+  const shapes = adapterModuleShapes(config.baseModel.architecture, config.targetModules, layers);
+  const shared = new Gaussian(distribution.seed * 7919 + 17);
+  const own = new Gaussian(clientSeed * 104_729 + start.round + 1);
+  const modules = new Map<string, LoraFactors>();
+  const draw = (n: number) =>
+    Float32Array.from({ length: n }, () => distribution.scale * (shared.next() + distribution.noise * own.next()));
+  for (const [path, [out, inn]] of shapes) {
+    modules.set(path, {
+      rank: config.rank,
+      inFeatures: inn,
+      outFeatures: out,
+      A: draw(config.rank * inn),
+      B: draw(out * config.rank),
+    });
+  }
+  return { alpha: config.alpha, modules };
+}
+
+export interface SyntheticDeviceOptions {
+  serverUrl: string;
+  joinToken: string;
+  plan: RankPlan;
+  distribution: UpdateDistribution;
+  clientSeed: number;
+  numSamples?: number;
+  profile?: DeviceProfile;
+  /** Rewrites the update before sending (to test refusals); default sends it as drawn. */
+  tamper?: (start: RoundStart, update: Omit<Update, 'type'>) => Omit<Update, 'type'>;
+}
+
+export interface SyntheticDevice {
+  clientId: string;
+  credential: string;
+  connection: ServerConnection;
+  acks: (UpdateAck | ErrorMessage)[];
+  rounds: RoundStart[];
+  stop(): void;
+}
+
+export const DEFAULT_PROFILE: DeviceProfile = {
+  tier: 'medium',
+  memoryMiB: 2048,
+  computeGflops: 10,
+  uplinkMbps: 20,
+  downlinkMbps: 50,
+  roundBudgetSec: 60,
+};
+
+/** Enrolls, connects and answers every round_start with an adapter drawn from its distribution. */
+export async function startSyntheticDevice(options: SyntheticDeviceOptions): Promise<SyntheticDevice> {
+  const profile = options.profile ?? DEFAULT_PROFILE;
+  const { clientId, credential } = await enroll(options.serverUrl, options.joinToken, profile);
+  const connection = await ServerConnection.open(options.serverUrl, credential, { profile, plan: options.plan });
+  const device: SyntheticDevice = {
+    clientId,
+    credential,
+    connection,
+    acks: [],
+    rounds: [],
+    stop: () => connection.close(),
+  };
+  connection.on('round_start', (start) => {
+    device.rounds.push(start);
+    const adapter = sampleAdapter(start, options.plan.layers, options.distribution, options.clientSeed);
+    let update: Omit<Update, 'type'> = {
+      jobId: start.jobId,
+      round: start.round,
+      numSamples: options.numSamples ?? 100,
+      plan: { ...options.plan, rank: start.config.rank },
+      adapter: toWireAdapter(adapter),
+      metrics: { loss: 1 + options.distribution.seed + 1 / (start.round + 1) },
+    };
+    if (options.tamper) update = options.tamper(start, update);
+    connection.sendUpdate(update).then(
+      (ack) => device.acks.push(ack),
+      () => undefined, // the round moved on without us (a timeout); the server counts it as dropped
+    );
+  });
+  return device;
+}

@@ -1,0 +1,105 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { MODEL_PRESETS, architectureOf } from '@floe/model';
+import { type FloeServer, type ServerConfig, startServer } from '@floe/server';
+import type { JobSpec, JobSummary } from '@floe/shared';
+import { type SyntheticDevice, type SyntheticDeviceOptions, startSyntheticDevice } from '@floe/simulator';
+
+export const JOIN_TOKEN = 'join-token-for-tests';
+export const ADMIN_TOKEN = 'admin-token-for-tests';
+export const EDGE_SMALL = architectureOf(MODEL_PRESETS['edge-small']);
+
+export function jobSpec(overrides: Partial<JobSpec> = {}): JobSpec {
+  return {
+    name: 'test',
+    baseModel: { id: 'edge-small', sha256: 'b'.repeat(64), architecture: EDGE_SMALL },
+    targetModules: ['q_proj', 'v_proj'],
+    strategy: 'flexlora',
+    clustering: false,
+    rounds: 3,
+    clientsPerRound: 10,
+    quorum: 10,
+    roundDeadlineSec: 30,
+    localSteps: 10,
+    learningRate: 1e-3,
+    batchSize: 8,
+    maxRank: 8,
+    alpha: 16,
+    ...overrides,
+  };
+}
+
+export interface TestServer {
+  server: FloeServer;
+  url: string;
+  admin<T>(method: 'GET' | 'POST', route: string, body?: unknown): Promise<{ status: number; body: T }>;
+  close(): Promise<void>;
+}
+
+export async function startTestServer(overrides: Partial<ServerConfig> = {}): Promise<TestServer> {
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-server-'));
+  const server = await startServer({
+    host: '127.0.0.1',
+    port: 0,
+    dataDir,
+    joinToken: JOIN_TOKEN,
+    adminToken: ADMIN_TOKEN,
+    gatherMs: 10_000,
+    logLevel: 'warn',
+    rateLimitMessages: 1000,
+    httpRateLimitPerMinute: 100_000,
+    ...overrides,
+  });
+  return {
+    server,
+    url: server.url,
+    async admin<T>(method: 'GET' | 'POST', route: string, body?: unknown) {
+      const response = await fetch(`${server.url}${route}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${ADMIN_TOKEN}`,
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      });
+      return { status: response.status, body: (await response.json()) as T };
+    },
+    async close() {
+      await server.close();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function startDevices(
+  url: string,
+  count: number,
+  options: (i: number) => Omit<SyntheticDeviceOptions, 'serverUrl' | 'joinToken'>,
+): Promise<SyntheticDevice[]> {
+  const devices: SyntheticDevice[] = [];
+  // a few at a time: enrollment and the socket.io handshake are cheap, but not free
+  for (let i = 0; i < count; i += 10) {
+    const batch = Array.from({ length: Math.min(10, count - i) }, (_, k) =>
+      startSyntheticDevice({ serverUrl: url, joinToken: JOIN_TOKEN, ...options(i + k) }),
+    );
+    devices.push(...(await Promise.all(batch)));
+  }
+  return devices;
+}
+
+/** Polls the job until `done` holds (default: not running). */
+export async function waitForJob(
+  test: TestServer,
+  jobId: string,
+  done: (job: JobSummary) => boolean = (job) => job.status !== 'running',
+  timeoutMs = 60_000,
+): Promise<JobSummary> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const { body } = await test.admin<JobSummary>('GET', `/v1/jobs/${jobId}`);
+    if (done(body)) return body;
+    if (Date.now() > until) throw new Error(`job ${jobId} did not finish: ${JSON.stringify(body.rounds)}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
