@@ -46,7 +46,7 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}): Pr
     joinToken: JOIN_TOKEN,
     adminToken: ADMIN_TOKEN,
     gatherMs: 10_000,
-    logLevel: 'warn',
+    logLevel: 'error',
     rateLimitMessages: 1000,
     httpRateLimitPerMinute: 100_000,
     ...overrides,

@@ -78,6 +78,18 @@ const ClusterParams = Type.Object(
   { id: Id, cluster: Type.Integer({ minimum: 0, maximum: 1_000_000 }) },
   { additionalProperties: false },
 );
+const RoundParams = Type.Object(
+  { id: Id, round: Type.Integer({ minimum: 0, maximum: 1_000_000 }) },
+  { additionalProperties: false },
+);
+const UpdateInfo = Type.Object({
+  clientId: Id,
+  numSamples: Type.Integer(),
+  rank: Type.Integer(),
+  sha256: Type.String(),
+  receivedAt: Type.String(),
+  metrics: Type.Record(Type.String(), Type.Number()),
+});
 const ClientInfo = Type.Object({
   id: Id,
   createdAt: Type.String(),
@@ -258,6 +270,32 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       preHandler: requireAdmin,
     },
     (request) => store.rounds(jobOr404((request.params as { id: string }).id).id).map(roundRecord),
+  );
+
+  app.get(
+    '/v1/jobs/:id/rounds/:round/updates',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary:
+          'The accepted updates of a round: client, samples, rank, SHA-256 of the stored frame (checked on read)',
+        security: admin,
+        params: RoundParams,
+        response: { 200: Type.Array(UpdateInfo), ...errors },
+      },
+      preHandler: requireAdmin,
+    },
+    (request) => {
+      const { id, round } = request.params as { id: string; round: number };
+      return store.updates(jobOr404(id).id, round).map((u) => ({
+        clientId: u.clientId,
+        numSamples: u.numSamples,
+        rank: u.rank,
+        sha256: u.sha256,
+        receivedAt: u.receivedAt,
+        metrics: u.metrics,
+      }));
+    },
   );
 
   app.get(

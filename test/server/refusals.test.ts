@@ -1,0 +1,203 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ServerConnection, enroll } from '@floe/edge-client';
+import {
+  type ErrorMessage,
+  type JobSummary,
+  type RoundStart,
+  type UpdateAck,
+  PROTOCOL_VERSION,
+  encodeMessage,
+  toWireAdapter,
+} from '@floe/shared';
+import { DEFAULT_PROFILE, type SyntheticDevice, sampleAdapter } from '@floe/simulator';
+import { JOIN_TOKEN, type TestServer, jobSpec, startDevices, startTestServer, waitForJob } from './helpers.js';
+
+const PLAN = { rank: 8, targetModules: ['q_proj', 'v_proj'] };
+const DISTRIBUTION = { seed: 3, scale: 0.05, noise: 0.5 };
+
+/** A client driven by hand: answers its round_start with `answer`, recording the reply. */
+async function manualClient(
+  url: string,
+  answer: (connection: ServerConnection, start: RoundStart) => Promise<UpdateAck | ErrorMessage>,
+) {
+  const { credential } = await enroll(url, JOIN_TOKEN, DEFAULT_PROFILE);
+  const connection = await ServerConnection.open(url, credential, { profile: DEFAULT_PROFILE, plan: PLAN });
+  const reply = new Promise<UpdateAck | ErrorMessage>((resolve) => {
+    connection.once('round_start', (start) => void answer(connection, start).then(resolve));
+  });
+  return { connection, reply };
+}
+
+describe('bad input', () => {
+  let test: TestServer;
+  let good: SyntheticDevice[];
+  let tampered: SyntheticDevice[];
+  let job: JobSummary;
+  let manual: { connection: ServerConnection; reply: Promise<UpdateAck | ErrorMessage> }[];
+
+  beforeAll(async () => {
+    test = await startTestServer({ maxFrameBytes: 256 * 1024 });
+    good = await startDevices(test.url, 10, (i) => ({ plan: PLAN, distribution: DISTRIBUTION, clientSeed: i }));
+    tampered = await startDevices(test.url, 3, (i) => ({
+      plan: PLAN,
+      distribution: DISTRIBUTION,
+      clientSeed: 100 + i,
+      tamper: (start, update) => {
+        if (i === 0) {
+          // wrong shape: factors of rank 7 where rank 8 was planned
+          const wrong = sampleAdapter({ ...start, config: { ...start.config, rank: 7 } }, undefined, DISTRIBUTION, 1);
+          return { ...update, adapter: toWireAdapter(wrong) };
+        }
+        if (i === 1) {
+          const tensor = update.adapter.tensors[0];
+          if (tensor) new DataView(tensor.data.buffer, tensor.data.byteOffset).setFloat32(4, Number.NaN, true);
+          return update;
+        }
+        return { ...update, plan: { ...update.plan, rank: 4 } };
+      },
+    }));
+    const sendRaw = (bytes: Uint8Array) => (connection: ServerConnection, start: RoundStart) =>
+      connection.sendFrame('update', bytes, start.jobId, start.round, 10_000);
+    const garbage = Uint8Array.from({ length: 4096 }, (_, i) => (i * 7919) % 251);
+    manual = [
+      await manualClient(test.url, sendRaw(garbage)),
+      await manualClient(test.url, (connection, start) => {
+        // a schema-valid update above the 256 KiB frame limit (below socket.io's 2x buffer limit, which closes the link)
+        const big = sampleAdapter({ ...start, config: { ...start.config, rank: 40 } }, undefined, DISTRIBUTION, 9);
+        const frame = encodeMessage({
+          type: 'update',
+          jobId: start.jobId,
+          round: start.round,
+          numSamples: 10,
+          plan: { ...PLAN, rank: 40 },
+          adapter: toWireAdapter(big),
+          metrics: {},
+        });
+        expect(frame.byteLength).toBeGreaterThan(256 * 1024);
+        return connection.sendFrame('update', frame, start.jobId, start.round, 10_000);
+      }),
+    ];
+    const created = await test.admin<JobSummary>(
+      'POST',
+      '/v1/jobs',
+      jobSpec({ rounds: 1, clientsPerRound: 15, quorum: 10, roundDeadlineSec: 4 }),
+    );
+    expect(created.status).toBe(201);
+    job = await waitForJob(test, created.body.id);
+  });
+
+  afterAll(async () => {
+    [...good, ...tampered].forEach((d) => d.stop());
+    manual.forEach((m) => m.connection.close());
+    await test.close();
+  });
+
+  it('refuses malformed, oversized, wrong-shape, NaN and wrong-rank updates with an error reply', async () => {
+    const [malformed, oversized] = await Promise.all(manual.map((m) => m.reply));
+    expect(malformed).toMatchObject({ type: 'error', code: 'bad_magic' });
+    expect(oversized).toMatchObject({ type: 'error', code: 'too_large' });
+    const codes = tampered.map((d) => d.acks[0]);
+    expect(codes[0]).toMatchObject({ type: 'update_ack', accepted: false, error: { code: 'wrong_shape' } });
+    expect(codes[1]).toMatchObject({ type: 'update_ack', accepted: false, error: { code: 'non_finite' } });
+    expect(codes[2]).toMatchObject({ type: 'update_ack', accepted: false, error: { code: 'wrong_rank' } });
+  });
+
+  it('completes the round with the sound updates', () => {
+    expect(job.status).toBe('completed');
+    expect(job.rounds[0]).toMatchObject({ status: 'aggregated', sampled: 15, accepted: 10, rejected: 3, dropped: 2 });
+    for (const device of good)
+      expect(device.acks).toEqual([{ type: 'update_ack', jobId: job.id, round: 0, accepted: true }]);
+  });
+
+  it('answers unknown events and updates from clients that were not sampled with an error', async () => {
+    const bystander = await manualClient(test.url, () => Promise.reject(new Error('never sampled')));
+    try {
+      const update = encodeMessage({
+        type: 'update',
+        jobId: job.id,
+        round: 0,
+        numSamples: 1,
+        plan: PLAN,
+        adapter: { alpha: 16, tensors: [] },
+        metrics: {},
+      });
+      const reply = await bystander.connection.sendFrame('update', update, job.id, 0, 5000);
+      expect(reply).toMatchObject({ accepted: false, error: { code: 'job_not_running' } });
+      const unknown = await bystander.connection.sendFrame('round_end', update, job.id, 0, 5000);
+      expect(unknown).toMatchObject({ type: 'error', code: 'unknown_event' });
+    } finally {
+      bystander.connection.close();
+    }
+    const health = await fetch(`${test.url}/healthz`);
+    expect(health.status).toBe(200);
+  });
+});
+
+describe('identity', () => {
+  let test: TestServer;
+
+  beforeAll(async () => {
+    test = await startTestServer();
+  });
+  afterAll(async () => {
+    await test.close();
+  });
+
+  const open = (credential: string) =>
+    ServerConnection.open(test.url, credential, {
+      profile: DEFAULT_PROFILE,
+      plan: PLAN,
+      reconnect: false,
+      timeoutMs: 5000,
+    });
+
+  it('refuses a connection without a credential', async () => {
+    await expect(open('')).rejects.toMatchObject({ code: 'bad_credential' });
+  });
+
+  it('refuses a credential rewritten to name another client (impersonation)', async () => {
+    const alice = await enroll(test.url, JOIN_TOKEN, DEFAULT_PROFILE);
+    const bob = await enroll(test.url, JOIN_TOKEN, DEFAULT_PROFILE);
+    const [header, payload, signature] = alice.credential.split('.') as [string, string, string];
+    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { sub: string };
+    expect(claims.sub).toBe(alice.clientId);
+    const forged = [
+      header,
+      Buffer.from(JSON.stringify({ ...claims, sub: bob.clientId })).toString('base64url'),
+      signature,
+    ].join('.');
+    await expect(open(forged)).rejects.toMatchObject({ code: 'bad_credential' });
+    // alice's own credential works, and the server knows her as herself
+    const connection = await open(alice.credential);
+    expect(connection.clientId).toBe(alice.clientId);
+    connection.close();
+  });
+
+  it('refuses enrollment with a wrong join token or protocol, and admin calls without the admin token', async () => {
+    await expect(enroll(test.url, 'not-the-token', DEFAULT_PROFILE)).rejects.toMatchObject({ code: 'bad_join_token' });
+    const versionMismatch = await fetch(`${test.url}/v1/enroll`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ joinToken: JOIN_TOKEN, protocolVersion: PROTOCOL_VERSION + 1, profile: DEFAULT_PROFILE }),
+    });
+    expect(versionMismatch.status).toBe(400);
+    expect(await versionMismatch.json()).toMatchObject({ code: 'version_mismatch' });
+    const noToken = await fetch(`${test.url}/v1/jobs`);
+    expect(noToken.status).toBe(401);
+    const client = await enroll(test.url, JOIN_TOKEN, DEFAULT_PROFILE);
+    const asClient = await fetch(`${test.url}/v1/jobs`, { headers: { authorization: `Bearer ${client.credential}` } });
+    expect(asClient.status).toBe(401);
+    const badSpec = await test.admin<{ code: string }>('POST', '/v1/jobs', { ...jobSpec(), rounds: -1 });
+    expect(badSpec).toMatchObject({ status: 400, body: { code: 'invalid_request' } });
+    const huge = await fetch(`${test.url}/v1/enroll`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        joinToken: 'x'.repeat(100_000),
+        protocolVersion: PROTOCOL_VERSION,
+        profile: DEFAULT_PROFILE,
+      }),
+    });
+    expect(huge.status).toBe(413);
+  });
+});
