@@ -16,8 +16,15 @@ import {
   type UpdateAck,
   type ErrorMessage,
   adapterModuleShapes,
+  fromWireAdapter,
   toWireAdapter,
 } from '@floe/shared';
+
+function hashPath(path: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < path.length; i++) h = Math.imul(h ^ path.charCodeAt(i), 0x01000193) >>> 0;
+  return h;
+}
 
 /** A small deterministic PRNG (mulberry32) with Gaussian draws. */
 export class Gaussian {
@@ -48,8 +55,9 @@ export interface UpdateDistribution {
 }
 
 /**
- * An adapter for `start` (the round's modules, rank and alpha) drawn from `distribution`, with
- * client-specific noise from `clientSeed`.
+ * An adapter for `start` (the round's modules, rank and alpha): the adapter the round started from
+ * (zero in round 0) plus a step drawn from `distribution`, with client-specific noise from `clientSeed`,
+ * as if local training had moved it in its data's direction.
  */
 export function sampleAdapter(
   start: RoundStart,
@@ -59,19 +67,29 @@ export function sampleAdapter(
 ): LoraAdapter {
   const { config } = start;
   const shapes = adapterModuleShapes(config.baseModel.architecture, config.targetModules, layers);
-  const shared = new Gaussian(distribution.seed * 7919 + 17);
-  const own = new Gaussian(clientSeed * 104_729 + start.round + 1);
+  const base = start.adapter ? fromWireAdapter(start.adapter) : undefined;
   const modules = new Map<string, LoraFactors>();
-  const draw = (n: number) =>
-    Float32Array.from({ length: n }, () => distribution.scale * (shared.next() + distribution.noise * own.next()));
   for (const [path, [out, inn]] of shapes) {
-    modules.set(path, {
-      rank: config.rank,
-      inFeatures: inn,
-      outFeatures: out,
-      A: draw(config.rank * inn),
-      B: draw(out * config.rank),
+    // the distribution's direction is rank one, u v^T per module, so devices of every rank share it
+    const shared = new Gaussian(distribution.seed * 7919 + hashPath(path));
+    const own = new Gaussian(clientSeed * 104_729 + start.round * 31 + hashPath(path));
+    const u = Float32Array.from({ length: out }, () => shared.next());
+    const v = Float32Array.from({ length: inn }, () => shared.next());
+    const { rank } = config;
+    const A = Float32Array.from({ length: rank * inn }, (_, k) => {
+      const direction = k < inn ? (v[k] as number) : 0;
+      return distribution.scale * (direction + distribution.noise * own.next());
     });
+    const B = Float32Array.from({ length: out * rank }, (_, k) => {
+      const direction = k % rank === 0 ? (u[Math.floor(k / rank)] as number) : 0;
+      return distribution.scale * (direction + distribution.noise * own.next());
+    });
+    const from = base?.modules.get(path);
+    if (from && from.rank === rank) {
+      A.forEach((_, k) => (A[k] = (A[k] as number) + (from.A[k] as number)));
+      B.forEach((_, k) => (B[k] = (B[k] as number) + (from.B[k] as number)));
+    }
+    modules.set(path, { rank, inFeatures: inn, outFeatures: out, A, B });
   }
   return { alpha: config.alpha, modules };
 }

@@ -1,0 +1,73 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { adjustedRandIndex } from '@floe/server';
+import type { JobSummary } from '@floe/shared';
+import type { SyntheticDevice } from '@floe/simulator';
+import { type TestServer, jobSpec, startDevices, startTestServer, waitForJob } from './helpers.js';
+
+describe('task-aware clustering on the live server', () => {
+  let test: TestServer;
+  let devices: SyntheticDevice[];
+  const truth = Array.from({ length: 20 }, (_, i) => i % 2);
+
+  beforeAll(async () => {
+    test = await startTestServer();
+    devices = await startDevices(test.url, 20, (i) => ({
+      plan: { rank: [4, 8][Math.floor(i / 2) % 2] as number, targetModules: ['q_proj', 'v_proj'] },
+      distribution: { seed: 10 + (truth[i] as number), scale: 0.05, noise: 0.5 },
+      clientSeed: i,
+    }));
+  });
+  afterAll(async () => {
+    devices.forEach((d) => d.stop());
+    await test.close();
+  });
+
+  it('puts clients of two update distributions in two clusters (ARI 1.0) whose ids stay stable', async () => {
+    const created = await test.admin<JobSummary>(
+      'POST',
+      '/v1/jobs',
+      jobSpec({ strategy: 'flexlora', clustering: true, rounds: 3, clientsPerRound: 20, quorum: 20 }),
+    );
+    const job = await waitForJob(test, created.body.id);
+    expect(job.rounds.map((r) => [r.status, r.accepted, r.clusters])).toEqual([
+      ['aggregated', 20, 2],
+      ['aggregated', 20, 2],
+      ['aggregated', 20, 2],
+    ]);
+    const clusters = await test.admin<{ clusterId: number; clients: string[] }[]>('GET', `/v1/jobs/${job.id}/clusters`);
+    const clusterOf = new Map(clusters.body.flatMap((c) => c.clients.map((id) => [id, c.clusterId] as const)));
+    const found = devices.map((d) => clusterOf.get(d.clientId) ?? -1);
+    expect(adjustedRandIndex(truth, found)).toBe(1);
+    // every round after the first starts each device from its own cluster's adapter, same id each time
+    for (const [i, device] of devices.entries()) {
+      const starts = device.rounds.filter((r) => r.jobId === job.id);
+      expect(starts.slice(1).map((s) => s.clusterId)).toEqual([found[i], found[i]]);
+    }
+  });
+});
+
+describe('clustering with one update distribution', () => {
+  it('keeps one cluster', async () => {
+    const test = await startTestServer();
+    const devices = await startDevices(test.url, 12, (i) => ({
+      plan: { rank: [2, 4, 8][i % 3] as number, targetModules: ['q_proj', 'v_proj'] },
+      distribution: { seed: 42, scale: 0.05, noise: 0.5 },
+      clientSeed: i,
+    }));
+    try {
+      const created = await test.admin<JobSummary>(
+        'POST',
+        '/v1/jobs',
+        jobSpec({ strategy: 'hetlora', clustering: true, rounds: 2, clientsPerRound: 12, quorum: 12 }),
+      );
+      const job = await waitForJob(test, created.body.id);
+      expect(job.rounds.map((r) => [r.status, r.clusters])).toEqual([
+        ['aggregated', 1],
+        ['aggregated', 1],
+      ]);
+    } finally {
+      devices.forEach((d) => d.stop());
+      await test.close();
+    }
+  });
+});

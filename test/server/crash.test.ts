@@ -1,0 +1,134 @@
+/**
+ * The server as people run it (packages/server/src/main.ts in its own process), killed with SIGKILL
+ * in the middle of a round and started again on the same data directory.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ServerConnection, enroll } from '@floe/edge-client';
+import { type JobSummary, type RoundStart, toWireAdapter } from '@floe/shared';
+import { DEFAULT_PROFILE, type SyntheticDevice, sampleAdapter } from '@floe/simulator';
+import { ADMIN_TOKEN, JOIN_TOKEN, type TestServer, jobSpec, startDevices, waitForJob } from './helpers.js';
+
+const MAIN = path.resolve(import.meta.dirname, '../../packages/server/src/main.ts');
+const PLAN = { rank: 4, targetModules: ['q_proj', 'v_proj'] };
+const DISTRIBUTION = { seed: 5, scale: 0.05, noise: 0.5 };
+
+async function spawnServer(dataDir: string, port: number): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=floe-source', MAIN], {
+    env: {
+      ...process.env,
+      FLOE_HOST: '127.0.0.1',
+      FLOE_PORT: String(port),
+      FLOE_DATA_DIR: dataDir,
+      FLOE_JOIN_TOKEN: JOIN_TOKEN,
+      FLOE_ADMIN_TOKEN: ADMIN_TOKEN,
+      FLOE_RESTART_GRACE_MS: '30000',
+      FLOE_RATE_LIMIT_MESSAGES: '1000',
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('server did not start')), 30_000);
+    child.once('exit', (code) => reject(new Error(`server exited with ${String(code)}`)));
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+      const entry = JSON.parse(line) as { msg?: string; url?: string };
+      if (entry.msg === 'floe server listening' && entry.url) {
+        clearTimeout(timer);
+        resolve(entry.url);
+      }
+    });
+  });
+  return { child, url };
+}
+
+function adminClient(url: string): TestServer['admin'] {
+  return async <T>(method: 'GET' | 'POST', route: string, body?: unknown) => {
+    const response = await fetch(`${url}${route}`, {
+      method,
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+    return { status: response.status, body: (await response.json()) as T };
+  };
+}
+
+describe('SIGKILL mid-round', () => {
+  const cleanup: (() => unknown)[] = [];
+  afterAll(async () => {
+    for (const step of cleanup.reverse()) await step();
+  });
+
+  it('restarts, resumes the job and keeps every accepted update', async () => {
+    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-crash-'));
+    cleanup.push(() => rm(dataDir, { recursive: true, force: true }));
+    let server = await spawnServer(dataDir, 0);
+    cleanup.push(() => server.child.kill('SIGKILL'));
+    const port = Number(new URL(server.url).port);
+    const test = { url: server.url, admin: adminClient(server.url) } as TestServer;
+
+    // five devices answer at once; five others only after the crash
+    const prompt: SyntheticDevice[] = await startDevices(server.url, 5, (i) => ({
+      plan: PLAN,
+      distribution: DISTRIBUTION,
+      clientSeed: i,
+    }));
+    let armed = false;
+    const late: ServerConnection[] = [];
+    const lateStarts: RoundStart[] = [];
+    for (let i = 0; i < 5; i++) {
+      const { credential } = await enroll(server.url, JOIN_TOKEN, DEFAULT_PROFILE);
+      const connection = await ServerConnection.open(server.url, credential, { profile: DEFAULT_PROFILE, plan: PLAN });
+      connection.on('round_start', (start) => {
+        lateStarts.push(start);
+        if (!armed) return;
+        const adapter = sampleAdapter(start, undefined, DISTRIBUTION, 100 + i);
+        void connection.sendUpdate({
+          jobId: start.jobId,
+          round: start.round,
+          numSamples: 50,
+          plan: { ...PLAN, rank: start.config.rank },
+          adapter: toWireAdapter(adapter),
+          metrics: { loss: 2 },
+        });
+      });
+      late.push(connection);
+    }
+    cleanup.push(() => [...prompt.map((d) => d.connection), ...late].forEach((c) => c.close()));
+
+    const created = await test.admin<JobSummary>(
+      'POST',
+      '/v1/jobs',
+      jobSpec({ rounds: 2, clientsPerRound: 10, quorum: 10, roundDeadlineSec: 120 }),
+    );
+    expect(created.status).toBe(201);
+    const jobId = created.body.id;
+    await waitForJob(test, jobId, (job) => job.rounds[0]?.accepted === 5);
+    const before = await test.admin<{ clientId: string; sha256: string }[]>(
+      'GET',
+      `/v1/jobs/${jobId}/rounds/0/updates`,
+    );
+    expect(before.body).toHaveLength(5);
+    expect(lateStarts).toHaveLength(5);
+
+    server.child.kill('SIGKILL');
+    await new Promise((resolve) => server.child.once('exit', resolve));
+    armed = true;
+    server = await spawnServer(dataDir, port);
+
+    // the late devices reconnect by themselves, get round 0 again and finish it; round 1 follows
+    const job = await waitForJob(test, jobId, undefined, 90_000);
+    expect(job.status).toBe('completed');
+    expect(job.rounds.map((r) => [r.round, r.status, r.accepted])).toEqual([
+      [0, 'aggregated', 10],
+      [1, 'aggregated', 10],
+    ]);
+    const after = await test.admin<{ clientId: string; sha256: string }[]>('GET', `/v1/jobs/${jobId}/rounds/0/updates`);
+    expect(after.body).toHaveLength(10);
+    for (const update of before.body) expect(after.body).toContainEqual(expect.objectContaining(update));
+    expect(lateStarts.filter((s) => s.round === 0)).toHaveLength(10);
+  }, 180_000);
+});
