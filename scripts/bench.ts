@@ -16,6 +16,7 @@ const BENCHES: Record<string, () => Promise<{ run: () => Promise<BenchResult> }>
   shared: () => import('./bench/shared.js'),
   model: () => import('./bench/model.js'),
   train: () => import('./bench/train.js'),
+  server: () => import('./bench/server.js'),
 };
 
 const { positionals, values } = parseArgs({

@@ -1,0 +1,230 @@
+/**
+ * Coordination server: aggregation time for 100 and 1,000 updates of an edge-small rank-8 adapter
+ * (all seven projections of every layer) under hetlora and flexlora, the per-update cost of decoding
+ * and validating a frame, and the wall time of a round with 200 socket.io clients on loopback (the
+ * server in its own process, as deployed; the clients in this one).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { SingleBar } from 'cli-progress';
+import { LORA_MODULES, MODEL_PRESETS, architectureOf } from '@floe/model';
+import { type ClientUpdate, STRATEGIES, updateProblems } from '@floe/server';
+import {
+  type JobSpec,
+  type JobSummary,
+  type RoundStart,
+  adapterModuleShapes,
+  decodeMessageOf,
+  encodeMessage,
+  fromWireAdapter,
+  toWireAdapter,
+} from '@floe/shared';
+import { type SyntheticDevice, sampleAdapter, startSyntheticDevice } from '@floe/simulator';
+import type { BenchResult } from '../bench.js';
+
+const ARCH = architectureOf(MODEL_PRESETS['edge-small']);
+const MODULES = [...LORA_MODULES];
+const RANK = 8;
+const ALPHA = 16;
+const JOIN = 'bench-join-token';
+const ADMIN = 'bench-admin-token';
+
+function roundStart(rank: number, round = 0): RoundStart {
+  return {
+    type: 'round_start',
+    jobId: 'bench',
+    round,
+    clusterId: 0,
+    deadline: 0,
+    config: {
+      baseModel: { id: 'edge-small', sha256: '0'.repeat(64), architecture: ARCH },
+      targetModules: MODULES,
+      rank,
+      alpha: ALPHA,
+      localSteps: 1,
+      learningRate: 1e-3,
+      batchSize: 1,
+    },
+    adapter: null,
+  };
+}
+
+function seconds(start: number): number {
+  return (performance.now() - start) / 1000;
+}
+
+function aggregation(rows: BenchResult['rows'], data: Record<string, unknown>): void {
+  const start = roundStart(RANK);
+  const pool: ClientUpdate[] = Array.from({ length: 1000 }, (_, i) => ({
+    clientId: `c${i}`,
+    numSamples: 50 + (i % 7) * 10,
+    adapter: sampleAdapter(start, undefined, { seed: i % 2, scale: 0.02, noise: 0.5 }, i),
+  }));
+  const floats = [...(pool[0]?.adapter.modules.values() ?? [])].reduce((n, f) => n + f.A.length + f.B.length, 0);
+  console.log(`update: ${MODULES.length} modules x ${ARCH.numHiddenLayers} layers at rank ${RANK}, ${floats} floats`);
+
+  // what the server does per received update before it may aggregate it
+  const frames = pool.slice(0, 100).map((u) =>
+    encodeMessage({
+      type: 'update',
+      jobId: 'bench',
+      round: 0,
+      numSamples: u.numSamples,
+      plan: { rank: RANK, targetModules: MODULES },
+      adapter: toWireAdapter(u.adapter),
+      metrics: {},
+    }),
+  );
+  const shapes = adapterModuleShapes(ARCH, MODULES);
+  let t = performance.now();
+  for (const frame of frames) {
+    const adapter = fromWireAdapter(decodeMessageOf(frame, 'update').adapter);
+    if (updateProblems(adapter, { modules: shapes, rank: RANK, alpha: ALPHA, maxNorm: 1e4 }).length > 0) {
+      throw new Error('bench update refused');
+    }
+  }
+  const perUpdateMs = (seconds(t) / frames.length) * 1000;
+  rows.push({
+    workload: 'decode + validate one update',
+    seconds: perUpdateMs / 1000,
+    detail: `${(frames[0]?.byteLength ?? 0) / 1024} KiB frame`,
+  });
+  data.decodeValidateMsPerUpdate = perUpdateMs;
+
+  const results: Record<string, number> = {};
+  for (const strategy of ['hetlora', 'flexlora'] as const) {
+    for (const count of [100, 1000]) {
+      t = performance.now();
+      STRATEGIES[strategy].aggregate(pool.slice(0, count), ALPHA).forRank(RANK);
+      const s = seconds(t);
+      results[`${strategy}_${count}`] = s;
+      rows.push({
+        workload: `${strategy} aggregate ${count} updates`,
+        seconds: s,
+        detail: `${((s / count) * 1000).toFixed(2)} ms/update`,
+      });
+      console.log(`${strategy} x ${count}: ${s.toFixed(2)} s`);
+    }
+  }
+  data.aggregationSeconds = results;
+}
+
+async function spawnServer(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
+  const main = path.resolve(import.meta.dirname, '../../packages/server/src/main.ts');
+  const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=floe-source', main], {
+    env: {
+      ...process.env,
+      FLOE_HOST: '127.0.0.1',
+      FLOE_PORT: '0',
+      FLOE_DATA_DIR: dataDir,
+      FLOE_JOIN_TOKEN: JOIN,
+      FLOE_ADMIN_TOKEN: ADMIN,
+      FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
+      FLOE_GATHER_MS: '600000',
+      FLOE_LOG_LEVEL: 'warn',
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`server exited with ${String(code)}`)));
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+      const entry = JSON.parse(line) as { msg?: string; url?: string };
+      if (entry.msg === 'floe server listening' && entry.url) resolve(entry.url);
+    });
+  });
+  return { child, url };
+}
+
+async function rounds(rows: BenchResult['rows'], data: Record<string, unknown>): Promise<void> {
+  const clients = 200;
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-bench-'));
+  // quieter logs: the server prints a line per connection at info level
+  const server = await spawnServer(dataDir);
+  const devices: SyntheticDevice[] = [];
+  try {
+    const bar = new SingleBar({ format: 'connecting {bar} {value}/{total} clients' });
+    bar.start(clients, 0);
+    let t = performance.now();
+    for (let i = 0; i < clients; i += 20) {
+      const batch = await Promise.all(
+        Array.from({ length: Math.min(20, clients - i) }, (_, k) =>
+          startSyntheticDevice({
+            serverUrl: server.url,
+            joinToken: JOIN,
+            plan: { rank: [2, 4, 8, 8][(i + k) % 4] as number, targetModules: MODULES },
+            distribution: { seed: (i + k) % 2, scale: 0.02, noise: 0.5 },
+            clientSeed: i + k,
+          }),
+        ),
+      );
+      devices.push(...batch);
+      bar.update(devices.length);
+    }
+    bar.stop();
+    const connectSeconds = seconds(t);
+    rows.push({ workload: `enroll + connect ${clients} clients`, seconds: connectSeconds, detail: 'batches of 20' });
+
+    const results: Record<string, number[]> = {};
+    for (const strategy of ['hetlora', 'flexlora'] as const) {
+      const spec: JobSpec = {
+        name: `bench-${strategy}`,
+        baseModel: { id: 'edge-small', sha256: '0'.repeat(64), architecture: ARCH },
+        targetModules: MODULES,
+        strategy,
+        clustering: false,
+        rounds: 3,
+        clientsPerRound: clients,
+        quorum: clients,
+        roundDeadlineSec: 300,
+        localSteps: 1,
+        learningRate: 1e-3,
+        batchSize: 1,
+        maxRank: RANK,
+        alpha: ALPHA,
+      };
+      const headers = { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' };
+      t = performance.now();
+      const created = (await (
+        await fetch(`${server.url}/v1/jobs`, { method: 'POST', headers, body: JSON.stringify(spec) })
+      ).json()) as JobSummary;
+      let job = created;
+      while (job.status === 'running') {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        job = (await (await fetch(`${server.url}/v1/jobs/${created.id}`, { headers })).json()) as JobSummary;
+      }
+      if (job.status !== 'completed' || job.rounds.some((r) => r.accepted !== clients)) {
+        throw new Error(`bench job did not complete cleanly: ${JSON.stringify(job.rounds)}`);
+      }
+      const durations = job.rounds.map((r) => (Date.parse(r.endedAt ?? r.startedAt) - Date.parse(r.startedAt)) / 1000);
+      results[strategy] = durations;
+      for (const r of job.rounds) {
+        rows.push({
+          workload: `${strategy} round ${r.round}, ${clients} clients`,
+          seconds: (Date.parse(r.endedAt ?? r.startedAt) - Date.parse(r.startedAt)) / 1000,
+          detail: `aggregation ${Number(r.metrics['aggregation_seconds']).toFixed(2)} s`,
+        });
+      }
+      console.log(
+        `${strategy}: rounds ${durations.map((d) => d.toFixed(2)).join(', ')} s (${seconds(t).toFixed(1)} s job)`,
+      );
+    }
+    data.roundSeconds200Clients = results;
+    data.connectSeconds200Clients = connectSeconds;
+  } finally {
+    devices.forEach((d) => d.stop());
+    server.child.kill('SIGTERM');
+    await new Promise((resolve) => server.child.once('exit', resolve));
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+export async function run(): Promise<BenchResult> {
+  const rows: BenchResult['rows'] = [];
+  const data: Record<string, unknown> = { rank: RANK, modules: MODULES, architecture: ARCH };
+  aggregation(rows, data);
+  await rounds(rows, data);
+  return { rows, data };
+}
