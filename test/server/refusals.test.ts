@@ -201,3 +201,27 @@ describe('identity', () => {
     expect(huge.status).toBe(413);
   });
 });
+
+describe('rate limits', () => {
+  it('answers a client that sends too fast with rate_limited and keeps serving it later', async () => {
+    const test = await startTestServer({ rateLimitMessages: 5, rateWindowSec: 2 });
+    try {
+      const { credential } = await enroll(test.url, JOIN_TOKEN, DEFAULT_PROFILE);
+      const connection = await ServerConnection.open(test.url, credential, { profile: DEFAULT_PROFILE, plan: PLAN });
+      const junk = Uint8Array.of(1, 2, 3);
+      const codes: string[] = [];
+      for (let i = 0; i < 8; i++) {
+        const reply = await connection.sendFrame('update', junk, 'none', 0, 5000);
+        codes.push(reply.type === 'error' ? reply.code : 'ack');
+      }
+      // hello took one of the five messages of the window
+      expect(codes).toEqual(['truncated', 'truncated', 'truncated', 'truncated', ...Array(4).fill('rate_limited')]);
+      await new Promise((resolve) => setTimeout(resolve, 2100));
+      const later = await connection.sendFrame('update', junk, 'none', 0, 5000);
+      expect(later).toMatchObject({ type: 'error', code: 'truncated' });
+      connection.close();
+    } finally {
+      await test.close();
+    }
+  });
+});
