@@ -7,11 +7,20 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ServerConnection, enroll } from '@floe/edge-client';
 import { type JobSummary, type RoundStart, toWireAdapter } from '@floe/shared';
 import { DEFAULT_PROFILE, type SyntheticDevice, sampleAdapter } from '@floe/simulator';
-import { ADMIN_TOKEN, JOIN_TOKEN, type TestServer, jobSpec, startDevices, waitForJob } from './helpers.js';
+import {
+  ADMIN_TOKEN,
+  JOIN_TOKEN,
+  type TestServer,
+  jobSpec,
+  startDevices,
+  startTestServer,
+  waitForJob,
+} from './helpers.js';
 
 const MAIN = path.resolve(import.meta.dirname, '../../packages/server/src/main.ts');
 const PLAN = { rank: 4, targetModules: ['q_proj', 'v_proj'] };
@@ -131,4 +140,32 @@ describe('SIGKILL mid-round', () => {
     for (const update of before.body) expect(after.body).toContainEqual(expect.objectContaining(update));
     expect(lateStarts.filter((s) => s.round === 0)).toHaveLength(10);
   }, 180_000);
+});
+
+describe('corrupted state', () => {
+  it('fails the round, not the server, when a stored update no longer matches its checksum', async () => {
+    const test = await startTestServer();
+    const devices = await startDevices(test.url, 3, (i) => ({ plan: PLAN, distribution: DISTRIBUTION, clientSeed: i }));
+    const { credential } = await enroll(test.url, JOIN_TOKEN, DEFAULT_PROFILE);
+    const silent = await ServerConnection.open(test.url, credential, { profile: DEFAULT_PROFILE, plan: PLAN });
+    try {
+      const created = await test.admin<JobSummary>(
+        'POST',
+        '/v1/jobs',
+        jobSpec({ rounds: 1, clientsPerRound: 4, quorum: 3, roundDeadlineSec: 3 }),
+      );
+      await waitForJob(test, created.body.id, (job) => job.rounds[0]?.accepted === 3);
+      const db = new Database(path.join(test.server.config.dataDir, 'floe.db'));
+      db.prepare('UPDATE updates SET frame = ? WHERE rowid = (SELECT MIN(rowid) FROM updates)').run(Buffer.alloc(16));
+      db.close();
+      const job = await waitForJob(test, created.body.id);
+      expect(job.rounds[0]).toMatchObject({ status: 'failed', accepted: 3 });
+      const health = await fetch(`${test.url}/healthz`);
+      expect(health.status).toBe(200);
+    } finally {
+      silent.close();
+      devices.forEach((d) => d.stop());
+      await test.close();
+    }
+  });
 });

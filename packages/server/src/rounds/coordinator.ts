@@ -295,7 +295,7 @@ export class Coordinator {
             this.gatherTimers.delete(job.id);
             const current = this.store.job(job.id);
             if (current?.status === 'running' && this.store.round(job.id, current.currentRound)?.status !== 'open') {
-              this.startRound(current);
+              this.safely(job.id, () => this.startRound(current));
             }
           }, this.options.gatherMs),
         );
@@ -389,7 +389,7 @@ export class Coordinator {
     const refused = this.refused.get(jobId) ?? new Set();
     if (round.sampled.every((a) => accepted.has(a.clientId) || refused.has(a.clientId))) {
       // after the ack that completed the round has been sent
-      setImmediate(() => this.closeRound(jobId, round.round));
+      setImmediate(() => this.safely(jobId, () => this.closeRound(jobId, round.round)));
     }
   }
 
@@ -572,8 +572,41 @@ export class Coordinator {
     const roundIndex = job?.currentRound ?? 0;
     this.deadlineTimers.set(
       jobId,
-      setTimeout(() => this.closeRound(jobId, roundIndex), Math.max(0, deadline - Date.now())),
+      setTimeout(
+        () => this.safely(jobId, () => this.closeRound(jobId, roundIndex)),
+        Math.max(0, deadline - Date.now()),
+      ),
     );
+  }
+
+  /**
+   * Runs timer-driven work so that nothing escapes to the event loop: a round that cannot be closed
+   * (say, a stored update fails its checksum) is marked failed and the job goes on.
+   */
+  private safely(jobId: string, work: () => void): void {
+    try {
+      work();
+    } catch (error) {
+      this.log.error({ jobId, err: error }, 'round work failed; failing the open round');
+      try {
+        const job = this.store.job(jobId);
+        const round = job && this.store.round(jobId, job.currentRound);
+        if (job && round?.status === 'open') {
+          const next = round.round + 1;
+          this.store.transaction(() => {
+            this.store.updateRound(jobId, round.round, { status: 'failed', endedAt: new Date().toISOString() });
+            this.store.updateJob(jobId, {
+              currentRound: next,
+              status: next >= job.spec.rounds ? 'completed' : 'running',
+            });
+          });
+          this.metrics.rounds.inc({ status: 'failed' });
+          this.finishRound(job, round, next >= job.spec.rounds, {});
+        }
+      } catch (inner) {
+        this.log.error({ jobId, err: inner }, 'could not fail the round either');
+      }
+    }
   }
 
   private clearTimers(jobId: string): void {
