@@ -68,4 +68,25 @@ describe('50 clients with mixed ranks', () => {
     expect(tensors.size).toBe(4 * 2 * 2);
     for (const t of tensors.values()) expect(t.data.every(Number.isFinite)).toBe(true);
   });
+
+  it('counts what happened in Prometheus metrics and documents the API at /docs', async () => {
+    const metrics = await (await fetch(`${test.url}/metrics`)).text();
+    expect(metrics).toMatch(/^floe_updates_total\{outcome="accepted"\} 450$/m);
+    expect(metrics).toMatch(/^floe_rounds_total\{status="aggregated"\} 9$/m);
+    expect(metrics).toMatch(/^floe_connected_clients 50$/m);
+    expect(metrics).toMatch(/^floe_aggregation_duration_seconds_count 9$/m);
+    const openapi = (await (await fetch(`${test.url}/docs/json`)).json()) as { paths: Record<string, unknown> };
+    expect(Object.keys(openapi.paths)).toEqual(
+      expect.arrayContaining([
+        '/v1/enroll',
+        '/v1/jobs',
+        '/v1/jobs/{id}',
+        '/v1/jobs/{id}/stop',
+        '/v1/jobs/{id}/rounds',
+        '/v1/jobs/{id}/clusters/{cluster}/adapter_model.safetensors',
+        '/healthz',
+        '/metrics',
+      ]),
+    );
+  });
 });
