@@ -11,3 +11,4 @@ export * from './adapter/math.js';
 export * from './adapter/peft.js';
 export * from './adapter/architecture.js';
 export * from './formats/safetensors.js';
+export * from './random.js';

@@ -1,15 +1,9 @@
-import { type AdapterUpdate, type LoraAdapter, type LoraFactors } from '../src/index.js';
+import { type AdapterUpdate, type LoraAdapter, type LoraFactors, Random } from '../src/index.js';
 
-/** Mulberry32: a tiny seeded PRNG so every test input is reproducible. */
+/** A seeded uniform source so every test input is reproducible. */
 export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const random = new Random(seed);
+  return () => random.next();
 }
 
 export function randomArray(length: number, random: () => number, scale = 1): Float32Array {

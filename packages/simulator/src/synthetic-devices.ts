@@ -15,35 +15,12 @@ import {
   type RoundStart,
   type UpdateAck,
   type ErrorMessage,
+  Random,
+  hashString,
   adapterModuleShapes,
   fromWireAdapter,
   toWireAdapter,
 } from '@floe/shared';
-
-function hashPath(path: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < path.length; i++) h = Math.imul(h ^ path.charCodeAt(i), 0x01000193) >>> 0;
-  return h;
-}
-
-/** A small deterministic PRNG (mulberry32) with Gaussian draws. */
-export class Gaussian {
-  private state: number;
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  uniform(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  next(): number {
-    const u = Math.max(this.uniform(), 1e-12);
-    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.uniform());
-  }
-}
 
 export interface UpdateDistribution {
   /** Which distribution: its shared direction is drawn from this seed. */
@@ -71,18 +48,18 @@ export function sampleAdapter(
   const modules = new Map<string, LoraFactors>();
   for (const [path, [out, inn]] of shapes) {
     // the distribution's direction is rank one, u v^T per module, so devices of every rank share it
-    const shared = new Gaussian(distribution.seed * 7919 + hashPath(path));
-    const own = new Gaussian(clientSeed * 104_729 + start.round * 31 + hashPath(path));
-    const u = Float32Array.from({ length: out }, () => shared.next());
-    const v = Float32Array.from({ length: inn }, () => shared.next());
+    const shared = new Random(distribution.seed * 7919 + hashString(path));
+    const own = new Random(clientSeed * 104_729 + start.round * 31 + hashString(path));
+    const u = Float32Array.from({ length: out }, () => shared.normal());
+    const v = Float32Array.from({ length: inn }, () => shared.normal());
     const { rank } = config;
     const A = Float32Array.from({ length: rank * inn }, (_, k) => {
       const direction = k < inn ? (v[k] as number) : 0;
-      return distribution.scale * (direction + distribution.noise * own.next());
+      return distribution.scale * (direction + distribution.noise * own.normal());
     });
     const B = Float32Array.from({ length: out * rank }, (_, k) => {
       const direction = k % rank === 0 ? (u[Math.floor(k / rank)] as number) : 0;
-      return distribution.scale * (direction + distribution.noise * own.next());
+      return distribution.scale * (direction + distribution.noise * own.normal());
     });
     const from = base?.modules.get(path);
     if (from && from.rank === rank) {

@@ -6,7 +6,7 @@
  * to the previous round's centroids so that they stay stable across rounds.
  */
 import { kmeans } from 'ml-kmeans';
-import type { LoraAdapter } from '@floe/shared';
+import { type LoraAdapter, hashString } from '@floe/shared';
 
 /**
  * A d-dimensional sketch of the concatenated products (alpha / r) B A of an adapter: coordinate k is
@@ -25,7 +25,7 @@ export class UpdateSketch {
     const key = `${path}:${out}x${inn}`;
     let p = this.projections.get(key);
     if (!p) {
-      let state = (this.seed ^ hash(key)) >>> 0;
+      let state = (this.seed ^ hashString(key)) >>> 0;
       const gaussian = () => {
         // Box-Muller over a small LCG: reproducible for the same (seed, module)
         state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
@@ -66,12 +66,6 @@ export class UpdateSketch {
     }
     return out;
   }
-}
-
-function hash(text: string): number {
-  let h = 2166136261;
-  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 16777619);
-  return h >>> 0;
 }
 
 function normalized(x: Float64Array): number[] {
