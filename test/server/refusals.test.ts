@@ -202,6 +202,26 @@ describe('identity', () => {
   });
 });
 
+describe('job lifecycle', () => {
+  it('stops a job on request and answers unknown jobs with 404', async () => {
+    const test = await startTestServer();
+    try {
+      const created = await test.admin<JobSummary>('POST', '/v1/jobs', jobSpec());
+      expect(created.body).toMatchObject({ status: 'running', currentRound: 0, rounds: [] });
+      const stopped = await test.admin<JobSummary>('POST', `/v1/jobs/${created.body.id}/stop`);
+      expect(stopped).toMatchObject({ status: 200, body: { id: created.body.id, status: 'stopped' } });
+      const listed = await test.admin<JobSummary[]>('GET', '/v1/jobs');
+      expect(listed.body.map((j) => [j.id, j.status])).toEqual([[created.body.id, 'stopped']]);
+      const unknown = await test.admin<{ code: string }>('POST', '/v1/jobs/job-nope/stop');
+      expect(unknown).toMatchObject({ status: 404, body: { code: 'unknown_job' } });
+      const quorum = await test.admin<{ code: string }>('POST', '/v1/jobs', jobSpec({ clientsPerRound: 2, quorum: 3 }));
+      expect(quorum).toMatchObject({ status: 400, body: { code: 'invalid_job' } });
+    } finally {
+      await test.close();
+    }
+  });
+});
+
 describe('rate limits', () => {
   it('answers a client that sends too fast with rate_limited and keeps serving it later', async () => {
     const test = await startTestServer({ rateLimitMessages: 5, rateWindowSec: 2 });
