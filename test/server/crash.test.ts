@@ -152,7 +152,7 @@ describe('corrupted state', () => {
       const created = await test.admin<JobSummary>(
         'POST',
         '/v1/jobs',
-        jobSpec({ rounds: 1, clientsPerRound: 4, quorum: 3, roundDeadlineSec: 3 }),
+        jobSpec({ rounds: 1, clientsPerRound: 4, quorum: 3, roundDeadlineSec: 10 }),
       );
       await waitForJob(test, created.body.id, (job) => job.rounds[0]?.accepted === 3);
       const db = new Database(path.join(test.server.config.dataDir, 'floe.db'));
