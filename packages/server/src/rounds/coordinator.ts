@@ -408,9 +408,9 @@ export class Coordinator {
     const { spec } = job;
     const nextRound = roundIndex + 1;
     const finished = nextRound >= spec.rounds;
-    const endedAt = new Date().toISOString();
 
     if (updates.length < spec.quorum) {
+      const endedAt = new Date().toISOString();
       this.store.transaction(() => {
         this.store.updateRound(jobId, roundIndex, { status: 'failed', endedAt, dropped });
         this.store.updateJob(jobId, { currentRound: nextRound, status: finished ? 'completed' : 'running' });
@@ -501,7 +501,7 @@ export class Coordinator {
       }
       this.store.updateRound(jobId, roundIndex, {
         status: 'aggregated',
-        endedAt,
+        endedAt: new Date().toISOString(),
         dropped,
         clusters: groups.size,
         metrics,
