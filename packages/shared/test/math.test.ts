@@ -5,6 +5,7 @@ import {
   adapterToTensors,
   factorize,
   frobeniusNorm,
+  loraProductNorm,
   loraProduct,
   matrix,
   moduleKind,
@@ -218,5 +219,21 @@ describe('PEFT layout', () => {
     expect(() => adapterFromTensors([A, B], 1)).toThrow(/rank/);
     expect(() => adapterFromTensors([{ ...A, name: 'model.embed_tokens.weight' }], 1)).toThrow(/not a PEFT/);
     expect(() => adapterFromTensors([A, A], 1)).toThrow(/twice/);
+  });
+});
+
+describe('loraProductNorm', () => {
+  it('equals the Frobenius norm of the formed product', () => {
+    const random = rng(31);
+    for (const [rank, inn, out] of [
+      [1, 5, 3],
+      [4, 128, 128],
+      [8, 352, 128],
+      [16, 64, 256],
+    ] as const) {
+      const f = randomFactors(rank, inn, out, random);
+      const exact = frobeniusNorm(loraProduct(f, 16).data);
+      expect(Math.abs(loraProductNorm(f, 16) - exact) / exact).toBeLessThan(1e-5);
+    }
   });
 });

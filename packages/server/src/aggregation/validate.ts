@@ -3,7 +3,7 @@
  * the job, each at the client's planned rank with the layer's shape, and a bounded product norm.
  * (Non-finite values never get this far: the codec refuses them.)
  */
-import { type LoraAdapter, frobeniusNorm, loraProduct } from '@floe/shared';
+import { type LoraAdapter, loraProductNorm } from '@floe/shared';
 
 export interface UpdateExpectation {
   /** Module path -> [outFeatures, inFeatures] of every module the client must send. */
@@ -39,7 +39,7 @@ export function updateProblems(adapter: LoraAdapter, expected: UpdateExpectation
       problems.push({ code: 'wrong_shape', module, expected: want, got });
       continue;
     }
-    const norm = frobeniusNorm(loraProduct(f, adapter.alpha).data);
+    const norm = loraProductNorm(f, adapter.alpha);
     if (!(norm <= expected.maxNorm)) problems.push({ code: 'norm_too_large', module, norm, maxNorm: expected.maxNorm });
   }
   return problems;

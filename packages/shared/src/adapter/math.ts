@@ -171,6 +171,29 @@ export function factorize(dW: Matrix, rank: number, alpha: number): Factorizatio
   return { factors: { rank, inFeatures: cols, outFeatures: rows, A, B }, singularValues };
 }
 
+/**
+ * ||(alpha / r) B A||_F without forming the product: ||BA||_F^2 = tr((B^T B)(A A^T)), two r x r Gram
+ * matrices, r^2 (in + out) work instead of r in out.
+ */
+export function loraProductNorm(factors: LoraFactors, alpha: number): number {
+  const { rank: r, inFeatures, outFeatures, A, B } = factors;
+  const gramA = new Float64Array(r * r);
+  const gramB = new Float64Array(r * r);
+  for (let i = 0; i < r; i++) {
+    for (let j = i; j < r; j++) {
+      let a = 0;
+      for (let k = 0; k < inFeatures; k++) a += (A[i * inFeatures + k] as number) * (A[j * inFeatures + k] as number);
+      let b = 0;
+      for (let k = 0; k < outFeatures; k++) b += (B[k * r + i] as number) * (B[k * r + j] as number);
+      gramA[i * r + j] = gramA[j * r + i] = a;
+      gramB[i * r + j] = gramB[j * r + i] = b;
+    }
+  }
+  let trace = 0;
+  for (let i = 0; i < r * r; i++) trace += (gramA[i] as number) * (gramB[i] as number);
+  return (alpha / r) * Math.sqrt(Math.max(0, trace));
+}
+
 export function frobeniusNorm(values: Float32Array): number {
   let sum = 0;
   for (const v of values) sum += v * v;
