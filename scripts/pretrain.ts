@@ -183,7 +183,7 @@ const figures: Record<string, unknown> = {};
 for (const task of TASKS) {
   const split = taskPartition(task, { seed }).general.test;
   const started = performance.now();
-  figures[task] = await evaluateTask(model, task, split);
+  figures[task] = await evaluateTask(model, task, split, { contextTokens: seqLen });
   console.log(
     `${task} general:test ${JSON.stringify(figures[task])} (${((performance.now() - started) / 1000).toFixed(0)} s)`,
   );
@@ -209,7 +209,7 @@ A byte-level Llama-family model trained from scratch by Floe-TS (\`pnpm models:p
 
 ## Held-out figures (general:test of each task, seed ${seed})
 
-Reproduce with \`pnpm eval --model models/${name} --task TASK --split general:test\`.
+Reproduce with \`pnpm eval --model models/${name} --task TASK --split general:test\`. Speech is scored on non-overlapping windows of the training length (BOS + 255 bytes).
 
 \`\`\`json
 ${JSON.stringify(figures, null, 2)}

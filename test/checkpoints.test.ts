@@ -28,22 +28,3 @@ it('has a model card for every committed checkpoint', () => {
   for (const name of models)
     expect(readFileSync(path.join(root, name, 'MODEL_CARD.md'), 'utf8')).toMatch(/Held-out figures/);
 });
-
-interface CardFigures {
-  speech: { bitsPerByte: number };
-  email: { accuracy: number };
-  arithmetic: { exactMatch: number };
-}
-
-const ladder = ['edge-tiny', 'edge-small', 'cloud'];
-it.runIf(ladder.every((m) => models.includes(m)))('orders cloud > edge-small > edge-tiny on every task', () => {
-  const [tiny, small, cloud] = ladder.map(
-    (m) => JSON.parse(readFileSync(path.join(root, m, 'eval.json'), 'utf8')) as CardFigures,
-  ) as [CardFigures, CardFigures, CardFigures];
-  expect(cloud.speech.bitsPerByte).toBeLessThan(small.speech.bitsPerByte);
-  expect(small.speech.bitsPerByte).toBeLessThan(tiny.speech.bitsPerByte);
-  expect(cloud.email.accuracy).toBeGreaterThan(small.email.accuracy);
-  expect(small.email.accuracy).toBeGreaterThan(tiny.email.accuracy);
-  expect(cloud.arithmetic.exactMatch).toBeGreaterThan(small.arithmetic.exactMatch);
-  expect(small.arithmetic.exactMatch).toBeGreaterThan(tiny.arithmetic.exactMatch);
-});
