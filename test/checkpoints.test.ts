@@ -15,13 +15,18 @@ describe.each(models)('models/%s', (name) => {
   const card = JSON.parse(readFileSync(path.join(root, name, 'eval.json'), 'utf8')) as Record<TaskName, unknown>;
   const tasks: TaskName[] = name === 'edge-tiny' ? ['speech', 'email', 'arithmetic'] : ['email', 'arithmetic'];
 
-  it.each(tasks)('reproduces its %s figures on general:test', async (task) => {
-    const { config, weights } = await loadCheckpoint(path.join(root, name));
-    const model = await OrtLlama.create(config, weights);
-    const metrics = await evaluateTask(model, task, taskPartition(task, { seed: 0 }).general.test);
-    await model.release();
-    expect(metrics).toEqual(card[task]);
-  });
+  it.each(tasks)(
+    'reproduces its %s figures on general:test',
+    async (task) => {
+      const { config, weights } = await loadCheckpoint(path.join(root, name));
+      const model = await OrtLlama.create(config, weights);
+      const metrics = await evaluateTask(model, task, taskPartition(task, { seed: 0 }).general.test);
+      await model.release();
+      expect(metrics).toEqual(card[task]);
+      // the cloud model's email pass takes ~70 s alone, longer beside the other test files
+    },
+    600_000,
+  );
 });
 
 it('has a model card for every committed checkpoint', () => {
