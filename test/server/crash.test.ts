@@ -15,6 +15,7 @@ import { DEFAULT_PROFILE, type SyntheticDevice, sampleAdapter } from '@floe/simu
 import {
   ADMIN_TOKEN,
   JOIN_TOKEN,
+  adminClient,
   type TestServer,
   jobSpec,
   startDevices,
@@ -52,17 +53,6 @@ async function spawnServer(dataDir: string, port: number): Promise<{ child: Chil
     });
   });
   return { child, url };
-}
-
-function adminClient(url: string): TestServer['admin'] {
-  return async <T>(method: 'GET' | 'POST', route: string, body?: unknown) => {
-    const response = await fetch(`${url}${route}`, {
-      method,
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-      ...(body ? { body: JSON.stringify(body) } : {}),
-    });
-    return { status: response.status, body: (await response.json()) as T };
-  };
 }
 
 describe('SIGKILL mid-round', () => {

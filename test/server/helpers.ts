@@ -37,6 +37,21 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
+/** Admin REST calls against the server at `url`. */
+export function adminClient(url: string): TestServer['admin'] {
+  return async <T>(method: 'GET' | 'POST', route: string, body?: unknown) => {
+    const response = await fetch(`${url}${route}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${ADMIN_TOKEN}`,
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    return { status: response.status, body: (await response.json()) as T };
+  };
+}
+
 export async function startTestServer(overrides: Partial<ServerConfig> = {}): Promise<TestServer> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-server-'));
   const server = await startServer({
@@ -54,17 +69,7 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}): Pr
   return {
     server,
     url: server.url,
-    async admin<T>(method: 'GET' | 'POST', route: string, body?: unknown) {
-      const response = await fetch(`${server.url}${route}`, {
-        method,
-        headers: {
-          authorization: `Bearer ${ADMIN_TOKEN}`,
-          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-        },
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      });
-      return { status: response.status, body: (await response.json()) as T };
-    },
+    admin: adminClient(server.url),
     async close() {
       await server.close();
       await rm(dataDir, { recursive: true, force: true });

@@ -410,17 +410,11 @@ export class Coordinator {
     const finished = nextRound >= spec.rounds;
 
     if (updates.length < spec.quorum) {
-      const endedAt = new Date().toISOString();
-      this.store.transaction(() => {
-        this.store.updateRound(jobId, roundIndex, { status: 'failed', endedAt, dropped });
-        this.store.updateJob(jobId, { currentRound: nextRound, status: finished ? 'completed' : 'running' });
-      });
-      this.metrics.rounds.inc({ status: 'failed' });
       this.log.warn(
         { jobId, round: roundIndex, accepted: updates.length, quorum: spec.quorum, dropped },
         'round failed',
       );
-      this.finishRound(job, round, finished, {});
+      this.failRound(job, round, { dropped });
       return;
     }
 
@@ -579,6 +573,18 @@ export class Coordinator {
     );
   }
 
+  /** Closes `round` as failed (no aggregation) and moves its job to the next round. */
+  private failRound(job: JobRow, round: RoundRow, fields: { dropped?: number }): void {
+    const next = round.round + 1;
+    const finished = next >= job.spec.rounds;
+    this.store.transaction(() => {
+      this.store.updateRound(job.id, round.round, { status: 'failed', endedAt: new Date().toISOString(), ...fields });
+      this.store.updateJob(job.id, { currentRound: next, status: finished ? 'completed' : 'running' });
+    });
+    this.metrics.rounds.inc({ status: 'failed' });
+    this.finishRound(job, round, finished, {});
+  }
+
   /**
    * Runs timer-driven work so that nothing escapes to the event loop: a round that cannot be closed
    * (say, a stored update fails its checksum) is marked failed and the job goes on.
@@ -591,18 +597,7 @@ export class Coordinator {
       try {
         const job = this.store.job(jobId);
         const round = job && this.store.round(jobId, job.currentRound);
-        if (job && round?.status === 'open') {
-          const next = round.round + 1;
-          this.store.transaction(() => {
-            this.store.updateRound(jobId, round.round, { status: 'failed', endedAt: new Date().toISOString() });
-            this.store.updateJob(jobId, {
-              currentRound: next,
-              status: next >= job.spec.rounds ? 'completed' : 'running',
-            });
-          });
-          this.metrics.rounds.inc({ status: 'failed' });
-          this.finishRound(job, round, next >= job.spec.rounds, {});
-        }
+        if (job && round?.status === 'open') this.failRound(job, round, {});
       } catch (inner) {
         this.log.error({ jobId, err: inner }, 'could not fail the round either');
       }
