@@ -26,14 +26,22 @@ import {
   saveCheckpoint,
   writeSafetensors,
 } from '@floe/model';
-import { DEFAULT_MIXTURE, type Mixture, PretrainData, TASKS, evaluateTask, taskPartition } from '@floe/tasks';
+import {
+  DEFAULT_MIXTURE,
+  DEFAULT_PROMPT_WEIGHT,
+  type Mixture,
+  PretrainData,
+  TASKS,
+  evaluateTask,
+  taskPartition,
+} from '@floe/tasks';
 
 // The cloud model gets a larger arithmetic share: its 2-digit +/- target needs far more problems than
 // edge-small saw (32% exact match with 30% arithmetic over 16M tokens).
 const DEFAULTS: Record<ModelPreset, { steps: number; lr: number; mixture: Mixture }> = {
   'edge-tiny': { steps: 2000, lr: 3e-3, mixture: DEFAULT_MIXTURE },
-  'edge-small': { steps: 3000, lr: 2e-3, mixture: DEFAULT_MIXTURE },
-  cloud: { steps: 4000, lr: 1.5e-3, mixture: { speech: 0.4, email: 0.15, arithmetic: 0.45 } },
+  'edge-small': { steps: 4000, lr: 2e-3, mixture: DEFAULT_MIXTURE },
+  cloud: { steps: 4000, lr: 1.5e-3, mixture: { speech: 0.4, email: 0.2, arithmetic: 0.4 } },
 };
 
 function parseMixture(text: string): Mixture {
@@ -62,6 +70,7 @@ const { positionals, values } = parseArgs({
     out: { type: 'string' },
     fresh: { type: 'boolean', default: false },
     mixture: { type: 'string' },
+    'prompt-weight': { type: 'string', default: String(DEFAULT_PROMPT_WEIGHT) },
   },
 });
 const name = positionals[0] as ModelPreset | undefined;
@@ -79,6 +88,7 @@ const seed = Number(values.seed);
 const saveEvery = Number(values['save-every']);
 const out = values.out ?? path.join('models', name);
 const stateDir = path.join(out, '.pretrain');
+const promptWeight = Number(values['prompt-weight']);
 const warmup = Math.min(100, Math.floor(steps / 10));
 
 /** Linear warm-up, then cosine decay to 10% of the peak. */
@@ -88,7 +98,8 @@ function learningRate(step: number): number {
   return peakLr * (0.1 + 0.45 * (1 + Math.cos(Math.PI * progress)));
 }
 
-const data = new PretrainData(seed, seqLen, values.mixture ? parseMixture(values.mixture) : DEFAULTS[name].mixture);
+const mixture = values.mixture ? parseMixture(values.mixture) : DEFAULTS[name].mixture;
+const data = new PretrainData(seed, seqLen, mixture, promptWeight);
 const trainer = await OrtTrainer.create(config, initWeights(config, seed), {
   learningRate: peakLr,
   weightDecay: 0.1,
@@ -201,7 +212,7 @@ A byte-level Llama-family model trained from scratch by Floe-TS (\`pnpm models:p
 | shape | hidden ${config.hidden_size}, ${config.num_hidden_layers} layers, ${config.num_attention_heads} heads (${config.num_key_value_heads} key/value), MLP ${config.intermediate_size}, tied embeddings: ${config.tie_word_embeddings} |
 | vocabulary | 256 bytes + \`<bos>\` 256, \`<eos>\` 257, \`<pad>\` 258 |
 | context | ${config.max_position_embeddings} positions; trained on ${seqLen}-byte windows |
-| data | general (non-client) corpora of the seed-${seed} partitions: speech ${data.bytesByTask.speech.toLocaleString('en-US')} bytes (State of the Union addresses of non-client presidents, Moby-Dick), email ${data.bytesByTask.email.toLocaleString('en-US')} bytes, arithmetic ${data.bytesByTask.arithmetic.toLocaleString('en-US')} bytes; mixture ${JSON.stringify(data.mixture)} |
+| data | general (non-client) corpora of the seed-${seed} partitions: speech ${data.bytesByTask.speech.toLocaleString('en-US')} bytes (State of the Union addresses of non-client presidents, Moby-Dick), email ${data.bytesByTask.email.toLocaleString('en-US')} bytes, arithmetic ${data.bytesByTask.arithmetic.toLocaleString('en-US')} bytes; mixture ${JSON.stringify(data.mixture)}; rows are windows of speech and packed email/arithmetic examples (an example longer than the window keeps its end), prompt bytes weigh ${promptWeight} of the answer bytes in the loss |
 | training | ${steps} steps x ${tokensPerStep} tokens = ${(steps * tokensPerStep).toLocaleString('en-US')} tokens; AdamW (b2 0.99, wd 0.1, clip 1), peak lr ${peakLr}, warm-up ${warmup} steps, cosine to 10% |
 | engine | ONNX Runtime training graph (packages/model/src/onnx/llama-train-graph.ts) |
 | wall time | ${(progress.elapsedSeconds / 60).toFixed(1)} min on ${cpu}, ${os.cpus().length} cores |

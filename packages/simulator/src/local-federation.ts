@@ -16,7 +16,7 @@ import {
 } from '@floe/model';
 import { STRATEGIES, type ClientUpdate } from '@floe/server';
 import type { LoraAdapter, StrategyName } from '@floe/shared';
-import { type ClientData, type TaskName, WindowSampler, evaluateTask, taskPartition } from '@floe/tasks';
+import { type ClientData, type TaskName, evaluateTask, rowSampler, sampleBatch, taskPartition } from '@floe/tasks';
 
 export interface LocalFederationOptions {
   /** Checkpoint directory of the base model. */
@@ -91,7 +91,7 @@ export async function runLocalFederation(
   const clients = partition.clients;
   const strategy = STRATEGIES[options.strategy];
   const kinds = options.targetModules.filter(isLoraModuleKind);
-  const samplers = clients.map((c) => new WindowSampler(c.train.documents, options.seqLen, options.task !== 'speech'));
+  const samplers = clients.map((c) => rowSampler(c.train, options.seqLen));
   const random = new Random(options.seed);
   const results: RoundResult[] = [];
 
@@ -136,7 +136,7 @@ export async function runLocalFederation(
       });
       let loss = 0;
       for (let step = 0; step < options.localSteps; step++)
-        loss = (await trainer.step(samplers[i]!.batch(random, options.batch))).loss;
+        loss = (await trainer.step(sampleBatch(samplers[i]!, random, options.batch))).loss;
       updates.push({
         clientId: client.id,
         numSamples: options.localSteps * options.batch,

@@ -1,7 +1,8 @@
 /**
  * Task metrics on any model behind the DecoderModel interface (ORT or tfjs):
  * - speech: bits per byte and next-byte accuracy, over non-overlapping windows of the training length that each start with BOS;
- * - email: label accuracy, by comparing the log-likelihood of the continuations " spam" and " ham";
+ * - email: label accuracy, by comparing the log-likelihood of the continuations " spam" and " ham" after the
+ *   prompt (its end, when it is longer than the training length);
  * - arithmetic: greedy exact match, overall and per operation and digit count.
  */
 import { ByteTokenizer, type DecoderModel, generate } from '@floe/model';
@@ -13,7 +14,7 @@ export interface EvalOptions {
   /** Rows per forward pass. */
   batch?: number;
   onProgress?: (done: number, total: number) => void;
-  /** Speech window length in tokens, BOS included (default TRAINED_CONTEXT). */
+  /** Tokens the model sees at once, BOS included (default TRAINED_CONTEXT): speech windows, email prompts. */
   contextTokens?: number;
 }
 
@@ -107,6 +108,8 @@ export async function evaluateEmail<C>(
   options: EvalOptions = {},
 ): Promise<EmailMetrics> {
   const batch = Math.max(2, options.batch ?? 8);
+  const context = Math.min(model.config.max_position_embeddings, options.contextTokens ?? TRAINED_CONTEXT);
+  const promptRoom = context - Math.max(...EMAIL_LABELS.map((l) => tokenizer.encode(l).length));
   let correct = 0;
   for (let i = 0; i < examples.length; i += batch / 2) {
     const chunk = examples.slice(i, i + batch / 2);
@@ -114,7 +117,8 @@ export async function evaluateEmail<C>(
     const targets: number[][] = [];
     const labelStart: number[] = [];
     for (const example of chunk) {
-      const prompt = tokenizer.encode(example.prompt, { bos: true });
+      // a prompt longer than the trained context keeps its end, as training rows do
+      const prompt = [tokenizer.bos, ...tokenizer.encode(example.prompt).slice(-promptRoom)];
       for (const label of EMAIL_LABELS) {
         const full = [...prompt, ...tokenizer.encode(label)];
         rows.push(full.slice(0, -1));

@@ -1,86 +1,123 @@
 /**
- * Pretraining batches from the general corpora of all tasks: each row is a window of one task's text,
- * starting with BOS. Batches are a function of (seed, step), so a resumed run sees the same data.
+ * Training rows from a task's text, each starting with BOS: windows of prose (speech) or packed
+ * examples (email, arithmetic). Pretraining batches are a function of (seed, step), so a resumed run
+ * sees the same data.
  */
 import { ByteTokenizer, Random, type TrainBatch } from '@floe/model';
-import { TASKS, type TaskName, taskPartition } from './tasks.js';
+import { type Example, type Split, TASKS, type TaskName, taskPartition } from './tasks.js';
 
-/** Rows as a batch in which every target token counts once. */
-function batchOf(rows: readonly { inputIds: number[]; targets: number[] }[]): TrainBatch {
+export interface TrainRow {
+  inputIds: number[];
+  targets: number[];
+  /** Loss weight of each target. */
+  weights: number[];
+}
+
+export interface RowSampler {
+  readonly seqLen: number;
+  row(random: Random): TrainRow;
+}
+
+function batchOf(rows: readonly TrainRow[]): TrainBatch {
   return {
     inputIds: rows.map((r) => r.inputIds),
     targets: rows.map((r) => r.targets),
-    weights: rows.map((r) => r.targets.map(() => 1)),
+    weights: rows.map((r) => r.weights),
   };
 }
 
-/** Random training windows over a set of documents, each row starting with BOS. */
-export class WindowSampler {
+export function sampleBatch(sampler: RowSampler, random: Random, rows: number): TrainBatch {
+  return batchOf(Array.from({ length: rows }, () => sampler.row(random)));
+}
+
+/** Loss weight of an example's prompt bytes relative to its answer (and the newline ending it). */
+export const DEFAULT_PROMPT_WEIGHT = 0.2;
+
+/** Random training windows over prose documents (joined by blank lines); every target counts once. */
+export class WindowSampler implements RowSampler {
   private readonly bytes: Uint8Array;
-  /** Offsets rows may start at: document starts, or undefined for anywhere (prose). */
-  private readonly starts: number[] | undefined;
 
   constructor(
     documents: readonly string[],
     readonly seqLen: number,
-    startAtDocuments: boolean,
   ) {
-    const encoder = new TextEncoder();
-    const separator = startAtDocuments ? '' : '\n\n';
-    const starts: number[] = [];
-    let offset = 0;
-    for (const doc of documents) {
-      starts.push(offset);
-      offset += encoder.encode(doc + separator).length;
-    }
-    this.bytes = encoder.encode(documents.join(separator) + separator);
-    this.starts = startAtDocuments ? starts : undefined;
+    this.bytes = new TextEncoder().encode(documents.map((d) => `${d}\n\n`).join(''));
     if (this.bytes.length <= seqLen)
       throw new Error(`${this.bytes.length} bytes of text cannot fill a ${seqLen}-byte window`);
   }
 
-  get byteLength(): number {
-    return this.bytes.length;
-  }
-
-  /** One row: inputs [BOS, x0..x(S-2)], targets [x0..x(S-1)]. */
-  row(random: Random): { inputIds: number[]; targets: number[] } {
-    const last = this.bytes.length - this.seqLen;
-    const start = this.starts
-      ? Math.min(this.starts[random.integer(this.starts.length)] as number, last)
-      : random.integer(last);
+  row(random: Random): TrainRow {
+    const start = random.integer(this.bytes.length - this.seqLen);
     const row = [new ByteTokenizer().bos, ...this.bytes.subarray(start, start + this.seqLen)];
-    return { inputIds: row.slice(0, -1), targets: row.slice(1) };
+    return { inputIds: row.slice(0, -1), targets: row.slice(1), weights: row.slice(1).map(() => 1) };
+  }
+}
+
+/**
+ * Rows packed from randomly drawn examples (`prompt answer\n` each). An example longer than the window
+ * keeps its end, so the answer is always learned (a window from the example's start would cut off an
+ * email's label); the answer bytes weigh 1 and the prompt bytes `promptWeight`. The last example of a
+ * row may be cut short.
+ */
+export class ExampleSampler implements RowSampler {
+  private readonly examples: { bytes: Uint8Array; promptBytes: number }[];
+
+  constructor(
+    examples: readonly Example[],
+    readonly seqLen: number,
+    readonly promptWeight = DEFAULT_PROMPT_WEIGHT,
+  ) {
+    if (examples.length === 0) throw new Error('no examples to sample from');
+    const encoder = new TextEncoder();
+    this.examples = examples.map((e) => ({
+      bytes: encoder.encode(`${e.prompt}${e.answer}\n`),
+      promptBytes: encoder.encode(e.prompt).length,
+    }));
   }
 
-  batch(random: Random, rows: number): TrainBatch {
-    const picked = Array.from({ length: rows }, () => this.row(random));
-    return batchOf(picked);
+  row(random: Random): TrainRow {
+    const tokens: number[] = [new ByteTokenizer().bos];
+    const weights: number[] = [];
+    while (tokens.length <= this.seqLen) {
+      const { bytes, promptBytes } = this.examples[random.integer(this.examples.length)]!;
+      const room = this.seqLen + 1 - tokens.length;
+      const from = tokens.length === 1 ? Math.max(0, bytes.length - room) : 0;
+      const to = Math.min(bytes.length, from + room);
+      for (let i = from; i < to; i++) {
+        tokens.push(bytes[i]!);
+        weights.push(i < promptBytes ? this.promptWeight : 1);
+      }
+    }
+    return { inputIds: tokens.slice(0, -1), targets: tokens.slice(1), weights };
   }
+}
+
+/** Windows for prose, packed examples for tasks made of examples. */
+export function rowSampler(split: Split, seqLen: number, promptWeight = DEFAULT_PROMPT_WEIGHT): RowSampler {
+  return split.examples
+    ? new ExampleSampler(split.examples, seqLen, promptWeight)
+    : new WindowSampler(split.documents, seqLen);
 }
 
 export type Mixture = Record<TaskName, number>;
 export const DEFAULT_MIXTURE: Mixture = { speech: 0.5, email: 0.2, arithmetic: 0.3 };
 
 export class PretrainData {
-  private readonly samplers: Map<TaskName, WindowSampler>;
+  private readonly samplers: Map<TaskName, RowSampler>;
   readonly bytesByTask: Record<TaskName, number>;
 
   constructor(
     readonly seed: number,
     readonly seqLen: number,
     readonly mixture: Mixture = DEFAULT_MIXTURE,
+    readonly promptWeight = DEFAULT_PROMPT_WEIGHT,
   ) {
-    this.samplers = new Map(
-      TASKS.map((task) => [
-        task,
-        new WindowSampler(taskPartition(task, { seed }).general.train.documents, seqLen, task !== 'speech'),
-      ]),
-    );
-    this.bytesByTask = Object.fromEntries(TASKS.map((t) => [t, this.samplers.get(t)?.byteLength ?? 0])) as Record<
-      TaskName,
-      number
-    >;
+    const splits = TASKS.map((task) => [task, taskPartition(task, { seed }).general.train] as const);
+    this.samplers = new Map(splits.map(([task, split]) => [task, rowSampler(split, seqLen, promptWeight)]));
+    const encoder = new TextEncoder();
+    this.bytesByTask = Object.fromEntries(
+      splits.map(([task, split]) => [task, split.documents.reduce((n, d) => n + encoder.encode(d).length, 0)]),
+    ) as Record<TaskName, number>;
   }
 
   batch(step: number, rows: number): TrainBatch {
@@ -89,7 +126,7 @@ export class PretrainData {
     const picked = Array.from({ length: rows }, () => {
       let pick = random.next() * total;
       const task = TASKS.find((t) => (pick -= this.mixture[t]) < 0) ?? 'speech';
-      return (this.samplers.get(task) as WindowSampler).row(random);
+      return (this.samplers.get(task) as RowSampler).row(random);
     });
     return batchOf(picked);
   }

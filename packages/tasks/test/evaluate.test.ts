@@ -93,6 +93,20 @@ describe('email metrics', () => {
     expect(await evaluateEmail(model, examples)).toEqual({ accuracy: 2 / 3, examples: 3 });
     await model.release();
   });
+
+  it('scores a prompt longer than the context on its end, as training rows keep it', async () => {
+    const model = await OrtLlama.create(config, initWeights(config, 5, 0.5));
+    const long = Array.from({ length: 16 }, (_, i) => ({
+      prompt: `Subject: note ${i}\n${'lorem ipsum dolor sit amet '.repeat(4 + (i % 5))}${i * 7919}\nlabel:`,
+      answer: i % 3 === 0 ? ' spam' : ' ham',
+    }));
+    const context = 40; // the model has 64 positions; the prompts are 130 to 250 bytes
+    const ends = long.map((e) => ({ ...e, prompt: e.prompt.slice(-(context - ' spam'.length)) }));
+    const onEnds = await evaluateEmail(model, ends, { contextTokens: 64 });
+    expect(await evaluateEmail(model, long, { contextTokens: context })).toEqual(onEnds);
+    expect(onEnds.examples).toBe(16);
+    await model.release();
+  });
 });
 
 describe('arithmetic metrics', () => {
