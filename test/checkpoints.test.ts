@@ -1,6 +1,7 @@
 /**
  * Every committed checkpoint's model card figures are reproduced by evaluating the saved file
- * (the code path of `pnpm eval`). Speech is checked on the smallest model only, for time.
+ * (the code path of `pnpm eval`; speech on the smallest model only, for time), and the figures hold
+ * the ordering and targets the checkpoints were trained to meet.
  */
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -27,6 +28,38 @@ describe.each(models)('models/%s', (name) => {
     },
     600_000,
   );
+});
+
+interface Figures {
+  speech: { bitsPerByte: number };
+  email: { accuracy: number };
+  arithmetic: { exactMatch: number; byDifficulty: Record<string, { exactMatch: number }> };
+}
+const figuresOf = (name: string) => JSON.parse(readFileSync(path.join(root, name, 'eval.json'), 'utf8')) as Figures;
+
+describe.runIf(['edge-tiny', 'edge-small', 'cloud'].every((m) => models.includes(m)))('the three checkpoints', () => {
+  const [tiny, small, cloud] = ['edge-tiny', 'edge-small', 'cloud'].map(figuresOf) as [Figures, Figures, Figures];
+
+  it('are ordered cloud > edge-small > edge-tiny on speech and arithmetic, edge-small > edge-tiny on email', () => {
+    expect(cloud.speech.bitsPerByte).toBeLessThan(small.speech.bitsPerByte);
+    expect(small.speech.bitsPerByte).toBeLessThan(tiny.speech.bitsPerByte);
+    expect(cloud.arithmetic.exactMatch).toBeGreaterThan(small.arithmetic.exactMatch);
+    expect(small.arithmetic.exactMatch).toBeGreaterThan(tiny.arithmetic.exactMatch);
+    expect(small.email.accuracy).toBeGreaterThan(tiny.email.accuracy);
+  });
+
+  // Open gap (issue 5): the cloud ranks mail well but labels nearly all of it ham. When a retrained
+  // cloud passes, this fails: drop `.fails` and fold it into the ordering above.
+  it.fails('have the cloud ahead of edge-small on email (known gap)', () => {
+    expect(cloud.email.accuracy).toBeGreaterThan(small.email.accuracy);
+  });
+
+  it('meet their targets: cloud speech <= 1.9 bpb and >= 90% on 2-digit + and -, edge-small speech <= 2.3 bpb', () => {
+    expect(cloud.speech.bitsPerByte).toBeLessThanOrEqual(1.9);
+    expect(cloud.arithmetic.byDifficulty['+ 2']?.exactMatch).toBeGreaterThanOrEqual(0.9);
+    expect(cloud.arithmetic.byDifficulty['- 2']?.exactMatch).toBeGreaterThanOrEqual(0.9);
+    expect(small.speech.bitsPerByte).toBeLessThanOrEqual(2.3);
+  });
 });
 
 it('has a model card for every committed checkpoint', () => {
