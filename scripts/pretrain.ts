@@ -89,6 +89,10 @@ const saveEvery = Number(values['save-every']);
 const out = values.out ?? path.join('models', name);
 const stateDir = path.join(out, '.pretrain');
 const promptWeight = Number(values['prompt-weight']);
+if (!Number.isFinite(promptWeight) || promptWeight < 0) {
+  console.error(`--prompt-weight: expected a number >= 0, got "${values['prompt-weight']}"`);
+  process.exit(2);
+}
 const warmup = Math.min(100, Math.floor(steps / 10));
 
 /** Linear warm-up, then cosine decay to 10% of the peak. */
