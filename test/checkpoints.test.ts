@@ -48,8 +48,8 @@ describe.runIf(['edge-tiny', 'edge-small', 'cloud'].every((m) => models.includes
     expect(small.email.accuracy).toBeGreaterThan(tiny.email.accuracy);
   });
 
-  // Open gap (issue 5): the cloud ranks mail well but labels nearly all of it ham. When a retrained
-  // cloud passes, this fails: drop `.fails` and fold it into the ordering above.
+  // Open gap (issue 5): the cloud learned where the label sits in a cut training row instead of what it
+  // says (decision 0011). When a retrained cloud passes, this fails: drop `.fails`, fold it in above.
   it.fails('have the cloud ahead of edge-small on email (known gap)', () => {
     expect(cloud.email.accuracy).toBeGreaterThan(small.email.accuracy);
   });

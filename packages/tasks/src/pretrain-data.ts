@@ -57,7 +57,8 @@ export class WindowSampler implements RowSampler {
  * Rows packed from randomly drawn examples (`prompt answer\n` each). An example longer than the window
  * keeps its end, so the answer is always learned (a window from the example's start would cut off an
  * email's label); the answer bytes weigh 1 and the prompt bytes `promptWeight`. The last example of a
- * row may be cut short.
+ * row may be cut short. Known flaw (decision 0011): a cut example ends at the window's end, so where its
+ * answer starts tells the answer's length; the cloud checkpoint learned that shortcut for email labels.
  */
 export class ExampleSampler implements RowSampler {
   private readonly examples: { bytes: Uint8Array; promptBytes: number }[];
