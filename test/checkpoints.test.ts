@@ -12,8 +12,10 @@ import { type TaskName, evaluateTask, taskPartition } from '@floe/tasks';
 const root = path.join(import.meta.dirname, '..', 'models');
 const models = existsSync(root) ? readdirSync(root).filter((m) => existsSync(path.join(root, m, 'eval.json'))) : [];
 
+const evalOf = (name: string): unknown => JSON.parse(readFileSync(path.join(root, name, 'eval.json'), 'utf8'));
+
 describe.each(models)('models/%s', (name) => {
-  const card = JSON.parse(readFileSync(path.join(root, name, 'eval.json'), 'utf8')) as Record<TaskName, unknown>;
+  const card = evalOf(name) as Record<TaskName, unknown>;
   const tasks: TaskName[] = name === 'edge-tiny' ? ['speech', 'email', 'arithmetic'] : ['email', 'arithmetic'];
 
   it.each(tasks)(
@@ -24,8 +26,8 @@ describe.each(models)('models/%s', (name) => {
       const metrics = await evaluateTask(model, task, taskPartition(task, { seed: 0 }).general.test);
       await model.release();
       expect(metrics).toEqual(card[task]);
-      // the cloud model's email pass takes ~70 s alone, longer beside the other test files
     },
+    // the cloud model's email pass takes ~70 s alone, longer beside the other test files
     600_000,
   );
 });
@@ -35,7 +37,7 @@ interface Figures {
   email: { accuracy: number };
   arithmetic: { exactMatch: number; byDifficulty: Record<string, { exactMatch: number }> };
 }
-const figuresOf = (name: string) => JSON.parse(readFileSync(path.join(root, name, 'eval.json'), 'utf8')) as Figures;
+const figuresOf = (name: string) => evalOf(name) as Figures;
 
 describe.runIf(['edge-tiny', 'edge-small', 'cloud'].every((m) => models.includes(m)))('the three checkpoints', () => {
   const [tiny, small, cloud] = ['edge-tiny', 'edge-small', 'cloud'].map(figuresOf) as [Figures, Figures, Figures];

@@ -62,6 +62,11 @@ export interface SpeechMetrics {
 /** The window every committed checkpoint was pretrained on (`pnpm models:pretrain --seq`). */
 export const TRAINED_CONTEXT = 256;
 
+/** Tokens a model is shown at once: the requested context, at most its positions. */
+function contextOf<C>(model: DecoderModel<C>, options: EvalOptions): number {
+  return Math.min(model.config.max_position_embeddings, options.contextTokens ?? TRAINED_CONTEXT);
+}
+
 export async function evaluateSpeech<C>(
   model: DecoderModel<C>,
   documents: readonly string[],
@@ -69,7 +74,7 @@ export async function evaluateSpeech<C>(
 ): Promise<SpeechMetrics> {
   // windows as long as the training windows (BOS + 255 bytes): positions a checkpoint never trained on
   // measure extrapolation, not modelling (the cloud model lost 0.3 bits per byte on them)
-  const window = Math.min(model.config.max_position_embeddings, options.contextTokens ?? TRAINED_CONTEXT) - 1;
+  const window = contextOf(model, options) - 1;
   const windows: number[][] = [];
   for (const doc of documents) {
     const bytes = tokenizer.encode(doc);
@@ -108,7 +113,7 @@ export async function evaluateEmail<C>(
   options: EvalOptions = {},
 ): Promise<EmailMetrics> {
   const batch = Math.max(2, options.batch ?? 8);
-  const context = Math.min(model.config.max_position_embeddings, options.contextTokens ?? TRAINED_CONTEXT);
+  const context = contextOf(model, options);
   const promptRoom = context - Math.max(...EMAIL_LABELS.map((l) => tokenizer.encode(l).length));
   let correct = 0;
   for (let i = 0; i < examples.length; i += batch / 2) {

@@ -6,6 +6,8 @@
 import { ByteTokenizer, Random, type TrainBatch } from '@floe/model';
 import { type Example, type Split, TASKS, type TaskName, taskPartition } from './tasks.js';
 
+const BOS = new ByteTokenizer().bos;
+
 export interface TrainRow {
   inputIds: number[];
   targets: number[];
@@ -48,7 +50,7 @@ export class WindowSampler implements RowSampler {
 
   row(random: Random): TrainRow {
     const start = random.integer(this.bytes.length - this.seqLen);
-    const row = [new ByteTokenizer().bos, ...this.bytes.subarray(start, start + this.seqLen)];
+    const row = [BOS, ...this.bytes.subarray(start, start + this.seqLen)];
     return { inputIds: row.slice(0, -1), targets: row.slice(1), weights: row.slice(1).map(() => 1) };
   }
 }
@@ -77,7 +79,7 @@ export class ExampleSampler implements RowSampler {
   }
 
   row(random: Random): TrainRow {
-    const tokens: number[] = [new ByteTokenizer().bos];
+    const tokens: number[] = [BOS];
     const weights: number[] = [];
     while (tokens.length <= this.seqLen) {
       const { bytes, promptBytes } = this.examples[random.integer(this.examples.length)]!;
