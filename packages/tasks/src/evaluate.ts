@@ -114,7 +114,8 @@ export async function evaluateEmail<C>(
 ): Promise<EmailMetrics> {
   const batch = Math.max(2, options.batch ?? 8);
   const context = contextOf(model, options);
-  const promptRoom = context - Math.max(...EMAIL_LABELS.map((l) => tokenizer.encode(l).length));
+  // the prompt keeps what training rows keep (ExampleSampler): room for the longest label and its newline
+  const promptRoom = context - Math.max(...EMAIL_LABELS.map((l) => tokenizer.encode(l).length)) - 1;
   let correct = 0;
   for (let i = 0; i < examples.length; i += batch / 2) {
     const chunk = examples.slice(i, i + batch / 2);
@@ -122,7 +123,6 @@ export async function evaluateEmail<C>(
     const targets: number[][] = [];
     const labelStart: number[] = [];
     for (const example of chunk) {
-      // a prompt longer than the trained context keeps its end, as training rows do
       const prompt = [tokenizer.bos, ...tokenizer.encode(example.prompt).slice(-promptRoom)];
       for (const label of EMAIL_LABELS) {
         const full = [...prompt, ...tokenizer.encode(label)];

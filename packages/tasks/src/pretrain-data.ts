@@ -56,14 +56,17 @@ export class WindowSampler implements RowSampler {
 }
 
 /**
- * Rows packed from randomly drawn examples (`prompt answer\n` each). An example longer than the window
- * keeps its end, so the answer is always learned (a window from the example's start would cut off an
- * email's label); the answer bytes weigh 1 and the prompt bytes `promptWeight`. The last example of a
- * row may be cut short. Known flaw (decision 0011): a cut example ends at the window's end, so where its
- * answer starts tells the answer's length; the cloud checkpoint learned that shortcut for email labels.
+ * Rows packed from randomly drawn examples (`prompt answer\n` each). A row's first example keeps at most the
+ * last `seqLen - longest answer` bytes of its prompt, so even an email longer than the window shows its
+ * label, and every label starts at the same position whatever its length: cutting the whole example to
+ * the window's end instead put ` spam` one position before ` ham`, and the cloud checkpoint learned the
+ * answer from that position (decision 0011). Answer bytes (and the newline) weigh 1, prompt bytes
+ * `promptWeight`. The last example of a row may be cut short.
  */
 export class ExampleSampler implements RowSampler {
   private readonly examples: { bytes: Uint8Array; promptBytes: number }[];
+  /** Bytes of the longest `answer\n`; a prompt keeps at most `seqLen` minus this. */
+  readonly longestAnswer: number;
 
   constructor(
     examples: readonly Example[],
@@ -76,6 +79,9 @@ export class ExampleSampler implements RowSampler {
       bytes: encoder.encode(`${e.prompt}${e.answer}\n`),
       promptBytes: encoder.encode(e.prompt).length,
     }));
+    this.longestAnswer = Math.max(...this.examples.map((e) => e.bytes.length - e.promptBytes));
+    if (this.longestAnswer >= seqLen)
+      throw new Error(`an answer of ${this.longestAnswer} bytes leaves no room for its prompt in ${seqLen}`);
   }
 
   row(random: Random): TrainRow {
@@ -84,7 +90,7 @@ export class ExampleSampler implements RowSampler {
     while (tokens.length <= this.seqLen) {
       const { bytes, promptBytes } = this.examples[random.integer(this.examples.length)]!;
       const room = this.seqLen + 1 - tokens.length;
-      const from = tokens.length === 1 ? Math.max(0, bytes.length - room) : 0;
+      const from = tokens.length === 1 ? Math.max(0, promptBytes - (this.seqLen - this.longestAnswer)) : 0;
       const to = Math.min(bytes.length, from + room);
       for (let i = from; i < to; i++) {
         tokens.push(bytes[i]!);

@@ -101,7 +101,7 @@ describe('email metrics', () => {
       answer: i % 3 === 0 ? ' spam' : ' ham',
     }));
     const context = 40; // the model has 64 positions; the prompts are 130 to 250 bytes
-    const ends = long.map((e) => ({ ...e, prompt: e.prompt.slice(-(context - ' spam'.length)) }));
+    const ends = long.map((e) => ({ ...e, prompt: e.prompt.slice(-(context - ' spam\n'.length)) }));
     const onEnds = await evaluateEmail(model, ends, { contextTokens: 64 });
     expect(await evaluateEmail(model, long, { contextTokens: context })).toEqual(onEnds);
     expect(onEnds.examples).toBe(16);

@@ -57,13 +57,36 @@ describe('packed example rows', () => {
     }
   });
 
-  it('keep the end of an example longer than the window, so its answer is learned', () => {
+  it('keep the end of a prompt longer than the window, so its answer is learned', () => {
     const prompt = `Subject: long\n${'word '.repeat(100)}\nlabel:`;
     const sampler = new ExampleSampler([{ prompt, answer: ' spam' }], 32);
     const row = sampler.row(new Random(2));
     expect(textOf(row.targets)).toBe(`${prompt} spam\n`.slice(-32));
     expect(row.weights.slice(-6)).toEqual([1, 1, 1, 1, 1, 1]);
     expect(row.weights[0]).toBe(DEFAULT_PROMPT_WEIGHT);
+  });
+
+  it('start every label of a cut prompt at the same position, whatever its length', () => {
+    const prompt = `Subject: long\n${'word '.repeat(100)}\nlabel:`;
+    const sampler = new ExampleSampler(
+      [
+        { prompt, answer: ' spam' },
+        { prompt, answer: ' ham' },
+      ],
+      64,
+    );
+    const random = new Random(4);
+    const starts = new Map<string, Set<number>>();
+    for (let r = 0; r < 40; r++) {
+      const text = textOf(sampler.row(random).targets);
+      const label = /\nlabel: (spam|ham)\n/.exec(text);
+      expect(label, text).not.toBeNull();
+      const at = text.indexOf('label:') + 'label:'.length;
+      starts.set(label![1]!, (starts.get(label![1]!) ?? new Set()).add(at));
+    }
+    // the prompt keeps 64 - " spam\n".length bytes for both labels
+    expect(starts.get('spam')).toEqual(new Set([58]));
+    expect(starts.get('ham')).toEqual(new Set([58]));
   });
 
   it('show every email row its label (most messages are longer than the window)', () => {
