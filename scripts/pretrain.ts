@@ -113,11 +113,15 @@ const trainer = await OrtTrainer.create(config, initWeights(config, seed), {
   seqLen,
 });
 
+/** Settings a resumed run must share with the run that saved the state, or it would mix two objectives. */
+const settings = { steps, seqLen, rows, micro, peakLr, seed, mixture, promptWeight };
+
 interface Progress {
+  settings: typeof settings;
   elapsedSeconds: number;
   losses: [step: number, loss: number][];
 }
-let progress: Progress = { elapsedSeconds: 0, losses: [] };
+let progress: Progress = { settings, elapsedSeconds: 0, losses: [] };
 const statePath = path.join(stateDir, 'state.safetensors');
 if (values.fresh) await rm(stateDir, { recursive: true, force: true });
 if (existsSync(statePath)) {
@@ -132,6 +136,19 @@ if (existsSync(statePath)) {
   });
   trainer.restore({ step: Number(saved.metadata['step']), tensors });
   progress = JSON.parse(await readFile(path.join(stateDir, 'progress.json'), 'utf8')) as Progress;
+  const changed = Object.keys(settings).filter(
+    (key) =>
+      JSON.stringify(progress.settings?.[key as keyof typeof settings]) !==
+      JSON.stringify(settings[key as keyof typeof settings]),
+  );
+  if (changed.length > 0) {
+    console.error(
+      `${stateDir} was saved by a run with other settings (${changed.join(', ')}): ` +
+        `was ${JSON.stringify(progress.settings ?? {})}, now ${JSON.stringify(settings)}; ` +
+        'pass the same settings or start over with --fresh',
+    );
+    process.exit(2);
+  }
   console.log(`resuming ${name} at step ${trainer.state().step} of ${steps}`);
 }
 
@@ -216,7 +233,7 @@ A byte-level Llama-family model trained from scratch by Floe-TS (\`pnpm models:p
 | shape | hidden ${config.hidden_size}, ${config.num_hidden_layers} layers, ${config.num_attention_heads} heads (${config.num_key_value_heads} key/value), MLP ${config.intermediate_size}, tied embeddings: ${config.tie_word_embeddings} |
 | vocabulary | 256 bytes + \`<bos>\` 256, \`<eos>\` 257, \`<pad>\` 258 |
 | context | ${config.max_position_embeddings} positions; trained on ${seqLen}-byte windows |
-| data | general (non-client) corpora of the seed-${seed} partitions: speech ${data.bytesByTask.speech.toLocaleString('en-US')} bytes (State of the Union addresses of non-client presidents, Moby-Dick), email ${data.bytesByTask.email.toLocaleString('en-US')} bytes, arithmetic ${data.bytesByTask.arithmetic.toLocaleString('en-US')} bytes; mixture ${JSON.stringify(data.mixture)}; rows are windows of speech and packed email/arithmetic examples (an example longer than the window keeps its end), prompt bytes weigh ${promptWeight} of the answer bytes in the loss |
+| data | general (non-client) corpora of the seed-${seed} partitions: speech ${data.bytesByTask.speech.toLocaleString('en-US')} bytes (State of the Union addresses of non-client presidents, Moby-Dick), email ${data.bytesByTask.email.toLocaleString('en-US')} bytes, arithmetic ${data.bytesByTask.arithmetic.toLocaleString('en-US')} bytes; mixture ${JSON.stringify(data.mixture)}; rows are windows of speech and packed email/arithmetic examples (a prompt longer than the window keeps its last bytes, the same number for every answer), prompt bytes weigh ${promptWeight} of the answer bytes in the loss |
 | training | ${steps} steps x ${tokensPerStep} tokens = ${(steps * tokensPerStep).toLocaleString('en-US')} tokens; AdamW (b2 0.99, wd 0.1, clip 1), peak lr ${peakLr}, warm-up ${warmup} steps, cosine to 10% |
 | engine | ONNX Runtime training graph (packages/model/src/onnx/llama-train-graph.ts) |
 | wall time | ${(progress.elapsedSeconds / 60).toFixed(1)} min on ${cpu}, ${os.cpus().length} cores |
