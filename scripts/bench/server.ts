@@ -4,14 +4,12 @@
  * and validating a frame, and the wall time of a round with 200 socket.io clients on loopback (the
  * server in its own process, as deployed; the clients in this one).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { SingleBar } from 'cli-progress';
 import { LORA_MODULES, MODEL_PRESETS, architectureOf } from '@floe/model';
-import { type ClientUpdate, STRATEGIES, updateProblems } from '@floe/server';
+import { type ClientUpdate, STRATEGIES, spawnServerProcess, updateProblems } from '@floe/server';
 import {
   type JobSpec,
   type JobSummary,
@@ -112,31 +110,17 @@ function aggregation(rows: BenchResult['rows'], data: Record<string, unknown>): 
   data.aggregationSeconds = results;
 }
 
-async function spawnServer(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
-  const main = path.resolve(import.meta.dirname, '../../packages/server/src/main.ts');
-  const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=floe-source', main], {
-    env: {
-      ...process.env,
-      FLOE_HOST: '127.0.0.1',
-      FLOE_PORT: '0',
-      FLOE_DATA_DIR: dataDir,
-      FLOE_JOIN_TOKEN: JOIN,
-      FLOE_ADMIN_TOKEN: ADMIN,
-      FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
-      FLOE_GATHER_MS: '600000',
-      FLOE_LOG_LEVEL: 'info',
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
+const spawnServer = (dataDir: string) =>
+  spawnServerProcess({
+    FLOE_HOST: '127.0.0.1',
+    FLOE_PORT: '0',
+    FLOE_DATA_DIR: dataDir,
+    FLOE_JOIN_TOKEN: JOIN,
+    FLOE_ADMIN_TOKEN: ADMIN,
+    FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
+    FLOE_GATHER_MS: '600000',
+    FLOE_LOG_LEVEL: 'info',
   });
-  const url = await new Promise<string>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`server exited with ${String(code)}`)));
-    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      const entry = JSON.parse(line) as { msg?: string; url?: string };
-      if (entry.msg === 'floe server listening' && entry.url) resolve(entry.url);
-    });
-  });
-  return { child, url };
-}
 
 async function rounds(rows: BenchResult['rows'], data: Record<string, unknown>): Promise<void> {
   const clients = 200;

@@ -2,14 +2,13 @@
  * The server as people run it (packages/server/src/main.ts in its own process), killed with SIGKILL
  * in the middle of a round and started again on the same data directory.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ServerConnection, enroll } from '@floe/edge-client';
+import { spawnServerProcess } from '@floe/server';
 import { type JobSummary, type RoundStart, toWireAdapter } from '@floe/shared';
 import { DEFAULT_PROFILE, type SyntheticDevice, sampleAdapter } from '@floe/simulator';
 import {
@@ -23,37 +22,19 @@ import {
   waitForJob,
 } from './helpers.js';
 
-const MAIN = path.resolve(import.meta.dirname, '../../packages/server/src/main.ts');
 const PLAN = { rank: 4, targetModules: ['q_proj', 'v_proj'] };
 const DISTRIBUTION = { seed: 5, scale: 0.05, noise: 0.5 };
 
-async function spawnServer(dataDir: string, port: number): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=floe-source', MAIN], {
-    env: {
-      ...process.env,
-      FLOE_HOST: '127.0.0.1',
-      FLOE_PORT: String(port),
-      FLOE_DATA_DIR: dataDir,
-      FLOE_JOIN_TOKEN: JOIN_TOKEN,
-      FLOE_ADMIN_TOKEN: ADMIN_TOKEN,
-      FLOE_RESTART_GRACE_MS: '30000',
-      FLOE_RATE_LIMIT_MESSAGES: '1000',
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
+const spawnServer = (dataDir: string, port: number) =>
+  spawnServerProcess({
+    FLOE_HOST: '127.0.0.1',
+    FLOE_PORT: String(port),
+    FLOE_DATA_DIR: dataDir,
+    FLOE_JOIN_TOKEN: JOIN_TOKEN,
+    FLOE_ADMIN_TOKEN: ADMIN_TOKEN,
+    FLOE_RESTART_GRACE_MS: '30000',
+    FLOE_RATE_LIMIT_MESSAGES: '1000',
   });
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('server did not start')), 30_000);
-    child.once('exit', (code) => reject(new Error(`server exited with ${String(code)}`)));
-    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      const entry = JSON.parse(line) as { msg?: string; url?: string };
-      if (entry.msg === 'floe server listening' && entry.url) {
-        clearTimeout(timer);
-        resolve(entry.url);
-      }
-    });
-  });
-  return { child, url };
-}
 
 describe('SIGKILL mid-round', () => {
   const cleanup: (() => unknown)[] = [];
@@ -158,4 +139,14 @@ describe('corrupted state', () => {
       await test.close();
     }
   });
+});
+
+describe('bad settings', () => {
+  it('stop the server process at start-up instead of leaving it half-started', async () => {
+    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-settings-'));
+    await expect(
+      spawnServerProcess({ FLOE_HOST: '127.0.0.1', FLOE_PORT: 'eighty', FLOE_DATA_DIR: dataDir }),
+    ).rejects.toThrow(/server exited with 2/);
+    await rm(dataDir, { recursive: true, force: true });
+  }, 60_000);
 });

@@ -7,3 +7,4 @@ export * from './config.js';
 export * from './store/store.js';
 export * from './rounds/coordinator.js';
 export * from './rounds/sampling.js';
+export * from './process.js';

@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { startServer } from './app.js';
-import { configFromEnv } from './config.js';
+import { type ServerConfig, configFromEnv } from './config.js';
 
 const { values } = parseArgs({
   options: {
@@ -18,20 +18,27 @@ const { values } = parseArgs({
   },
 });
 
-const config = configFromEnv();
-if (values.host) config.host = values.host;
-if (values.port) config.port = Number(values.port);
-if (values['data-dir']) config.dataDir = values['data-dir'];
+function fail(message: string): never {
+  console.error(`floe-server: ${message}`);
+  process.exit(2);
+}
+
+let config: ServerConfig;
+try {
+  config = configFromEnv({
+    ...process.env,
+    ...(values.host && { FLOE_HOST: values.host }),
+    ...(values.port && { FLOE_PORT: values.port }),
+    ...(values['data-dir'] && { FLOE_DATA_DIR: values['data-dir'] }),
+  });
+} catch (error) {
+  fail(error instanceof Error ? error.message : String(error));
+}
 
 const dev = process.env.FLOE_DEV === '1';
 for (const key of ['joinToken', 'adminToken'] as const) {
   if (config[key]) continue;
-  if (!dev) {
-    console.error(
-      `floe-server: set FLOE_${key === 'joinToken' ? 'JOIN' : 'ADMIN'}_TOKEN (or FLOE_DEV=1 to generate one)`,
-    );
-    process.exit(2);
-  }
+  if (!dev) fail(`set FLOE_${key === 'joinToken' ? 'JOIN' : 'ADMIN'}_TOKEN (or FLOE_DEV=1 to generate one)`);
   config[key] = randomBytes(16).toString('hex');
   console.error(`floe-server (dev): ${key} = ${config[key]}`);
 }
