@@ -7,6 +7,7 @@
  */
 import { ByteTokenizer, type DecoderModel, generate } from '@floe/model';
 import type { LoraAdapter } from '@floe/shared';
+import { promptRoom } from './pretrain-data.js';
 import type { Example, TaskName } from './tasks.js';
 
 export interface EvalOptions {
@@ -114,8 +115,8 @@ export async function evaluateEmail<C>(
 ): Promise<EmailMetrics> {
   const batch = Math.max(2, options.batch ?? 8);
   const context = contextOf(model, options);
-  // the prompt keeps what training rows keep (ExampleSampler): room for the longest label and its newline
-  const promptRoom = context - Math.max(...EMAIL_LABELS.map((l) => tokenizer.encode(l).length)) - 1;
+  // a long prompt keeps what training rows keep of it (ExampleSampler)
+  const room = promptRoom(context, EMAIL_LABELS);
   let correct = 0;
   for (let i = 0; i < examples.length; i += batch / 2) {
     const chunk = examples.slice(i, i + batch / 2);
@@ -123,7 +124,7 @@ export async function evaluateEmail<C>(
     const targets: number[][] = [];
     const labelStart: number[] = [];
     for (const example of chunk) {
-      const prompt = [tokenizer.bos, ...tokenizer.encode(example.prompt).slice(-promptRoom)];
+      const prompt = [tokenizer.bos, ...tokenizer.encode(example.prompt).slice(-room)];
       for (const label of EMAIL_LABELS) {
         const full = [...prompt, ...tokenizer.encode(label)];
         rows.push(full.slice(0, -1));

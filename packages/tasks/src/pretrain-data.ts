@@ -56,8 +56,19 @@ export class WindowSampler implements RowSampler {
 }
 
 /**
+ * Bytes of a prompt kept in a `seqLen`-byte window: the window less the longest `answer\n`, so every
+ * answer of a cut prompt starts at the same position (training rows and email evaluation both cut so).
+ */
+export function promptRoom(seqLen: number, answers: readonly string[]): number {
+  const encoder = new TextEncoder();
+  const room = seqLen - Math.max(...answers.map((a) => encoder.encode(`${a}\n`).length));
+  if (room <= 0) throw new Error(`a ${seqLen}-byte window leaves no room for a prompt before its answer`);
+  return room;
+}
+
+/**
  * Rows packed from randomly drawn examples (`prompt answer\n` each). A row's first example keeps at most the
- * last `seqLen - longest answer` bytes of its prompt, so even an email longer than the window shows its
+ * last `promptRoom` bytes of its prompt, so even an email longer than the window shows its
  * label, and every label starts at the same position whatever its length: cutting the whole example to
  * the window's end instead put ` spam` one position before ` ham`, and the cloud checkpoint learned the
  * answer from that position (decision 0011). Answer bytes (and the newline) weigh 1, prompt bytes
@@ -65,8 +76,8 @@ export class WindowSampler implements RowSampler {
  */
 export class ExampleSampler implements RowSampler {
   private readonly examples: { bytes: Uint8Array; promptBytes: number }[];
-  /** Bytes of the longest `answer\n`; a prompt keeps at most `seqLen` minus this. */
-  readonly longestAnswer: number;
+  /** Bytes a row's first prompt keeps at most (`promptRoom`). */
+  readonly promptRoom: number;
 
   constructor(
     examples: readonly Example[],
@@ -79,9 +90,10 @@ export class ExampleSampler implements RowSampler {
       bytes: encoder.encode(`${e.prompt}${e.answer}\n`),
       promptBytes: encoder.encode(e.prompt).length,
     }));
-    this.longestAnswer = Math.max(...this.examples.map((e) => e.bytes.length - e.promptBytes));
-    if (this.longestAnswer >= seqLen)
-      throw new Error(`an answer of ${this.longestAnswer} bytes leaves no room for its prompt in ${seqLen}`);
+    this.promptRoom = promptRoom(
+      seqLen,
+      examples.map((e) => e.answer),
+    );
   }
 
   row(random: Random): TrainRow {
@@ -90,7 +102,7 @@ export class ExampleSampler implements RowSampler {
     while (tokens.length <= this.seqLen) {
       const { bytes, promptBytes } = this.examples[random.integer(this.examples.length)]!;
       const room = this.seqLen + 1 - tokens.length;
-      const from = tokens.length === 1 ? Math.max(0, promptBytes - (this.seqLen - this.longestAnswer)) : 0;
+      const from = tokens.length === 1 ? Math.max(0, promptBytes - this.promptRoom) : 0;
       const to = Math.min(bytes.length, from + room);
       for (let i = from; i < to; i++) {
         tokens.push(bytes[i]!);
