@@ -11,7 +11,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { StrategyName } from '@floe/shared';
 import { METRIC_NAME, runLocalFederation } from '@floe/simulator';
-import { TASKS, type TaskName } from '@floe/tasks';
+import { TASKS, TRAINED_CONTEXT, type TaskName } from '@floe/tasks';
 
 const { values } = parseArgs({
   options: {
@@ -51,8 +51,9 @@ const options = {
   alpha: Number(values.alpha),
   targetModules: values.modules.split(','),
   batch: Number(values.batch),
-  // an email example (subject, body, label) needs ~330 bytes; prose and problems train on shorter windows
-  seqLen: Number(values.seq ?? (task === 'email' ? 384 : 128)),
+  // email trains on the rows it is scored on (the prompt's last bytes and the label at one position, inside
+  // the pretrained window); prose and problems train on shorter windows
+  seqLen: Number(values.seq ?? (task === 'email' ? TRAINED_CONTEXT : 128)),
   seed: Number(values.seed),
 };
 const metric = METRIC_NAME[task];

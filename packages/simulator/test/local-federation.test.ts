@@ -13,7 +13,7 @@ const options: LocalFederationOptions = {
   alpha: 8,
   targetModules: ['q_proj', 'v_proj'],
   batch: 2,
-  seqLen: 384,
+  seqLen: 256,
   seed: 0,
 };
 
