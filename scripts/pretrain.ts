@@ -32,6 +32,7 @@ import {
   type Mixture,
   PretrainData,
   TASKS,
+  TRAINED_CONTEXT,
   evaluateTask,
   taskPartition,
 } from '@floe/tasks';
@@ -62,7 +63,7 @@ const { positionals, values } = parseArgs({
   allowPositionals: true,
   options: {
     steps: { type: 'string' },
-    seq: { type: 'string', default: '256' },
+    seq: { type: 'string', default: String(TRAINED_CONTEXT) },
     batch: { type: 'string', default: '16' },
     micro: { type: 'string', default: '8' },
     lr: { type: 'string' },
