@@ -36,6 +36,7 @@ import {
   evaluateTask,
   taskPartition,
 } from '@floe/tasks';
+import { type HeldOutFigures, knownGapsSection } from './lib/known-gaps.js';
 
 // Steps, peak learning rates and mixtures of the committed checkpoints. The cloud gets a larger
 // arithmetic share for its 2-digit +/- target (>= 90% exact match) and as many steps as fit in the
@@ -249,6 +250,7 @@ Reproduce with \`pnpm eval --model models/${name} --task TASK --split general:te
 ${JSON.stringify(figures, null, 2)}
 \`\`\`
 
+${knownGapsSection(name, config, figures as HeldOutFigures, path.dirname(out))}
 ## Training loss
 
 ${lossTable(progress.losses)}

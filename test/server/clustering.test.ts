@@ -1,8 +1,34 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adjustedRandIndex } from '@floe/server';
-import type { JobSummary } from '@floe/shared';
-import type { SyntheticDevice } from '@floe/simulator';
+import { UpdateSketch, adjustedRandIndex } from '@floe/server';
+import type { JobSummary, RoundStart } from '@floe/shared';
+import { type SyntheticDevice, type UpdateDistribution, sampleAdapter } from '@floe/simulator';
 import { type TestServer, jobSpec, startDevices, startTestServer, waitForJob } from './helpers.js';
+
+/** Two update distributions that share most of their direction (see `common`), with client noise. */
+const distribution = (task: number): UpdateDistribution => ({ seed: 10 + task, scale: 0.05, noise: 0.5, common: 1.85 });
+
+/** Cosine of the noise-free products of two distributions, as the server's sketch sees them. */
+function productCosine(a: UpdateDistribution, b: UpdateDistribution): number {
+  const { baseModel, targetModules } = jobSpec();
+  const start: RoundStart = {
+    type: 'round_start',
+    jobId: 'probe',
+    round: 0,
+    clusterId: 0,
+    deadline: 0,
+    adapter: null,
+    config: { baseModel, targetModules, rank: 4, alpha: 16, localSteps: 1, learningRate: 1e-3, batchSize: 1 },
+  };
+  const sketch = new UpdateSketch(256, 3);
+  const [x, y] = [a, b].map((d) => sketch.sketch(sampleAdapter(start, undefined, { ...d, noise: 0 }, 0)));
+  let [xy, xx, yy] = [0, 0, 0];
+  x!.forEach((v, k) => {
+    xy += v * y![k]!;
+    xx += v * v;
+    yy += y![k]! * y![k]!;
+  });
+  return xy / Math.sqrt(xx * yy);
+}
 
 describe('task-aware clustering on the live server', () => {
   let test: TestServer;
@@ -13,7 +39,7 @@ describe('task-aware clustering on the live server', () => {
     test = await startTestServer();
     devices = await startDevices(test.url, 20, (i) => ({
       plan: { rank: [4, 8][Math.floor(i / 2) % 2] as number, targetModules: ['q_proj', 'v_proj'] },
-      distribution: { seed: 10 + (truth[i] as number), scale: 0.05, noise: 0.5 },
+      distribution: distribution(truth[i]!),
       clientSeed: i,
     }));
   });
@@ -22,7 +48,8 @@ describe('task-aware clustering on the live server', () => {
     await test.close();
   });
 
-  it('puts clients of two update distributions in two clusters (ARI 1.0) whose ids stay stable', async () => {
+  it('puts clients of two distributions whose products have cosine > 0.5 in two clusters (ARI 1.0), ids stable', async () => {
+    expect(productCosine(distribution(0), distribution(1))).toBeGreaterThan(0.5);
     const created = await test.admin<JobSummary>(
       'POST',
       '/v1/jobs',

@@ -4,9 +4,11 @@ import {
   type ErrorMessage,
   type JobSummary,
   type RoundStart,
+  type Update,
   type UpdateAck,
   PROTOCOL_VERSION,
   encodeMessage,
+  fromWireAdapter,
   toWireAdapter,
 } from '@floe/shared';
 import { DEFAULT_PROFILE, type SyntheticDevice, sampleAdapter } from '@floe/simulator';
@@ -14,6 +16,41 @@ import { JOIN_TOKEN, type TestServer, jobSpec, startDevices, startTestServer, wa
 
 const PLAN = { rank: 8, targetModules: ['q_proj', 'v_proj'] };
 const DISTRIBUTION = { seed: 3, scale: 0.05, noise: 0.5 };
+
+/** Ways a device spoils its own update, and the refusal each must get. */
+const TAMPERS: { code: string; tamper: (start: RoundStart, update: Omit<Update, 'type'>) => Omit<Update, 'type'> }[] = [
+  {
+    // factors of rank 7 where rank 8 was planned
+    code: 'wrong_shape',
+    tamper: (start, update) => {
+      const wrong = sampleAdapter({ ...start, config: { ...start.config, rank: 7 } }, undefined, DISTRIBUTION, 1);
+      return { ...update, adapter: toWireAdapter(wrong) };
+    },
+  },
+  {
+    code: 'non_finite',
+    tamper: (_, update) => {
+      const tensor = update.adapter.tensors[0];
+      if (tensor) new DataView(tensor.data.buffer, tensor.data.byteOffset).setFloat32(4, Number.NaN, true);
+      return update;
+    },
+  },
+  { code: 'wrong_rank', tamper: (_, update) => ({ ...update, plan: { ...update.plan, rank: 4 } }) },
+  {
+    code: 'wrong_modules',
+    tamper: (_, update) => ({ ...update, plan: { ...update.plan, targetModules: ['q_proj', 'k_proj'] } }),
+  },
+  { code: 'wrong_layers', tamper: (_, update) => ({ ...update, plan: { ...update.plan, layers: [0] } }) },
+  {
+    // every B scaled by 1e5: the product (alpha/r) B A is far beyond the job's norm bound (1e4)
+    code: 'norm_too_large',
+    tamper: (_, update) => {
+      const adapter = fromWireAdapter(update.adapter);
+      for (const factors of adapter.modules.values()) factors.B = factors.B.map((x) => x * 1e5);
+      return { ...update, adapter: toWireAdapter(adapter) };
+    },
+  },
+];
 
 /** A client driven by hand: answers its round_start with `answer`, recording the reply. */
 async function manualClient(
@@ -38,23 +75,11 @@ describe('bad input', () => {
   beforeAll(async () => {
     test = await startTestServer({ maxFrameBytes: 256 * 1024 });
     good = await startDevices(test.url, 10, (i) => ({ plan: PLAN, distribution: DISTRIBUTION, clientSeed: i }));
-    tampered = await startDevices(test.url, 3, (i) => ({
+    tampered = await startDevices(test.url, TAMPERS.length, (i) => ({
       plan: PLAN,
       distribution: DISTRIBUTION,
       clientSeed: 100 + i,
-      tamper: (start, update) => {
-        if (i === 0) {
-          // wrong shape: factors of rank 7 where rank 8 was planned
-          const wrong = sampleAdapter({ ...start, config: { ...start.config, rank: 7 } }, undefined, DISTRIBUTION, 1);
-          return { ...update, adapter: toWireAdapter(wrong) };
-        }
-        if (i === 1) {
-          const tensor = update.adapter.tensors[0];
-          if (tensor) new DataView(tensor.data.buffer, tensor.data.byteOffset).setFloat32(4, Number.NaN, true);
-          return update;
-        }
-        return { ...update, plan: { ...update.plan, rank: 4 } };
-      },
+      tamper: TAMPERS[i]!.tamper,
     }));
     const sendRaw = (bytes: Uint8Array) => (connection: ServerConnection, start: RoundStart) =>
       connection.sendFrame('update', bytes, start.jobId, start.round, 10_000);
@@ -80,7 +105,7 @@ describe('bad input', () => {
     const created = await test.admin<JobSummary>(
       'POST',
       '/v1/jobs',
-      jobSpec({ rounds: 1, clientsPerRound: 15, quorum: 10, roundDeadlineSec: 8 }),
+      jobSpec({ rounds: 1, clientsPerRound: 10 + TAMPERS.length + 2, quorum: 10, roundDeadlineSec: 8 }),
     );
     expect(created.status).toBe(201);
     job = await waitForJob(test, created.body.id);
@@ -92,24 +117,32 @@ describe('bad input', () => {
     await test.close();
   });
 
-  it('refuses malformed, oversized, wrong-shape, NaN and wrong-rank updates with an error reply', async () => {
+  it('refuses malformed, oversized, wrong-shape, NaN, wrong-rank, wrong-module, wrong-layer and oversized-norm updates', async () => {
     const [malformed, oversized] = await Promise.all(manual.map((m) => m.reply));
     expect(malformed).toMatchObject({ type: 'error', code: 'bad_magic' });
     expect(oversized).toMatchObject({ type: 'error', code: 'too_large' });
-    const codes = tampered.map((d) => d.acks[0]);
-    expect(codes[0]).toMatchObject({ type: 'update_ack', accepted: false, error: { code: 'wrong_shape' } });
-    expect(codes[1]).toMatchObject({ type: 'update_ack', accepted: false, error: { code: 'non_finite' } });
-    expect(codes[2]).toMatchObject({ type: 'update_ack', accepted: false, error: { code: 'wrong_rank' } });
+    const acks = tampered.map((d) => d.acks);
+    expect(acks).toEqual(
+      TAMPERS.map(({ code }) => [
+        { type: 'update_ack', jobId: job.id, round: 0, accepted: false, error: { code, message: expect.any(String) } },
+      ]),
+    );
   });
 
   it('completes the round with the sound updates', () => {
     expect(job.status).toBe('completed');
-    expect(job.rounds[0]).toMatchObject({ status: 'aggregated', sampled: 15, accepted: 10, rejected: 3, dropped: 2 });
+    expect(job.rounds[0]).toMatchObject({
+      status: 'aggregated',
+      sampled: 10 + TAMPERS.length + 2,
+      accepted: 10,
+      rejected: TAMPERS.length,
+      dropped: 2,
+    });
     for (const device of good)
       expect(device.acks).toEqual([{ type: 'update_ack', jobId: job.id, round: 0, accepted: true }]);
   });
 
-  it('answers unknown events and updates from clients that were not sampled with an error', async () => {
+  it('answers unknown events, and updates for a job that has finished, with an error', async () => {
     const bystander = await manualClient(test.url, () => Promise.reject(new Error('never sampled')));
     try {
       const update = encodeMessage({
@@ -130,6 +163,55 @@ describe('bad input', () => {
     }
     const health = await fetch(`${test.url}/healthz`);
     expect(health.status).toBe(200);
+  });
+});
+
+describe('a client outside the round', () => {
+  it('is refused with not_sampled, and the round goes on with the sampled clients', async () => {
+    const test = await startTestServer();
+    const clients = await Promise.all(
+      [0, 1, 2].map(async () => {
+        const { credential } = await enroll(test.url, JOIN_TOKEN, DEFAULT_PROFILE);
+        const connection = await ServerConnection.open(test.url, credential, { profile: DEFAULT_PROFILE, plan: PLAN });
+        const starts: RoundStart[] = [];
+        connection.on('round_start', (start) => starts.push(start));
+        return { connection, starts };
+      }),
+    );
+    try {
+      const created = await test.admin<JobSummary>(
+        'POST',
+        '/v1/jobs',
+        jobSpec({ rounds: 1, clientsPerRound: 2, quorum: 2, roundDeadlineSec: 30 }),
+      );
+      await expect.poll(() => clients.filter((c) => c.starts.length > 0).length, { timeout: 10_000 }).toBe(2);
+      const outsider = clients.find((c) => c.starts.length === 0)!;
+      const [start] = clients.find((c) => c.starts.length > 0)!.starts;
+      const update = {
+        jobId: created.body.id,
+        round: 0,
+        numSamples: 10,
+        plan: PLAN,
+        adapter: toWireAdapter(sampleAdapter(start!, undefined, DISTRIBUTION, 1)),
+        metrics: {},
+      };
+      expect(await outsider.connection.sendUpdate(update)).toMatchObject({
+        accepted: false,
+        error: { code: 'not_sampled' },
+      });
+      // the two sampled clients answer and the round aggregates without the outsider
+      for (const client of clients.filter((c) => c.starts.length > 0)) {
+        const own = sampleAdapter(client.starts[0]!, undefined, DISTRIBUTION, 2);
+        expect(await client.connection.sendUpdate({ ...update, adapter: toWireAdapter(own) })).toMatchObject({
+          accepted: true,
+        });
+      }
+      const job = await waitForJob(test, created.body.id);
+      expect(job.rounds[0]).toMatchObject({ status: 'aggregated', sampled: 2, accepted: 2, rejected: 0 });
+    } finally {
+      clients.forEach((c) => c.connection.close());
+      await test.close();
+    }
   });
 });
 

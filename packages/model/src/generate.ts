@@ -38,6 +38,12 @@ export interface Generation {
   text: string;
   tokens: number[];
   finishReason: FinishReason;
+  /**
+   * Greedy decoding only: the smallest gap, over the steps, between the chosen token's logit and the
+   * best other token's (Infinity when sampled or when nothing was decoded). A step within float noise
+   * of a tie may choose differently on another CPU.
+   */
+  margin: number;
 }
 
 export interface TokenEvent {
@@ -87,6 +93,16 @@ export function sampleToken(
   return (candidates.at(-1) as { id: number }).id;
 }
 
+/** Logit of `chosen` less the best logit of any other token that may be sampled. */
+export function greedyMargin(logits: ArrayLike<number>, config: LlamaConfig, chosen: number): number {
+  let runnerUp = -Infinity;
+  for (let id = 0; id < logits.length; id++) {
+    if (id === chosen || id === config.pad_token_id || id === config.bos_token_id) continue;
+    runnerUp = Math.max(runnerUp, logits[id] as number);
+  }
+  return (logits[chosen] as number) - runnerUp;
+}
+
 /** Streams tokens of a batch of prompts as they are decoded; returns the finished generations. */
 export async function* streamGenerate<C>(
   model: DecoderModel<C>,
@@ -108,7 +124,8 @@ export async function* streamGenerate<C>(
     ...new Array<number>(width - row.length).fill(0),
     ...new Array<number>(row.length).fill(1),
   ]);
-  const results: Generation[] = prompts.map(() => ({ text: '', tokens: [], finishReason: 'length' }));
+  const results: Generation[] = prompts.map(() => ({ text: '', tokens: [], finishReason: 'length', margin: Infinity }));
+  const greedy = (options.temperature ?? 0) <= 0;
   const done = prompts.map(() => false);
   const V = config.vocab_size;
 
@@ -122,9 +139,11 @@ export async function* streamGenerate<C>(
         continue;
       }
       const offset = (b * seqOfLogits + seqOfLogits - 1) * V;
-      const token = sampleToken(step.logits.subarray(offset, offset + V), config, options, random);
+      const row = step.logits.subarray(offset, offset + V);
+      const token = sampleToken(row, config, options, random);
       next.push(token);
       const result = results[b] as Generation;
+      if (greedy) result.margin = Math.min(result.margin, greedyMargin(row, config, token));
       if (token === config.eos_token_id) {
         result.finishReason = 'eos';
         done[b] = true;

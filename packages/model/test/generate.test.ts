@@ -6,6 +6,7 @@ import {
   TfjsDecoder,
   TfjsLlama,
   generate,
+  greedyMargin,
   sampleToken,
   selectTfjsBackend,
   streamGenerate,
@@ -39,6 +40,8 @@ async function greedyByRecomputation(prompt: string, n: number): Promise<number[
 describe('generation', () => {
   it('greedy decoding with the KV cache equals greedy decoding by full recomputation', async () => {
     const [g] = await generate(model, ['The union is'], { maxNewTokens: 12 });
+    // two computations of the same logits agree to ~1e-6, so compare tokens only where no step is a near tie
+    expect(g!.margin).toBeGreaterThan(1e-3);
     expect(g!.tokens).toEqual(await greedyByRecomputation('The union is', 12));
     expect(g!.finishReason).toBe('length');
   });
@@ -59,6 +62,7 @@ describe('generation', () => {
       const prompts = ['We hold these', 'x'];
       const a = await generate(new TfjsDecoder(tf), prompts, { maxNewTokens: 8, lora: adapter });
       const b = await generate(model, prompts, { maxNewTokens: 8, lora: adapter });
+      for (const g of b) expect(g.margin).toBeGreaterThan(1e-3); // tfjs and ORT logits agree to ~1e-5
       expect(a.map((g) => g.tokens)).toEqual(b.map((g) => g.tokens));
     } finally {
       tf.dispose();
@@ -93,6 +97,7 @@ describe('generation', () => {
     const c = await generate(model, ['x'], { ...opts, seed: 2 });
     expect(a[0]!.tokens).toEqual(b[0]!.tokens);
     expect(a[0]!.tokens).not.toEqual(c[0]!.tokens);
+    expect(a[0]!.margin).toBe(Infinity); // a margin is a greedy figure
   });
 
   it('refuses a prompt that would run past max_position_embeddings', async () => {
@@ -117,8 +122,10 @@ describe('sampleToken', () => {
     return seen;
   }
 
-  it('greedy picks the best allowed token', () => {
+  it('greedy picks the best allowed token; its margin is the gap to the best other allowed token', () => {
     expect(sampleToken(logits, config, {}, new Random(0))).toBe(65);
+    // pad (logit 100) is never a candidate, so the runner-up of 65 is 66
+    expect(greedyMargin(logits, config, 65)).toBeCloseTo(Math.log(0.6) - Math.log(0.3), 5);
   });
 
   it('top-k keeps the k best, top-p the smallest set with that mass, temperature 1 follows the softmax', () => {

@@ -9,54 +9,72 @@ function noise(): number {
 }
 
 const PATHS = ['model.layers.0.self_attn.q_proj', 'model.layers.1.mlp.down_proj'];
+const [OUT, IN] = [24, 32];
+const vector = (n: number) => Float32Array.from({ length: n }, noise);
 
-/** A task's update direction: fixed factors per module. */
-function direction(): Map<string, LoraFactors> {
-  return new Map(
-    PATHS.map((p) => [
-      p,
-      {
-        rank: 4,
-        inFeatures: 32,
-        outFeatures: 24,
-        A: Float32Array.from({ length: 128 }, noise),
-        B: Float32Array.from({ length: 96 }, noise),
-      },
-    ]),
-  );
-}
+/** Per module, a rank-one direction u v^T. */
+type Direction = Map<string, { u: Float32Array; v: Float32Array }>;
+const direction = (): Direction => new Map(PATHS.map((p) => [p, { u: vector(OUT), v: vector(IN) }]));
 
-/** A client update: its task's direction, scaled, plus client noise. */
-function clientUpdate(task: Map<string, LoraFactors>, noiseLevel: number): LoraAdapter {
+/**
+ * A client update of rank 2 whose product is `common + task` per module (B = [u_c, u_t], A = [v_c; v_t]),
+ * scaled per client, plus noise on every factor entry. Real updates share a component (the format, the
+ * language) beside what their task adds, so tasks are not orthogonal: `commonWeight` sets how much.
+ */
+function clientUpdate(common: Direction, task: Direction, commonWeight: number, noiseLevel: number): LoraAdapter {
   const scale = 1 + noise();
   const modules = new Map<string, LoraFactors>();
-  for (const [p, f] of task) {
-    modules.set(p, {
-      ...f,
-      A: f.A.map((x) => scale * x + noiseLevel * noise()),
-      B: f.B.map((x) => x + noiseLevel * noise()),
-    });
+  for (const path of PATHS) {
+    const [c, t] = [common.get(path)!, task.get(path)!];
+    const A = new Float32Array(2 * IN);
+    const B = new Float32Array(OUT * 2);
+    for (let i = 0; i < IN; i++) {
+      A[i] = scale * commonWeight * c.v[i]! + noiseLevel * noise();
+      A[IN + i] = scale * t.v[i]! + noiseLevel * noise();
+    }
+    for (let o = 0; o < OUT; o++) {
+      B[o * 2] = c.u[o]! + noiseLevel * noise();
+      B[o * 2 + 1] = t.u[o]! + noiseLevel * noise();
+    }
+    modules.set(path, { rank: 2, inFeatures: IN, outFeatures: OUT, A, B });
   }
   return { alpha: 8, modules };
 }
 
+const cosine = (a: Float64Array, b: Float64Array) => {
+  let [ab, aa, bb] = [0, 0, 0];
+  a.forEach((x, i) => {
+    ab += x * b[i]!;
+    aa += x * x;
+    bb += b[i]! * b[i]!;
+  });
+  return ab / Math.sqrt(aa * bb);
+};
+const mean = (xs: Float64Array[]) => xs[0]!.map((_, k) => xs.reduce((s, x) => s + x[k]!, 0) / xs.length);
+
 describe('task-aware clustering', () => {
   const sketch = new UpdateSketch(64, 1);
+  const common = direction();
   const tasks = [direction(), direction()];
   const truth = Array.from({ length: 12 }, (_, i) => i % 2);
-  const updates = truth.map((t) => clientUpdate(tasks[t]!, 0.15));
+  const COMMON_WEIGHT = 1.2;
+  const updates = truth.map((t) => clientUpdate(common, tasks[t]!, COMMON_WEIGHT, 0.15));
+  const sketches = updates.map((u) => sketch.sketch(u));
 
-  it('puts two groups of clients whose updates come from two distributions into two clusters (ARI 1.0)', () => {
-    const result = clusterSketches(
-      updates.map((u) => sketch.sketch(u)),
-      { maxClusters: 4 },
-    );
+  it('separates two tasks that share most of their update (cosine > 0.5 between task means) with ARI 1.0', () => {
+    // what the case shows: the tasks' mean updates are far from orthogonal, yet every client is closer to
+    // its own task's mean than to the other's
+    const means = [0, 1].map((t) => mean(sketches.filter((_, i) => truth[i] === t)));
+    const between = cosine(means[0]!, means[1]!);
+    expect(between).toBeGreaterThan(0.5);
+    sketches.forEach((x, i) => expect(cosine(x, means[truth[i]!]!)).toBeGreaterThan(cosine(x, means[1 - truth[i]!]!)));
+    const result = clusterSketches(sketches, { maxClusters: 4 });
     expect(new Set(result.ids).size).toBe(2);
     expect(adjustedRandIndex(result.ids, truth)).toBe(1);
   });
 
-  it('keeps one cluster when all updates come from one distribution', () => {
-    const same = Array.from({ length: 10 }, () => clientUpdate(tasks[0]!, 0.15));
+  it('keeps one cluster when all updates come from one task', () => {
+    const same = Array.from({ length: 10 }, () => clientUpdate(common, tasks[0]!, COMMON_WEIGHT, 0.15));
     const result = clusterSketches(
       same.map((u) => sketch.sketch(u)),
       { maxClusters: 4 },
@@ -64,12 +82,19 @@ describe('task-aware clustering', () => {
     expect(new Set(result.ids)).toEqual(new Set([0]));
   });
 
-  it('keeps cluster ids stable across rounds whatever the client order', () => {
-    const first = clusterSketches(
-      updates.map((u) => sketch.sketch(u)),
+  it('keeps one cluster when two tasks differ less than the clients of one task do', () => {
+    // the task directions weigh 1/8 of the common one and the client noise is larger than that
+    const blurred = truth.map((t) => clientUpdate(common, tasks[t]!, 8, 0.6));
+    const result = clusterSketches(
+      blurred.map((u) => sketch.sketch(u)),
       { maxClusters: 4 },
     );
-    const nextRound = truth.map((t) => clientUpdate(tasks[t]!, 0.15));
+    expect(new Set(result.ids)).toEqual(new Set([0]));
+  });
+
+  it('keeps cluster ids stable across rounds whatever the client order', () => {
+    const first = clusterSketches(sketches, { maxClusters: 4 });
+    const nextRound = truth.map((t) => clientUpdate(common, tasks[t]!, COMMON_WEIGHT, 0.15));
     const order = [...nextRound.keys()].reverse();
     const second = clusterSketches(
       order.map((i) => sketch.sketch(nextRound[i]!)),

@@ -158,16 +158,28 @@ describe('decoder under hostile input', () => {
       updateWith({ name: 'a', dtype: 'f32', shape: [16777216, 16777216], data: new Uint8Array(4) }),
       updateWith({ name: 'a', dtype: 'f32', shape: [1], data: [0, 0, 0, 0] }),
     ];
-    let nested: unknown = 0;
-    for (let i = 0; i < 100_000; i++) nested = [nested];
-    hostile.push({ type: 'hello', protocolVersion: nested });
     for (const value of hostile) {
-      let bytes: Uint8Array;
-      try {
-        bytes = encodeFrame(packr.pack(value));
-      } catch {
-        continue; // too deep for msgpackr to even encode
-      }
+      const bytes = encodeFrame(packr.pack(value));
+      expect(() => decodeAdapterUpdate(bytes)).toThrow(FloeError);
+      expect(() => decodeMessage(bytes)).toThrow(FloeError);
+    }
+  });
+
+  it('rejects msgpack nested 100,000 deep, which no encoder would write, with a typed error', () => {
+    // written byte by byte: msgpackr itself cannot encode a value this deep
+    const depth = 100_000;
+    const nestedArray = new Uint8Array(depth + 1).fill(0x91); // fixarray of one element, `depth` times
+    nestedArray[depth] = 0x00; // ... around the integer 0
+    const key = (text: string) => Uint8Array.of(0xa0 | text.length, ...new TextEncoder().encode(text));
+    const helloWithNestedVersion = concat(
+      Uint8Array.of(0x82), // fixmap of two entries
+      key('type'),
+      key('hello'),
+      key('protocolVersion'),
+      nestedArray,
+    );
+    for (const payload of [nestedArray, helloWithNestedVersion]) {
+      const bytes = encodeFrame(payload);
       expect(() => decodeAdapterUpdate(bytes)).toThrow(FloeError);
       expect(() => decodeMessage(bytes)).toThrow(FloeError);
     }

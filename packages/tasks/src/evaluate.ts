@@ -5,7 +5,7 @@
  *   prompt (its end, when it is longer than the training length);
  * - arithmetic: greedy exact match, overall and per operation and digit count.
  */
-import { ByteTokenizer, type DecoderModel, generate } from '@floe/model';
+import { ByteTokenizer, type DecoderModel, type Generation, generate } from '@floe/model';
 import type { LoraAdapter } from '@floe/shared';
 import { promptRoom } from './pretrain-data.js';
 import type { Example, TaskName } from './tasks.js';
@@ -17,6 +17,12 @@ export interface EvalOptions {
   onProgress?: (done: number, total: number) => void;
   /** Tokens the model sees at once, BOS included (default TRAINED_CONTEXT): speech windows, email prompts. */
   contextTokens?: number;
+  /**
+   * Called for every discrete choice a metric counts (a next-byte argmax, a label, a greedy answer) with
+   * its margin: the gap to the runner-up in logits or log-likelihood. Float results differ in their last
+   * bits between CPUs, so a choice within that noise of a tie may go the other way on another machine.
+   */
+  onDecision?: (margin: number) => void;
 }
 
 const tokenizer = new ByteTokenizer();
@@ -36,10 +42,18 @@ function logProbsOfTargets(logits: Float32Array, vocab: number, rows: number[][]
   );
 }
 
-function argmaxAt(logits: Float32Array, vocab: number, offset: number): number {
+/** The argmax of one row of logits and its gap to the runner-up. */
+function argmaxAt(logits: Float32Array, vocab: number, offset: number): { token: number; margin: number } {
   let best = 0;
-  for (let v = 1; v < vocab; v++) if ((logits[offset + v] as number) > (logits[offset + best] as number)) best = v;
-  return best;
+  let second = -Infinity;
+  for (let v = 1; v < vocab; v++) {
+    const logit = logits[offset + v] as number;
+    if (logit > (logits[offset + best] as number)) {
+      second = logits[offset + best] as number;
+      best = v;
+    } else if (logit > second) second = logit;
+  }
+  return { token: best, margin: (logits[offset + best] as number) - second };
 }
 
 /** Scores rows (right-padded) and returns log p of each row's targets (undefined targets are skipped). */
@@ -92,7 +106,9 @@ export async function evaluateSpeech<C>(
     chunk.forEach((w, b) => {
       w.forEach((target, t) => {
         nats -= logProbs[b]?.[t] as number;
-        if (argmaxAt(logits, model.config.vocab_size, (b * width + t) * model.config.vocab_size) === target) correct++;
+        const choice = argmaxAt(logits, model.config.vocab_size, (b * width + t) * model.config.vocab_size);
+        if (choice.token === target) correct++;
+        options.onDecision?.(choice.margin);
       });
       count += w.length;
     });
@@ -135,8 +151,10 @@ export async function evaluateEmail<C>(
     const { logProbs } = await scoreRows(model, rows, targets, options);
     const score = (r: number) => (logProbs[r] ?? []).slice(labelStart[r]).reduce((a, b) => a + b, 0);
     chunk.forEach((example, k) => {
-      const predicted = score(2 * k) >= score(2 * k + 1) ? EMAIL_LABELS[0] : EMAIL_LABELS[1];
+      const [spam, ham] = [score(2 * k), score(2 * k + 1)];
+      const predicted = spam >= ham ? EMAIL_LABELS[0] : EMAIL_LABELS[1];
       if (predicted === example.answer) correct++;
+      options.onDecision?.(Math.abs(spam - ham));
     });
     options.onProgress?.(Math.min(i + batch / 2, examples.length), examples.length);
   }
@@ -172,7 +190,9 @@ export async function evaluateArithmetic<C>(
       { maxNewTokens: maxAnswer + 1, stop: ['\n'], lora: options.lora },
     );
     chunk.forEach((example, k) => {
-      const right = outputs[k]?.text.trim() === example.answer;
+      const output = outputs[k] as Generation;
+      const right = output.text.trim() === example.answer;
+      options.onDecision?.(output.margin);
       if (right) correct++;
       const key = arithmeticDifficulty(example.prompt);
       const entry = tally.get(key) ?? { right: 0, total: 0 };

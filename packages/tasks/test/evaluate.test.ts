@@ -109,25 +109,59 @@ describe('email metrics', () => {
   });
 });
 
+/**
+ * A model whose next byte depends only on the current one: with every block weight zero the final
+ * hidden state is RMSNorm(embedding of the last byte), so one-hot embeddings make lm_head a bigram table.
+ * `next` maps a byte to the byte it predicts; every other byte predicts `fallback`.
+ */
+function bigramModel(next: Record<string, string>, fallback: string): Weights {
+  const weights = initWeights(config, 0, 0);
+  const embed = weights.get('model.embed_tokens.weight')!.data;
+  const head = weights.get('lm_head.weight')!.data;
+  const contexts = Object.keys(next);
+  for (let v = 0; v < config.vocab_size; v++) {
+    const slot = contexts.indexOf(String.fromCharCode(v));
+    embed[v * 16 + (slot < 0 ? contexts.length : slot)] = 1;
+  }
+  contexts.forEach((byte, slot) => (head[next[byte]!.charCodeAt(0) * 16 + slot] = 1));
+  head[fallback.charCodeAt(0) * 16 + contexts.length] = 1;
+  return weights;
+}
+
 describe('arithmetic metrics', () => {
-  it('counts exact matches per operation and digit count', async () => {
-    // always "7", then a newline: right exactly when the answer is 7
-    const model = await OrtLlama.create(
-      config,
-      constantModel((v) => (v === 55 ? 2 : v === 10 ? 1 : 0)),
-    );
-    const examples = [
-      { prompt: '3+4=', answer: '7' },
-      { prompt: '9-2=', answer: '7' },
-      { prompt: '2+2=', answer: '4' },
-      { prompt: '10+11=', answer: '21' },
-    ];
-    const metrics = await evaluateArithmetic(model, examples);
-    // the constant model repeats "7" and never stops: only one-token answers fit its output exactly
-    expect(metrics.examples).toBe(4);
-    expect(Object.values(metrics.byDifficulty).reduce((n, d) => n + d.examples, 0)).toBe(4);
-    expect(Object.keys(metrics.byDifficulty).sort()).toEqual(['+ 1', '+ 2', '- 1']);
-    expect(metrics.exactMatch).toBeLessThanOrEqual(0.5);
+  const examples = [
+    { prompt: '3+4=', answer: '7' },
+    { prompt: '9-2=', answer: '7' },
+    { prompt: '2+2=', answer: '4' },
+    { prompt: '10+11=', answer: '21' },
+    { prompt: '6*5=', answer: '30' },
+  ];
+
+  it('counts an answer right exactly when the greedy output up to the newline is the answer', async () => {
+    // answers "7" then a newline after "=": right on the two problems whose answer is 7
+    const model = await OrtLlama.create(config, bigramModel({ '=': '7', '7': '\n' }, 'x'));
+    const margins: number[] = [];
+    const metrics = await evaluateArithmetic(model, examples, { batch: 2, onDecision: (m) => margins.push(m) });
+    expect(metrics).toEqual({
+      exactMatch: 2 / 5,
+      examples: 5,
+      byDifficulty: {
+        '* 1': { exactMatch: 0, examples: 1 },
+        '+ 1': { exactMatch: 1 / 2, examples: 2 },
+        '+ 2': { exactMatch: 0, examples: 1 },
+        '- 1': { exactMatch: 1, examples: 1 },
+      },
+    });
+    // one decision per problem, each a clear choice: the chosen logit is 4 (RMSNorm of a one-hot), the rest 0
+    expect(margins).toHaveLength(5);
+    for (const margin of margins) expect(margin).toBeCloseTo(4, 3);
+    await model.release();
+  });
+
+  it('counts a right answer followed by more text as wrong', async () => {
+    // "7" again after "7": the output never ends where the answer does
+    const model = await OrtLlama.create(config, bigramModel({ '=': '7', '7': '7' }, 'x'));
+    expect((await evaluateArithmetic(model, examples)).exactMatch).toBe(0);
     await model.release();
   });
 
