@@ -106,6 +106,25 @@ describe('task-aware clustering', () => {
     });
   });
 
+  it('keeps each group of clients under its id when the directions drift between rounds', () => {
+    const first = clusterSketches(sketches, { maxClusters: 4 });
+    // next round every direction moves (centroids far from the old ones); the clients stay together
+    const [driftedCommon, drifted] = [direction(), [direction(), direction()]];
+    const next = truth.map((t) => sketch.sketch(clientUpdate(driftedCommon, drifted[t]!, COMMON_WEIGHT, 0.15)));
+    const byCentroid = clusterSketches(next, { maxClusters: 4, previous: first.centroids });
+    const byMembers = clusterSketches(next, { maxClusters: 4, previous: first.centroids, previousIds: first.ids });
+    expect(byMembers.ids).toEqual(first.ids);
+    // what membership adds: by centroids alone both groups look new and get fresh ids
+    expect(new Set(byCentroid.ids)).toEqual(new Set([2, 3]));
+    // clients new to the job (no previous id) take the id of the group they cluster with
+    const newcomers = clusterSketches(next, {
+      maxClusters: 4,
+      previous: first.centroids,
+      previousIds: first.ids.map((id, i) => (i < 2 ? undefined : id)),
+    });
+    expect(newcomers.ids).toEqual(first.ids);
+  });
+
   it('computes the adjusted Rand index and silhouette as defined', () => {
     expect(adjustedRandIndex([0, 0, 1, 1], [5, 5, 9, 9])).toBe(1);
     expect(adjustedRandIndex([0, 0, 1, 1], [0, 1, 0, 1])).toBeCloseTo(-0.5, 10);

@@ -135,10 +135,55 @@ export interface Clustering {
 
 export interface ClusterOptions {
   maxClusters: number;
+  /** The cluster id each sketch's client had before (undefined for a client new to the job). */
+  previousIds?: readonly (number | undefined)[];
   /** Below this silhouette, one cluster is kept: the updates do not separate. */
   minSilhouette?: number;
   seed?: number;
   previous?: Map<number, number[]>;
+}
+
+/**
+ * An id for each new cluster: first the previous id most of its clients had (the largest overlaps are
+ * matched first), then, for a cluster of clients new to the job, the closest unclaimed previous
+ * centroid within chord distance 1 (cosine > 0.5), else a fresh id. Membership comes first because
+ * centroids of deltas drift between rounds, and two tasks that share much of their update have
+ * centroids closer than that drift.
+ */
+function stableIds(labels: readonly number[], centroids: readonly number[][], options: ClusterOptions): number[] {
+  const previous = [...(options.previous ?? new Map<number, number[]>())];
+  const idOf = new Array<number | undefined>(centroids.length).fill(undefined);
+  const taken = new Set<number>();
+  const overlap = new Map<string, { cluster: number; id: number; count: number }>();
+  labels.forEach((cluster, i) => {
+    const id = options.previousIds?.[i];
+    if (id === undefined) return;
+    const entry = overlap.get(`${cluster}:${id}`) ?? { cluster, id, count: 0 };
+    entry.count++;
+    overlap.set(`${cluster}:${id}`, entry);
+  });
+  const overlaps = [...overlap.values()];
+  overlaps.sort((a, b) => b.count - a.count || a.id - b.id || a.cluster - b.cluster);
+  for (const { cluster, id } of overlaps) {
+    if (idOf[cluster] !== undefined || taken.has(id)) continue;
+    idOf[cluster] = id;
+    taken.add(id);
+  }
+  const known = [...previous.map(([id]) => id), ...(options.previousIds ?? []).filter((id) => id !== undefined)];
+  let nextId = Math.max(-1, ...known) + 1;
+  return centroids.map((centroid, cluster) => {
+    const matched = idOf[cluster];
+    if (matched !== undefined) return matched;
+    const candidates = previous
+      .filter(([id]) => !taken.has(id))
+      .sort(([, a], [, b]) => distance(centroid, a) - distance(centroid, b));
+    const match = candidates[0];
+    if (match && distance(centroid, match[1]) < 1) {
+      taken.add(match[0]);
+      return match[0];
+    }
+    return nextId++;
+  });
 }
 
 /** Clusters sketches by direction; k in 1..maxClusters by silhouette; ids matched to `previous`. */
@@ -152,21 +197,7 @@ export function clusterSketches(sketches: readonly Float64Array[], options: Clus
     if (score > best.score) best = { labels: result.clusters, centroids: result.centroids, score };
   }
   if (best.score < (options.minSilhouette ?? 0.25)) best = single;
-  // stable ids: each new cluster takes the id of the closest unclaimed previous centroid
-  const previous = [...(options.previous ?? new Map<number, number[]>())];
-  const taken = new Set<number>();
-  let nextId = Math.max(-1, ...previous.map(([id]) => id)) + 1;
-  const idOf = best.centroids.map((centroid) => {
-    const candidates = previous
-      .filter(([id]) => !taken.has(id))
-      .sort(([, a], [, b]) => distance(centroid, a) - distance(centroid, b));
-    const match = candidates[0];
-    if (match && distance(centroid, match[1]) < 1) {
-      taken.add(match[0]);
-      return match[0];
-    }
-    return nextId++;
-  });
+  const idOf = stableIds(best.labels, best.centroids, options);
   return {
     ids: best.labels.map((l) => idOf[l] as number),
     centroids: new Map(best.centroids.map((c, i) => [idOf[i] as number, c])),

@@ -451,6 +451,7 @@ export class Coordinator {
       const clustering = clusterSketches(sketches, {
         maxClusters: Math.min(spec.maxClusters ?? 8, clientUpdates.length),
         previous: centroids,
+        previousIds: clientUpdates.map((u) => job.state.clusterOf[u.clientId]),
         seed: roundIndex,
       });
       clusterIds = clustering.ids;
