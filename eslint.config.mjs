@@ -18,16 +18,60 @@ export default tseslint.config(
     },
   },
   {
-    // Dependencies point one way: shared <- model <- edge-client; shared <- server.
-    files: ['packages/server/**/*.ts', 'packages/shared/**/*.ts'],
+    // Dependencies point one way: shared <- federation <- server; shared <- model <- tasks <- edge-client.
+    files: ['packages/server/**/*.ts', 'packages/shared/**/*.ts', 'packages/federation/**/*.ts'],
     rules: {
       'no-restricted-imports': [
         'error',
         {
           patterns: [
             {
-              group: ['@floe/model', '@floe/edge-client', '@floe/simulator'],
-              message: 'server and shared never import the model or client side',
+              group: ['@floe/model', '@floe/tasks', '@floe/edge-client', '@floe/simulator'],
+              message: 'server, federation and shared never import the model or client side',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    // The federation core and the protocol are pure: no transport, storage or server.
+    files: ['packages/shared/**/*.ts', 'packages/federation/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              group: [
+                '@floe/server',
+                '@floe/model',
+                '@floe/tasks',
+                '@floe/edge-client',
+                '@floe/simulator',
+                'fastify',
+                'socket.io',
+                'socket.io-client',
+                'better-sqlite3',
+              ],
+              message: 'the federation core and the protocol need neither a server, a transport, a store nor the model',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    // The device never imports the server side.
+    files: ['packages/edge-client/**/*.ts', 'packages/model/**/*.ts', 'packages/tasks/**/*.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              group: ['@floe/server', '@floe/simulator', 'fastify', 'socket.io', 'better-sqlite3'],
+              message: 'the device side never imports the server side',
             },
           ],
         },

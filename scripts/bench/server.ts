@@ -9,7 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { LORA_MODULES, MODEL_PRESETS, architectureOf } from '@floe/model';
-import { type ClientUpdate, STRATEGIES, spawnServerProcess, updateProblems } from '@floe/server';
+import { type ClientUpdate, STRATEGIES, updateProblems } from '@floe/federation';
+import { spawnServerProcess } from '@floe/server';
 import {
   type JobSpec,
   type JobSummary,

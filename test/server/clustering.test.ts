@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { UpdateSketch, adjustedRandIndex } from '@floe/server';
+import { UpdateSketch, adjustedRandIndex } from '@floe/federation';
 import type { JobSummary, RoundStart } from '@floe/shared';
 import { type SyntheticDevice, type UpdateDistribution, sampleAdapter } from '@floe/simulator';
 import { type TestServer, jobSpec, startDevices, startTestServer, waitForJob } from './helpers.js';

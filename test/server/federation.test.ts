@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type JobSummary, type StrategyName, parseSafetensors } from '@floe/shared';
+import { type JobSummary, type StrategyName, fromWireAdapter, parseSafetensors } from '@floe/shared';
 import { sha256Hex as sha256HexOf } from '@floe/server';
 import type { SyntheticDevice } from '@floe/simulator';
 import { type TestServer, jobSpec, startDevices, startTestServer, waitForJob } from './helpers.js';
@@ -44,8 +44,14 @@ describe('50 clients with mixed ranks', () => {
       expect(starts.map((s) => s.round)).toEqual([0, 1, 2]);
       const planned = PLANNED_RANKS[i % PLANNED_RANKS.length] as number;
       expect(starts.every((s) => s.config.rank === (strategy === 'fedavg' ? 8 : Math.min(planned, 8)))).toBe(true);
-      // round 0 starts from nothing; later rounds from the aggregate, cut to the device's rank
-      expect(starts[0]?.adapter).toBeNull();
+      // round 0 starts from the job's shared initialization (B = 0: the base model); later rounds from the
+      // aggregate, cut to the device's rank
+      const initial = fromWireAdapter(starts[0]!.adapter!);
+      for (const f of initial.modules.values()) {
+        expect(f.rank).toBe(starts[0]?.config.rank);
+        expect(f.B.every((x) => x === 0)).toBe(true);
+        expect(f.A.some((x) => x !== 0)).toBe(true);
+      }
       const tensor = starts[1]?.adapter?.tensors.find((t) => t.name.endsWith('lora_A.weight'));
       expect(tensor?.shape[0]).toBe(starts[1]?.config.rank);
     }

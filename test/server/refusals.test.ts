@@ -312,7 +312,7 @@ describe('rate limits', () => {
       const connection = await ServerConnection.open(test.url, credential, { profile: DEFAULT_PROFILE, plan: PLAN });
       const junk = Uint8Array.of(1, 2, 3);
       const codes: string[] = [];
-      connection.on('error', (error) => codes.push(error.code));
+      connection.on('server_error', (error) => codes.push(error.code));
       // a burst of 8 in one tick against 5 per window (hello may still hold one of them)
       for (let i = 0; i < 8; i++) void connection.sendFrame('update', junk, 'none', 0, 5000).catch(() => undefined);
       await expect.poll(() => codes.length, { timeout: 10_000 }).toBe(8);

@@ -1,7 +1,10 @@
 /**
  * The device's link to a coordination server: enrollment over HTTP, then one socket.io connection
  * authenticated by the credential, each event one framed msgpack message (@floe/shared codec).
- * Incoming frames are decoded and validated before any listener sees them.
+ * Incoming frames are decoded and validated before any listener sees them. What the server sends
+ * never throws on the device: refusals arrive as `server_error` events (not Node's special 'error',
+ * which ends a process that has no listener), and the connection reconnects by itself with
+ * exponential backoff and jitter (socket.io's manager) unless the server itself closed it.
  */
 import { EventEmitter } from 'node:events';
 import { io, type Socket } from 'socket.io-client';
@@ -46,26 +49,53 @@ export interface ConnectionEvents {
   round_start: [RoundStart];
   round_end: [RoundEnd];
   update_ack: [UpdateAck];
-  error: [ErrorMessage];
+  /** A refusal or notice from the server (`rate_limited`, `replaced`, ...), or a server frame that did not decode. */
+  server_error: [ErrorMessage];
   disconnect: [string];
+  /** The link is back (after a drop) and hello was said again. */
+  reconnect: [];
+}
+
+/** Every frame that crossed the link, with its size: what the device sent and received. */
+export interface Traffic {
+  framesSent: number;
+  bytesSent: number;
+  framesReceived: number;
+  bytesReceived: number;
 }
 
 export interface ConnectOptions {
   profile: DeviceProfile;
   plan?: RankPlan;
-  /** ms to wait for the welcome. */
+  /** ms to wait for the welcome; 0 waits as long as it takes (the link keeps retrying). Default 10 s. */
   timeoutMs?: number;
   /** Reconnect (and say hello again) after the link drops. Default true. */
   reconnect?: boolean;
+  /** Longest pause between reconnection attempts, ms (they back off exponentially up to it, with jitter). */
+  maxReconnectDelayMs?: number;
 }
 
 export class ServerConnection extends EventEmitter<ConnectionEvents> {
   private readonly socket: Socket;
   private welcome: Welcome | undefined;
+  readonly traffic: Traffic = { framesSent: 0, bytesSent: 0, framesReceived: 0, bytesReceived: 0 };
+  private readonly frameListeners: ((event: string, frame: Uint8Array) => void)[] = [];
 
   private constructor(socket: Socket) {
     super();
     this.socket = socket;
+  }
+
+  /** Calls `listener` with every frame this connection sends, as it leaves (traffic inspection). */
+  onFrameSent(listener: (event: string, frame: Uint8Array) => void): void {
+    this.frameListeners.push(listener);
+  }
+
+  private emitFrame(event: string, frame: Uint8Array): void {
+    this.traffic.framesSent++;
+    this.traffic.bytesSent += frame.byteLength;
+    for (const listener of this.frameListeners) listener(event, frame);
+    this.socket.emit(event, frame);
   }
 
   /** Connects with `credential`, says hello and resolves with the server's welcome. */
@@ -75,7 +105,8 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
       transports: ['websocket'],
       reconnection: options.reconnect ?? true,
       reconnectionDelay: 200,
-      reconnectionDelayMax: 2000,
+      reconnectionDelayMax: options.maxReconnectDelayMs ?? 5000,
+      randomizationFactor: 0.5,
     });
     const connection = new ServerConnection(socket);
     const hello: Hello = {
@@ -87,13 +118,22 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
     for (const type of SERVER_MESSAGES) {
       socket.on(type, (payload: unknown) => connection.receive(payload));
     }
-    socket.on('connect', () => socket.emit('hello', encodeMessage(hello)));
+    let connectedBefore = false;
+    socket.on('connect', () => {
+      connection.emitFrame('hello', encodeMessage(hello));
+      if (connectedBefore) connection.emit('reconnect');
+      connectedBefore = true;
+    });
     socket.on('disconnect', (reason) => connection.emit('disconnect', reason));
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        socket.close();
-        reject(new ConnectionError('timeout', 'no welcome from the server'));
-      }, options.timeoutMs ?? 10_000);
+      const timeoutMs = options.timeoutMs ?? 10_000;
+      const timer =
+        timeoutMs > 0
+          ? setTimeout(() => {
+              socket.close();
+              reject(new ConnectionError('timeout', 'no welcome from the server'));
+            }, timeoutMs)
+          : undefined;
       socket.once('connect_error', (error: Error & { data?: { code?: string } }) => {
         if (socket.active) return; // transient: socket.io retries by itself
         clearTimeout(timer);
@@ -116,11 +156,13 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
   }
 
   private receive(payload: unknown): void {
+    this.traffic.framesReceived++;
+    this.traffic.bytesReceived += payload instanceof Uint8Array ? payload.byteLength : 0;
     let message: Message;
     try {
       message = decodeMessage(payload);
     } catch (error) {
-      this.emit('error', {
+      this.emit('server_error', {
         type: 'error',
         code: 'bad_server_frame',
         message: error instanceof Error ? error.message : String(error),
@@ -131,7 +173,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
     else if (message.type === 'round_start') this.emit('round_start', message);
     else if (message.type === 'round_end') this.emit('round_end', message);
     else if (message.type === 'update_ack') this.emit('update_ack', message);
-    else if (message.type === 'error') this.emit('error', message);
+    else if (message.type === 'error') this.emit('server_error', message);
   }
 
   /** Sends an update and resolves with its ack (or the error message that refused it, e.g. rate_limited). */
@@ -155,7 +197,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
       const cleanup = () => {
         clearTimeout(timer);
         this.off('update_ack', onAck);
-        this.off('error', onError);
+        this.off('server_error', onError);
       };
       const onAck = (ack: UpdateAck) => {
         if (ack.jobId !== jobId || ack.round !== round) return;
@@ -171,13 +213,13 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
         reject(new ConnectionError('timeout', `no answer to ${event} within ${timeoutMs} ms`));
       }, timeoutMs);
       this.on('update_ack', onAck);
-      this.on('error', onError);
-      this.socket.emit(event, frame);
+      this.on('server_error', onError);
+      this.emitFrame(event, frame);
     });
   }
 
   /** The next message of `type` (optionally matching `filter`). */
-  next<T extends 'round_start' | 'round_end' | 'update_ack' | 'error'>(
+  next<T extends 'round_start' | 'round_end' | 'update_ack'>(
     type: T,
     filter: (message: MessageOf<T>) => boolean = () => true,
     timeoutMs = 60_000,
@@ -195,6 +237,11 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
       }, timeoutMs);
       this.on(type, listener as never);
     });
+  }
+
+  /** True while the link is up. */
+  get connected(): boolean {
+    return this.socket.connected;
   }
 
   close(): void {

@@ -12,6 +12,8 @@ export type Weights = Map<string, Tensor>;
 export interface Checkpoint {
   config: LlamaConfig;
   weights: Weights;
+  /** The safetensors header's `__metadata__` (training steps, the partition seed it was pretrained on...). */
+  metadata?: Record<string, string>;
 }
 
 /** GPT-2 style init: N(0, 0.02) for matrices, ones for RMSNorm gains. */
@@ -56,7 +58,7 @@ export async function saveCheckpoint(
 
 export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   const config = parseLlamaConfig(JSON.parse(await readFile(path.join(dir, 'config.json'), 'utf8')));
-  const { tensors } = await readSafetensors(path.join(dir, 'model.safetensors'));
+  const { tensors, metadata } = await readSafetensors(path.join(dir, 'model.safetensors'));
   checkWeights(config, tensors);
-  return { config, weights: tensors };
+  return { config, weights: tensors, metadata };
 }

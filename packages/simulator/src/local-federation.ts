@@ -1,22 +1,28 @@
 /**
- * A federation in one process: the server's aggregation strategy and the clients' local LoRA training
- * run side by side, without the network. Each client holds its private partition of a task, trains at
- * its own rank from the adapter the strategy gives it, and reports only the adapter and its sample
- * count. After every round each client's adapter is evaluated on its own held-out split.
+ * A federation in one process, on the same round logic as the server and the same device code as
+ * `floe-edge`: the federation core assigns ranks and clusters and aggregates (validation, clustering on
+ * deltas, per-cluster aggregation, resize), and each client is a LoRA participant training on its
+ * private partition, answering a `round_start` with an update that goes through the wire encoding.
+ * Only the network is missing. After every round each client's next start adapter (its cluster's
+ * aggregate at its rank) is evaluated on its own held-out split; round 0 is the base model.
  */
 import {
-  type LlamaConfig,
-  OrtLlama,
-  OrtTrainer,
-  Random,
-  type Weights,
-  initLora,
-  isLoraModuleKind,
-  loadCheckpoint,
-} from '@floe/model';
-import { STRATEGIES, type ClientUpdate } from '@floe/server';
-import type { LoraAdapter, StrategyName } from '@floe/shared';
-import { type ClientData, type TaskName, evaluateTask, rowSampler, sampleBatch, taskPartition } from '@floe/tasks';
+  type Assignment,
+  type FederationSpec,
+  type FederationState,
+  INITIAL_STATE,
+  type RoundUpdate,
+  aggregateRound,
+  checkAdapter,
+  checkPlan,
+  configureRound,
+  initialAdapter,
+  startAdapter,
+} from '@floe/federation';
+import { LocalTrainer, LoraParticipant } from '@floe/edge-client';
+import { architectureOf, loadCheckpoint } from '@floe/model';
+import { type LoraAdapter, type RoundStart, type StrategyName, fromWireAdapter, toWireAdapter } from '@floe/shared';
+import { type TaskName, federationPartition, taskManifest } from '@floe/tasks';
 
 export interface LocalFederationOptions {
   /** Checkpoint directory of the base model. */
@@ -33,11 +39,14 @@ export interface LocalFederationOptions {
   batch: number;
   seqLen: number;
   seed: number;
+  /** Task-aware clustering (default false: one global adapter). */
+  clustering?: boolean;
 }
 
 export interface ClientRoundResult {
   clientId: string;
   rank: number;
+  clusterId: number;
   trainLoss: number;
   /** The task's headline metric on the client's own test split (bits/byte, accuracy, exact match). */
   metric: number;
@@ -55,113 +64,140 @@ export const METRIC_NAME: Record<TaskName, string> = {
   arithmetic: 'exact match',
 };
 
-function headline(task: TaskName, metrics: Awaited<ReturnType<typeof evaluateTask>>): number {
-  if (task === 'speech') return (metrics as { bitsPerByte: number }).bitsPerByte;
-  if (task === 'email') return (metrics as { accuracy: number }).accuracy;
-  return (metrics as { exactMatch: number }).exactMatch;
-}
-
-async function evaluateClients(
-  config: LlamaConfig,
-  weights: Weights,
-  task: TaskName,
-  clients: ClientData[],
-  adapters: (LoraAdapter | undefined)[],
-  modules: string[],
-): Promise<number[]> {
-  const model = await OrtLlama.create(config, weights, { loraModules: modules });
-  try {
-    const out: number[] = [];
-    for (const [i, client] of clients.entries()) {
-      out.push(headline(task, await evaluateTask(model, task, client.test, { lora: adapters[i] })));
-    }
-    return out;
-  } finally {
-    await model.release();
-  }
-}
-
 /** Runs the federation; `onRound` sees round 0 (the base model) and every aggregated round. */
 export async function runLocalFederation(
   options: LocalFederationOptions,
   onRound: (result: RoundResult) => void = () => undefined,
 ): Promise<RoundResult[]> {
-  const { config, weights } = await loadCheckpoint(options.model);
-  const partition = taskPartition(options.task, { seed: options.seed, clients: options.ranks.length });
-  const clients = partition.clients;
-  const strategy = STRATEGIES[options.strategy];
-  const kinds = options.targetModules.filter(isLoraModuleKind);
-  const samplers = clients.map((c) => rowSampler(c.train, options.seqLen));
-  const random = new Random(options.seed);
-  const results: RoundResult[] = [];
-
-  let started = performance.now();
-  const baseline = await evaluateClients(
-    config,
-    weights,
-    options.task,
-    clients,
-    clients.map(() => undefined),
-    [],
-  );
-  const round0: RoundResult = {
-    round: 0,
-    clients: clients.map((c, i) => ({
-      clientId: c.id,
-      rank: options.ranks[i] as number,
-      trainLoss: Number.NaN,
-      metric: baseline[i] as number,
-    })),
-    seconds: (performance.now() - started) / 1000,
+  const checkpoint = await loadCheckpoint(options.model);
+  const pretrainSeed = Number(checkpoint.metadata?.['seed'] ?? 0);
+  const partition = federationPartition(options.task, {
+    seed: options.seed,
+    clients: options.ranks.length,
+    pretrainSeed,
+  });
+  const spec: FederationSpec = {
+    strategy: options.strategy,
+    clustering: options.clustering ?? false,
+    maxRank: Math.max(...options.ranks),
+    alpha: options.alpha,
+    targetModules: options.targetModules,
+    baseModel: { id: 'local', sha256: '0'.repeat(64), architecture: architectureOf(checkpoint.config) },
+    clientsPerRound: options.ranks.length,
   };
-  results.push(round0);
-  onRound(round0);
+  const clients = partition.clients.map((data, i) => {
+    const trainer = new LocalTrainer({
+      checkpoint,
+      data: { manifest: taskManifest(options.task), train: data.train, test: data.test },
+      seqLen: options.seqLen,
+      microBatch: options.batch,
+    });
+    const plan = { rank: options.ranks[i] as number, targetModules: options.targetModules };
+    return { id: data.id, plan, trainer, participant: new LoraParticipant({ trainer, plan, seed: options.seed + i }) };
+  });
+  const results: RoundResult[] = [];
+  const initial = initialAdapter(spec, `local:${options.seed}`);
+  let state: FederationState = INITIAL_STATE;
+  const stored = new Map<number, LoraAdapter>();
 
-  let aggregate: ReturnType<(typeof strategy)['aggregate']> | undefined;
-  for (let round = 1; round <= options.rounds; round++) {
-    started = performance.now();
-    const updates: ClientUpdate[] = [];
-    const losses: number[] = [];
-    for (const [i, client] of clients.entries()) {
-      const rank = options.ranks[i] as number;
-      const start =
-        aggregate?.forRank(rank) ??
-        initLora(config, { r: rank, lora_alpha: options.alpha, target_modules: kinds }, options.seed + i);
-      const trainer = await OrtTrainer.create(config, weights, {
-        learningRate: options.learningRate,
-        maxGradNorm: 1,
-        adapter: start,
-        microBatch: options.batch,
-        seqLen: options.seqLen,
-      });
-      let loss = 0;
-      for (let step = 0; step < options.localSteps; step++)
-        loss = (await trainer.step(sampleBatch(samplers[i]!, random, options.batch))).loss;
-      updates.push({
-        clientId: client.id,
-        numSamples: options.localSteps * options.batch,
-        adapter: trainer.adapter() as LoraAdapter,
-      });
-      losses.push(loss);
-      await trainer.dispose();
-    }
-    aggregate = strategy.aggregate(updates, options.alpha);
-    const current = aggregate;
-    const adapters = options.ranks.map((rank) => current.forRank(rank));
-    const modules = [...(adapters[0]?.modules.keys() ?? [])];
-    const metrics = await evaluateClients(config, weights, options.task, clients, adapters, modules);
-    const result: RoundResult = {
-      round,
+  try {
+    let started = performance.now();
+    const base = await Promise.all(clients.map((c) => c.trainer.evaluate()));
+    const round0: RoundResult = {
+      round: 0,
       clients: clients.map((c, i) => ({
         clientId: c.id,
-        rank: options.ranks[i] as number,
-        trainLoss: losses[i] as number,
-        metric: metrics[i] as number,
+        rank: spec.strategy === 'fedavg' ? spec.maxRank : c.plan.rank,
+        clusterId: 0,
+        trainLoss: Number.NaN,
+        metric: base[i]?.value ?? Number.NaN,
       })),
       seconds: (performance.now() - started) / 1000,
     };
-    results.push(result);
-    onRound(result);
+    results.push(round0);
+    onRound(round0);
+
+    for (let round = 0; round < options.rounds; round++) {
+      started = performance.now();
+      const assignments = configureRound(
+        spec,
+        state,
+        [...stored.keys()],
+        clients.map((c) => ({ clientId: c.id, plan: c.plan })),
+        `local:${round}`,
+      );
+      const updates: RoundUpdate[] = [];
+      const losses = new Map<string, number>();
+      const rankOf = new Map(assignments.map((a) => [a.clientId, a.rank]));
+      for (const assignment of assignments) {
+        const client = clients.find((c) => c.id === assignment.clientId)!;
+        const start = startAdapter(spec, stored.get(assignment.clusterId), assignment, initial);
+        const update = await client.participant.onRound(roundStart(spec, options, round, assignment, start));
+        const adapter = fromWireAdapter(update.adapter);
+        const refusal = checkPlan(spec, assignment, update.plan) ?? checkAdapter(spec, assignment, adapter);
+        if (refusal) throw new Error(`${client.id}'s update was refused: ${refusal.code} ${refusal.message}`);
+        updates.push({
+          clientId: client.id,
+          numSamples: update.numSamples,
+          adapter,
+          metrics: update.metrics,
+          assignment,
+        });
+        losses.set(client.id, update.metrics['loss'] ?? Number.NaN);
+      }
+      const aggregate = aggregateRound(spec, state, (id) => stored.get(id), updates, round);
+      for (const [clusterId, adapter] of aggregate.adapters) stored.set(clusterId, adapter);
+      state = aggregate.state;
+      const result: RoundResult = {
+        round: round + 1,
+        clients: await Promise.all(
+          clients.map(async (c) => {
+            const clusterId = state.clusterOf[c.id] ?? 0;
+            const rank = rankOf.get(c.id) ?? c.plan.rank;
+            const next = startAdapter(spec, stored.get(clusterId), { clientId: c.id, rank, clusterId });
+            return {
+              clientId: c.id,
+              rank,
+              clusterId,
+              trainLoss: losses.get(c.id) ?? Number.NaN,
+              metric: (await c.trainer.evaluate(next))?.value ?? Number.NaN,
+            };
+          }),
+        ),
+        seconds: (performance.now() - started) / 1000,
+      };
+      results.push(result);
+      onRound(result);
+    }
+    return results;
+  } finally {
+    await Promise.all(clients.map((c) => c.trainer.dispose()));
   }
-  return results;
+}
+
+/** The `round_start` the server would send `assignment`. */
+function roundStart(
+  spec: FederationSpec,
+  options: LocalFederationOptions,
+  round: number,
+  assignment: Assignment,
+  start: LoraAdapter | undefined,
+): RoundStart {
+  return {
+    type: 'round_start',
+    jobId: 'local',
+    round,
+    clusterId: assignment.clusterId,
+    deadline: Date.now() + 24 * 3600 * 1000,
+    config: {
+      baseModel: spec.baseModel,
+      targetModules: spec.targetModules,
+      rank: assignment.rank,
+      alpha: spec.alpha,
+      localSteps: options.localSteps,
+      learningRate: options.learningRate,
+      batchSize: options.batch,
+    },
+    adapter: start ? toWireAdapter(start) : null,
+  };
 }

@@ -63,13 +63,16 @@ export function sampleAdapter(
     const u = Float32Array.from({ length: out }, () => shared.normal() + w * everyone.normal());
     const v = Float32Array.from({ length: inn }, () => shared.normal() + w * everyone.normal());
     const { rank } = config;
+    // the noise of every component together weighs the same at any rank, as in trained updates (whose
+    // change norms do not grow with the rank): a rank-8 device is no noisier than a rank-2 one
+    const noise = distribution.noise / Math.sqrt(rank);
     const A = Float32Array.from({ length: rank * inn }, (_, k) => {
       const direction = k < inn ? (v[k] as number) : 0;
-      return distribution.scale * (direction + distribution.noise * own.normal());
+      return distribution.scale * (direction + noise * own.normal());
     });
     const B = Float32Array.from({ length: out * rank }, (_, k) => {
       const direction = k % rank === 0 ? (u[Math.floor(k / rank)] as number) : 0;
-      return distribution.scale * (direction + distribution.noise * own.normal());
+      return distribution.scale * (direction + noise * own.normal());
     });
     const from = base?.modules.get(path);
     if (from && from.rank === rank) {

@@ -8,7 +8,8 @@
 import { ByteTokenizer, type DecoderModel, type Generation, generate } from '@floe/model';
 import type { LoraAdapter } from '@floe/shared';
 import { promptRoom } from './pretrain-data.js';
-import type { Example, TaskName } from './tasks.js';
+import type { DataManifest } from './data-dir.js';
+import type { Example, Split, TaskName } from './tasks.js';
 
 export interface EvalOptions {
   lora?: LoraAdapter | undefined;
@@ -124,24 +125,38 @@ export interface EmailMetrics {
 
 export const EMAIL_LABELS = [' spam', ' ham'] as const;
 
-export async function evaluateEmail<C>(
+/** Email: a label accuracy over " spam" and " ham". */
+export function evaluateEmail<C>(
   model: DecoderModel<C>,
   examples: readonly Example[],
   options: EvalOptions = {},
 ): Promise<EmailMetrics> {
-  const batch = Math.max(2, options.batch ?? 8);
+  return evaluateLabels(model, examples, EMAIL_LABELS, options);
+}
+
+/**
+ * Label accuracy: an example is right when its answer is the label whose continuation of the prompt is
+ * the most likely (summed log-likelihood; ties go to the first label).
+ */
+export async function evaluateLabels<C>(
+  model: DecoderModel<C>,
+  examples: readonly Example[],
+  labels: readonly string[],
+  options: EvalOptions = {},
+): Promise<EmailMetrics> {
+  const perBatch = Math.max(1, Math.floor((options.batch ?? 8) / labels.length));
   const context = contextOf(model, options);
   // a long prompt keeps what training rows keep of it (ExampleSampler)
-  const room = promptRoom(context, EMAIL_LABELS);
+  const room = promptRoom(context, labels);
   let correct = 0;
-  for (let i = 0; i < examples.length; i += batch / 2) {
-    const chunk = examples.slice(i, i + batch / 2);
+  for (let i = 0; i < examples.length; i += perBatch) {
+    const chunk = examples.slice(i, i + perBatch);
     const rows: number[][] = [];
     const targets: number[][] = [];
     const labelStart: number[] = [];
     for (const example of chunk) {
       const prompt = [tokenizer.bos, ...tokenizer.encode(example.prompt).slice(-room)];
-      for (const label of EMAIL_LABELS) {
+      for (const label of labels) {
         const full = [...prompt, ...tokenizer.encode(label)];
         rows.push(full.slice(0, -1));
         targets.push(full.slice(1));
@@ -151,14 +166,55 @@ export async function evaluateEmail<C>(
     const { logProbs } = await scoreRows(model, rows, targets, options);
     const score = (r: number) => (logProbs[r] ?? []).slice(labelStart[r]).reduce((a, b) => a + b, 0);
     chunk.forEach((example, k) => {
-      const [spam, ham] = [score(2 * k), score(2 * k + 1)];
-      const predicted = spam >= ham ? EMAIL_LABELS[0] : EMAIL_LABELS[1];
-      if (predicted === example.answer) correct++;
-      options.onDecision?.(Math.abs(spam - ham));
+      const scores = labels.map((_, l) => score(k * labels.length + l));
+      let best = 0;
+      scores.forEach((x, l) => {
+        if (x > (scores[best] as number)) best = l;
+      });
+      if (labels[best] === example.answer) correct++;
+      const runnerUp = Math.max(...scores.filter((_, l) => l !== best));
+      options.onDecision?.((scores[best] as number) - runnerUp);
     });
-    options.onProgress?.(Math.min(i + batch / 2, examples.length), examples.length);
+    options.onProgress?.(Math.min(i + perBatch, examples.length), examples.length);
   }
   return { accuracy: correct / examples.length, examples: examples.length };
+}
+
+/**
+ * Mean negative log-likelihood, in nats per answer byte, of each example's answer (and the newline that
+ * ends it) after its prompt: a smooth stand-in for exact match where too few examples make exact match
+ * noisy (choosing between two adapters on a device's validation split).
+ */
+export async function answerLoss<C>(
+  model: DecoderModel<C>,
+  examples: readonly Example[],
+  options: EvalOptions = {},
+): Promise<{ nats: number; bytes: number }> {
+  const batch = options.batch ?? 16;
+  const context = contextOf(model, options);
+  let nats = 0;
+  let bytes = 0;
+  for (let i = 0; i < examples.length; i += batch) {
+    const chunk = examples.slice(i, i + batch);
+    const rows: number[][] = [];
+    const targets: number[][] = [];
+    const starts: number[] = [];
+    for (const example of chunk) {
+      const answer = tokenizer.encode(`${example.answer}\n`);
+      const prompt = [tokenizer.bos, ...tokenizer.encode(example.prompt).slice(-(context - answer.length))];
+      const full = [...prompt, ...answer];
+      rows.push(full.slice(0, -1));
+      targets.push(full.slice(1));
+      starts.push(prompt.length - 1);
+    }
+    const { logProbs } = await scoreRows(model, rows, targets, options);
+    chunk.forEach((_, k) => {
+      const answerLogProbs = (logProbs[k] ?? []).slice(starts[k]);
+      nats -= answerLogProbs.reduce((a, b) => a + b, 0);
+      bytes += answerLogProbs.length;
+    });
+  }
+  return { nats: nats / Math.max(1, bytes), bytes };
 }
 
 export interface ArithmeticMetrics {
@@ -222,4 +278,34 @@ export async function evaluateTask<C>(
   if (!split.examples) throw new Error(`the ${task} split has no examples`);
   if (task === 'email') return evaluateEmail(model, split.examples, options);
   return evaluateArithmetic(model, split.examples, options);
+}
+
+/** One held-out figure of a device's data, in the metric its manifest names. */
+export interface Score {
+  metric: DataManifest['metric'];
+  value: number;
+  /** Bits per byte: lower is better; accuracies: higher. */
+  higherIsBetter: boolean;
+  /** Bytes (prose) or examples scored. */
+  count: number;
+}
+
+/** Scores `split` in the metric of `manifest` (see data-dir.ts). */
+export async function evaluateSplit<C>(
+  model: DecoderModel<C>,
+  split: Split,
+  manifest: DataManifest,
+  options: EvalOptions = {},
+): Promise<Score> {
+  if (manifest.metric === 'bits-per-byte') {
+    const m = await evaluateSpeech(model, split.documents, options);
+    return { metric: manifest.metric, value: m.bitsPerByte, higherIsBetter: false, count: m.bytes };
+  }
+  if (!split.examples) throw new Error(`${manifest.metric} needs examples; the split holds prose`);
+  if (manifest.metric === 'label-accuracy') {
+    const m = await evaluateLabels(model, split.examples, manifest.labels ?? [], options);
+    return { metric: manifest.metric, value: m.accuracy, higherIsBetter: true, count: m.examples };
+  }
+  const m = await evaluateArithmetic(model, split.examples, options);
+  return { metric: manifest.metric, value: m.exactMatch, higherIsBetter: true, count: m.examples };
 }

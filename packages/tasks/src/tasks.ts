@@ -216,6 +216,15 @@ export function arithmeticTask(options: PartitionOptions = {}): TaskPartition {
       profile: { op, digits: `${digits}-${digits + 1}` },
     });
   }
+  // Clients of one operation draw from overlapping pools: nobody trains on a problem another client holds
+  // out (its answer would reach that client through the aggregate). Dropping, not redrawing, keeps the
+  // random stream and so the general splits the checkpoints were pretrained and scored on.
+  const heldOut = new Set(clients.flatMap((c) => c.test.examples?.map((e) => e.prompt) ?? []));
+  for (const client of clients) {
+    const own = new Set(client.test.examples?.map((e) => e.prompt));
+    const kept = (client.train.examples ?? []).filter((e) => own.has(e.prompt) || !heldOut.has(e.prompt));
+    client.train = fromExamples(kept);
+  }
   return {
     task: 'arithmetic',
     clients,
@@ -239,4 +248,68 @@ export function namedSplit(partition: TaskPartition, name: string): Split {
   const client = partition.clients[Number(a)];
   if (scope === 'client' && client && (b === 'train' || b === 'test')) return client[b];
   throw new Error(`unknown split ${name}; use general:train, general:test, client:<n>:train or client:<n>:test`);
+}
+
+/** A held-out item of a client that some training data holds. */
+export interface HeldOutLeak {
+  clientId: string;
+  /** The held-out document or example prompt (cut to 80 characters). */
+  item: string;
+  /** `pretraining` (the checkpoint's general training corpus) or the client id that trains on it. */
+  seenBy: string;
+}
+
+const heldOutItems = (split: Split) => split.examples?.map((e) => e.prompt) ?? split.documents;
+
+/**
+ * Every held-out item of `partition`'s clients that training could see: another client's training data
+ * (it would reach the client through the aggregate) or `pretrainedOn`, the general training corpus of
+ * the partition the base checkpoint was pretrained on. A federation runs only when this is empty.
+ */
+export function heldOutLeaks(partition: TaskPartition, pretrainedOn?: Split): HeldOutLeak[] {
+  const leaks: HeldOutLeak[] = [];
+  const trainers = new Map<string, string>();
+  for (const c of partition.clients) for (const item of heldOutItems(c.train)) trainers.set(item, c.id);
+  const pretraining = new Set(pretrainedOn ? heldOutItems(pretrainedOn) : []);
+  for (const client of partition.clients) {
+    for (const item of heldOutItems(client.test)) {
+      const trainer = trainers.get(item);
+      if (trainer !== undefined && trainer !== client.id)
+        leaks.push({ clientId: client.id, item: item.slice(0, 80), seenBy: trainer });
+      if (pretraining.has(item)) leaks.push({ clientId: client.id, item: item.slice(0, 80), seenBy: 'pretraining' });
+    }
+  }
+  return leaks;
+}
+
+export class PartitionError extends Error {}
+
+/**
+ * The clients of `task` for a federation on a checkpoint pretrained on the seed-`pretrainSeed`
+ * partition: refuses, naming the first leaks, when a held-out item could have been seen in training.
+ */
+export function federationPartition(
+  task: TaskName,
+  options: PartitionOptions & { pretrainSeed: number },
+): TaskPartition {
+  const partition = taskPartition(task, options);
+  if (partition.clients.length < (options.clients ?? 8)) {
+    throw new PartitionError(
+      `the ${task} task has ${partition.clients.length} clients under seed ${options.seed ?? 0}; asked for ${options.clients}`,
+    );
+  }
+  const pretrained = taskPartition(task, { seed: options.pretrainSeed }).general.train;
+  const leaks = heldOutLeaks(partition, pretrained);
+  if (leaks.length > 0) {
+    const shown = leaks
+      .slice(0, 3)
+      .map((l) => `${l.clientId} holds out ${JSON.stringify(l.item.slice(0, 40))}, seen by ${l.seenBy}`)
+      .join('; ');
+    throw new PartitionError(
+      `${leaks.length} held-out ${task} item(s) of seed ${options.seed ?? 0} with ${partition.clients.length} clients were seen in training ` +
+        `(the checkpoint was pretrained on the seed-${options.pretrainSeed} partition): ${shown}. ` +
+        "Use the checkpoint's seed and at most its client count, or pretrain a checkpoint for this partition.",
+    );
+  }
+  return partition;
 }

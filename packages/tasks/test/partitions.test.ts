@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { TASKS, arithmeticBucket, stateOfTheUnion, taskPartition } from '../src/index.js';
+import {
+  PartitionError,
+  TASKS,
+  arithmeticBucket,
+  federationPartition,
+  heldOutLeaks,
+  stateOfTheUnion,
+  taskPartition,
+} from '../src/index.js';
 
 describe.each(TASKS)('%s partitions', (task) => {
   const a = taskPartition(task, { seed: 7 });
@@ -71,5 +79,45 @@ describe('what makes a client private', () => {
     expect(new Set(labels)).toEqual(new Set([' spam', ' ham']));
     const spamShare = (i: number) => p.clients[i]!.train.examples!.filter((e) => e.answer === ' spam').length / 160;
     expect(spamShare(0)).toBeLessThan(spamShare(7));
+  });
+});
+
+describe('held-out data is never seen in training', () => {
+  // the committed checkpoints were pretrained on the seed-0 partition with its default 8 clients
+  const pretrainedOn = Object.fromEntries(TASKS.map((t) => [t, taskPartition(t, { seed: 0 }).general.train]));
+
+  it.each(TASKS)(
+    '%s: no client holds out what another client or the pretraining corpus trains on (1-8 clients)',
+    (task) => {
+      for (let clients = 1; clients <= 8; clients++) {
+        const partition = federationPartition(task, { seed: 0, clients, pretrainSeed: 0 });
+        expect(partition.clients).toHaveLength(clients);
+        expect(heldOutLeaks(partition, pretrainedOn[task])).toEqual([]);
+      }
+    },
+  );
+
+  it("arithmetic: no client trains on another client's test problems, whatever the seed and client count", () => {
+    for (const seed of [0, 1, 5])
+      for (const clients of [2, 6, 8, 12]) {
+        const partition = taskPartition('arithmetic', { seed, clients });
+        const held = new Map(partition.clients.flatMap((c) => c.test.examples!.map((e) => [e.prompt, c.id] as const)));
+        for (const c of partition.clients)
+          for (const e of c.train.examples!) expect(held.get(e.prompt) ?? c.id, `${e.prompt} in ${c.id}`).toBe(c.id);
+        expect(heldOutLeaks(partition, pretrainedOn['arithmetic'])).toEqual([]);
+      }
+  });
+
+  it('refuses a federation whose seed or client count would test clients on pretraining data', () => {
+    // another seed picks other presidents and mailboxes, some of them in the seed-0 pretraining corpus
+    expect(() => federationPartition('speech', { seed: 1, clients: 4, pretrainSeed: 0 })).toThrow(PartitionError);
+    expect(() => federationPartition('email', { seed: 1, clients: 4, pretrainSeed: 0 })).toThrow(/seen by pretraining/);
+    // more clients than the pretraining partition had reach into its general corpus
+    expect(() => federationPartition('speech', { seed: 0, clients: 12, pretrainSeed: 0 })).toThrow(
+      /pretrained on the seed-0/,
+    );
+    expect(() => federationPartition('email', { seed: 0, clients: 12, pretrainSeed: 0 })).toThrow(PartitionError);
+    // arithmetic's problem buckets never meet, whatever the seed
+    expect(heldOutLeaks(federationPartition('arithmetic', { seed: 1, clients: 12, pretrainSeed: 0 }))).toEqual([]);
   });
 });

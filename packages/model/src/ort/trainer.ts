@@ -77,7 +77,7 @@ export class OrtTrainer implements Trainer {
       ort.InferenceSession.create(graph.bytes, sessionOptions),
       ort.InferenceSession.create(apply, sessionOptions),
     ]);
-    return new OrtTrainer(config, weights, options, graph.trainables, gradSession, applySession);
+    return new OrtTrainer(config, weights, { ...options }, graph.trainables, gradSession, applySession);
   }
 
   /** Sum of weighted token losses, their weight and the summed gradients over the micro-batches. */
@@ -160,6 +160,35 @@ export class OrtTrainer implements Trainer {
       this.v[i] = saved.v.slice();
     });
     this.t = state.step;
+  }
+
+  /**
+   * Starts over from `adapter` (same modules and ranks as the one this trainer was built for): its
+   * factors become the parameters, moments and step count are reset. Reuses the compiled sessions, so a
+   * device trains round after round without rebuilding its graphs.
+   */
+  reset(adapter: LoraAdapter): void {
+    const own = this.options.adapter;
+    if (!own) throw new Error('reset(adapter) needs a LoRA trainer; this one trains every weight');
+    checkAdapter(this.config, adapter);
+    for (const [path, f] of own.modules) {
+      const other = adapter.modules.get(path);
+      if (!other || other.rank !== f.rank) {
+        throw new Error(
+          `reset: ${path} needs rank ${f.rank}, the adapter has ${other ? `rank ${other.rank}` : 'none'}`,
+        );
+      }
+    }
+    if (adapter.modules.size !== own.modules.size || adapter.alpha !== own.alpha) {
+      throw new Error('reset: the adapter must have the same modules and alpha as the trainer');
+    }
+    this.values.forEach(
+      (_, i) => (this.values[i] = initialValue(this.trainables[i] as TrainableTensor, this.baseWeights, adapter)),
+    );
+    this.m.forEach((m, i) => (this.m[i] = new Float32Array(m.length)));
+    this.v.forEach((v, i) => (this.v[i] = new Float32Array(v.length)));
+    this.t = 0;
+    this.options.adapter = adapter;
   }
 
   /** The trainable tensors and their live values (mutating a value changes the next step's input). */

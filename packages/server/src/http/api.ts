@@ -17,10 +17,14 @@ import {
   PROTOCOL_VERSION,
   type RoundRecord,
   RoundRecord as RoundRecordSchema,
+  MAX_LORA_RANK,
   adapterFromTensors,
+  adapterToTensors,
   parseSafetensors,
   peftAdapterConfig,
+  serializeSafetensors,
 } from '@floe/shared';
+import { startAdapter } from '@floe/federation';
 import { type Credentials, bearer, newClientId, safeEqual } from '../auth.js';
 import type { ServerConfig } from '../config.js';
 import type { ServerMetrics } from '../metrics.js';
@@ -76,6 +80,14 @@ export function jobSummary(store: Store, job: JobRow): JobSummary {
 const JobParams = Type.Object({ id: Id }, { additionalProperties: false });
 const ClusterParams = Type.Object(
   { id: Id, cluster: Type.Integer({ minimum: 0, maximum: 1_000_000 }) },
+  { additionalProperties: false },
+);
+/** A cluster adapter as a client of this rank (and these layers) receives it in a round. */
+const AdapterQuery = Type.Object(
+  {
+    rank: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_LORA_RANK })),
+    layers: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}(,[0-9]{1,4}){0,255}$' })),
+  },
   { additionalProperties: false },
 );
 const RoundParams = Type.Object(
@@ -331,7 +343,25 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     const stored = store.adapter(job.id, cluster);
     if (!stored)
       throw new HttpError(404, 'no_adapter', `job ${job.id} has no aggregated adapter for cluster ${cluster}`);
-    return { job, stored };
+    const full = adapterFromTensors([...parseSafetensors(stored.safetensors).tensors.values()], job.spec.alpha);
+    const { rank, layers } = request.query as { rank?: number; layers?: string };
+    if (rank === undefined && layers === undefined) return { job, stored, adapter: full };
+    if (
+      (rank ?? job.spec.maxRank) > job.spec.maxRank ||
+      (job.spec.strategy === 'fedavg' && rank !== undefined && rank !== job.spec.maxRank)
+    )
+      throw new HttpError(
+        400,
+        'wrong_rank',
+        `job ${job.id} hands out ranks up to ${job.spec.maxRank} (fedavg: exactly)`,
+      );
+    const adapter = startAdapter(job.spec, full, {
+      clientId: '',
+      clusterId: cluster,
+      rank: rank ?? job.spec.maxRank,
+      ...(layers === undefined ? {} : { layers: layers.split(',').map(Number) }),
+    }) as typeof full;
+    return { job, stored, adapter, resized: true };
   };
 
   app.get(
@@ -342,12 +372,12 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         summary: 'PEFT adapter_config.json of a cluster adapter',
         security: [...admin, { clientCredential: [] }],
         params: ClusterParams,
+        querystring: AdapterQuery,
       },
       preHandler: requireAdminOrClient,
     },
     (request) => {
-      const { job, stored } = adapterOf(request);
-      const adapter = adapterFromTensors([...parseSafetensors(stored.safetensors).tensors.values()], job.spec.alpha);
+      const { job, adapter } = adapterOf(request);
       return peftAdapterConfig(adapter, job.spec.baseModel.id);
     },
   );
@@ -360,16 +390,16 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         summary: 'PEFT adapter_model.safetensors of a cluster adapter (ETag: its SHA-256)',
         security: [...admin, { clientCredential: [] }],
         params: ClusterParams,
+        querystring: AdapterQuery,
       },
       preHandler: requireAdminOrClient,
     },
     (request, reply: FastifyReply) => {
-      const { stored } = adapterOf(request);
-      void reply
-        .header('content-type', 'application/octet-stream')
-        .header('etag', `"${stored.sha256}"`)
-        .header('x-floe-round', String(stored.round));
-      return reply.send(Buffer.from(stored.safetensors));
+      const { stored, adapter, resized } = adapterOf(request);
+      const bytes = resized ? serializeSafetensors(adapterToTensors(adapter), 'F32') : stored.safetensors;
+      void reply.header('content-type', 'application/octet-stream').header('x-floe-round', String(stored.round));
+      if (!resized) void reply.header('etag', `"${stored.sha256}"`);
+      return reply.send(Buffer.from(bytes));
     },
   );
 

@@ -7,6 +7,17 @@
  * is on), otherwise it fails and the job moves on; stragglers only miss that round.
  */
 import {
+  type Assignment,
+  type RoundUpdate,
+  aggregateRound,
+  checkAdapter,
+  checkPlan,
+  configureRound,
+  initialAdapter,
+  layersKey,
+  startAdapter,
+} from '@floe/federation';
+import {
   CodecError,
   FloeError,
   type JobSpec,
@@ -22,18 +33,13 @@ import {
   adapterToTensors,
   decodeMessageOf,
   fromWireAdapter,
-  moduleLayer,
   ownWireTensor,
   parseSafetensors,
   serializeSafetensors,
   toWireAdapter,
 } from '@floe/shared';
-import { UpdateSketch, clusterSketches } from '../aggregation/clustering.js';
-import { type ClientUpdate, STRATEGIES } from '../aggregation/strategy.js';
-import { updateProblems } from '../aggregation/validate.js';
 import type { ServerMetrics } from '../metrics.js';
-import type { Assignment, JobRow, RoundRow, Store } from '../store/store.js';
-import { sampleClients } from './sampling.js';
+import type { JobRow, RoundRow, Store } from '../store/store.js';
 
 /** Delivers server messages to connected clients; false when the client is not connected. */
 export interface RoundTransport {
@@ -62,15 +68,12 @@ interface Session {
 
 export class JobError extends FloeError {}
 
-const DEFAULT_MAX_UPDATE_NORM = 1e4;
-
 export class Coordinator {
   private readonly sessions = new Map<string, Session>();
   private readonly deadlineTimers = new Map<string, NodeJS.Timeout>();
   private readonly gatherTimers = new Map<string, NodeJS.Timeout>();
   /** Clients refused in the current round of a job (they may still retry until it closes). */
   private readonly refused = new Map<string, Set<string>>();
-  private readonly sketcher = new UpdateSketch(64, 0);
   private closed = false;
 
   constructor(
@@ -141,7 +144,20 @@ export class Coordinator {
       }
       this.store.updateJob(id, { status: 'stopped' });
     });
-    if (open?.status === 'open') this.release(open);
+    if (open?.status === 'open') {
+      this.release(open);
+      for (const a of open.sampled) {
+        this.transport.send(a.clientId, {
+          type: 'round_end',
+          jobId: id,
+          round: open.round,
+          clusterId: job.state.clusterOf[a.clientId] ?? a.clusterId,
+          accepted: 0,
+          metrics: {},
+          jobStatus: 'stopped',
+        });
+      }
+    }
     this.clearTimers(id);
     this.metrics.activeJobs.dec();
     this.log.info({ jobId: id }, 'job stopped');
@@ -225,15 +241,8 @@ export class Coordinator {
       throw error;
     }
     const { spec } = job;
-    if (update.plan.rank !== assignment.rank) {
-      return refuse('wrong_rank', `planned rank ${assignment.rank}, update has rank ${update.plan.rank}`);
-    }
-    if ([...update.plan.targetModules].sort().join(',') !== [...spec.targetModules].sort().join(',')) {
-      return refuse('wrong_modules', `the job adapts ${spec.targetModules.join(', ')}`);
-    }
-    if (layersKey(update.plan.layers) !== layersKey(assignment.layers)) {
-      return refuse('wrong_layers', 'the update adapts other layers than the client planned');
-    }
+    const wrongPlan = checkPlan(spec, assignment, update.plan);
+    if (wrongPlan) return refuse(wrongPlan.code, wrongPlan.message);
     let adapter: LoraAdapter;
     try {
       adapter = fromWireAdapter(update.adapter);
@@ -241,20 +250,8 @@ export class Coordinator {
       if (error instanceof FloeError) return refuse('bad_adapter', error.message);
       throw error;
     }
-    const problems = updateProblems(adapter, {
-      modules: adapterModuleShapes(spec.baseModel.architecture, spec.targetModules, assignment.layers),
-      rank: assignment.rank,
-      alpha: spec.alpha,
-      maxNorm: spec.maxUpdateNorm ?? DEFAULT_MAX_UPDATE_NORM,
-    });
-    const first = problems[0];
-    if (first) {
-      const text = problems
-        .slice(0, 3)
-        .map((p) => JSON.stringify(p))
-        .join('; ');
-      return refuse(first.code, `${problems.length} problem(s): ${text}`);
-    }
+    const wrongAdapter = checkAdapter(spec, assignment, adapter);
+    if (wrongAdapter) return refuse(wrongAdapter.code, wrongAdapter.message);
     this.store.addUpdate({
       jobId: job.id,
       round: round.round,
@@ -313,16 +310,9 @@ export class Coordinator {
     if (gather) clearTimeout(gather);
     this.gatherTimers.delete(job.id);
 
-    const chosen = sampleClients(idle, spec.clientsPerRound, `${job.id}:${job.currentRound}`);
-    const clusters = new Set(this.store.adapters(job.id).map((a) => a.clusterId));
-    const defaultCluster = clusters.size > 0 ? Math.min(...clusters) : 0;
-    const sampled: Assignment[] = chosen.map((clientId) => {
-      const plan = this.sessions.get(clientId)?.plan;
-      const rank = spec.strategy === 'fedavg' ? spec.maxRank : Math.min(plan?.rank ?? spec.maxRank, spec.maxRank);
-      const clusterId = job.state.clusterOf[clientId] ?? defaultCluster;
-      const layers = plan?.layers ? [...plan.layers].sort((a, b) => a - b) : undefined;
-      return layers ? { clientId, rank, clusterId, layers } : { clientId, rank, clusterId };
-    });
+    const clusters = [...new Set(this.store.adapters(job.id).map((a) => a.clusterId))];
+    const candidates = idle.map((clientId) => ({ clientId, plan: this.sessions.get(clientId)?.plan }));
+    const sampled = configureRound(spec, job.state, clusters, candidates, `${job.id}:${job.currentRound}`);
     const now = Date.now();
     const round: RoundRow = {
       jobId: job.id,
@@ -351,8 +341,8 @@ export class Coordinator {
     const key = `${a.clusterId}:${a.rank}:${layersKey(a.layers)}`;
     let adapter = cache.get(key);
     if (adapter === undefined) {
-      const stored = this.clusterAdapter(job, a.clusterId);
-      adapter = stored ? toWireAdapter(restrict(STRATEGIES[job.spec.strategy].resize(stored, a.rank), a.layers)) : null;
+      const start = startAdapter(job.spec, this.clusterAdapter(job, a.clusterId), a, this.initialAdapterOf(job));
+      adapter = start ? toWireAdapter(start) : null;
       cache.set(key, adapter);
     }
     const { spec } = job;
@@ -373,6 +363,15 @@ export class Coordinator {
       },
       adapter,
     });
+  }
+
+  private readonly initialAdapters = new Map<string, LoraAdapter>();
+
+  /** Round 0's shared start of `job` (a function of its id, so a restarted server hands out the same). */
+  private initialAdapterOf(job: JobRow): LoraAdapter {
+    let adapter = this.initialAdapters.get(job.id);
+    if (!adapter) this.initialAdapters.set(job.id, (adapter = initialAdapter(job.spec, job.id)));
+    return adapter;
   }
 
   private clusterAdapter(job: JobRow, clusterId: number): LoraAdapter | undefined {
@@ -418,72 +417,34 @@ export class Coordinator {
       return;
     }
 
-    const clientUpdates: (ClientUpdate & { metrics: Metrics; assignment: Assignment })[] = updates.map((u) => ({
+    const roundUpdates: RoundUpdate[] = updates.map((u) => ({
       clientId: u.clientId,
       numSamples: u.numSamples,
       adapter: fromWireAdapter(decodeMessageOf(u.frame, 'update', { maxBytes: this.options.maxFrameBytes }).adapter),
       metrics: u.metrics,
       assignment: round.sampled.find((a) => a.clientId === u.clientId) as Assignment,
     }));
-
-    // which updates aggregate together
-    let clusterIds = clientUpdates.map(() => 0);
-    let centroids = new Map(job.state.centroids);
-    let silhouette: number | undefined;
-    if (spec.clustering) {
-      // cluster on what each client changed, not on the shared starting point
-      const startSketch = new Map<string, Float64Array>();
-      const sketches = clientUpdates.map((u) => {
-        const own = this.sketcher.sketch(u.adapter);
-        const key = `${u.assignment.clusterId}:${u.assignment.rank}:${layersKey(u.assignment.layers)}`;
-        let start = startSketch.get(key);
-        if (!start) {
-          const stored = this.clusterAdapter(job, u.assignment.clusterId);
-          start = stored
-            ? this.sketcher.sketch(
-                restrict(STRATEGIES[spec.strategy].resize(stored, u.assignment.rank), u.assignment.layers),
-              )
-            : new Float64Array(own.length);
-          startSketch.set(key, start);
-        }
-        return own.map((x, i) => x - (start[i] as number));
-      });
-      const clustering = clusterSketches(sketches, {
-        maxClusters: Math.min(spec.maxClusters ?? 8, clientUpdates.length),
-        previous: centroids,
-        previousIds: clientUpdates.map((u) => job.state.clusterOf[u.clientId]),
-        seed: roundIndex,
-      });
-      clusterIds = clustering.ids;
-      centroids = new Map([...centroids, ...clustering.centroids]);
-      silhouette = clustering.silhouette;
-    }
-
-    const strategy = STRATEGIES[spec.strategy];
-    const groups = new Map<number, typeof clientUpdates>();
-    clientUpdates.forEach((u, i) => {
-      const id = clusterIds[i] as number;
-      groups.set(id, [...(groups.get(id) ?? []), u]);
-    });
-    const adapters = [...groups].map(([clusterId, members]) => {
-      const adapter = strategy.aggregate(members, spec.alpha).forRank(spec.maxRank);
-      const safetensors = serializeSafetensors(adapterToTensors(adapter), 'F32', {
+    const result = aggregateRound(
+      spec,
+      job.state,
+      (clusterId) => this.clusterAdapter(job, clusterId),
+      roundUpdates,
+      roundIndex,
+    );
+    const adapters = [...result.adapters].map(([clusterId, adapter]) => ({
+      clusterId,
+      safetensors: serializeSafetensors(adapterToTensors(adapter), 'F32', {
         job: jobId,
         round: String(roundIndex),
         cluster: String(clusterId),
         strategy: spec.strategy,
         alpha: String(spec.alpha),
         rank: String(spec.maxRank),
-      });
-      return { clusterId, safetensors };
-    });
+      }),
+    }));
     const aggregationSeconds = (performance.now() - started) / 1000;
-
-    const clusterOf = { ...job.state.clusterOf };
-    clientUpdates.forEach((u, i) => (clusterOf[u.clientId] = clusterIds[i] as number));
-    const metrics: Metrics = { ...meanMetrics(clientUpdates), aggregation_seconds: aggregationSeconds };
-    metrics.samples = clientUpdates.reduce((n, u) => n + u.numSamples, 0);
-    if (silhouette !== undefined) metrics.silhouette = silhouette;
+    const { clusterOf } = result.state;
+    const metrics: Metrics = { ...result.metrics, aggregation_seconds: aggregationSeconds };
     this.store.transaction(() => {
       for (const a of adapters) {
         this.store.putAdapter({
@@ -498,19 +459,26 @@ export class Coordinator {
         status: 'aggregated',
         endedAt: new Date().toISOString(),
         dropped,
-        clusters: groups.size,
+        clusters: result.adapters.size,
         metrics,
       });
       this.store.updateJob(jobId, {
         currentRound: nextRound,
         status: finished ? 'completed' : 'running',
-        state: { centroids: [...centroids], clusterOf },
+        state: result.state,
       });
     });
     this.metrics.rounds.inc({ status: 'aggregated' });
     this.metrics.aggregationSeconds.observe(aggregationSeconds);
     this.log.info(
-      { jobId, round: roundIndex, accepted: updates.length, clusters: groups.size, dropped, aggregationSeconds },
+      {
+        jobId,
+        round: roundIndex,
+        accepted: updates.length,
+        clusters: result.adapters.size,
+        dropped,
+        aggregationSeconds,
+      },
       'round aggregated',
     );
     this.finishRound(job, round, finished, clusterOf, metrics, updates.length);
@@ -538,6 +506,7 @@ export class Coordinator {
         clusterId: clusterOf[a.clientId] ?? a.clusterId,
         accepted,
         metrics,
+        jobStatus: finished ? 'completed' : 'running',
       });
     }
     this.refused.delete(job.id);
@@ -612,34 +581,4 @@ export class Coordinator {
       timers.delete(jobId);
     }
   }
-}
-
-function layersKey(layers: readonly number[] | undefined): string {
-  return layers ? [...layers].sort((a, b) => a - b).join(',') : 'all';
-}
-
-/** Only the modules of `layers` (all when undefined). */
-function restrict(adapter: LoraAdapter, layers: readonly number[] | undefined): LoraAdapter {
-  if (!layers) return adapter;
-  const keep = new Set(layers);
-  return {
-    alpha: adapter.alpha,
-    modules: new Map([...adapter.modules].filter(([path]) => keep.has(moduleLayer(path) ?? -1))),
-  };
-}
-
-/** Sample-weighted mean of every metric the clients reported, as `client.<name>`. */
-function meanMetrics(updates: readonly { numSamples: number; metrics: Metrics }[]): Metrics {
-  const sums = new Map<string, { total: number; weight: number }>();
-  for (const u of updates) {
-    for (const [name, value] of Object.entries(u.metrics)) {
-      const s = sums.get(name) ?? { total: 0, weight: 0 };
-      s.total += value * u.numSamples;
-      s.weight += u.numSamples;
-      sums.set(name, s);
-    }
-  }
-  return Object.fromEntries(
-    [...sums].slice(0, 24).map(([name, s]) => [`client.${name}`.slice(0, 64), s.total / s.weight]),
-  );
 }

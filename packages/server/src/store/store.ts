@@ -16,24 +16,13 @@ import {
   type Metrics,
   type RoundStatus,
 } from '@floe/shared';
+import type { Assignment, FederationState } from '@floe/federation';
 
 export class StoreError extends FloeError {}
 
-/** A client sampled into a round, with what the server asked of it. */
-export interface Assignment {
-  clientId: string;
-  rank: number;
-  clusterId: number;
-  /** Layers the client adapts; absent: all. */
-  layers?: number[];
-}
-
-export interface JobState {
-  /** Cluster centroid per cluster id (normalized sketch space), to keep ids stable. */
-  centroids: [number, number[]][];
-  /** Last known cluster of every client that ever took part. */
-  clusterOf: Record<string, number>;
-}
+export type { Assignment };
+/** A job's federation state (cluster centroids and memberships), kept with the job. */
+export type JobState = FederationState;
 
 export interface JobRow {
   id: string;

@@ -194,6 +194,29 @@ export function loraProductNorm(factors: LoraFactors, alpha: number): number {
   return (alpha / r) * Math.sqrt(Math.max(0, trace));
 }
 
+/**
+ * ||(alpha / r) B A - (alpha / r0) B0 A0||_F: how far an update moved a module from where it started.
+ * The difference is itself a product, [s B, -s0 B0] [A; A0], so loraProductNorm's Gram route applies.
+ */
+export function loraDeltaNorm(update: LoraFactors, start: LoraFactors | undefined, alpha: number): number {
+  if (!start) return loraProductNorm(update, alpha);
+  const { inFeatures, outFeatures } = update;
+  if (start.inFeatures !== inFeatures || start.outFeatures !== outFeatures) {
+    throw new AdapterMathError('shape_mismatch', 'an update and its start must adapt the same shape');
+  }
+  const rank = update.rank + start.rank;
+  const [s, s0] = [alpha / update.rank, alpha / start.rank];
+  const B = new Float32Array(outFeatures * rank);
+  for (let o = 0; o < outFeatures; o++) {
+    for (let j = 0; j < update.rank; j++) B[o * rank + j] = s * (update.B[o * update.rank + j] as number);
+    for (let j = 0; j < start.rank; j++) B[o * rank + update.rank + j] = -s0 * (start.B[o * start.rank + j] as number);
+  }
+  const A = new Float32Array(rank * inFeatures);
+  A.set(update.A, 0);
+  A.set(start.A, update.rank * inFeatures);
+  return loraProductNorm({ rank, inFeatures, outFeatures, A, B }, rank);
+}
+
 export function frobeniusNorm(values: Float32Array): number {
   let sum = 0;
   for (const v of values) sum += v * v;

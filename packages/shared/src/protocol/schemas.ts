@@ -80,7 +80,8 @@ export const WireAdapter = Type.Object(
 );
 export type WireAdapter = Static<typeof WireAdapter>;
 
-export const DeviceTier = Type.Union([Type.Literal('weak'), Type.Literal('medium'), Type.Literal('strong')]);
+/** A named class of device (`phone-low`, `laptop`, ...): a label the planner started from, nothing more. */
+export const DeviceTier = Type.String({ pattern: '^[a-z][a-z0-9-]{0,31}$' });
 export type DeviceTier = Static<typeof DeviceTier>;
 
 /** What a device can afford, declared or measured. */
@@ -246,6 +247,8 @@ export const RoundEnd = Type.Object(
     clusterId: Type.Integer({ minimum: 0 }),
     accepted: Type.Integer({ minimum: 0 }),
     metrics: Metrics,
+    /** Whether the job goes on: a device that joined for one job leaves when it is no longer running. */
+    jobStatus: Type.Union([Type.Literal('running'), Type.Literal('completed'), Type.Literal('stopped')]),
   },
   strict,
 );

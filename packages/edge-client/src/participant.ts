@@ -1,0 +1,84 @@
+/**
+ * A round participant turns a `round_start` into an update (Flower's fit): the LoRA participant trains
+ * the round's adapter at the assigned rank on local data; synthetic devices (simulator) are another.
+ * Only the adapter, the number of local examples and scalar metrics leave the device.
+ */
+import {
+  type LoraAdapter,
+  type RankPlan,
+  type RoundStart,
+  type Update,
+  fromWireAdapter,
+  hashString,
+  toWireAdapter,
+} from '@floe/shared';
+import { type LocalTrainer, initialAdapter } from './local-trainer.js';
+
+export type UpdateBody = Omit<Update, 'type'>;
+
+export interface RoundParticipant {
+  /** The update for `start`; `signal` aborts when the round is no longer worth finishing. */
+  onRound(start: RoundStart, signal?: AbortSignal): Promise<UpdateBody>;
+}
+
+export interface TrainedRound {
+  start: RoundStart;
+  adapter: LoraAdapter;
+  loss: number;
+  steps: number;
+  seconds: number;
+}
+
+export interface LoraParticipantOptions {
+  trainer: LocalTrainer;
+  /** The device's plan: its layers are trained, its rank is what it asked for (the server may lower it). */
+  plan: RankPlan;
+  /** Seeds the first adapter and the order of local batches, with the job and round. */
+  seed: number;
+  /** Seconds kept free before a round's deadline for sending the update (default 2). */
+  uploadMarginSec?: number;
+  onStep?: (start: RoundStart, step: number, loss: number) => void;
+  onTrained?: (round: TrainedRound) => void;
+}
+
+export class LoraParticipant implements RoundParticipant {
+  constructor(readonly options: LoraParticipantOptions) {}
+
+  async onRound(start: RoundStart, signal?: AbortSignal): Promise<UpdateBody> {
+    const { config } = start;
+    const { trainer, plan } = this.options;
+    const seed = hashString(`${this.options.seed}:${start.jobId}:${start.round}`);
+    const adapter = start.adapter
+      ? fromWireAdapter(start.adapter)
+      : initialAdapter(
+          trainer.options.checkpoint.config,
+          { rank: config.rank, alpha: config.alpha, targetModules: config.targetModules, layers: plan.layers },
+          seed,
+        );
+    const margin = (this.options.uploadMarginSec ?? 2) * 1000;
+    const result = await trainer.train({
+      start: adapter,
+      steps: config.localSteps,
+      batchSize: config.batchSize,
+      learningRate: config.learningRate,
+      seed,
+      // a straggler sends what it has rather than nothing: stop when the next step would miss the deadline
+      shouldStop: (_, secondsPerStep) =>
+        signal?.aborted === true || Date.now() + secondsPerStep * 1000 + margin > start.deadline,
+      onStep: (step, loss) => this.options.onStep?.(start, step, loss),
+    });
+    this.options.onTrained?.({ start, ...result });
+    return {
+      jobId: start.jobId,
+      round: start.round,
+      numSamples: trainer.numExamples,
+      plan: {
+        rank: config.rank,
+        targetModules: config.targetModules,
+        ...(plan.layers ? { layers: [...plan.layers] } : {}),
+      },
+      adapter: toWireAdapter(result.adapter),
+      metrics: { loss: result.loss, steps: result.steps, train_seconds: result.seconds },
+    };
+  }
+}
