@@ -17,6 +17,7 @@ const BENCHES: Record<string, () => Promise<{ run: () => Promise<BenchResult> }>
   model: () => import('./bench/model.js'),
   train: () => import('./bench/train.js'),
   server: () => import('./bench/server.js'),
+  planner: () => import('./bench/planner.js'),
 };
 
 const { positionals, values } = parseArgs({

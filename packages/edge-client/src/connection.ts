@@ -73,6 +73,8 @@ export interface ConnectOptions {
   reconnect?: boolean;
   /** Longest pause between reconnection attempts, ms (they back off exponentially up to it, with jitter). */
   maxReconnectDelayMs?: number;
+  /** Sees every frame the connection sends, hello included, as it leaves (traffic inspection). */
+  onFrameSent?: (event: string, frame: Uint8Array) => void;
 }
 
 export class ServerConnection extends EventEmitter<ConnectionEvents> {
@@ -109,6 +111,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
       randomizationFactor: 0.5,
     });
     const connection = new ServerConnection(socket);
+    if (options.onFrameSent) connection.onFrameSent(options.onFrameSent);
     const hello: Hello = {
       type: 'hello',
       protocolVersion: PROTOCOL_VERSION,

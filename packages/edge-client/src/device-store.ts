@@ -79,6 +79,15 @@ export class DeviceStore {
     return record;
   }
 
+  /** A value computed once and kept (a calibration of this device), by a key naming what it depends on. */
+  cached<T>(key: string): T | undefined {
+    return this.read<Record<string, T>>('cache.json')?.[key];
+  }
+
+  cache(key: string, value: unknown): void {
+    this.write('cache.json', { ...this.read<Record<string, unknown>>('cache.json'), [key]: value });
+  }
+
   adapterDir(jobId: string): string {
     return path.join(this.dir, 'adapters', jobId);
   }

@@ -14,10 +14,10 @@ import {
   type RoundEnd,
   type RoundStart,
   type UpdateAck,
-  FloeError,
   encodeMessage,
 } from '@floe/shared';
 import { ConnectionError, ServerConnection, enroll } from './connection.js';
+import { FederationError } from './errors.js';
 import type { DeviceStore } from './device-store.js';
 import type { RoundParticipant, UpdateBody } from './participant.js';
 
@@ -31,6 +31,8 @@ export interface FederationClientOptions {
   participant: RoundParticipant;
   /** Longest pause between reconnection attempts, ms. */
   maxReconnectDelayMs?: number;
+  /** Sees every frame the device sends, as it leaves. */
+  onFrameSent?: (event: string, frame: Uint8Array) => void;
 }
 
 export interface RoundSent {
@@ -54,9 +56,24 @@ export interface FederationClientEvents {
   reconnect: [];
 }
 
-export class FederationError extends FloeError {}
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The identity kept in `store` for `serverUrl`, or a new one from enrollment with `joinToken`. */
+export async function ensureIdentity(
+  store: DeviceStore,
+  serverUrl: string,
+  joinToken: string | undefined,
+  profile: DeviceProfile,
+): Promise<{ credential: string; clientId: string; enrolled: boolean }> {
+  const known = store.identity(serverUrl);
+  if (known) return { credential: known.credential, clientId: known.clientId, enrolled: false };
+  if (!joinToken) {
+    throw new FederationError('not_enrolled', `this device is not enrolled at ${serverUrl}: give a join token`);
+  }
+  const { clientId, credential } = await enroll(serverUrl, joinToken, profile);
+  store.saveIdentity({ serverUrl, clientId, credential });
+  return { credential, clientId, enrolled: true };
+}
 
 export class FederationClient extends EventEmitter<FederationClientEvents> {
   private connection: ServerConnection | undefined;
@@ -70,16 +87,9 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
   }
 
   /** The identity kept in the store, or a new one from enrollment. */
-  private async identity(): Promise<{ credential: string; enrolled: boolean }> {
+  private identity(): Promise<{ credential: string; enrolled: boolean }> {
     const { store, serverUrl, joinToken, profile } = this.options;
-    const known = store.identity(serverUrl);
-    if (known) return { credential: known.credential, enrolled: false };
-    if (!joinToken) {
-      throw new FederationError('not_enrolled', `this device is not enrolled at ${serverUrl}: give a join token`);
-    }
-    const { clientId, credential } = await enroll(serverUrl, joinToken, profile);
-    store.saveIdentity({ serverUrl, clientId, credential });
-    return { credential, enrolled: true };
+    return ensureIdentity(store, serverUrl, joinToken, profile);
   }
 
   /** Connects (waiting for the server as long as it takes) and starts answering rounds. */
@@ -92,6 +102,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
         timeoutMs: 0,
         reconnect: true,
         maxReconnectDelayMs: this.options.maxReconnectDelayMs ?? 10_000,
+        ...(this.options.onFrameSent ? { onFrameSent: this.options.onFrameSent } : {}),
       });
     let connection: ServerConnection;
     try {
@@ -116,12 +127,6 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
 
   get traffic(): ServerConnection['traffic'] | undefined {
     return this.connection?.traffic;
-  }
-
-  /** Every frame this device sends, as it leaves (for inspection). */
-  onFrameSent(listener: (event: string, frame: Uint8Array) => void): void {
-    if (!this.connection) throw new FederationError('not_started', 'start() first');
-    this.connection.onFrameSent(listener);
   }
 
   private onRoundStart(connection: ServerConnection, start: RoundStart): void {

@@ -8,10 +8,12 @@ import {
   type RankPlan,
   type RoundStart,
   type Update,
+  encodeMessage,
   fromWireAdapter,
   hashString,
   toWireAdapter,
 } from '@floe/shared';
+import { FederationError } from './errors.js';
 import { type LocalTrainer, initialAdapter } from './local-trainer.js';
 
 export type UpdateBody = Omit<Update, 'type'>;
@@ -33,10 +35,20 @@ export interface LoraParticipantOptions {
   trainer: LocalTrainer;
   /** The device's plan: its layers are trained, its rank is what it asked for (the server may lower it). */
   plan: RankPlan;
-  /** Seeds the first adapter and the order of local batches, with the job and round. */
+  /** Seeds the order of local batches, with the job and round. */
   seed: number;
+  /**
+   * SHA-256 of the device's checkpoint: rounds of a job over another base model are refused (training
+   * them would send the job updates of a model it does not have). Unchecked when absent.
+   */
+  baseModelSha256?: string;
   /** Seconds kept free before a round's deadline for sending the update (default 2). */
   uploadMarginSec?: number;
+  /**
+   * A simulated device's link: the round waits as long as its adapter takes to come down and go up at
+   * these rates (loopback moves it at once).
+   */
+  emulateLink?: { uplinkMbps: number; downlinkMbps: number };
   onStep?: (start: RoundStart, step: number, loss: number) => void;
   onTrained?: (round: TrainedRound) => void;
 }
@@ -46,7 +58,18 @@ export class LoraParticipant implements RoundParticipant {
 
   async onRound(start: RoundStart, signal?: AbortSignal): Promise<UpdateBody> {
     const { config } = start;
-    const { trainer, plan } = this.options;
+    const { trainer, plan, emulateLink } = this.options;
+    const linkDelay = async (bytes: number, mbps: number) => {
+      if (emulateLink && mbps > 0) await new Promise((resolve) => setTimeout(resolve, (8000 * bytes) / (mbps * 1e6)));
+    };
+    await linkDelay(encodeMessage(start).byteLength, emulateLink?.downlinkMbps ?? 0);
+    const expected = this.options.baseModelSha256;
+    if (expected && start.config.baseModel.sha256 !== expected) {
+      throw new FederationError(
+        'wrong_base_model',
+        `job ${start.jobId} trains base model ${start.config.baseModel.id} (${start.config.baseModel.sha256.slice(0, 12)}...), this device holds ${expected.slice(0, 12)}...`,
+      );
+    }
     const seed = hashString(`${this.options.seed}:${start.jobId}:${start.round}`);
     const adapter = start.adapter
       ? fromWireAdapter(start.adapter)
@@ -68,7 +91,7 @@ export class LoraParticipant implements RoundParticipant {
       onStep: (step, loss) => this.options.onStep?.(start, step, loss),
     });
     this.options.onTrained?.({ start, ...result });
-    return {
+    const update: UpdateBody = {
       jobId: start.jobId,
       round: start.round,
       numSamples: trainer.numExamples,
@@ -80,5 +103,7 @@ export class LoraParticipant implements RoundParticipant {
       adapter: toWireAdapter(result.adapter),
       metrics: { loss: result.loss, steps: result.steps, train_seconds: result.seconds },
     };
+    await linkDelay(encodeMessage({ type: 'update', ...update }).byteLength, emulateLink?.uplinkMbps ?? 0);
+    return update;
   }
 }

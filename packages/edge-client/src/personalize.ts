@@ -4,7 +4,7 @@
  * would for a round), then fine-tuned on local data for a few steps if that validates better.
  */
 import { type LoraAdapter, type RankPlan, adapterFromTensors, parseSafetensors } from '@floe/shared';
-import { FederationError } from './federation-client.js';
+import { FederationError } from './errors.js';
 import type { LocalTrainer } from './local-trainer.js';
 
 /** The final aggregate of `clusterId` in `jobId`, resized to `plan`'s rank and layers by the server. */

@@ -62,3 +62,11 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   checkWeights(config, tensors);
   return { config, weights: tensors, metadata };
 }
+
+/** SHA-256 (hex) of a checkpoint's weights file: how a job names the base model its devices must hold. */
+export async function checkpointSha256(dir: string): Promise<string> {
+  const { createHash } = await import('node:crypto');
+  return createHash('sha256')
+    .update(await readFile(path.join(dir, 'model.safetensors')))
+    .digest('hex');
+}

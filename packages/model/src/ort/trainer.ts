@@ -34,6 +34,12 @@ export class OrtTrainer implements Trainer {
   private readonly m: Float32Array[];
   private readonly v: Float32Array[];
   private t = 0;
+  /** Output buffers ORT writes into (gradients, and the next parameters and moments). */
+  private readonly buffers: {
+    grads: Float32Array[];
+    scratch: Float32Array[];
+    spare: { p: Float32Array[]; m: Float32Array[]; v: Float32Array[] };
+  };
 
   private constructor(
     readonly config: LlamaConfig,
@@ -46,6 +52,8 @@ export class OrtTrainer implements Trainer {
     this.values = trainables.map((tensor) => initialValue(tensor, baseWeights, options.adapter));
     this.m = this.values.map((x) => new Float32Array(x.length));
     this.v = this.values.map((x) => new Float32Array(x.length));
+    const like = () => this.values.map((x) => new Float32Array(x.length));
+    this.buffers = { grads: like(), scratch: like(), spare: { p: like(), m: like(), v: like() } };
   }
 
   static async create(config: LlamaConfig, weights: Weights, options: OrtTrainerOptions): Promise<OrtTrainer> {
@@ -80,25 +88,34 @@ export class OrtTrainer implements Trainer {
     return new OrtTrainer(config, weights, { ...options }, graph.trainables, gradSession, applySession);
   }
 
-  /** Sum of weighted token losses, their weight and the summed gradients over the micro-batches. */
+  /**
+   * Sum of weighted token losses, their weight and the summed gradients over the micro-batches. The
+   * gradient arrays are this trainer's own buffers, valid until its next call.
+   */
   async gradients(batch: TrainBatch): Promise<{ lossSum: number; weightSum: number; grads: Float32Array[] }> {
     let lossSum = 0;
     let weightSum = 0;
-    let grads: Float32Array[] | undefined;
+    let first = true;
     for (const micro of this.microBatches(batch)) {
       const feeds: Record<string, ort.Tensor> = { ...micro };
       this.trainables.forEach(
         (tensor, i) => (feeds[tensor.name] = new ort.Tensor('float32', this.values[i] as Float32Array, tensor.shape)),
       );
-      const out = await this.gradSession.run(feeds);
+      // ORT writes the gradients into buffers of ours: a step allocates no tensor-sized arrays, so the
+      // JS heap holds no garbage that grows with the number of steps until a collection
+      const into = first ? this.buffers.grads : this.buffers.scratch;
+      const fetches: Record<string, ort.Tensor | null> = { loss_sum: null, weight_sum: null };
+      this.trainables.forEach(
+        (tensor, i) =>
+          (fetches[`grad.${tensor.name}`] = new ort.Tensor('float32', into[i] as Float32Array, tensor.shape)),
+      );
+      const out = await this.gradSession.run(feeds, fetches as ort.InferenceSession.FetchesType);
       lossSum += (out['loss_sum']!.data as Float32Array)[0] as number;
       weightSum += (out['weight_sum']!.data as Float32Array)[0] as number;
-      const step = this.trainables.map((tensor) => out[`grad.${tensor.name}`]!.data as Float32Array);
-      // the first micro-batch's output arrays are fresh, so they can hold the running sum
-      if (!grads) grads = step;
-      else grads.forEach((g, i) => addInto(g, step[i] as Float32Array));
+      if (!first) this.buffers.grads.forEach((g, i) => addInto(g, this.buffers.scratch[i] as Float32Array));
+      first = false;
     }
-    return { lossSum, weightSum, grads: grads ?? [] };
+    return { lossSum, weightSum, grads: this.buffers.grads };
   }
 
   async step(batch: TrainBatch, learningRate = this.options.learningRate): Promise<StepResult> {
@@ -121,11 +138,19 @@ export class OrtTrainer implements Trainer {
       feeds[`v.${i}`] = new ort.Tensor('float32', this.v[i] as Float32Array, tensor.shape);
       feeds[`g.${i}`] = new ort.Tensor('float32', grads[i] as Float32Array, tensor.shape);
     });
-    const out = await this.applySession.run(feeds);
+    // the updated parameters and moments go to the spare buffers, which then swap with the current ones
+    const spare = this.buffers.spare;
+    const fetches: Record<string, ort.Tensor | null> = { grad_norm: null };
+    this.trainables.forEach((tensor, i) => {
+      fetches[`p_out.${i}`] = new ort.Tensor('float32', spare.p[i] as Float32Array, tensor.shape);
+      fetches[`m_out.${i}`] = new ort.Tensor('float32', spare.m[i] as Float32Array, tensor.shape);
+      fetches[`v_out.${i}`] = new ort.Tensor('float32', spare.v[i] as Float32Array, tensor.shape);
+    });
+    const out = await this.applySession.run(feeds, fetches as ort.InferenceSession.FetchesType);
     this.trainables.forEach((_, i) => {
-      this.values[i] = out[`p_out.${i}`]!.data as Float32Array;
-      this.m[i] = out[`m_out.${i}`]!.data as Float32Array;
-      this.v[i] = out[`v_out.${i}`]!.data as Float32Array;
+      [this.values[i], spare.p[i]] = [spare.p[i] as Float32Array, this.values[i] as Float32Array];
+      [this.m[i], spare.m[i]] = [spare.m[i] as Float32Array, this.m[i] as Float32Array];
+      [this.v[i], spare.v[i]] = [spare.v[i] as Float32Array, this.v[i] as Float32Array];
     });
     return { loss: lossSum / weightSum, gradNorm: (out['grad_norm']!.data as Float32Array)[0] as number };
   }

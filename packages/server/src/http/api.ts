@@ -14,6 +14,7 @@ import {
   Id,
   JobSpec,
   JobSummary,
+  OpenJob,
   PROTOCOL_VERSION,
   type RoundRecord,
   RoundRecord as RoundRecordSchema,
@@ -234,6 +235,24 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       preHandler: requireAdmin,
     },
     () => store.jobs().map((job) => jobSummary(store, job)),
+  );
+
+  app.get(
+    '/v1/jobs/open',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: 'Running jobs and what they train, for enrolled devices planning their rank',
+        security: [...admin, { clientCredential: [] }],
+        response: { 200: Type.Array(OpenJob) },
+      },
+      preHandler: requireAdminOrClient,
+    },
+    () =>
+      store
+        .jobs()
+        .filter((job) => job.status === 'running')
+        .map((job) => ({ id: job.id, spec: job.spec, currentRound: job.currentRound })),
   );
 
   app.get(

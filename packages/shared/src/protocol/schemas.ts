@@ -377,3 +377,7 @@ export const JobSummary = Type.Object(
   strict,
 );
 export type JobSummary = Static<typeof JobSummary>;
+
+/** A running job as a device sees it before joining: what it would train (GET /v1/jobs/open). */
+export const OpenJob = Type.Object({ id: Id, spec: JobSpec, currentRound: Type.Integer({ minimum: 0 }) }, strict);
+export type OpenJob = Static<typeof OpenJob>;
