@@ -99,7 +99,7 @@ describe('six edge clients, two tasks, three tiers, three rounds of clustered Fl
   }, 900_000);
 
   afterAll(async () => {
-    await Promise.all(participants.map((p) => p.device?.stop()));
+    await Promise.all(participants.map(async (p) => p.device && (await p.device.stop())));
     await server?.close();
     await rm(dir, { recursive: true, force: true });
   });

@@ -109,7 +109,7 @@ export class OrtTrainer implements Trainer {
         (tensor, i) =>
           (fetches[`grad.${tensor.name}`] = new ort.Tensor('float32', into[i] as Float32Array, tensor.shape)),
       );
-      const out = await this.gradSession.run(feeds, fetches as ort.InferenceSession.FetchesType);
+      const out = await this.gradSession.run(feeds, fetches);
       lossSum += (out['loss_sum']!.data as Float32Array)[0] as number;
       weightSum += (out['weight_sum']!.data as Float32Array)[0] as number;
       if (!first) this.buffers.grads.forEach((g, i) => addInto(g, this.buffers.scratch[i] as Float32Array));
@@ -146,7 +146,7 @@ export class OrtTrainer implements Trainer {
       fetches[`m_out.${i}`] = new ort.Tensor('float32', spare.m[i] as Float32Array, tensor.shape);
       fetches[`v_out.${i}`] = new ort.Tensor('float32', spare.v[i] as Float32Array, tensor.shape);
     });
-    const out = await this.applySession.run(feeds, fetches as ort.InferenceSession.FetchesType);
+    const out = await this.applySession.run(feeds, fetches);
     this.trainables.forEach((_, i) => {
       [this.values[i], spare.p[i]] = [spare.p[i] as Float32Array, this.values[i] as Float32Array];
       [this.m[i], spare.m[i]] = [spare.m[i] as Float32Array, this.m[i] as Float32Array];
