@@ -59,6 +59,11 @@ export class DeviceStore {
     return identity && identity.serverUrl === serverUrl ? identity : undefined;
   }
 
+  /** The identity this device holds, wherever it enrolled. */
+  anyIdentity(): DeviceIdentity | undefined {
+    return this.read<DeviceIdentity>('identity.json');
+  }
+
   saveIdentity(identity: DeviceIdentity): void {
     this.write('identity.json', identity);
   }
@@ -82,6 +87,10 @@ export class DeviceStore {
   /** A value computed once and kept (a calibration of this device), by a key naming what it depends on. */
   cached<T>(key: string): T | undefined {
     return this.read<Record<string, T>>('cache.json')?.[key];
+  }
+
+  cachedKeys(): string[] {
+    return Object.keys(this.read<Record<string, unknown>>('cache.json') ?? {});
   }
 
   cache(key: string, value: unknown): void {

@@ -83,8 +83,8 @@ export async function openJobs(serverUrl: string, credential: string): Promise<O
   return (await response.json()) as OpenJob[];
 }
 
-/** The cost of training the job's shapes on this host: measured once per workload and kept. */
-async function trainingCost(
+/** The cost of training the job's shapes on this host: measured once per workload and kept in `store`. */
+export async function measuredTrainingCost(
   store: DeviceStore,
   checkpoint: Checkpoint,
   options: { model: string; sha256: string; seqLen: number; threads: number; targetModules: string[] },
@@ -140,7 +140,7 @@ export async function startDevice(options: DeviceOptions): Promise<Device> {
   const { spec } = job;
   const cost =
     options.calibration ??
-    (await trainingCost(
+    (await measuredTrainingCost(
       store,
       checkpoint,
       { model: options.model, sha256, seqLen, threads, targetModules: spec.targetModules },

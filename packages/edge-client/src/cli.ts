@@ -1,0 +1,529 @@
+#!/usr/bin/env node
+/**
+ * floe-edge: a device of a Floe federation, from the command line.
+ *
+ * Every option can also come from the environment (FLOE_EDGE_<OPTION>, e.g. FLOE_EDGE_SERVER) or from a
+ * JSON config file (`--config FILE`, default HOME/config.json) whose keys are the options' names in
+ * camelCase; flags win over the environment, the environment over the file. A wrong value is a usage
+ * error: one line on stderr and exit code 2. A failure while running is one line and exit code 1.
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Command, CommanderError, InvalidArgumentError, Option } from '@commander-js/extra-typings';
+import { architectureOf, checkpointSha256, loadAdapter, loadCheckpoint, saveAdapter } from '@floe/model';
+import Type from 'typebox';
+import { DeviceProfile, parse } from '@floe/shared';
+import { type Score, readDataDir } from '@floe/tasks';
+import { startDevice, measuredTrainingCost } from './device.js';
+import { DeviceStore } from './device-store.js';
+import { ensureIdentity } from './federation-client.js';
+import { LocalTrainer, initialAdapter } from './local-trainer.js';
+import { planRound } from './planner.js';
+import { type ProfileOverrides, TIERS, deviceProfile } from './profile.js';
+
+/** A wrong flag, file or value: reported on one line with exit code 2. */
+class UsageError extends Error {}
+
+const DEFAULT_MODULES = 'q_proj,v_proj,up_proj,down_proj';
+
+// ---- argument parsers: each throws InvalidArgumentError, which commander reports as a usage error
+
+function integer(min: number, max = Number.MAX_SAFE_INTEGER) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\s*-?\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
+    }
+    return n;
+  };
+}
+
+function positiveNumber(value: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n <= 0)
+    throw new InvalidArgumentError('expected a positive number');
+  return n;
+}
+
+function directory(what: string, required: string[] = []) {
+  return (value: string): string => {
+    const dir = path.resolve(value);
+    if (!existsSync(dir) || !statSync(dir).isDirectory())
+      throw new InvalidArgumentError(`${what} ${dir} is not a directory`);
+    for (const file of required) {
+      if (!existsSync(path.join(dir, file))) throw new InvalidArgumentError(`${what} ${dir} has no ${file}`);
+    }
+    return dir;
+  };
+}
+
+const modelDir = directory('model directory', ['config.json', 'model.safetensors']);
+const dataDir = directory('data directory', ['train']);
+const adapterDir = directory('adapter directory', ['adapter_config.json']);
+
+function serverUrl(value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new InvalidArgumentError('expected an http(s) URL such as http://localhost:8080');
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new InvalidArgumentError('expected an http(s) URL');
+  return url.origin;
+}
+
+function moduleList(value: string): string[] {
+  const modules = value.split(',').map((m) => m.trim());
+  const known = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+  const unknown = modules.filter((m) => !known.includes(m));
+  if (modules.length === 0 || unknown.length > 0) {
+    throw new InvalidArgumentError(`unknown module ${unknown.join(',') || '(none)'}; known: ${known.join(', ')}`);
+  }
+  return modules;
+}
+
+function layerList(value: string): number[] {
+  const layers = value.split(',').map((l) => integer(0, 1023)(l));
+  if (new Set(layers).size !== layers.length) throw new InvalidArgumentError('layers repeat');
+  return layers.sort((a, b) => a - b);
+}
+
+function readProfileFile(file: string): ProfileOverrides {
+  let value: unknown;
+  try {
+    value = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new UsageError(`profile ${file}: ${(error as Error).message}`);
+  }
+  try {
+    return parse(Type.Partial(Type.Omit(DeviceProfile, ['tier'])), value, `profile ${file}`);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
+
+// ---- shared options
+
+const homeOption = () =>
+  new Option('--home <dir>', "the device's own directory: identity, state, adapters (kept private)")
+    .env('FLOE_EDGE_HOME')
+    .default(path.join(os.homedir(), '.floe-edge'));
+const configOption = () =>
+  new Option('--config <file>', 'JSON config file of option values (default: HOME/config.json)').env(
+    'FLOE_EDGE_CONFIG',
+  );
+const serverOption = () =>
+  new Option('--server <url>', 'the coordination server').env('FLOE_EDGE_SERVER').argParser(serverUrl);
+const joinTokenOption = () =>
+  new Option('--join-token <token>', 'enrollment token from the server operator').env('FLOE_EDGE_JOIN_TOKEN');
+const modelOption = () =>
+  new Option('--model <dir>', 'base model checkpoint directory').env('FLOE_EDGE_MODEL').argParser(modelDir);
+const dataOption = () =>
+  new Option('--data <dir>', 'local data directory (train/, test/; see the README)')
+    .env('FLOE_EDGE_DATA')
+    .argParser(dataDir);
+const tierOption = () =>
+  new Option('--tier <name>', 'a simulated device class (its compute and link are emulated)')
+    .env('FLOE_EDGE_TIER')
+    .choices(Object.keys(TIERS));
+const profileOption = () =>
+  new Option(
+    '--profile <file>',
+    'JSON profile overrides: memoryMiB, computeGflops, uplinkMbps, downlinkMbps, roundBudgetSec',
+  )
+    .env('FLOE_EDGE_PROFILE')
+    .argParser((file: string) => {
+      if (!existsSync(file)) throw new InvalidArgumentError(`${path.resolve(file)} does not exist`);
+      return path.resolve(file);
+    });
+const threadsOption = () =>
+  new Option('--threads <n>', 'ONNX Runtime threads').env('FLOE_EDGE_THREADS').argParser(integer(1, 256)).default(2);
+const seqLenOption = () =>
+  new Option('--seq-len <n>', 'bytes per training row')
+    .env('FLOE_EDGE_SEQ_LEN')
+    .argParser(integer(8, 65536))
+    .default(128);
+const jsonOption = () => new Option('--json', 'print JSON instead of text');
+
+function required<T>(value: T | undefined, flag: string): T {
+  if (value === undefined) throw new UsageError(`${flag} is required (or its FLOE_EDGE_ variable, or the config file)`);
+  return value;
+}
+
+/**
+ * Fills options left at their defaults from the config file, parsed by the same parsers as flags. Keys
+ * no command knows are an error; keys another command knows are ignored.
+ */
+function applyConfigFile(command: Command, allKeys: Set<string>): void {
+  const options = command.opts() as { config?: string; home?: string };
+  const file = options.config ?? (options.home ? path.join(options.home, 'config.json') : undefined);
+  if (!file || (!options.config && !existsSync(file))) return;
+  let config: unknown;
+  try {
+    config = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw new UsageError(`config ${file}: ${(error as Error).message}`);
+  }
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) {
+    throw new UsageError(`config ${file}: expected a JSON object`);
+  }
+  for (const [key, value] of Object.entries(config)) {
+    if (!allKeys.has(key)) throw new UsageError(`config ${file}: unknown option ${key}`);
+    const option = command.options.find((o) => o.attributeName() === key);
+    if (!option) continue;
+    const source = command.getOptionValueSource(key);
+    if (source !== undefined && source !== 'default') continue;
+    const text = Array.isArray(value) ? value.join(',') : String(value);
+    let parsed: unknown = value;
+    try {
+      const parser = (option as unknown as { parseArg?: (value: string, previous: unknown) => unknown }).parseArg;
+      if (option.argChoices && !option.argChoices.includes(text)) {
+        throw new InvalidArgumentError(`expected one of ${option.argChoices.join(', ')}`);
+      }
+      if (parser) parsed = parser(text, undefined);
+    } catch (error) {
+      throw new UsageError(`config ${file}: ${key} ${JSON.stringify(value)}: ${(error as Error).message}`);
+    }
+    command.setOptionValueWithSource(key, parsed, 'config');
+  }
+}
+
+const say = (line: string) => process.stdout.write(`${line}\n`);
+const stamp = () => new Date().toISOString().slice(11, 19);
+
+function describeScore(score: Score | undefined): string {
+  if (!score) return 'no test split';
+  return `${score.metric} ${score.value.toFixed(4)} (${score.count} ${score.metric === 'bits-per-byte' ? 'bytes' : 'examples'})`;
+}
+
+function profileFor(profileFile: string | undefined): ProfileOverrides {
+  return profileFile ? readProfileFile(profileFile) : {};
+}
+
+function buildProgram(): Command {
+  const program = new Command()
+    .name('floe-edge')
+    .description('A device of a Floe federation: enroll, plan, train on private data, federate, evaluate.')
+    .exitOverride();
+  program.configureOutput({ outputError: (text, write) => write(text.split('\n')[0] + '\n') });
+
+  program
+    .command('enroll')
+    .description('enroll this device at a server once; the credential is kept in HOME')
+    .addOption(serverOption())
+    .addOption(joinTokenOption())
+    .addOption(homeOption())
+    .addOption(configOption())
+    .addOption(tierOption())
+    .addOption(profileOption())
+    .action(async (o) => {
+      const server = required(o.server, '--server');
+      const store = new DeviceStore(o.home);
+      const declared = deviceProfile(0, o.tier, profileFor(o.profile));
+      const identity = await ensureIdentity(store, server, o.joinToken, declared);
+      say(
+        identity.enrolled
+          ? `enrolled at ${server} as client ${identity.clientId}; identity kept in ${o.home}`
+          : `already enrolled at ${server} as client ${identity.clientId}`,
+      );
+    });
+
+  program
+    .command('join')
+    .description('join a running job and federate until it ends (Ctrl-C leaves)')
+    .addOption(serverOption())
+    .addOption(joinTokenOption())
+    .addOption(homeOption())
+    .addOption(configOption())
+    .addOption(modelOption())
+    .addOption(dataOption())
+    .addOption(tierOption())
+    .addOption(profileOption())
+    .option('--job <id>', 'the job to join (default: the first running job over this base model)')
+    .addOption(threadsOption())
+    .addOption(seqLenOption())
+    .option('--no-eval-rounds', 'do not score the held-out split each round')
+    .action(async (o) => {
+      const device = await startDevice({
+        serverUrl: required(o.server, '--server'),
+        joinToken: o.joinToken,
+        home: o.home,
+        model: required(o.model, '--model'),
+        data: required(o.data, '--data'),
+        tier: o.tier,
+        profile: profileFor(o.profile),
+        job: o.job,
+        threads: o.threads,
+        seqLen: o.seqLen,
+        evaluateRounds: o.evalRounds,
+        log: (line) => say(`${stamp()} ${line}`),
+      });
+      say(`${stamp()} client ${device.clientId} in job ${device.job.id} (${device.job.spec.name})`);
+      let leaving = false;
+      const leave = (signal: string) => {
+        if (leaving) process.exit(130);
+        leaving = true;
+        say(`${stamp()} ${signal}: leaving (the server keeps this device's identity; join again to rejoin)`);
+        void device.stop().then(() => process.exit(130));
+      };
+      process.once('SIGINT', () => leave('SIGINT'));
+      process.once('SIGTERM', () => leave('SIGTERM'));
+      const outcome = await device.finished;
+      await device.stop();
+      say(`${stamp()} job ${outcome.jobId} ${outcome.status}; ${outcome.rounds.length} rounds sent by this device`);
+      process.exit(outcome.status === 'completed' ? 0 : 1);
+    });
+
+  program
+    .command('status')
+    .description('what this device holds: identity, jobs, personalized adapters, calibrations')
+    .addOption(homeOption())
+    .addOption(configOption())
+    .addOption(jsonOption())
+    .action((o) => {
+      const store = new DeviceStore(o.home);
+      const identity = store.anyIdentity();
+      const jobs = Object.entries(store.state().jobs).map(([id, record]) => ({
+        id,
+        ...record,
+        ...(existsSync(path.join(store.adapterDir(id), 'adapter_config.json'))
+          ? { adapter: store.adapterDir(id) }
+          : {}),
+      }));
+      const calibrations = store.cachedKeys().filter((k) => k.startsWith('calibration:')).length;
+      if (o.json) {
+        say(
+          JSON.stringify(
+            { home: o.home, server: identity?.serverUrl, clientId: identity?.clientId, jobs, calibrations },
+            null,
+            2,
+          ),
+        );
+        return;
+      }
+      say(identity ? `enrolled at ${identity.serverUrl} as client ${identity.clientId}` : 'not enrolled');
+      say(`home ${o.home}; ${calibrations} calibration(s) cached`);
+      if (jobs.length === 0) say('no jobs yet');
+      for (const job of jobs) {
+        const figures =
+          job.base !== undefined && job.personalized !== undefined
+            ? ` | ${job.metric ?? 'metric'} ${job.base.toFixed(4)} (base) -> ${job.personalized.toFixed(4)} (personalized)`
+            : '';
+        say(
+          `job ${job.id}: ${job.status}` +
+            (job.lastRound !== undefined ? ` | last round ${job.lastRound}` : '') +
+            (job.clusterId !== undefined ? ` | cluster ${job.clusterId}` : '') +
+            figures +
+            (job.adapter ? ` | adapter ${job.adapter}` : ''),
+        );
+      }
+    });
+
+  program
+    .command('plan')
+    .description("the rank, layers and micro-batch this device would train, with the planner's estimates")
+    .addOption(modelOption())
+    .addOption(tierOption())
+    .addOption(profileOption())
+    .addOption(homeOption())
+    .addOption(configOption())
+    .addOption(
+      new Option('--target-modules <list>', 'modules to adapt')
+        .argParser(moduleList)
+        .default(moduleList(DEFAULT_MODULES)),
+    )
+    .addOption(new Option('--max-rank <n>', "the job's largest rank").argParser(integer(1, 256)).default(8))
+    .addOption(new Option('--local-steps <n>', 'steps a round').argParser(integer(1, 100000)).default(20))
+    .addOption(new Option('--batch-size <n>', 'rows a step').argParser(integer(1, 4096)).default(8))
+    .addOption(new Option('--deadline <sec>', "the job's round deadline").argParser(positiveNumber))
+    .addOption(threadsOption())
+    .addOption(seqLenOption())
+    .addOption(jsonOption())
+    .action(async (o) => {
+      const model = required(o.model, '--model');
+      if (o.tier === undefined && o.profile === undefined) throw new UsageError('give --tier NAME or --profile FILE');
+      const checkpoint = await loadCheckpoint(model);
+      const seqLen = Math.min(o.seqLen, checkpoint.config.max_position_embeddings);
+      const cost = await measuredTrainingCost(
+        new DeviceStore(o.home),
+        checkpoint,
+        { model, sha256: await checkpointSha256(model), seqLen, threads: o.threads, targetModules: o.targetModules },
+        (line) => process.stderr.write(`${line}\n`),
+      );
+      const profile = deviceProfile(cost.hostGflops, o.tier, profileFor(o.profile));
+      const plan = planRound(
+        profile,
+        architectureOf(checkpoint.config),
+        {
+          targetModules: o.targetModules,
+          maxRank: o.maxRank,
+          localSteps: o.localSteps,
+          batchSize: o.batchSize,
+          roundDeadlineSec: o.deadline,
+        },
+        cost,
+      );
+      if (o.json) {
+        say(JSON.stringify({ profile, ...plan, calibration: cost }, null, 2));
+        return;
+      }
+      const e = plan.estimates;
+      say(`profile: ${JSON.stringify(profile)}`);
+      say(
+        `plan: rank ${plan.plan.rank}, ${plan.plan.layers ? `layers ${plan.plan.layers.join(',')}` : 'all layers'}, ` +
+          `micro-batch ${plan.microBatch}, ${plan.adapterParameters} adapter parameters (limited by ${plan.limitedBy})`,
+      );
+      say(
+        `estimates: round ${e.roundSeconds.toFixed(1)} s (train ${e.trainSeconds.toFixed(1)}, up ${e.uploadSeconds.toFixed(2)}, ` +
+          `down ${e.downloadSeconds.toFixed(2)}), peak ${e.peakMemoryMiB.toFixed(0)} MiB, upload ${(e.uploadBytes / 1024).toFixed(1)} KiB, ` +
+          `slowdown x${e.slowdown.toFixed(2)}`,
+      );
+    });
+
+  program
+    .command('train')
+    .description('fine-tune a LoRA adapter on local data only (no server), save it in PEFT layout')
+    .addOption(modelOption())
+    .addOption(dataOption())
+    .addOption(homeOption())
+    .addOption(configOption())
+    .addOption(new Option('--out <dir>', 'where the adapter goes (default: HOME/adapters/local)'))
+    .addOption(
+      new Option('--adapter <dir>', 'start from this PEFT adapter instead of a fresh one').argParser(adapterDir),
+    )
+    .addOption(new Option('--rank <n>', 'LoRA rank of a fresh adapter').argParser(integer(1, 256)).default(8))
+    .addOption(new Option('--alpha <n>', 'LoRA alpha of a fresh adapter').argParser(positiveNumber).default(16))
+    .addOption(
+      new Option('--target-modules <list>', 'modules to adapt')
+        .argParser(moduleList)
+        .default(moduleList(DEFAULT_MODULES)),
+    )
+    .addOption(new Option('--layers <list>', 'layers to adapt, e.g. 2,3 (default: all)').argParser(layerList))
+    .addOption(new Option('--steps <n>', 'optimizer steps').argParser(integer(1, 1_000_000)).default(60))
+    .addOption(new Option('--batch-size <n>', 'rows a step').argParser(integer(1, 4096)).default(8))
+    .addOption(new Option('--micro-batch <n>', 'rows a gradient run').argParser(integer(1, 4096)).default(8))
+    .addOption(new Option('--lr <rate>', 'learning rate').argParser(positiveNumber).default(5e-4))
+    .addOption(new Option('--seed <n>', 'seed of the fresh adapter and the batches').argParser(integer(0)).default(0))
+    .addOption(threadsOption())
+    .addOption(seqLenOption())
+    .action(async (o) => {
+      const model = required(o.model, '--model');
+      const checkpoint = await loadCheckpoint(model);
+      const layers = checkpoint.config.num_hidden_layers;
+      if (o.layers?.some((l) => l >= layers))
+        throw new UsageError(`--layers: this model has layers 0 to ${layers - 1}`);
+      const data = readDataDir(required(o.data, '--data'));
+      const start = o.adapter
+        ? (await loadAdapter(o.adapter)).adapter
+        : initialAdapter(
+            checkpoint.config,
+            { rank: o.rank, alpha: o.alpha, targetModules: o.targetModules, layers: o.layers },
+            o.seed,
+          );
+      const trainer = new LocalTrainer({
+        checkpoint,
+        data,
+        seqLen: o.seqLen,
+        threads: o.threads,
+        microBatch: Math.min(o.microBatch, o.batchSize),
+      });
+      try {
+        say(`${stamp()} ${trainer.numExamples} local training examples; ${o.steps} steps of ${o.batchSize} rows`);
+        const every = Math.max(1, Math.round(o.steps / 20));
+        let window: number[] = [];
+        const result = await trainer.train({
+          start,
+          steps: o.steps,
+          batchSize: o.batchSize,
+          learningRate: o.lr,
+          seed: o.seed,
+          onStep: (step, loss) => {
+            window.push(loss);
+            if ((step + 1) % every === 0 || step + 1 === o.steps) {
+              const mean = window.reduce((a, b) => a + b, 0) / window.length;
+              say(`${stamp()} step ${step + 1}/${o.steps} | loss ${mean.toFixed(4)}`);
+              window = [];
+            }
+          },
+        });
+        const out = path.resolve(o.out ?? path.join(new DeviceStore(o.home).dir, 'adapters', 'local'));
+        await saveAdapter(out, result.adapter, path.basename(model));
+        say(`${stamp()} trained in ${result.seconds.toFixed(1)} s; adapter saved in ${out}`);
+        const [base, trained] = [await trainer.evaluate(), await trainer.evaluate(result.adapter)];
+        if (base && trained)
+          say(`held-out ${base.metric}: ${base.value.toFixed(4)} (base) -> ${trained.value.toFixed(4)}`);
+      } finally {
+        await trainer.dispose();
+      }
+    });
+
+  program
+    .command('eval')
+    .description('score the local test split with the base model or an adapter')
+    .addOption(modelOption())
+    .addOption(dataOption())
+    .addOption(homeOption())
+    .addOption(configOption())
+    .addOption(new Option('--adapter <dir>', 'a PEFT adapter directory').argParser(adapterDir))
+    .addOption(new Option('--job <id>', "this device's personalized adapter of a job").conflicts('adapter'))
+    .addOption(seqLenOption())
+    .addOption(jsonOption())
+    .action(async (o) => {
+      const model = required(o.model, '--model');
+      const checkpoint = await loadCheckpoint(model);
+      const data = readDataDir(required(o.data, '--data'));
+      if (!data.test) throw new UsageError(`${o.data ?? ''} has no test/ split to evaluate`);
+      let adapter;
+      if (o.adapter) adapter = (await loadAdapter(o.adapter)).adapter;
+      if (o.job) {
+        adapter = await new DeviceStore(o.home).personalAdapter(o.job);
+        if (!adapter) throw new UsageError(`no personalized adapter of job ${o.job} in ${o.home}`);
+      }
+      const trainer = new LocalTrainer({ checkpoint, data, seqLen: o.seqLen });
+      try {
+        let shown = -1;
+        const score = await trainer.evaluate(adapter, (done, total) => {
+          const tenth = Math.floor((10 * done) / total);
+          if (!o.json && tenth > shown) {
+            shown = tenth;
+            process.stderr.write(`\r${stamp()} evaluating ${done}/${total}`);
+          }
+        });
+        if (!o.json) process.stderr.write('\n');
+        const what = o.adapter ?? (o.job ? `job ${o.job}` : 'base');
+        say(o.json ? JSON.stringify({ adapter: what, ...score }) : `${what}: ${describeScore(score)}`);
+      } finally {
+        await trainer.dispose();
+      }
+    });
+
+  const allKeys = new Set(
+    program.commands.flatMap((command) => command.options.map((option) => option.attributeName())),
+  );
+  program.hook('preAction', (_program, action) => applyConfigFile(action as unknown as Command, allKeys));
+  return program;
+}
+
+async function main(argv = process.argv): Promise<void> {
+  const program = buildProgram();
+  if (argv.length <= 2) {
+    program.outputHelp();
+    return;
+  }
+  try {
+    await program.parseAsync(argv);
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      process.exitCode = error.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    process.stderr.write(`floe-edge: ${message.split('\n')[0]}\n`);
+    process.exitCode = error instanceof UsageError ? 2 : 1;
+    // the device's sockets and sessions may still hold the loop: leave
+    process.exit();
+  }
+}
+
+await main();
