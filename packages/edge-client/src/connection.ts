@@ -77,15 +77,46 @@ export interface ConnectOptions {
   onFrameSent?: (event: string, frame: Uint8Array) => void;
 }
 
+/** Round messages kept for a listener that has not subscribed yet (older ones are dropped first). */
+const MAX_HELD_MESSAGES = 16;
+
 export class ServerConnection extends EventEmitter<ConnectionEvents> {
   private readonly socket: Socket;
   private welcome: Welcome | undefined;
   readonly traffic: Traffic = { framesSent: 0, bytesSent: 0, framesReceived: 0, bytesReceived: 0 };
   private readonly frameListeners: ((event: string, frame: Uint8Array) => void)[] = [];
 
+  /**
+   * round_start and round_end that arrived before anyone listened: the server sends a reconnecting
+   * device its open round right after the welcome, often in the same read as the welcome, before the
+   * caller of `open` has had a chance to subscribe. They are handed to the first listener.
+   */
+  private readonly held: (RoundStart | RoundEnd)[] = [];
+
   private constructor(socket: Socket) {
     super();
     this.socket = socket;
+    (this as EventEmitter).on('newListener', (event: string) => {
+      if (event === 'round_start' || event === 'round_end') queueMicrotask(() => this.releaseHeld(event));
+    });
+  }
+
+  private releaseHeld(type: 'round_start' | 'round_end'): void {
+    for (let i = 0; i < this.held.length; ) {
+      const message = this.held[i] as RoundStart | RoundEnd;
+      if (message.type !== type) {
+        i++;
+        continue;
+      }
+      this.held.splice(i, 1);
+      if (message.type === 'round_start') this.emit('round_start', message);
+      else this.emit('round_end', message);
+    }
+  }
+
+  private hold(message: RoundStart | RoundEnd): void {
+    if (this.held.length >= MAX_HELD_MESSAGES) this.held.shift();
+    this.held.push(message);
   }
 
   /** Calls `listener` with every frame this connection sends, as it leaves (traffic inspection). */
@@ -173,8 +204,13 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
       return;
     }
     if (message.type === 'welcome') this.welcome = message;
-    else if (message.type === 'round_start') this.emit('round_start', message);
-    else if (message.type === 'round_end') this.emit('round_end', message);
+    else if (message.type === 'round_start') {
+      if (this.listenerCount('round_start') === 0) this.hold(message);
+      else this.emit('round_start', message);
+    } else if (message.type === 'round_end') {
+      if (this.listenerCount('round_end') === 0) this.hold(message);
+      else this.emit('round_end', message);
+    }
     else if (message.type === 'update_ack') this.emit('update_ack', message);
     else if (message.type === 'error') this.emit('server_error', message);
   }

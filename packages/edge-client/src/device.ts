@@ -83,6 +83,17 @@ export async function openJobs(serverUrl: string, credential: string): Promise<O
   return (await response.json()) as OpenJob[];
 }
 
+/** What a calibration depends on: the checkpoint, the row length, the threads and the adapted modules. */
+export function calibrationKey(workload: {
+  sha256: string;
+  seqLen: number;
+  threads: number;
+  targetModules: readonly string[];
+}): string {
+  const modules = [...workload.targetModules].sort().join(',');
+  return `calibration:${workload.sha256}:${workload.seqLen}:${workload.threads}:${modules}`;
+}
+
 /** The cost of training the job's shapes on this host: measured once per workload and kept in `store`. */
 export async function measuredTrainingCost(
   store: DeviceStore,
@@ -90,7 +101,7 @@ export async function measuredTrainingCost(
   options: { model: string; sha256: string; seqLen: number; threads: number; targetModules: string[] },
   log: (line: string) => void,
 ): Promise<TrainingCost> {
-  const key = `calibration:${options.sha256}:${options.seqLen}:${options.threads}:${[...options.targetModules].sort().join(',')}`;
+  const key = calibrationKey(options);
   const cached = store.cached<TrainingCost>(key);
   if (cached) return cached;
   log('measuring training cost on this device (once; about a minute)');
