@@ -147,10 +147,15 @@ describe('a device killed with SIGKILL mid-round', () => {
     });
 
     firstRun = join(server.url, killedHome, dataOf('killed'));
-    await until('the child to start training round 0', () => firstRun.output.some((l) => /round 0: training/.test(l)), 180_000);
+    await until(
+      'the child to start training round 0',
+      () => firstRun.output.some((l) => /round 0: training/.test(l)),
+      180_000,
+    );
     firstRun.process.kill('SIGKILL');
     await firstRun.exited;
-    acceptedWhenKilled = (await server.admin<JobSummary>('GET', `/v1/jobs/${created.body.id}`)).body.rounds[0]!.accepted;
+    acceptedWhenKilled = (await server.admin<JobSummary>('GET', `/v1/jobs/${created.body.id}`)).body.rounds[0]!
+      .accepted;
     clientIdBefore = (JSON.parse(readFileSync(path.join(killedHome, 'identity.json'), 'utf8')) as { clientId: string })
       .clientId;
 

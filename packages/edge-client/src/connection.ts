@@ -102,7 +102,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
   }
 
   private releaseHeld(type: 'round_start' | 'round_end'): void {
-    for (let i = 0; i < this.held.length; ) {
+    for (let i = 0; i < this.held.length;) {
       const message = this.held[i] as RoundStart | RoundEnd;
       if (message.type !== type) {
         i++;
@@ -210,8 +210,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
     } else if (message.type === 'round_end') {
       if (this.listenerCount('round_end') === 0) this.hold(message);
       else this.emit('round_end', message);
-    }
-    else if (message.type === 'update_ack') this.emit('update_ack', message);
+    } else if (message.type === 'update_ack') this.emit('update_ack', message);
     else if (message.type === 'error') this.emit('server_error', message);
   }
 

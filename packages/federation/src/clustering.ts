@@ -170,10 +170,6 @@ function clusterInOrder(signatures: readonly UpdateSignature[], options: Cluster
   const strata = signatures.map((s, i) => `${s.stratum}|${options.previousIds?.[i] ?? 'new'}`);
   const profile = clusterProfiles(signatures, { maxClusters: options.maxClusters, seed: options.seed ?? 0, strata });
   const significant = profile && profile.pValue <= PROFILE_SIGNIFICANCE ? profile : undefined;
-  if (process.env['FLOE_DEBUG_CLUSTERS'])
-    console.log(
-      `direction ${direction.view} ${direction.silhouette.toFixed(3)} profile ${profile?.silhouette.toFixed(3)} p=${profile?.pValue.toFixed(3)} labels ${profile?.labels.join('')}`,
-    );
   let best: { labels: number[]; score: number; view: Clustering['view'] } | undefined =
     direction.view === 'direction'
       ? { labels: direction.ids, score: direction.silhouette, view: 'direction' }

@@ -232,7 +232,6 @@ export function aggregateRound(
         `${u.assignment.rank}:${layersKey(u.assignment.layers)}`,
       );
     });
-    if (process.env['FLOE_DEBUG_CLUSTERS']) console.log('order', updates.map((u) => u.clientId).join(' '));
     const clustering = clusterUpdates(signatures, {
       maxClusters: Math.min(spec.maxClusters ?? 8, updates.length),
       previous: centroids,
