@@ -271,3 +271,30 @@ describe('resuming', () => {
     await Promise.all([original.dispose(), resumed.dispose()]);
   });
 });
+
+describe('reusing a LoRA trainer', () => {
+  it('reset to an adapter trains exactly as a new trainer from that adapter (moments and step count included)', async () => {
+    const config = CONFIGS[1]!.config;
+    const weights = randomWeights(config, 91);
+    const start = randomLora(config, 2, ['q_proj', 'v_proj'], 92);
+    const other = randomLora(config, 2, ['q_proj', 'v_proj'], 93);
+    const options = { learningRate: 1e-2, maxGradNorm: 1, microBatch: 2, seqLen: 10 };
+    const fresh = await OrtTrainer.create(config, weights, { ...options, adapter: start });
+    const reused = await OrtTrainer.create(config, weights, { ...options, adapter: other });
+    for (let i = 0; i < 3; i++) await reused.step(randomBatch(94 + i, 2, 10));
+    reused.reset(start);
+    for (let i = 0; i < 3; i++) {
+      const batch = randomBatch(100 + i, 2, 10);
+      expect(await reused.step(batch)).toEqual(await fresh.step(batch));
+    }
+    const [a, b] = [reused.adapter()!, fresh.adapter()!];
+    for (const [path, f] of b.modules) {
+      expect(a.modules.get(path)!.a).toEqual(f.a);
+      expect(a.modules.get(path)!.b).toEqual(f.b);
+    }
+    // an adapter of another shape is refused, not half-applied
+    expect(() => reused.reset(randomLora(config, 4, ['q_proj', 'v_proj'], 95))).toThrow(/needs rank 2/);
+    expect(() => reused.reset(randomLora(config, 2, ['q_proj'], 96))).toThrow(/reset:/);
+    await Promise.all([fresh.dispose(), reused.dispose()]);
+  });
+});
