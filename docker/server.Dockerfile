@@ -12,8 +12,9 @@ RUN apt-get update \
 RUN npm install -g pnpm@10
 WORKDIR /src
 COPY package.json pnpm-lock.yaml pnpm-workspace.yaml .npmrc tsconfig.base.json ./
-COPY packages/shared packages/shared
-COPY packages/server packages/server
+# the whole workspace: `pnpm deploy` resolves the root package, which names every workspace package;
+# install, compile and deploy are filtered to the server and what it depends on
+COPY packages packages
 RUN pnpm install --frozen-lockfile --filter @floe/server...
 RUN pnpm exec tsc -b packages/server
 # a self-contained copy of @floe/server with its production dependencies (workspace ones included)
