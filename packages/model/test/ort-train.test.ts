@@ -289,8 +289,8 @@ describe('reusing a LoRA trainer', () => {
     }
     const [a, b] = [reused.adapter()!, fresh.adapter()!];
     for (const [path, f] of b.modules) {
-      expect(a.modules.get(path)!.a).toEqual(f.a);
-      expect(a.modules.get(path)!.b).toEqual(f.b);
+      expect(a.modules.get(path)!.A).toEqual(f.A);
+      expect(a.modules.get(path)!.B).toEqual(f.B);
     }
     // an adapter of another shape is refused, not half-applied
     expect(() => reused.reset(randomLora(config, 4, ['q_proj', 'v_proj'], 95))).toThrow(/needs rank 2/);
