@@ -382,6 +382,24 @@ function buildProgram(): Command {
     });
 
   program
+    .command('describe')
+    .description("the base model as a job names it: {id, sha256, architecture} (for a job's baseModel)")
+    .addOption(modelOption())
+    .addOption(configOption())
+    .addOption(homeOption())
+    .option('--id <name>', 'the id to give it (default: the directory name)')
+    .action(async (o) => {
+      const model = required(o.model, '--model');
+      const { config } = await loadCheckpoint(model);
+      const ref = {
+        id: o.id ?? path.basename(model),
+        sha256: await checkpointSha256(model),
+        architecture: architectureOf(config),
+      };
+      say(JSON.stringify(ref));
+    });
+
+  program
     .command('train')
     .description('fine-tune a LoRA adapter on local data only (no server), save it in PEFT layout')
     .addOption(modelOption())

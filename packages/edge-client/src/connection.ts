@@ -30,14 +30,29 @@ import {
 
 export class ConnectionError extends FloeError {}
 
+/** An HTTP request to the server; an unreachable server is a ConnectionError that names it. */
+export async function request(serverUrl: string, route: string, init: RequestInit = {}): Promise<Response> {
+  const url = new URL(route, serverUrl);
+  try {
+    return await fetch(url, { signal: AbortSignal.timeout(30_000), ...init });
+  } catch (error) {
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    const why = cause?.code ?? cause?.message ?? (error as Error).message;
+    throw new ConnectionError('unreachable', `cannot reach the server at ${url.origin}: ${why}`);
+  }
+}
+
 /** POST /v1/enroll: trades the deployment's join token for this device's credential. */
 export async function enroll(serverUrl: string, joinToken: string, profile: DeviceProfile): Promise<EnrollResponse> {
-  const response = await fetch(new URL('/v1/enroll', serverUrl), {
+  const response = await request(serverUrl, '/v1/enroll', {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ joinToken, protocolVersion: PROTOCOL_VERSION, profile }),
   });
-  const body = (await response.json()) as EnrollResponse | { code: string; message: string };
+  const body = (await response.json().catch(() => ({
+    code: 'not_a_floe_server',
+    message: `${serverUrl} answered ${response.status} without JSON`,
+  }))) as EnrollResponse | { code: string; message: string };
   if (!response.ok || !('credential' in body)) {
     const error = body as { code?: string; message?: string };
     throw new ConnectionError(error.code ?? 'enroll_failed', `enrollment refused: ${error.message ?? response.status}`);

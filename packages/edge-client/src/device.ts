@@ -8,6 +8,7 @@ import { type Checkpoint, architectureOf, checkpointSha256, loadCheckpoint } fro
 import { type OpenJob, type RoundEnd, type RoundStart, fromWireAdapter } from '@floe/shared';
 import { type LocalData, type Score, readDataDir } from '@floe/tasks';
 import { calibrate } from './calibration.js';
+import { request } from './connection.js';
 import { DeviceStore } from './device-store.js';
 import { FederationError } from './errors.js';
 import { FederationClient, type RoundSent, ensureIdentity } from './federation-client.js';
@@ -76,9 +77,7 @@ const kib = (bytes: number) => `${(bytes / 1024).toFixed(1)} KiB`;
 
 /** GET /v1/jobs/open with the device's credential. */
 export async function openJobs(serverUrl: string, credential: string): Promise<OpenJob[]> {
-  const response = await fetch(new URL('/v1/jobs/open', serverUrl), {
-    headers: { authorization: `Bearer ${credential}` },
-  });
+  const response = await request(serverUrl, '/v1/jobs/open', { headers: { authorization: `Bearer ${credential}` } });
   if (!response.ok) throw new FederationError('jobs_unavailable', `GET /v1/jobs/open: ${response.status}`);
   return (await response.json()) as OpenJob[];
 }

@@ -4,6 +4,7 @@
  * would for a round), then fine-tuned on local data for a few steps if that validates better.
  */
 import { type LoraAdapter, type RankPlan, adapterFromTensors, parseSafetensors } from '@floe/shared';
+import { request } from './connection.js';
 import { FederationError } from './errors.js';
 import type { LocalTrainer } from './local-trainer.js';
 
@@ -19,7 +20,7 @@ export async function downloadClusterAdapter(
   if (plan.layers) query.set('layers', plan.layers.join(','));
   const base = `/v1/jobs/${encodeURIComponent(jobId)}/clusters/${clusterId}`;
   const get = async (file: string) => {
-    const response = await fetch(new URL(`${base}/${file}?${query.toString()}`, serverUrl), {
+    const response = await request(serverUrl, `${base}/${file}?${query.toString()}`, {
       headers: { authorization: `Bearer ${credential}` },
     });
     if (!response.ok) {
