@@ -230,7 +230,9 @@ export async function startDevice(options: DeviceOptions): Promise<Device> {
   });
   client.on('round_failed', ({ start, error }) => log(`round ${start.round}: ${error.message}`));
   client.on('server_error', (error) => log(`server: ${error.code} ${error.message}`));
-  client.on('disconnect', (reason) => log(`link down (${reason}); reconnecting`));
+  client.on('disconnect', (reason) => {
+    if (reason !== 'io client disconnect') log(`link down (${reason}); reconnecting`);
+  });
   client.on('reconnect', () => log('link back'));
 
   const jobId = job.id;
