@@ -96,6 +96,19 @@ describe('six edge clients, two tasks, three tiers, three rounds of clustered Fl
     const outcomes = await Promise.all(participants.map((p) => p.device!.finished));
     outcomes.forEach((outcome, i) => (participants[i]!.outcome = outcome));
     job = await waitForJob(server, created.body.id);
+    // what the federation did, for a person reading the log
+    console.table(
+      participants.map((p) => ({
+        client: p.data.id,
+        tier: p.tier,
+        plan: `r${p.device!.plan.plan.rank} layers ${p.device!.plan.plan.layers?.join(',') ?? 'all'} m${p.device!.plan.microBatch}`,
+        metric: p.outcome?.base?.metric,
+        base: p.outcome?.base?.value.toFixed(4),
+        personalized: p.outcome?.personalized?.value.toFixed(4),
+        rule: p.outcome?.personalization?.rule,
+        cluster: p.outcome?.rounds.at(-1)?.start.clusterId,
+      })),
+    );
   }, 900_000);
 
   afterAll(async () => {

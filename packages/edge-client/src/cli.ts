@@ -97,7 +97,11 @@ function readProfileFile(file: string): ProfileOverrides {
     throw new UsageError(`profile ${file}: ${(error as Error).message}`);
   }
   try {
-    return parse(Type.Partial(Type.Omit(DeviceProfile, ['tier'])), value, `profile ${file}`);
+    return parse(
+      Type.Partial(Type.Omit(DeviceProfile, ['tier']), { additionalProperties: false }),
+      value,
+      `profile ${file}`,
+    );
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
@@ -343,6 +347,7 @@ function buildProgram(): Command {
     .action(async (o) => {
       const model = required(o.model, '--model');
       if (o.tier === undefined && o.profile === undefined) throw new UsageError('give --tier NAME or --profile FILE');
+      const overrides = profileFor(o.profile);
       const checkpoint = await loadCheckpoint(model);
       const seqLen = Math.min(o.seqLen, checkpoint.config.max_position_embeddings);
       const cost = await measuredTrainingCost(
@@ -351,7 +356,7 @@ function buildProgram(): Command {
         { model, sha256: await checkpointSha256(model), seqLen, threads: o.threads, targetModules: o.targetModules },
         (line) => process.stderr.write(`${line}\n`),
       );
-      const profile = deviceProfile(cost.hostGflops, o.tier, profileFor(o.profile));
+      const profile = deviceProfile(cost.hostGflops, o.tier, overrides);
       const plan = planRound(
         profile,
         architectureOf(checkpoint.config),
