@@ -1,6 +1,7 @@
 export * from './tfjs-backend.js';
 export * from './config.js';
 export * from './tokenizer.js';
+export * from './bpe-tokenizer.js';
 export * from './random.js';
 export * from './safetensors.js';
 export * from './checkpoint.js';
