@@ -13,7 +13,7 @@ import path from 'node:path';
 import { Command, CommanderError, InvalidArgumentError, Option } from '@commander-js/extra-typings';
 import { architectureOf, checkpointSha256, loadAdapter, loadCheckpoint, saveAdapter } from '@floe/model';
 import Type from 'typebox';
-import { DeviceProfile, parse } from '@floe/shared';
+import { DeviceProfile, LORA_MODULES, isLoraModuleKind, parse } from '@floe/shared';
 import { type Score, readDataDir } from '@floe/tasks';
 import { startDevice, measuredTrainingCost } from './device.js';
 import { DeviceStore } from './device-store.js';
@@ -75,10 +75,11 @@ function serverUrl(value: string): string {
 
 function moduleList(value: string): string[] {
   const modules = value.split(',').map((m) => m.trim());
-  const known = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
-  const unknown = modules.filter((m) => !known.includes(m));
+  const unknown = modules.filter((m) => !isLoraModuleKind(m));
   if (modules.length === 0 || unknown.length > 0) {
-    throw new InvalidArgumentError(`unknown module ${unknown.join(',') || '(none)'}; known: ${known.join(', ')}`);
+    throw new InvalidArgumentError(
+      `unknown module ${unknown.join(',') || '(none)'}; known: ${LORA_MODULES.join(', ')}`,
+    );
   }
   return modules;
 }

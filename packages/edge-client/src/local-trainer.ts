@@ -116,6 +116,11 @@ export function initialAdapter(
 
 export class LocalTrainer {
   readonly seqLen: number;
+  /**
+   * The number of local training examples, the weight this device's update may claim: examples, or
+   * for prose the number of training windows its text fills.
+   */
+  readonly numExamples: number;
   private readonly split: ValidationSplit;
   private readonly sampler: RowSampler;
   private readonly trainers = new Map<string, OrtTrainer>();
@@ -126,17 +131,9 @@ export class LocalTrainer {
     this.seqLen = Math.min(options.seqLen ?? TRAINED_CONTEXT, config.max_position_embeddings);
     this.split = holdOutValidation(options.data.train, this.seqLen);
     this.sampler = rowSampler(this.split.train, this.seqLen);
-  }
-
-  /**
-   * The number of local training examples, the weight this device's update may claim: examples, or
-   * for prose the number of training windows its text fills.
-   */
-  get numExamples(): number {
     const { train } = this.split;
-    if (train.examples) return train.examples.length;
-    const bytes = train.documents.reduce((n, d) => n + new TextEncoder().encode(d).length, 0);
-    return Math.max(1, Math.ceil(bytes / this.seqLen));
+    const proseBytes = () => train.documents.reduce((n, d) => n + new TextEncoder().encode(d).length, 0);
+    this.numExamples = train.examples?.length ?? Math.max(1, Math.ceil(proseBytes() / this.seqLen));
   }
 
   private async trainerFor(adapter: LoraAdapter): Promise<OrtTrainer> {

@@ -2,7 +2,7 @@
  * One round of a federation as pure functions, shared by the coordination server and every simulation:
  *
  * - `configureRound`: which clients train, at which rank and layers, from which cluster (Flower's
- *   configure_fit); `startAdapter`: the adapter a client starts from;
+ *   configure_fit); `startAdapter`: the adapter a client starts from; `roundStartMessage`: what it is sent;
  * - `checkPlan` and `checkAdapter`: whether an update may join the aggregate;
  * - `aggregateRound`: clustering on what each client changed, one aggregate per cluster at the job's
  *   largest rank, the new cluster memberships and the round's metrics.
@@ -15,6 +15,7 @@ import {
   type LoraFactors,
   type Metrics,
   type RankPlan,
+  type RoundStart,
   Random,
   adapterModuleShapes,
   hashString,
@@ -140,6 +141,33 @@ export function startAdapter(
     modules: new Map([...initial.modules].map(([path, f]) => [path, truncateRank(f, assignment.rank)])),
   };
   return restrictLayers(cut, assignment.layers);
+}
+
+/** A job as its `round_start` messages describe it. */
+export type RoundSpec = FederationSpec & Pick<JobSpec, 'localSteps' | 'learningRate' | 'batchSize'>;
+
+/** The `round_start` asking the client of `assignment` to train from `adapter` (wire form). */
+export function roundStartMessage(
+  spec: RoundSpec,
+  round: { jobId: string; round: number; deadline: number },
+  assignment: Assignment,
+  adapter: RoundStart['adapter'],
+): RoundStart {
+  return {
+    type: 'round_start',
+    ...round,
+    clusterId: assignment.clusterId,
+    config: {
+      baseModel: spec.baseModel,
+      targetModules: spec.targetModules,
+      rank: assignment.rank,
+      alpha: spec.alpha,
+      localSteps: spec.localSteps,
+      learningRate: spec.learningRate,
+      batchSize: spec.batchSize,
+    },
+    adapter,
+  };
 }
 
 export interface Refusal {

@@ -1,4 +1,5 @@
 /** A checkpoint directory: config.json + model.safetensors (Hugging Face layout). */
+import { createHash } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Tensor } from '@floe/shared';
@@ -65,7 +66,6 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
 
 /** SHA-256 (hex) of a checkpoint's weights file: how a job names the base model its devices must hold. */
 export async function checkpointSha256(dir: string): Promise<string> {
-  const { createHash } = await import('node:crypto');
   return createHash('sha256')
     .update(await readFile(path.join(dir, 'model.safetensors')))
     .digest('hex');

@@ -7,21 +7,21 @@
  * aggregate at its rank) is evaluated on its own held-out split; round 0 is the base model.
  */
 import {
-  type Assignment,
-  type FederationSpec,
   type FederationState,
   INITIAL_STATE,
+  type RoundSpec,
   type RoundUpdate,
   aggregateRound,
   checkAdapter,
   checkPlan,
   configureRound,
   initialAdapter,
+  roundStartMessage,
   startAdapter,
 } from '@floe/federation';
 import { LocalTrainer, LoraParticipant } from '@floe/edge-client';
 import { architectureOf, loadCheckpoint } from '@floe/model';
-import { type LoraAdapter, type RoundStart, type StrategyName, fromWireAdapter, toWireAdapter } from '@floe/shared';
+import { type LoraAdapter, type StrategyName, fromWireAdapter, toWireAdapter } from '@floe/shared';
 import { type TaskName, federationPartition, taskManifest } from '@floe/tasks';
 
 export interface LocalFederationOptions {
@@ -76,7 +76,7 @@ export async function runLocalFederation(
     clients: options.ranks.length,
     pretrainSeed,
   });
-  const spec: FederationSpec = {
+  const spec: RoundSpec = {
     strategy: options.strategy,
     clustering: options.clustering ?? false,
     maxRank: Math.max(...options.ranks),
@@ -84,6 +84,9 @@ export async function runLocalFederation(
     targetModules: options.targetModules,
     baseModel: { id: 'local', sha256: '0'.repeat(64), architecture: architectureOf(checkpoint.config) },
     clientsPerRound: options.ranks.length,
+    localSteps: options.localSteps,
+    learningRate: options.learningRate,
+    batchSize: options.batch,
   };
   const clients = partition.clients.map((data, i) => {
     const trainer = new LocalTrainer({
@@ -132,7 +135,14 @@ export async function runLocalFederation(
       for (const assignment of assignments) {
         const client = clients.find((c) => c.id === assignment.clientId)!;
         const start = startAdapter(spec, stored.get(assignment.clusterId), assignment, initial);
-        const update = await client.participant.onRound(roundStart(spec, options, round, assignment, start));
+        // the round_start the server would send: no deadline to speak of in one process
+        const message = roundStartMessage(
+          spec,
+          { jobId: 'local', round, deadline: Date.now() + 24 * 3600 * 1000 },
+          assignment,
+          start ? toWireAdapter(start) : null,
+        );
+        const update = await client.participant.onRound(message);
         const adapter = fromWireAdapter(update.adapter);
         const refusal = checkPlan(spec, assignment, update.plan) ?? checkAdapter(spec, assignment, adapter);
         if (refusal) throw new Error(`${client.id}'s update was refused: ${refusal.code} ${refusal.message}`);
@@ -173,31 +183,4 @@ export async function runLocalFederation(
   } finally {
     await Promise.all(clients.map((c) => c.trainer.dispose()));
   }
-}
-
-/** The `round_start` the server would send `assignment`. */
-function roundStart(
-  spec: FederationSpec,
-  options: LocalFederationOptions,
-  round: number,
-  assignment: Assignment,
-  start: LoraAdapter | undefined,
-): RoundStart {
-  return {
-    type: 'round_start',
-    jobId: 'local',
-    round,
-    clusterId: assignment.clusterId,
-    deadline: Date.now() + 24 * 3600 * 1000,
-    config: {
-      baseModel: spec.baseModel,
-      targetModules: spec.targetModules,
-      rank: assignment.rank,
-      alpha: spec.alpha,
-      localSteps: options.localSteps,
-      learningRate: options.learningRate,
-      batchSize: options.batch,
-    },
-    adapter: start ? toWireAdapter(start) : null,
-  };
 }

@@ -15,6 +15,7 @@ import {
   configureRound,
   initialAdapter,
   layersKey,
+  roundStartMessage,
   startAdapter,
 } from '@floe/federation';
 import {
@@ -345,24 +346,10 @@ export class Coordinator {
       adapter = start ? toWireAdapter(start) : null;
       cache.set(key, adapter);
     }
-    const { spec } = job;
-    this.transport.send(a.clientId, {
-      type: 'round_start',
-      jobId: job.id,
-      round: round.round,
-      clusterId: a.clusterId,
-      deadline: round.deadline,
-      config: {
-        baseModel: spec.baseModel,
-        targetModules: spec.targetModules,
-        rank: a.rank,
-        alpha: spec.alpha,
-        localSteps: spec.localSteps,
-        learningRate: spec.learningRate,
-        batchSize: spec.batchSize,
-      },
-      adapter,
-    });
+    this.transport.send(
+      a.clientId,
+      roundStartMessage(job.spec, { jobId: job.id, round: round.round, deadline: round.deadline }, a, adapter),
+    );
   }
 
   private readonly initialAdapters = new Map<string, LoraAdapter>();
