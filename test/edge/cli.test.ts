@@ -7,19 +7,17 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { ROOT, floeEdgeCommand, floeEdgeEnv } from './floe-edge.js';
 
-const ROOT = path.join(import.meta.dirname, '..', '..');
-const CLI = path.join(ROOT, 'packages', 'edge-client', 'src', 'cli.ts');
 const MODEL = path.join(ROOT, 'models', 'edge-small');
 const COMMANDS = ['enroll', 'join', 'status', 'plan', 'train', 'eval', 'describe'];
 const home = mkdtempSync(path.join(os.tmpdir(), 'floe-cli-'));
 afterAll(() => rmSync(home, { recursive: true, force: true }));
 
 function floeEdge(args: string[], env: Record<string, string> = {}) {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('FLOE_EDGE_')));
-  const result = spawnSync(process.execPath, ['--import', 'tsx', '--conditions=floe-source', CLI, ...args], {
+  const result = spawnSync(...floeEdgeCommand(args), {
     cwd: ROOT,
-    env: { ...clean, FLOE_EDGE_HOME: home, ...env },
+    env: floeEdgeEnv({ FLOE_EDGE_HOME: home, ...env }),
     encoding: 'utf8',
     timeout: 60_000,
   });

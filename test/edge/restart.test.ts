@@ -14,11 +14,10 @@ import { type Device, DeviceStore, calibrate, calibrationKey, startDevice } from
 import { architectureOf, checkpointSha256, loadCheckpoint } from '@floe/model';
 import type { JobSummary } from '@floe/shared';
 import { federationPartition, writeDataDir } from '@floe/tasks';
+import { ROOT, floeEdgeCommand, floeEdgeEnv } from './floe-edge.js';
 import { JOIN_TOKEN, type TestServer, jobSpec, startTestServer, waitForJob } from '../server/helpers.js';
 
-const ROOT = path.join(import.meta.dirname, '..', '..');
 const MODEL = path.join(ROOT, 'models', 'edge-small');
-const CLI = path.join(ROOT, 'packages', 'edge-client', 'src', 'cli.ts');
 const TARGET_MODULES = ['q_proj', 'v_proj'];
 const SEQ_LEN = 128;
 const THREADS = 1;
@@ -30,14 +29,8 @@ interface Child {
 }
 
 function join(serverUrl: string, home: string, data: string): Child {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('FLOE_EDGE_')));
   const child = spawn(
-    process.execPath,
-    [
-      '--import',
-      'tsx',
-      '--conditions=floe-source',
-      CLI,
+    ...floeEdgeCommand([
       'join',
       '--server',
       serverUrl,
@@ -56,8 +49,8 @@ function join(serverUrl: string, home: string, data: string): Child {
       '--seq-len',
       String(SEQ_LEN),
       '--no-eval-rounds',
-    ],
-    { env, cwd: ROOT },
+    ]),
+    { env: floeEdgeEnv(), cwd: ROOT },
   );
   const output: string[] = [];
   const collect = (chunk: Buffer) => output.push(...chunk.toString().split('\n').filter(Boolean));
