@@ -1,19 +1,24 @@
 /**
  * pnpm models:pretrain NAME [--steps N] [--seq 256] [--batch 16] [--micro 8] [--lr X] [--seed 0] [--fresh]
- *                            [--mixture speech=0.5,email=0.2,arithmetic=0.3]
+ *                            [--mixture speech=0.5,email=0.2,arithmetic=0.3] [--tokenizer FILE] [--init DIR]
  *
- * Trains the preset NAME (edge-tiny, edge-small, cloud) from scratch on the general corpora of all
- * tasks with the fastest engine, showing progress; saves its state every --save-every steps and
- * resumes from it unless --fresh. Writes models/NAME/: config.json, model.safetensors (f16) and
- * MODEL_CARD.md with the data, tokens, steps, wall time, machine and held-out figures for every task.
+ * Trains the preset NAME (edge-tiny, edge-small, cloud) on the general corpora of all tasks with the
+ * fastest engine, showing progress; saves its state every --save-every steps and resumes from it unless
+ * --fresh. The vocabulary is bytes, or the BPE of --tokenizer (a Hugging Face tokenizer.json); --init
+ * starts from a byte-level checkpoint instead of random weights, moved to that vocabulary
+ * (transferVocabulary). Writes models/NAME/: config.json, model.safetensors (f16), tokenizer.json (BPE)
+ * and MODEL_CARD.md with the data, tokens, steps, wall time, machine and held-out figures for every task.
  */
-import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { SingleBar } from 'cli-progress';
 import {
+  BpeTokenizer,
+  ByteTokenizer,
   MODEL_PRESETS,
   type ModelPreset,
   OrtLlama,
@@ -24,6 +29,8 @@ import {
   parameterCount,
   readSafetensors,
   saveCheckpoint,
+  type TextTokenizer,
+  transferVocabulary,
   writeSafetensors,
 } from '@floe/model';
 import {
@@ -74,6 +81,8 @@ const { positionals, values } = parseArgs({
     fresh: { type: 'boolean', default: false },
     mixture: { type: 'string' },
     'prompt-weight': { type: 'string', default: String(DEFAULT_PROMPT_WEIGHT) },
+    tokenizer: { type: 'string' },
+    init: { type: 'string' },
   },
 });
 const name = positionals[0] as ModelPreset | undefined;
@@ -81,7 +90,20 @@ if (!name || !(name in MODEL_PRESETS)) {
   console.error(`usage: pnpm models:pretrain <${Object.keys(MODEL_PRESETS).join('|')}> [--steps N] [--fresh] ...`);
   process.exit(2);
 }
-const config = MODEL_PRESETS[name];
+const tokenizer: TextTokenizer = values.tokenizer ? BpeTokenizer.load(values.tokenizer) : new ByteTokenizer();
+const start = values.init
+  ? transferVocabulary(await loadCheckpoint(values.init), tokenizer)
+  : {
+      config: {
+        ...MODEL_PRESETS[name],
+        vocab_size: tokenizer.vocabSize,
+        bos_token_id: tokenizer.bos,
+        eos_token_id: tokenizer.eos,
+        pad_token_id: tokenizer.pad,
+      },
+      weights: undefined,
+    };
+const config = start.config;
 const steps = Number(values.steps ?? DEFAULTS[name].steps);
 const seqLen = Number(values.seq);
 const rows = Number(values.batch);
@@ -106,8 +128,8 @@ function learningRate(step: number): number {
 }
 
 const mixture = values.mixture ? parseMixture(values.mixture) : DEFAULTS[name].mixture;
-const data = new PretrainData(seed, seqLen, mixture, promptWeight);
-const trainer = await OrtTrainer.create(config, initWeights(config, seed), {
+const data = new PretrainData(seed, seqLen, mixture, promptWeight, tokenizer);
+const trainer = await OrtTrainer.create(config, start.weights ?? initWeights(config, seed), {
   learningRate: peakLr,
   weightDecay: 0.1,
   maxGradNorm: 1,
@@ -117,7 +139,19 @@ const trainer = await OrtTrainer.create(config, initWeights(config, seed), {
 });
 
 /** Settings a resumed run must share with the run that saved the state, or it would mix two objectives. */
-const settings = { steps, seqLen, rows, micro, peakLr, seed, mixture, promptWeight };
+const sha256 = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
+const settings = {
+  steps,
+  seqLen,
+  rows,
+  micro,
+  peakLr,
+  seed,
+  mixture,
+  promptWeight,
+  tokenizer: values.tokenizer ? sha256(values.tokenizer) : 'bytes',
+  init: values.init ? sha256(path.join(values.init, 'model.safetensors')) : 'random',
+};
 
 interface Progress {
   settings: typeof settings;
@@ -209,7 +243,7 @@ await trainer.dispose();
 // Save in f16 and evaluate the saved file, so that `pnpm eval` reproduces the card exactly.
 await saveCheckpoint(
   out,
-  { config, weights },
+  { config, weights, tokenizer },
   { dtype: 'F16', metadata: { steps: String(steps), seed: String(seed) } },
 );
 const saved = await loadCheckpoint(out);
@@ -218,7 +252,7 @@ const figures: Record<string, unknown> = {};
 for (const task of TASKS) {
   const split = taskPartition(task, { seed }).general.test;
   const started = performance.now();
-  figures[task] = await evaluateTask(model, task, split, { contextTokens: seqLen });
+  figures[task] = await evaluateTask(model, task, split, { contextTokens: seqLen, tokenizer: saved.tokenizer });
   console.log(
     `${task} general:test ${JSON.stringify(figures[task])} (${((performance.now() - started) / 1000).toFixed(0)} s)`,
   );
@@ -226,17 +260,18 @@ for (const task of TASKS) {
 await model.release();
 
 const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+const bpe = tokenizer instanceof BpeTokenizer;
 const card = `# ${name}
 
-A byte-level Llama-family model trained from scratch by Floe-TS (\`pnpm models:pretrain ${name}\`).
+${bpe ? 'A Llama-family model with a byte-level BPE vocabulary' : 'A byte-level Llama-family model'} trained by Floe-TS (\`pnpm models:pretrain ${name}${bpe ? ` --tokenizer ${values.tokenizer}` : ''}${values.init ? ` --init ${values.init}` : ''}\`), ${values.init ? `continued from the byte-level checkpoint then in \`${values.init}\` (body kept; byte tokens keep their embeddings, subword tokens start at the mean of their bytes', decision 0017)` : 'from scratch'}.
 
 | | |
 | --- | --- |
 | parameters | ${parameterCount(config).toLocaleString('en-US')} |
 | shape | hidden ${config.hidden_size}, ${config.num_hidden_layers} layers, ${config.num_attention_heads} heads (${config.num_key_value_heads} key/value), MLP ${config.intermediate_size}, tied embeddings: ${config.tie_word_embeddings} |
-| vocabulary | 256 bytes + \`<bos>\` 256, \`<eos>\` 257, \`<pad>\` 258 |
-| context | ${config.max_position_embeddings} positions; trained on ${seqLen}-byte windows |
-| data | general (non-client) corpora of the seed-${seed} partitions: speech ${data.bytesByTask.speech.toLocaleString('en-US')} bytes (State of the Union addresses of non-client presidents, Moby-Dick), email ${data.bytesByTask.email.toLocaleString('en-US')} bytes, arithmetic ${data.bytesByTask.arithmetic.toLocaleString('en-US')} bytes; mixture ${JSON.stringify(data.mixture)}; rows are windows of speech and packed email/arithmetic examples (a prompt longer than the window keeps its last bytes, the same number for every answer), prompt bytes weigh ${promptWeight} of the answer bytes in the loss |
+| vocabulary | ${bpe ? `${tokenizer.vocabSize.toLocaleString('en-US')} tokens: byte-level BPE in tokenizer.json (256 bytes, single digits, merges learnt on the general corpus; decision 0016), \`<|bos|>\` ${tokenizer.bos}, \`<|eos|>\` ${tokenizer.eos}, \`<|pad|>\` ${tokenizer.pad}` : '256 bytes + `<bos>` 256, `<eos>` 257, `<pad>` 258'} |
+| context | ${config.max_position_embeddings} positions; trained on ${seqLen}-token windows |
+| data | general (non-client) corpora of the seed-${seed} partitions: speech ${data.bytesByTask.speech.toLocaleString('en-US')} bytes (State of the Union addresses of non-client presidents, Moby-Dick), email ${data.bytesByTask.email.toLocaleString('en-US')} bytes, arithmetic ${data.bytesByTask.arithmetic.toLocaleString('en-US')} bytes; mixture ${JSON.stringify(data.mixture)}; rows are windows of speech and packed email/arithmetic examples (a prompt longer than the window keeps its last tokens, the same number for every answer), prompt tokens weigh ${promptWeight} of the answer bytes in the loss |
 | training | ${steps} steps x ${tokensPerStep} tokens = ${(steps * tokensPerStep).toLocaleString('en-US')} tokens; AdamW (b2 0.99, wd 0.1, clip 1), peak lr ${peakLr}, warm-up ${warmup} steps, cosine to 10% |
 | engine | ONNX Runtime training graph (packages/model/src/onnx/llama-train-graph.ts) |
 | wall time | ${(progress.elapsedSeconds / 60).toFixed(1)} min on ${cpu}, ${os.cpus().length} cores |
@@ -244,7 +279,7 @@ A byte-level Llama-family model trained from scratch by Floe-TS (\`pnpm models:p
 
 ## Held-out figures (general:test of each task, seed ${seed})
 
-Reproduce with \`pnpm eval --model models/${name} --task TASK --split general:test\`. Speech is scored on non-overlapping windows of the training length (BOS + 255 bytes).
+Reproduce with \`pnpm eval --model models/${name} --task TASK --split general:test\`. Speech is scored on non-overlapping windows of the training length (BOS + ${seqLen - 1} tokens); bits per byte sum the tokens' log-likelihoods over their bytes.
 
 \`\`\`json
 ${JSON.stringify(figures, null, 2)}
@@ -263,7 +298,7 @@ function lossTable(losses: [number, number][]): string {
   const every = Math.max(1, Math.floor(losses.length / 12));
   const rowsOut = losses.filter((_, i) => i % every === 0 || i === losses.length - 1);
   return [
-    '| step | loss (nats/byte) |',
+    `| step | loss (nats/${bpe ? 'token' : 'byte'}) |`,
     '| --- | --- |',
     ...rowsOut.map(([s, l]) => `| ${s} | ${l.toFixed(3)} |`),
   ].join('\n');

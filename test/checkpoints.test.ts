@@ -84,7 +84,7 @@ function reproduces(task: TaskName, { metrics, nearTies }: Measured, card: TaskM
     const [got, want] = [metrics as SpeechMetrics, card as SpeechMetrics];
     expect(got.bytes).toBe(want.bytes);
     expect(Math.abs(got.bitsPerByte - want.bitsPerByte) / want.bitsPerByte).toBeLessThanOrEqual(BPB_RELATIVE_TOLERANCE);
-    expectCount('next-byte hits', got.nextByteAccuracy, want.nextByteAccuracy, got.bytes, nearTies);
+    expectCount('next-byte hits', got.nextTokenAccuracy, want.nextTokenAccuracy, got.bytes, nearTies);
   } else if (task === 'email') {
     const [got, want] = [metrics as EmailMetrics, card as EmailMetrics];
     expect(got.examples).toBe(want.examples);

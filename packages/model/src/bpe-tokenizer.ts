@@ -9,7 +9,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Tokenizer as TokenizersJs } from '@huggingface/tokenizers';
-import type { EncodeOptions } from './tokenizer.js';
+import type { EncodeOptions, TextTokenizer } from './tokenizer.js';
 
 /** What this file uses of Tokenizers.js (its published .d.ts uses extensionless imports NodeNext cannot follow). */
 interface JsTokenizer {
@@ -39,7 +39,7 @@ interface TokenizerJson {
 
 export class BpeTokenizerError extends Error {}
 
-export class BpeTokenizer {
+export class BpeTokenizer implements TextTokenizer {
   readonly vocabSize: number;
   readonly bos: number;
   readonly eos: number;
@@ -48,7 +48,11 @@ export class BpeTokenizer {
   private readonly bytesOf: (Uint8Array | undefined)[];
   private readonly special = new Set<number>();
 
+  /** The `tokenizer.json` this tokenizer was built from (saved beside a checkpoint). */
+  readonly json: object;
+
   constructor(json: TokenizerJson) {
+    this.json = json;
     if (json.model?.type !== 'BPE') throw new BpeTokenizerError('tokenizer.json: expected a BPE model');
     // encoded without its added tokens: text that looks like a special token stays text; only callers add specials
     this.tokenizer = new JsTokenizer({ ...json, added_tokens: [] }, { clean_up_tokenization_spaces: false });

@@ -1,5 +1,9 @@
-/** A checkpoint directory: config.json + model.safetensors (Hugging Face layout). */
+/**
+ * A checkpoint directory: config.json + model.safetensors (Hugging Face layout), and tokenizer.json when the
+ * vocabulary is not the byte-level one (the cloud's BPE).
+ */
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Tensor } from '@floe/shared';
@@ -7,6 +11,8 @@ import { type LlamaConfig, parseLlamaConfig, weightShapes } from './config.js';
 import { Random } from './random.js';
 import { type SafetensorsDType } from '@floe/shared';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
+import { BpeTokenizer } from './bpe-tokenizer.js';
+import { ByteTokenizer, type TextTokenizer, checkTokenizer } from './tokenizer.js';
 
 export type Weights = Map<string, Tensor>;
 
@@ -15,7 +21,11 @@ export interface Checkpoint {
   weights: Weights;
   /** The safetensors header's `__metadata__` (training steps, the partition seed it was pretrained on...). */
   metadata?: Record<string, string>;
+  /** The vocabulary (byte-level when absent). */
+  tokenizer?: TextTokenizer;
 }
+
+export type LoadedCheckpoint = Checkpoint & { tokenizer: TextTokenizer };
 
 /** GPT-2 style init: N(0, 0.02) for matrices, ones for RMSNorm gains. */
 export function initWeights(config: LlamaConfig, seed = 0, std = 0.02): Weights {
@@ -55,13 +65,25 @@ export async function saveCheckpoint(
   await writeFile(path.join(dir, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
   const ordered = weightShapes(checkpoint.config).map(([name]) => checkpoint.weights.get(name) as Tensor);
   await writeSafetensors(path.join(dir, 'model.safetensors'), ordered, dtype, options.metadata);
+  if (checkpoint.tokenizer) checkTokenizer(checkpoint.config, checkpoint.tokenizer);
+  if (checkpoint.tokenizer instanceof BpeTokenizer) {
+    await writeFile(path.join(dir, 'tokenizer.json'), `${JSON.stringify(checkpoint.tokenizer.json, null, 2)}\n`);
+  }
 }
 
-export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
+/** The checkpoint's vocabulary: its tokenizer.json, else bytes; checked against its config. */
+export function loadTokenizer(dir: string, config: LlamaConfig): TextTokenizer {
+  const file = path.join(dir, 'tokenizer.json');
+  const tokenizer = existsSync(file) ? BpeTokenizer.load(file) : new ByteTokenizer();
+  checkTokenizer(config, tokenizer);
+  return tokenizer;
+}
+
+export async function loadCheckpoint(dir: string): Promise<LoadedCheckpoint> {
   const config = parseLlamaConfig(JSON.parse(await readFile(path.join(dir, 'config.json'), 'utf8')));
   const { tensors, metadata } = await readSafetensors(path.join(dir, 'model.safetensors'));
   checkWeights(config, tensors);
-  return { config, weights: tensors, metadata };
+  return { config, weights: tensors, metadata, tokenizer: loadTokenizer(dir, config) };
 }
 
 /** SHA-256 (hex) of a checkpoint's weights file: how a job names the base model its devices must hold. */

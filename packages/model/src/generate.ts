@@ -5,7 +5,7 @@
 import type { LoraAdapter } from '@floe/shared';
 import type { LlamaConfig } from './config.js';
 import { Random } from './random.js';
-import { ByteTokenizer } from './tokenizer.js';
+import { ByteTokenizer, type TextTokenizer, checkTokenizer } from './tokenizer.js';
 
 /** What generation needs of a model: one forward step over new tokens, given the cache of the past. */
 export interface DecoderModel<Cache = unknown> {
@@ -30,6 +30,8 @@ export interface GenerateOptions extends SamplingOptions {
   lora?: LoraAdapter | undefined;
   /** Prepend the BOS token to each prompt (default true). */
   bos?: boolean;
+  /** The model's vocabulary (default bytes); checked against its config. */
+  tokenizer?: TextTokenizer;
 }
 
 export type FinishReason = 'stop' | 'eos' | 'length';
@@ -110,7 +112,8 @@ export async function* streamGenerate<C>(
   options: GenerateOptions,
 ): AsyncGenerator<TokenEvent, Generation[]> {
   const { config } = model;
-  const tokenizer = new ByteTokenizer();
+  const tokenizer = options.tokenizer ?? new ByteTokenizer();
+  checkTokenizer(config, tokenizer);
   const random = new Random(options.seed ?? 0);
   const encoded = prompts.map((p) => tokenizer.encode(p, { bos: options.bos ?? true }));
   const width = Math.max(...encoded.map((ids) => ids.length));

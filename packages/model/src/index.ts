@@ -18,3 +18,4 @@ export * from './onnx/adamw-graph.js';
 export * from './trainer.js';
 export * from './ort/trainer.js';
 export * from './ort/matmul-ceiling.js';
+export * from './vocabulary-transfer.js';

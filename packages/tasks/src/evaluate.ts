@@ -1,13 +1,21 @@
 /**
  * Task metrics on any model behind the DecoderModel interface (ORT or tfjs):
- * - speech: bits per byte and next-byte accuracy, over non-overlapping windows of the training length that each start with BOS;
+ * - speech: bits per byte (token log-likelihoods over the tokens' bytes) and next-token accuracy, over
+ *   non-overlapping windows of the training length that each start with BOS;
  * - email: label accuracy, by comparing the log-likelihood of the continuations " spam" and " ham" after the
  *   prompt (its end, when it is longer than the training length);
  * - arithmetic: greedy exact match, overall and per operation and digit count.
  */
-import { ByteTokenizer, type DecoderModel, type Generation, generate } from '@floe/model';
+import {
+  ByteTokenizer,
+  type DecoderModel,
+  type Generation,
+  type TextTokenizer,
+  checkTokenizer,
+  generate,
+} from '@floe/model';
 import type { LoraAdapter } from '@floe/shared';
-import { promptRoom } from './pretrain-data.js';
+import { answerTokens, promptRoom } from './pretrain-data.js';
 import type { DataManifest } from './data-dir.js';
 import type { Example, Split, TaskName } from './tasks.js';
 
@@ -24,9 +32,17 @@ export interface EvalOptions {
    * bits between CPUs, so a choice within that noise of a tie may go the other way on another machine.
    */
   onDecision?: (margin: number) => void;
+  /** The model's vocabulary (default bytes); checked against its config. */
+  tokenizer?: TextTokenizer | undefined;
 }
 
-const tokenizer = new ByteTokenizer();
+const BYTES = new ByteTokenizer();
+
+function tokenizerOf<C>(model: DecoderModel<C>, options: EvalOptions): TextTokenizer {
+  const tokenizer = options.tokenizer ?? BYTES;
+  checkTokenizer(model.config, tokenizer);
+  return tokenizer;
+}
 
 /** log p(target) for each position of each row, from logits [rows, seq, vocab]. */
 function logProbsOfTargets(logits: Float32Array, vocab: number, rows: number[][], targets: number[][]): number[][] {
@@ -71,8 +87,10 @@ async function scoreRows<C>(model: DecoderModel<C>, rows: number[][], targets: n
 
 export interface SpeechMetrics {
   bitsPerByte: number;
-  nextByteAccuracy: number;
+  /** Share of positions whose argmax is the next token: next-byte accuracy for a byte-level model. */
+  nextTokenAccuracy: number;
   bytes: number;
+  tokens: number;
 }
 
 /** The window every committed checkpoint was pretrained on (`pnpm models:pretrain --seq`). */
@@ -90,16 +108,18 @@ export async function evaluateSpeech<C>(
 ): Promise<SpeechMetrics> {
   // windows as long as the training windows (BOS + 255 bytes): positions a checkpoint never trained on
   // measure extrapolation, not modelling (the cloud model lost 0.3 bits per byte on them)
+  const tokenizer = tokenizerOf(model, options);
   const window = contextOf(model, options) - 1;
   const windows: number[][] = [];
   for (const doc of documents) {
-    const bytes = tokenizer.encode(doc);
-    for (let start = 0; start < bytes.length; start += window) windows.push(bytes.slice(start, start + window));
+    const ids = tokenizer.encode(doc);
+    for (let start = 0; start < ids.length; start += window) windows.push(ids.slice(start, start + window));
   }
   const batch = options.batch ?? 8;
   let nats = 0;
   let correct = 0;
   let count = 0;
+  let bytes = 0;
   for (let i = 0; i < windows.length; i += batch) {
     const chunk = windows.slice(i, i + batch);
     const inputs = chunk.map((w) => [model.config.bos_token_id, ...w.slice(0, -1)]);
@@ -112,10 +132,11 @@ export async function evaluateSpeech<C>(
         options.onDecision?.(choice.margin);
       });
       count += w.length;
+      bytes += tokenizer.bytes(w).length;
     });
     options.onProgress?.(Math.min(i + batch, windows.length), windows.length);
   }
-  return { bitsPerByte: nats / count / Math.LN2, nextByteAccuracy: correct / count, bytes: count };
+  return { bitsPerByte: nats / bytes / Math.LN2, nextTokenAccuracy: correct / count, bytes, tokens: count };
 }
 
 export interface EmailMetrics {
@@ -145,9 +166,10 @@ export async function evaluateLabels<C>(
   options: EvalOptions = {},
 ): Promise<EmailMetrics> {
   const perBatch = Math.max(1, Math.floor((options.batch ?? 8) / labels.length));
+  const tokenizer = tokenizerOf(model, options);
   const context = contextOf(model, options);
   // a long prompt keeps what training rows keep of it (ExampleSampler)
-  const room = promptRoom(context, labels);
+  const room = promptRoom(context, labels, tokenizer);
   let correct = 0;
   for (let i = 0; i < examples.length; i += perBatch) {
     const chunk = examples.slice(i, i + perBatch);
@@ -190,6 +212,7 @@ export async function answerLoss<C>(
   examples: readonly Example[],
   options: EvalOptions = {},
 ): Promise<{ nats: number; bytes: number }> {
+  const tokenizer = tokenizerOf(model, options);
   const batch = options.batch ?? 16;
   const context = contextOf(model, options);
   let nats = 0;
@@ -200,7 +223,7 @@ export async function answerLoss<C>(
     const targets: number[][] = [];
     const starts: number[] = [];
     for (const example of chunk) {
-      const answer = tokenizer.encode(`${example.answer}\n`);
+      const answer = answerTokens(tokenizer, example.answer);
       const prompt = [tokenizer.bos, ...tokenizer.encode(example.prompt).slice(-(context - answer.length))];
       const full = [...prompt, ...answer];
       rows.push(full.slice(0, -1));
@@ -211,7 +234,7 @@ export async function answerLoss<C>(
     chunk.forEach((_, k) => {
       const answerLogProbs = (logProbs[k] ?? []).slice(starts[k]);
       nats -= answerLogProbs.reduce((a, b) => a + b, 0);
-      bytes += answerLogProbs.length;
+      bytes += tokenizer.bytes((targets[k] ?? []).slice(starts[k])).length;
     });
   }
   return { nats: nats / Math.max(1, bytes), bytes };
@@ -234,6 +257,7 @@ export async function evaluateArithmetic<C>(
   examples: readonly Example[],
   options: EvalOptions = {},
 ): Promise<ArithmeticMetrics> {
+  const tokenizer = tokenizerOf(model, options);
   const batch = options.batch ?? 32;
   const tally = new Map<string, { right: number; total: number }>();
   let correct = 0;
@@ -243,7 +267,7 @@ export async function evaluateArithmetic<C>(
     const outputs = await generate(
       model,
       chunk.map((e) => e.prompt),
-      { maxNewTokens: maxAnswer + 1, stop: ['\n'], lora: options.lora },
+      { maxNewTokens: maxAnswer + 1, stop: ['\n'], lora: options.lora, tokenizer },
     );
     chunk.forEach((example, k) => {
       const output = outputs[k] as Generation;

@@ -3,10 +3,10 @@
  * examples (email, arithmetic). Pretraining batches are a function of (seed, step), so a resumed run
  * sees the same data.
  */
-import { ByteTokenizer, Random, type TrainBatch } from '@floe/model';
+import { ByteTokenizer, Random, type TextTokenizer, type TrainBatch } from '@floe/model';
 import { type Example, type Split, TASKS, type TaskName, taskPartition } from './tasks.js';
 
-const BOS = new ByteTokenizer().bos;
+const BYTES = new ByteTokenizer();
 
 export interface TrainRow {
   inputIds: number[];
@@ -32,38 +32,48 @@ export function sampleBatch(sampler: RowSampler, random: Random, rows: number): 
   return batchOf(Array.from({ length: rows }, () => sampler.row(random)));
 }
 
-/** Loss weight of an example's prompt bytes relative to its answer (and the newline ending it). */
+/** Loss weight of an example's prompt tokens relative to its answer (and the newline ending it). */
 export const DEFAULT_PROMPT_WEIGHT = 0.2;
 
 /** Random training windows over prose documents (joined by blank lines); every target counts once. */
 export class WindowSampler implements RowSampler {
-  private readonly bytes: Uint8Array;
+  private readonly tokens: Uint32Array;
+  private readonly bos: number;
 
   constructor(
     documents: readonly string[],
     readonly seqLen: number,
+    tokenizer: TextTokenizer = BYTES,
   ) {
-    this.bytes = new TextEncoder().encode(documents.map((d) => `${d}\n\n`).join(''));
-    if (this.bytes.length <= seqLen)
-      throw new Error(`${this.bytes.length} bytes of text cannot fill a ${seqLen}-byte window`);
+    this.tokens = Uint32Array.from(documents.flatMap((d) => tokenizer.encode(`${d}\n\n`)));
+    this.bos = tokenizer.bos;
+    if (this.tokens.length <= seqLen)
+      throw new Error(`${this.tokens.length} tokens of text cannot fill a ${seqLen}-token window`);
   }
 
   row(random: Random): TrainRow {
-    const start = random.integer(this.bytes.length - this.seqLen);
-    const row = [BOS, ...this.bytes.subarray(start, start + this.seqLen)];
+    const start = random.integer(this.tokens.length - this.seqLen);
+    const row = [this.bos, ...this.tokens.subarray(start, start + this.seqLen)];
     return { inputIds: row.slice(0, -1), targets: row.slice(1), weights: row.slice(1).map(() => 1) };
   }
 }
 
 /**
- * Bytes of a prompt kept in a `seqLen`-byte window: the window less the longest `answer\n`, so every
+ * Tokens of a prompt kept in a `seqLen`-token window: the window less the longest `answer\n`, so every
  * answer of a cut prompt starts at the same position (training rows and email evaluation both cut so).
  */
-export function promptRoom(seqLen: number, answers: readonly string[]): number {
-  const encoder = new TextEncoder();
-  const room = seqLen - Math.max(...answers.map((a) => encoder.encode(`${a}\n`).length));
-  if (room <= 0) throw new Error(`a ${seqLen}-byte window leaves no room for a prompt before its answer`);
+export function promptRoom(seqLen: number, answers: readonly string[], tokenizer: TextTokenizer = BYTES): number {
+  const room = seqLen - Math.max(...answers.map((a) => answerTokens(tokenizer, a).length));
+  if (room <= 0) throw new Error(`a ${seqLen}-token window leaves no room for a prompt before its answer`);
   return room;
+}
+
+/**
+ * An answer and the newline that ends it, encoded apart from its prompt: every answer then has one
+ * tokenization whatever the prompt, in training rows and in evaluation alike.
+ */
+export function answerTokens(tokenizer: TextTokenizer, answer: string): number[] {
+  return tokenizer.encode(`${answer}\n`);
 }
 
 /**
@@ -75,38 +85,41 @@ export function promptRoom(seqLen: number, answers: readonly string[]): number {
  * `promptWeight`. The last example of a row may be cut short.
  */
 export class ExampleSampler implements RowSampler {
-  private readonly examples: { bytes: Uint8Array; promptBytes: number }[];
-  /** Bytes a row's first prompt keeps at most (`promptRoom`). */
+  private readonly examples: { tokens: number[]; promptTokens: number }[];
+  private readonly bos: number;
+  /** Tokens a row's first prompt keeps at most (`promptRoom`). */
   readonly promptRoom: number;
 
   constructor(
     examples: readonly Example[],
     readonly seqLen: number,
     readonly promptWeight = DEFAULT_PROMPT_WEIGHT,
+    tokenizer: TextTokenizer = BYTES,
   ) {
     if (examples.length === 0) throw new Error('no examples to sample from');
-    const encoder = new TextEncoder();
-    this.examples = examples.map((e) => ({
-      bytes: encoder.encode(`${e.prompt}${e.answer}\n`),
-      promptBytes: encoder.encode(e.prompt).length,
-    }));
+    this.examples = examples.map((e) => {
+      const prompt = tokenizer.encode(e.prompt);
+      return { tokens: [...prompt, ...answerTokens(tokenizer, e.answer)], promptTokens: prompt.length };
+    });
+    this.bos = tokenizer.bos;
     this.promptRoom = promptRoom(
       seqLen,
       examples.map((e) => e.answer),
+      tokenizer,
     );
   }
 
   row(random: Random): TrainRow {
-    const tokens: number[] = [BOS];
+    const tokens: number[] = [this.bos];
     const weights: number[] = [];
     while (tokens.length <= this.seqLen) {
-      const { bytes, promptBytes } = this.examples[random.integer(this.examples.length)]!;
+      const example = this.examples[random.integer(this.examples.length)]!;
       const room = this.seqLen + 1 - tokens.length;
-      const from = tokens.length === 1 ? Math.max(0, promptBytes - this.promptRoom) : 0;
-      const to = Math.min(bytes.length, from + room);
+      const from = tokens.length === 1 ? Math.max(0, example.promptTokens - this.promptRoom) : 0;
+      const to = Math.min(example.tokens.length, from + room);
       for (let i = from; i < to; i++) {
-        tokens.push(bytes[i]!);
-        weights.push(i < promptBytes ? this.promptWeight : 1);
+        tokens.push(example.tokens[i]!);
+        weights.push(i < example.promptTokens ? this.promptWeight : 1);
       }
     }
     return { inputIds: tokens.slice(0, -1), targets: tokens.slice(1), weights };
@@ -114,10 +127,15 @@ export class ExampleSampler implements RowSampler {
 }
 
 /** Windows for prose, packed examples for tasks made of examples. */
-export function rowSampler(split: Split, seqLen: number, promptWeight = DEFAULT_PROMPT_WEIGHT): RowSampler {
+export function rowSampler(
+  split: Split,
+  seqLen: number,
+  promptWeight = DEFAULT_PROMPT_WEIGHT,
+  tokenizer: TextTokenizer = BYTES,
+): RowSampler {
   return split.examples
-    ? new ExampleSampler(split.examples, seqLen, promptWeight)
-    : new WindowSampler(split.documents, seqLen);
+    ? new ExampleSampler(split.examples, seqLen, promptWeight, tokenizer)
+    : new WindowSampler(split.documents, seqLen, tokenizer);
 }
 
 export type Mixture = Record<TaskName, number>;
@@ -132,9 +150,10 @@ export class PretrainData {
     readonly seqLen: number,
     readonly mixture: Mixture = DEFAULT_MIXTURE,
     readonly promptWeight = DEFAULT_PROMPT_WEIGHT,
+    tokenizer: TextTokenizer = BYTES,
   ) {
     const splits = TASKS.map((task) => [task, taskPartition(task, { seed }).general.train] as const);
-    this.samplers = new Map(splits.map(([task, split]) => [task, rowSampler(split, seqLen, promptWeight)]));
+    this.samplers = new Map(splits.map(([task, split]) => [task, rowSampler(split, seqLen, promptWeight, tokenizer)]));
     const encoder = new TextEncoder();
     this.bytesByTask = Object.fromEntries(
       splits.map(([task, split]) => [task, split.documents.reduce((n, d) => n + encoder.encode(d).length, 0)]),

@@ -50,7 +50,7 @@ describe('speech metrics', () => {
     const metrics = await evaluateSpeech(model, [text, 'short']);
     expect(metrics.bytes).toBe(text.length + 5);
     expect(metrics.bitsPerByte).toBeCloseTo(Math.log2(259), 5);
-    expect(metrics.nextByteAccuracy).toBe(0);
+    expect(metrics.nextTokenAccuracy).toBe(0);
     await model.release();
   });
 
