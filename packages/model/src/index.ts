@@ -19,3 +19,4 @@ export * from './trainer.js';
 export * from './ort/trainer.js';
 export * from './ort/matmul-ceiling.js';
 export * from './vocabulary-transfer.js';
+export * from './token-text.js';

@@ -48,6 +48,13 @@ export interface OrtForwardResult {
   cache: OrtKVCache;
 }
 
+/** One sequence's part of a KV cache, without padding: per layer [heads, length, headDim]. */
+export interface KvRow {
+  keys: Float32Array[];
+  values: Float32Array[];
+  length: number;
+}
+
 /** LoRA feeds prepared once per adapter: A^T and scale * B^T. */
 type LoraFeeds = Record<string, ort.Tensor>;
 
@@ -89,6 +96,51 @@ export class OrtLlama implements DecoderModel<OrtKVCache> {
     const empty = () => new ort.Tensor('float32', new Float32Array(0), dims);
     const layers = [...Array(this.config.num_hidden_layers).keys()];
     return { keys: layers.map(empty), values: layers.map(empty), length: 0 };
+  }
+
+  /**
+   * Row `b` of a batched cache, its last `length` positions (a left-padded row's real ones): how a
+   * sequence leaves a batch (continuous batching) without copying the others.
+   */
+  cacheRow(cache: OrtKVCache, b: number, length: number): KvRow {
+    const d = headDim(this.config);
+    const total = cache.length;
+    const slice = (t: ort.Tensor) => {
+      const data = t.data as Float32Array;
+      const out = new Float32Array(this.cacheHeads * length * d);
+      for (let h = 0; h < this.cacheHeads; h++) {
+        const from = ((b * this.cacheHeads + h) * total + total - length) * d;
+        out.set(data.subarray(from, from + length * d), h * length * d);
+      }
+      return out;
+    };
+    return { keys: cache.keys.map(slice), values: cache.values.map(slice), length };
+  }
+
+  /** Rows stacked into one cache, left-padded to the longest, with the matching attention mask. */
+  stackRows(rows: readonly KvRow[]): { cache: OrtKVCache; mask: number[][] } {
+    const d = headDim(this.config);
+    const total = Math.max(0, ...rows.map((r) => r.length));
+    const layers = [...Array(this.config.num_hidden_layers).keys()];
+    const stack = (pick: (r: KvRow) => Float32Array) => {
+      const data = new Float32Array(rows.length * this.cacheHeads * total * d);
+      rows.forEach((row, b) => {
+        const source = pick(row);
+        for (let h = 0; h < this.cacheHeads; h++) {
+          const to = ((b * this.cacheHeads + h) * total + total - row.length) * d;
+          data.set(source.subarray(h * row.length * d, (h + 1) * row.length * d), to);
+        }
+      });
+      return new ort.Tensor('float32', data, [rows.length, this.cacheHeads, total, d]);
+    };
+    return {
+      cache: {
+        keys: layers.map((l) => stack((r) => r.keys[l] as Float32Array)),
+        values: layers.map((l) => stack((r) => r.values[l] as Float32Array)),
+        length: total,
+      },
+      mask: rows.map((r) => [...new Array<number>(total - r.length).fill(0), ...new Array<number>(r.length).fill(1)]),
+    };
   }
 
   async forward(inputIds: number[][], options: OrtForwardOptions = {}): Promise<OrtForwardResult> {
