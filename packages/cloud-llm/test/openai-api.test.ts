@@ -42,7 +42,6 @@ async function directLogprobs(ids: number[]): Promise<number[]> {
   });
 }
 
-const utf8 = (text: string) => new TextEncoder().encode(text);
 
 describe('cloud stand-in over the official openai client', () => {
   it('lists its model and completes with logprobs equal to the model log-softmax', async () => {
