@@ -10,3 +10,4 @@ export * from './calibration.js';
 export * from './calibration-probe.js';
 export * from './profile.js';
 export * from './device.js';
+export * from './inference/index.js';

@@ -20,3 +20,4 @@ export * from './ort/trainer.js';
 export * from './ort/matmul-ceiling.js';
 export * from './vocabulary-transfer.js';
 export * from './token-text.js';
+export * from './next-byte.js';

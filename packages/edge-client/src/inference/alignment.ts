@@ -1,0 +1,119 @@
+/**
+ * A subword cloud's top-k seen byte by byte. At a cloud position the cloud gives the probability of
+ * its top-k tokens; a token's probability is credited to its first byte, and once that byte is chosen,
+ * conditionally to its next bytes. When a token ends and it is the token the cloud itself continued
+ * with (the known continuation, from lookahead or from scoring a known text), its mass moves on to the
+ * next position's top-k. The mass the top-k leaves out, and the mass of tokens whose next position the
+ * cloud did not report, is spread by the edge's next-byte distribution.
+ *
+ * Exact on its own terms: with a top-k that covers the whole distribution and a known continuation,
+ * the next-byte distribution is what a byte-level model holding the same probabilities gives.
+ */
+import { BYTE_OUTCOMES, type ByteDistribution, END_OF_TEXT } from '@floe/model';
+
+/** A cloud token as bytes, or the end of the text. */
+export type CloudToken = Uint8Array | 'end';
+
+export interface CloudPosition {
+  /** The token the cloud continued with here (generated, or the scored text's own), if any. */
+  token: CloudToken | undefined;
+  /** Its top tokens with their log-probabilities. */
+  top: { token: CloudToken; logprob: number }[];
+}
+
+interface Hypothesis {
+  position: number;
+  token: CloudToken;
+  /** Bytes of the token already emitted. */
+  consumed: number;
+  weight: number;
+}
+
+function sameToken(a: CloudToken | undefined, b: CloudToken): boolean {
+  if (a === undefined) return false;
+  if (a === 'end' || b === 'end') return a === b;
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+export class CloudAlignment {
+  private hypotheses: Hypothesis[] = [];
+  /** Mass the cloud said nothing precise about, spread by the edge. */
+  private unknown = 0;
+  /** Bytes emitted since the first position. */
+  emitted = 0;
+
+  constructor(private readonly positions: readonly CloudPosition[]) {
+    this.open(0, 1);
+  }
+
+  /** Share of the mass still carried by the cloud's own tokens (0 when the edge alone is left). */
+  get knownShare(): number {
+    const known = this.hypotheses.reduce((s, h) => s + h.weight, 0);
+    return known / (known + this.unknown);
+  }
+
+  /** Positions of the cloud answer that the emitted text has reached (for lookahead bookkeeping). */
+  get frontier(): number {
+    return this.hypotheses.reduce((m, h) => Math.max(m, h.position), 0);
+  }
+
+  /** The cloud's next-outcome distribution; `edge` spreads the unknown mass. */
+  distribution(edge: ByteDistribution): ByteDistribution {
+    const out = new Float64Array(BYTE_OUTCOMES);
+    let total = this.unknown;
+    for (let i = 0; i < BYTE_OUTCOMES; i++) out[i] = this.unknown * (edge[i] as number);
+    for (const h of this.hypotheses) {
+      const outcome = h.token === 'end' ? END_OF_TEXT : (h.token[h.consumed] as number);
+      out[outcome] = (out[outcome] as number) + h.weight;
+      total += h.weight;
+    }
+    for (let i = 0; i < BYTE_OUTCOMES; i++) out[i] = (out[i] as number) / total;
+    return out;
+  }
+
+  /** Conditions on the outcome that came; `edge` is the edge distribution it was drawn against. */
+  push(outcome: number, edge: ByteDistribution): void {
+    this.unknown *= edge[outcome] as number;
+    const kept: Hypothesis[] = [];
+    const ended: Hypothesis[] = [];
+    for (const h of this.hypotheses) {
+      const next = h.token === 'end' ? END_OF_TEXT : h.token[h.consumed];
+      if (next !== outcome) continue;
+      if (h.token !== 'end' && h.consumed + 1 < h.token.length) kept.push({ ...h, consumed: h.consumed + 1 });
+      else ended.push(h);
+    }
+    this.hypotheses = kept;
+    for (const h of ended) {
+      const position = this.positions[h.position] as CloudPosition;
+      if (h.token !== 'end' && h.position + 1 < this.positions.length && sameToken(position.token, h.token)) {
+        this.open(h.position + 1, h.weight);
+      } else this.unknown += h.weight;
+    }
+    this.emitted++;
+    this.normalize();
+  }
+
+  /** Starts hypotheses for the top-k of `position`, carrying `weight`. */
+  private open(position: number, weight: number): void {
+    const { top } = this.positions[position] ?? { top: [] };
+    let covered = 0;
+    for (const t of top) {
+      const q = Math.exp(t.logprob);
+      covered += q;
+      if (t.token !== 'end' && t.token.length === 0) continue;
+      this.hypotheses.push({ position, token: t.token, consumed: 0, weight: weight * q });
+    }
+    this.unknown += weight * Math.max(0, 1 - covered);
+  }
+
+  private normalize(): void {
+    const total = this.unknown + this.hypotheses.reduce((s, h) => s + h.weight, 0);
+    if (!(total > 0)) {
+      this.hypotheses = [];
+      this.unknown = 1;
+      return;
+    }
+    this.unknown /= total;
+    for (const h of this.hypotheses) h.weight /= total;
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * Any OpenAI-compatible completions endpoint as a source of top-k log-probabilities, through the
+ * official `openai` client: a greedy continuation with the top-k at each position (lookahead), or the
+ * top-k at each token of a known text (echo, for evaluation). Failures (timeouts, 429, 5xx, refused
+ * connections) open a circuit breaker that stops calling the cloud for a cooldown, then lets one probe
+ * through; callers see `undefined`, never an exception, and carry on with the edge alone.
+ */
+import OpenAI from 'openai';
+import { tokenTextBytes } from '@floe/model';
+import type { CloudPosition, CloudToken } from './alignment.js';
+
+export interface CloudClientOptions {
+  /** e.g. http://127.0.0.1:8000/v1 */
+  baseURL: string;
+  apiKey: string;
+  model: string;
+  /** Top tokens per position (OpenAI allows at most 5 on some models, 20 on the stand-in). */
+  topK?: number;
+  /** A call that has not answered by then counts as a failure (ms, default 2000). */
+  timeoutMs?: number;
+  /** Consecutive failures that open the breaker (default 3). */
+  failureThreshold?: number;
+  /** How long the breaker stays open before a probe (ms, default 5000). */
+  cooldownMs?: number;
+  /** Token strings that mean the end of the text. */
+  endTokens?: readonly string[];
+  /** For tests: the clock. */
+  now?: () => number;
+}
+
+export type BreakerState = 'closed' | 'open' | 'half-open';
+
+/** closed -> (failures) -> open -> (cooldown) -> half-open: one probe -> closed or open again. */
+export class CircuitBreaker {
+  private failures = 0;
+  private openedAt = 0;
+  private probing = false;
+  state: BreakerState = 'closed';
+
+  constructor(
+    private readonly threshold: number,
+    private readonly cooldownMs: number,
+    private readonly now: () => number,
+  ) {}
+
+  /** Whether a call may go out now (in half-open state, only one at a time). */
+  allow(): boolean {
+    if (this.state === 'open' && this.now() - this.openedAt >= this.cooldownMs) this.state = 'half-open';
+    if (this.state === 'closed') return true;
+    if (this.state === 'half-open' && !this.probing) {
+      this.probing = true;
+      return true;
+    }
+    return false;
+  }
+
+  success(): void {
+    this.state = 'closed';
+    this.failures = 0;
+    this.probing = false;
+  }
+
+  failure(): void {
+    this.failures++;
+    this.probing = false;
+    if (this.state === 'half-open' || this.failures >= this.threshold) {
+      this.state = 'open';
+      this.openedAt = this.now();
+    }
+  }
+}
+
+export interface CloudStats {
+  calls: number;
+  failures: number;
+  /** Calls not made because the breaker was open. */
+  skipped: number;
+  /** Tokens the cloud generated or scored for us. */
+  tokens: number;
+}
+
+interface LegacyLogprobs {
+  tokens?: string[];
+  token_logprobs?: (number | null)[];
+  top_logprobs?: (Record<string, number> | null)[] | null;
+}
+
+export class CloudClient {
+  readonly breaker: CircuitBreaker;
+  readonly stats: CloudStats = { calls: 0, failures: 0, skipped: 0, tokens: 0 };
+  private readonly client: OpenAI;
+  private readonly topK: number;
+  private readonly endTokens: Set<string>;
+
+  constructor(private readonly options: CloudClientOptions) {
+    this.client = new OpenAI({
+      baseURL: options.baseURL,
+      apiKey: options.apiKey,
+      maxRetries: 0,
+      timeout: options.timeoutMs ?? 2000,
+    });
+    this.topK = options.topK ?? 20;
+    this.endTokens = new Set(options.endTokens ?? ['<|eos|>', '<|endoftext|>', '</s>']);
+    this.breaker = new CircuitBreaker(
+      options.failureThreshold ?? 3,
+      options.cooldownMs ?? 5000,
+      options.now ?? (() => Date.now()),
+    );
+  }
+
+  private token(text: string): CloudToken {
+    return this.endTokens.has(text) ? 'end' : tokenTextBytes(text);
+  }
+
+  private positions(logprobs: LegacyLogprobs | null | undefined): CloudPosition[] {
+    const tokens = logprobs?.tokens ?? [];
+    return tokens.map((text, i) => ({
+      token: this.token(text),
+      top: Object.entries(logprobs?.top_logprobs?.[i] ?? {}).map(([t, logprob]) => ({ token: this.token(t), logprob })),
+    }));
+  }
+
+  /** Runs one call through the breaker; undefined when it is open or the call fails. */
+  private async guarded<T>(call: () => Promise<T>): Promise<T | undefined> {
+    if (!this.breaker.allow()) {
+      this.stats.skipped++;
+      return undefined;
+    }
+    this.stats.calls++;
+    try {
+      const result = await call();
+      this.breaker.success();
+      return result;
+    } catch {
+      this.stats.failures++;
+      this.breaker.failure();
+      return undefined;
+    }
+  }
+
+  /** The cloud's greedy continuation of `prompt`, `maxTokens` positions with their top-k. */
+  continuation(prompt: string, maxTokens: number, signal?: AbortSignal): Promise<CloudPosition[] | undefined> {
+    return this.guarded(async () => {
+      const completion = await this.client.completions.create(
+        { model: this.options.model, prompt, max_tokens: maxTokens, temperature: 0, logprobs: this.topK },
+        { signal },
+      );
+      const positions = this.positions(completion.choices[0]?.logprobs as LegacyLogprobs | null);
+      if (completion.choices[0]?.finish_reason === 'stop' && positions.length < maxTokens) {
+        // the cloud ended the text (or hit a stop): its next token is the end
+        positions.push({ token: 'end', top: [{ token: 'end', logprob: 0 }] });
+      }
+      this.stats.tokens += positions.length;
+      return positions;
+    });
+  }
+
+  /**
+   * The top-k at every token of `text` given the tokens before it (echo), and the cloud's own
+   * log-likelihood of the text in nats (null where the endpoint gives none, e.g. the first token).
+   */
+  score(text: string): Promise<{ positions: CloudPosition[]; logprobs: (number | null)[] } | undefined> {
+    return this.guarded(async () => {
+      const completion = await this.client.completions.create({
+        model: this.options.model,
+        prompt: text,
+        max_tokens: 0,
+        echo: true,
+        logprobs: this.topK,
+      });
+      const logprobs = completion.choices[0]?.logprobs as LegacyLogprobs | null;
+      this.stats.tokens += logprobs?.tokens?.length ?? 0;
+      return { positions: this.positions(logprobs), logprobs: logprobs?.token_logprobs ?? [] };
+    });
+  }
+}

@@ -1,0 +1,175 @@
+/**
+ * One interface for next-token sources at the byte level, the common ground of a byte-level edge model,
+ * a subword cloud and their fusion: a session starts after a prompt, says how likely each next byte (or
+ * the end of the text) is, and is told which one came. Generation, evaluation and RL sampling read
+ * from it whatever is behind it.
+ */
+import type { LoraAdapter } from '@floe/shared';
+import type { DecoderModel } from './generate.js';
+import { Random } from './random.js';
+import { ByteTokenizer, checkTokenizer } from './tokenizer.js';
+
+/** Outcomes of one step: bytes 0-255, then the end of the text. */
+export const END_OF_TEXT = 256;
+export const BYTE_OUTCOMES = 257;
+
+/** Probabilities of the 257 outcomes, summing to 1. */
+export type ByteDistribution = Float64Array;
+
+export interface ByteSession {
+  /** The distribution of the next outcome given the prompt and every outcome pushed since. */
+  next(): Promise<ByteDistribution>;
+  /** Records the outcome that came (a byte, or END_OF_TEXT). */
+  push(outcome: number): void;
+  /** Frees what the session holds (a KV cache, a pending request). */
+  close(): void;
+}
+
+export interface ByteSource {
+  readonly name: string;
+  start(prompt: string): Promise<ByteSession>;
+  /**
+   * Teacher forcing: the distribution before each byte of `text` and before its end (bytes + 1 of
+   * them), given the bytes before it (evaluation without one model run per byte).
+   */
+  score(text: string): Promise<ByteDistribution[]>;
+}
+
+/** Softmax over a byte-level model's logits row, restricted to bytes and EOS (BOS and PAD never come next). */
+export function byteDistribution(logits: ArrayLike<number>, eosId: number): ByteDistribution {
+  const out = new Float64Array(BYTE_OUTCOMES);
+  let max = -Infinity;
+  for (let b = 0; b < 256; b++) max = Math.max(max, logits[b] as number);
+  max = Math.max(max, logits[eosId] as number);
+  let sum = 0;
+  for (let b = 0; b < 256; b++) sum += out[b] = Math.exp((logits[b] as number) - max);
+  sum += out[END_OF_TEXT] = Math.exp((logits[eosId] as number) - max);
+  for (let i = 0; i < BYTE_OUTCOMES; i++) out[i] = (out[i] as number) / sum;
+  return out;
+}
+
+/** A byte-level model (optionally with a LoRA adapter) as a source: one KV cache per session. */
+export class ModelByteSource<C> implements ByteSource {
+  private readonly tokenizer = new ByteTokenizer();
+
+  constructor(
+    readonly model: DecoderModel<C>,
+    readonly name = 'edge',
+    readonly lora?: LoraAdapter,
+  ) {
+    checkTokenizer(model.config, this.tokenizer);
+  }
+
+  start(prompt: string): Promise<ByteSession> {
+    const { model, lora } = this;
+    const maxPositions = model.config.max_position_embeddings;
+    let pending = this.tokenizer.encode(prompt, { bos: true });
+    let past = 0;
+    let cache: C | undefined;
+    let last: ByteDistribution | undefined;
+    const session: ByteSession = {
+      async next() {
+        if (pending.length === 0 && last) return last;
+        if (past + pending.length > maxPositions) {
+          throw new Error(`the sequence outgrew the model's ${maxPositions} positions`);
+        }
+        const mask = [new Array<number>(past + pending.length).fill(1)];
+        const out = await model.forward([pending], { attentionMask: mask, cache, lora });
+        const V = model.config.vocab_size;
+        const at = (pending.length - 1) * V;
+        last = byteDistribution(out.logits.subarray(at, at + V), model.config.eos_token_id);
+        cache = out.cache;
+        past += pending.length;
+        pending = [];
+        return last;
+      },
+      push(outcome) {
+        if (!Number.isInteger(outcome) || outcome < 0 || outcome > END_OF_TEXT) {
+          throw new Error(`an outcome is a byte or END_OF_TEXT, not ${outcome}`);
+        }
+        pending.push(outcome === END_OF_TEXT ? model.config.eos_token_id : outcome);
+      },
+      close() {
+        cache = undefined;
+      },
+    };
+    return Promise.resolve(session);
+  }
+
+  async score(text: string): Promise<ByteDistribution[]> {
+    const ids = this.tokenizer.encode(text, { bos: true });
+    if (ids.length > this.model.config.max_position_embeddings) {
+      throw new Error(
+        `${ids.length - 1} bytes do not fit the model's ${this.model.config.max_position_embeddings} positions`,
+      );
+    }
+    const out = await this.model.forward([ids], { attentionMask: [ids.map(() => 1)], lora: this.lora });
+    const V = this.model.config.vocab_size;
+    return ids.map((_, t) => byteDistribution(out.logits.subarray(t * V, (t + 1) * V), this.model.config.eos_token_id));
+  }
+}
+
+export interface ByteGenerationOptions {
+  maxBytes: number;
+  /** 0 (default) is greedy. */
+  temperature?: number;
+  seed?: number;
+  stop?: readonly string[];
+  /** Called with each byte as it is chosen. */
+  onByte?: (byte: number) => void;
+}
+
+export interface ByteGeneration {
+  text: string;
+  bytes: Uint8Array;
+  finishReason: 'stop' | 'eos' | 'length';
+}
+
+/** Generates from any byte source: greedy or sampled, until EOS, a stop string or `maxBytes`. */
+export async function generateBytes(
+  source: ByteSource,
+  prompt: string,
+  options: ByteGenerationOptions,
+): Promise<ByteGeneration> {
+  const random = new Random(options.seed ?? 0);
+  const temperature = options.temperature ?? 0;
+  const session = await source.start(prompt);
+  const bytes: number[] = [];
+  const decoder = new TextDecoder();
+  let finishReason: ByteGeneration['finishReason'] = 'length';
+  try {
+    while (bytes.length < options.maxBytes) {
+      const p = await session.next();
+      const outcome = temperature <= 0 ? argmax(p) : sample(p, temperature, random);
+      session.push(outcome);
+      if (outcome === END_OF_TEXT) {
+        finishReason = 'eos';
+        break;
+      }
+      bytes.push(outcome);
+      options.onByte?.(outcome);
+      const text = decoder.decode(Uint8Array.from(bytes));
+      const hit = (options.stop ?? []).map((s) => text.indexOf(s)).filter((i) => i >= 0);
+      if (hit.length > 0) {
+        const cut = Math.min(...hit);
+        return { text: text.slice(0, cut), bytes: new TextEncoder().encode(text.slice(0, cut)), finishReason: 'stop' };
+      }
+    }
+  } finally {
+    session.close();
+  }
+  return { text: decoder.decode(Uint8Array.from(bytes)), bytes: Uint8Array.from(bytes), finishReason };
+}
+
+function argmax(p: ByteDistribution): number {
+  let best = 0;
+  for (let i = 1; i < p.length; i++) if ((p[i] as number) > (p[best] as number)) best = i;
+  return best;
+}
+
+function sample(p: ByteDistribution, temperature: number, random: Random): number {
+  const w = Array.from(p, (x) => x ** (1 / temperature));
+  let r = random.next() * w.reduce((a, b) => a + b, 0);
+  for (let i = 0; i < w.length; i++) if ((r -= w[i] as number) <= 0) return i;
+  return argmax(p);
+}
