@@ -145,7 +145,7 @@ export class CloudClient {
         { model: this.options.model, prompt, max_tokens: maxTokens, temperature: 0, logprobs: this.topK },
         { signal },
       );
-      const positions = this.positions(completion.choices[0]?.logprobs as LegacyLogprobs | null);
+      const positions = this.positions(completion.choices[0]?.logprobs);
       if (completion.choices[0]?.finish_reason === 'stop' && positions.length < maxTokens) {
         // the cloud ended the text (or hit a stop): its next token is the end
         positions.push({ token: 'end', top: [{ token: 'end', logprob: 0 }] });
