@@ -114,10 +114,15 @@ export class CloudClient {
 
   private positions(logprobs: LegacyLogprobs | null | undefined): CloudPosition[] {
     const tokens = logprobs?.tokens ?? [];
-    return tokens.map((text, i) => ({
-      token: this.token(text),
-      top: Object.entries(logprobs?.top_logprobs?.[i] ?? {}).map(([t, logprob]) => ({ token: this.token(t), logprob })),
-    }));
+    return tokens.map((text, i) => {
+      const top = logprobs?.top_logprobs?.[i] ?? {};
+      const own = logprobs?.token_logprobs?.[i];
+      // the token the cloud went on with counts among the candidates even when outside its top-k,
+      // so that the text can follow it into the next position
+      const entries =
+        own != null && !(text in top) ? [...Object.entries(top), [text, own] as const] : Object.entries(top);
+      return { token: this.token(text), top: entries.map(([t, logprob]) => ({ token: this.token(t), logprob })) };
+    });
   }
 
   /** Runs one call through the breaker; undefined when it is open or the call fails. */
