@@ -7,7 +7,7 @@ import { createServer } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CloudServer, startCloud } from '@floe/cloud-llm';
-import { CloudClient, FusedByteSource, type FusionOptions } from '@floe/edge-client';
+import { CloudByteSource, CloudClient, FusedByteSource, type FusionOptions } from '@floe/edge-client';
 import { ModelByteSource, OrtLlama, generateBytes, loadCheckpoint } from '@floe/model';
 
 const ROOT = path.join(import.meta.dirname, '..', '..');
@@ -87,6 +87,25 @@ describe('fused generation with a healthy cloud', () => {
     expect(fused).toHaveLength(new TextEncoder().encode(text).length + 1);
     for (const p of fused) expect(p.reduce((s, x) => s + x, 0)).toBeCloseTo(1, 9);
     expect(fused[5]).not.toEqual(alone[5]);
+  });
+});
+
+describe('the cloud alone as a byte source', () => {
+  it("scores a text at no more than the cloud's own log-likelihood, and generates through lookahead", async () => {
+    const client = new CloudClient({ baseURL: `${cloud.url}/v1`, apiKey: 'none', model: 'floe-cloud' });
+    const source = new CloudByteSource(client, 8);
+    const text = 'The state of the Union is strong, and our people are free.';
+    const bytes = new TextEncoder().encode(text);
+    const distributions = await source.score(text);
+    const aligned = -bytes.reduce((s, byte, t) => s + Math.log(distributions[t]![byte]!), 0);
+    const own = -(await client.score(text))!.logprobs.reduce<number>((s, lp) => s + (lp ?? 0), 0);
+    // each byte gets at least the probability of the cloud's own token through it (plus what other
+    // tokens sharing its bytes carry), so the byte view never costs more than the cloud's own path
+    expect(aligned).toBeLessThan(own + 1e-6);
+    expect(Number.isFinite(aligned)).toBe(true);
+    const generated = await generateBytes(source, PROMPT, { maxBytes: 24 });
+    expect(generated.bytes.length).toBeGreaterThan(0);
+    expect(client.stats.calls).toBeLessThan(24);
   });
 });
 
