@@ -18,6 +18,7 @@ const BENCHES: Record<string, () => Promise<{ run: () => Promise<BenchResult> }>
   train: () => import('./bench/train.js'),
   server: () => import('./bench/server.js'),
   planner: () => import('./bench/planner.js'),
+  inference: () => import('./bench/inference.js'),
 };
 
 const { positionals, values } = parseArgs({

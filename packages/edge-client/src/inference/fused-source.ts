@@ -53,14 +53,28 @@ export function emptyStats(): FusedStats {
 interface Call {
   /** Bytes of the text (prompt + emitted) the call continues from. */
   boundary: number;
+  sentAt: number;
   result: CloudPosition[] | undefined;
   done: boolean;
   promise: Promise<void>;
 }
 
+/** Exponentially weighted mean of call durations; starts at 0 so the first call is waited for. */
+class CallTimer {
+  estimate = 0;
+  private seen = 0;
+
+  observe(ms: number): void {
+    this.seen++;
+    this.estimate = this.seen === 1 ? ms : 0.8 * this.estimate + 0.2 * ms;
+  }
+}
+
 export class FusedByteSource implements ByteSource {
   readonly name: string;
   readonly stats: FusedStats = emptyStats();
+  /** Shared by the sessions of this source: how long the cloud takes to answer. */
+  private readonly callMs = new CallTimer();
 
   constructor(
     private readonly edge: ByteSource,
@@ -74,7 +88,7 @@ export class FusedByteSource implements ByteSource {
   }
 
   async start(prompt: string): Promise<ByteSession> {
-    const { options, cloud, stats } = this;
+    const { options, cloud, stats, callMs } = this;
     const lookahead = options.lookahead ?? 16;
     const deadlineMs = options.deadlineMs ?? 50;
     const gateBits = options.gateBits ?? 0;
@@ -101,11 +115,13 @@ export class FusedByteSource implements ByteSource {
           break;
         }
       }
-      const pending: Call = { boundary, result: undefined, done: false, promise: Promise.resolve() };
+      const sentAt = performance.now();
+      const pending: Call = { boundary, sentAt, result: undefined, done: false, promise: Promise.resolve() };
       const prefix = new TextDecoder().decode(Uint8Array.from(text.slice(0, boundary)));
       pending.promise = cloud.continuation(prefix, lookahead).then((result) => {
         pending.result = result;
         pending.done = true;
+        if (result) callMs.observe(performance.now() - sentAt);
       });
       call = pending;
     };
@@ -143,7 +159,10 @@ export class FusedByteSource implements ByteSource {
         if (!call && wantsRefresh()) ask();
         if (call && (!alignment || alignment.knownShare === 0)) {
           const waited = call;
-          const left = deadlineMs - (performance.now() - started);
+          // wait only for an answer expected within this byte's deadline (from the calls so far); a
+          // byte that would wait longer comes from the edge now, and the answer is used when it lands
+          const expected = waited.sentAt + callMs.estimate - performance.now();
+          const left = Math.min(deadlineMs - (performance.now() - started), expected <= deadlineMs ? Infinity : 0);
           if (left > 0) {
             let timer: NodeJS.Timeout | undefined;
             await Promise.race([waited.promise, new Promise<void>((resolve) => (timer = setTimeout(resolve, left)))]);
