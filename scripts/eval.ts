@@ -35,6 +35,7 @@ const bar = new SingleBar({ format: `${task} ${values.split} [{bar}] {value}/{to
 bar.start(1, 0);
 const metrics = await evaluateTask(model, task, split, {
   lora: adapter,
+  tokenizer: checkpoint.tokenizer,
   onProgress: (done, total) => {
     bar.setTotal(total);
     bar.update(done);

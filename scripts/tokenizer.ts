@@ -1,5 +1,5 @@
 /**
- * pnpm models:tokenizer [--vocab 4096] [--out models/cloud-bpe]
+ * pnpm models:tokenizer [--vocab 4096] [--out models/cloud]
  *
  * Trains the cloud model's byte-level BPE on the general corpus (the general training split of every
  * task, seed 0: text no client holds) with Hugging Face's tokenizers (native binding) and writes
@@ -18,15 +18,14 @@ import { BpeTokenizer, CHAR_OF_BYTE } from '@floe/model';
 import { TASKS, taskPartition } from '@floe/tasks';
 
 const SPECIALS = ['<|bos|>', '<|eos|>', '<|pad|>'];
-const usage =
-  'usage: pnpm models:tokenizer [--vocab N (512..30000, default 4096)] [--out DIR (default models/cloud-bpe)]';
+const usage = 'usage: pnpm models:tokenizer [--vocab N (512..30000, default 4096)] [--out DIR (default models/cloud)]';
 
 let values;
 try {
   ({ values } = parseArgs({
     options: {
       vocab: { type: 'string', default: '4096' },
-      out: { type: 'string', default: 'models/cloud-bpe' },
+      out: { type: 'string', default: 'models/cloud' },
       help: { type: 'boolean', short: 'h' },
     },
   }));

@@ -80,7 +80,8 @@ export async function startCloud(overrides: Partial<CloudConfig> = {}): Promise<
     },
   });
 
-  const app = Fastify({ logger: { level: config.logLevel }, bodyLimit: 1024 * 1024 });
+  // closing cuts open connections (a device's abandoned lookahead call must not hold a shutdown)
+  const app = Fastify({ logger: { level: config.logLevel }, bodyLimit: 1024 * 1024, forceCloseConnections: true });
   app.setValidatorCompiler(TypeBoxValidatorCompiler);
   app.setErrorHandler((error: FastifyError | CloudError, request, reply) => {
     const body = (message: string, type: string, code: string | null = null, param: string | null = null) => ({

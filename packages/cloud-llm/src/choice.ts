@@ -74,14 +74,16 @@ export async function* runChoice(
   for await (const event of sequence) {
     if (event.type === 'prompt') {
       // the first prompt token has no logprob (nothing precedes it), as in OpenAI's echo
-      let offset = 0;
       const skipped = options.promptIds[0] === tokenizer.bos ? 1 : 0;
       const ids = options.promptIds.slice(skipped);
+      const seen: number[] = [];
       const tokens = ids.map((id, i) => {
         const step = i === 0 && skipped === 0 ? null : (event.steps[i - 1 + skipped] ?? null);
-        const reported = reportToken(tokenizer, step, id, offset);
-        offset += tokenizer.decode([id]).length;
-        return reported;
+        // characters before this token: the complete characters of the bytes before it
+        const prefix = Uint8Array.from(seen);
+        const offset = new TextDecoder().decode(prefix.subarray(0, completeUtf8Length(prefix))).length;
+        seen.push(...tokenizer.tokenBytes(id));
+        return reportToken(tokenizer, step, id, offset);
       });
       yield { type: 'prompt', text: promptText, tokens };
       continue;

@@ -39,6 +39,9 @@ export type SequenceEvent =
   | { type: 'token'; step: TokenStep }
   | { type: 'end'; reason: FinishReason; error?: Error };
 
+/** More sequences in one request than the queue can ever hold: retrying cannot help. */
+export class RequestTooLargeError extends Error {}
+
 export class QueueFullError extends Error {
   constructor(readonly retryAfterSeconds: number) {
     super('the server is at capacity');
@@ -105,6 +108,8 @@ export interface EngineOptions {
 export class BatchEngine {
   private readonly waiting: Sequence[] = [];
   private running: Sequence[] = [];
+  /** Sequences taken from the queue whose prefill has not joined them to the batch yet. */
+  private admitted: Sequence[] = [];
   private batch: { cache: OrtKVCache; mask: number[][] } | undefined;
   private looping = false;
   private readonly maxBatch: number;
@@ -132,6 +137,11 @@ export class BatchEngine {
 
   /** Queues sequences together (all or none); throws QueueFullError when they do not fit. */
   submit(specs: readonly SequenceSpec[]): Sequence[] {
+    if (specs.length > Math.max(this.maxWaiting, this.maxBatch)) {
+      throw new RequestTooLargeError(
+        `${specs.length} sequences in one request; this server queues at most ${Math.max(this.maxWaiting, this.maxBatch)}`,
+      );
+    }
     if (this.waiting.length + specs.length > this.maxWaiting) {
       const queued = this.waiting.reduce((n, s) => n + s.spec.maxTokens, 0);
       const retry = Math.ceil((queued / this.maxBatch) * this.stepSeconds) || 1;
@@ -167,9 +177,10 @@ export class BatchEngine {
 
   private async tick(): Promise<void> {
     this.dropFinished();
-    const admitted = this.admit();
-    if (admitted.length > 0) {
-      await this.prefill(admitted);
+    this.admitted = this.admit();
+    if (this.admitted.length > 0) {
+      await this.prefill(this.admitted);
+      this.admitted = [];
       this.dropFinished();
     }
     if (this.running.length > 0) await this.decode();
@@ -198,11 +209,13 @@ export class BatchEngine {
 
   private admit(): Sequence[] {
     const admitted: Sequence[] = [];
-    let tokens = 0;
+    let width = 0;
     while (this.waiting.length > 0 && this.running.length + admitted.length < this.maxBatch) {
       const next = this.waiting[0] as Sequence;
-      if (admitted.length > 0 && tokens + next.spec.prompt.length > this.maxPrefillTokens) break;
-      tokens += next.spec.prompt.length;
+      // a prefill run computes rows x its longest prompt positions, padding included
+      const wider = Math.max(width, next.spec.prompt.length);
+      if (admitted.length > 0 && (admitted.length + 1) * wider > this.maxPrefillTokens) break;
+      width = wider;
       admitted.push(this.waiting.shift() as Sequence);
     }
     return admitted;

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { TextTokenizer } from '@floe/model';
 import { type ChoiceEvent, type ChoiceFinish, CloudError, type ReportedToken, runChoice } from './choice.js';
-import { type BatchEngine, QueueFullError, type Sequence, type SequenceSpec } from './engine.js';
+import { type BatchEngine, QueueFullError, RequestTooLargeError, type Sequence, type SequenceSpec } from './engine.js';
 import type { CloudMetrics } from './metrics.js';
 import { type ChatMessage, ChatRequest, CompletionRequest } from './schemas.js';
 
@@ -81,10 +81,19 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
       seed?: number | null | undefined;
     },
     prompts: number[][],
-    extra: { echo: boolean; topLogprobs: number; wantLogprobs: boolean; maxTokens?: number | null | undefined },
+    extra: {
+      echo: boolean;
+      topLogprobs: number;
+      wantLogprobs: boolean;
+      maxTokens?: number | null | undefined;
+      chat?: boolean;
+    },
   ): Job {
     if (body.model !== modelName) throw modelNotFound(body.model);
-    const maxTokens = extra.maxTokens ?? body.max_tokens ?? DEFAULT_MAX_TOKENS;
+    const longest = Math.max(...prompts.map((p) => p.length));
+    // completions default to 16 tokens, as OpenAI's; chat runs to the end of the context, as OpenAI's
+    const fallback = extra.chat ? Math.max(1, contextLength - longest) : DEFAULT_MAX_TOKENS;
+    const maxTokens = extra.maxTokens ?? body.max_tokens ?? fallback;
     for (const p of prompts) {
       if (p.length + maxTokens > contextLength) {
         throw new CloudError(
@@ -136,6 +145,9 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
         ),
       );
     } catch (error) {
+      if (error instanceof RequestTooLargeError) {
+        throw new CloudError(400, 'invalid_request_error', error.message, null, 'n');
+      }
       if (error instanceof QueueFullError) {
         void reply.header('retry-after', String(error.retryAfterSeconds));
         throw new CloudError(
@@ -191,7 +203,6 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
       await Promise.all(
         sequences.map(async (sequence, index) => {
           const finish = await forEachEvent(runChoice(sequence, tokenizer, choiceOptions(job, index)), (event) => {
-            if (event.type === 'delta' && event.token) usage.completion_tokens++;
             const tokens = event.type === 'prompt' ? event.tokens : event.token ? [event.token] : [];
             sse.send({
               id,
@@ -211,6 +222,7 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
         }),
       ).catch((error: unknown) => sse.fail(error));
       usage.prompt_tokens = job.prompts.reduce((n, p) => n + p.length, 0) * job.n;
+      usage.completion_tokens = sequences.reduce((n, s) => n + s.generated, 0);
       if (body.stream_options?.include_usage) {
         sse.send({
           id,
@@ -267,6 +279,7 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
       topLogprobs: body.top_logprobs ?? 0,
       wantLogprobs,
       maxTokens: body.max_completion_tokens,
+      chat: true,
     });
     const stop = ['\nUser:', '\nSystem:', ...job.stop];
     const sequences = start({ ...job, stop }, request, reply);
@@ -308,7 +321,6 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
           chunk(index, { role: 'assistant', content: '' }, [], null);
           const finish = await forEachEvent(runChoice(sequence, tokenizer, options), (event) => {
             if (event.type !== 'delta') return;
-            if (event.token) completionTokens++;
             chunk(index, { content: trimFirst(event.text, index) }, event.token ? [event.token] : [], null);
           });
           chunk(index, {}, [], finish);

@@ -42,7 +42,6 @@ async function directLogprobs(ids: number[]): Promise<number[]> {
   });
 }
 
-
 describe('cloud stand-in over the official openai client', () => {
   it('lists its model and completes with logprobs equal to the model log-softmax', async () => {
     const models = await client.models.list();
@@ -88,6 +87,21 @@ describe('cloud stand-in over the official openai client', () => {
     logprobs.token_logprobs!.forEach((lp, i) => expect(lp).toBeCloseTo(direct[i]!, 4));
     expect(logprobs.text_offset![0]).toBe(0);
     expect(logprobs.text_offset!.at(-1)).toBe(prompt.length - logprobs.tokens!.at(-1)!.length);
+  });
+
+  it('gives character offsets that never go back when a token cuts a character', async () => {
+    const prompt = 'Déjà vu, naïve café: 😀🎉 fin';
+    const completion = await client.completions.create({
+      model: 'floe-cloud',
+      prompt,
+      max_tokens: 0,
+      echo: true,
+      logprobs: 1,
+    });
+    const { tokens, text_offset: offsets } = completion.choices[0]!.logprobs!;
+    expect(tokens!.some((t) => t.startsWith('bytes:'))).toBe(true);
+    offsets!.forEach((o, i) => expect(o).toBeGreaterThanOrEqual(offsets![Math.max(0, i - 1)]!));
+    expect(offsets!.at(-1)).toBe(prompt.length - tokens!.at(-1)!.length);
   });
 
   it('streams the same text as a whole answer, ending with finish_reason and [DONE]', async () => {
@@ -191,6 +205,9 @@ describe('cloud stand-in over the official openai client', () => {
     expect(((await long.json()) as { error: { code: string } }).error.code).toBe('context_length_exceeded');
     const badId = await post({ model: 'floe-cloud', prompt: [1, 2, 999999] });
     expect(badId.status).toBe(400);
+    // more sequences than the queue could ever hold: a 400, not a 429 to retry forever
+    const huge = await post({ model: 'floe-cloud', prompt: new Array(16).fill('x'), n: 16, max_tokens: 1 });
+    expect(huge.status).toBe(400);
   });
 
   it('reports health and counts tokens in /metrics', async () => {

@@ -81,6 +81,26 @@ describe('cloud alignment', () => {
     expect(alignment.distribution(edge)).toEqual(edge);
   });
 
+  it('follows a first token reported without top-k (OpenAI echo) and opens the next position after it', () => {
+    const edge = dist({ T: 0.5, h: 0.25 });
+    const alignment = new CloudAlignment([
+      { token: b('The'), top: [] },
+      { token: b(' cat'), top: top({ ' cat': 0.5, ' dog': 0.5 }) },
+    ]);
+    expect(alignment.distribution(edge)).toEqual(edge);
+    for (const byte of b('The')) alignment.push(byte, edge);
+    const p = alignment.distribution(edge);
+    expect(p[code(' ')]).toBeCloseTo(1, 12);
+    alignment.push(code(' '), edge);
+    expect(alignment.distribution(edge)[code('d')]).toBeCloseTo(0.5, 12);
+    const strayed = new CloudAlignment([
+      { token: b('The'), top: [] },
+      { token: b(' cat'), top: top({ ' cat': 1 }) },
+    ]);
+    for (const byte of b('Thy')) strayed.push(byte, edge);
+    expect(strayed.knownShare).toBe(0);
+  });
+
   it('credits an end token to END_OF_TEXT', () => {
     const alignment = new CloudAlignment([{ token: 'end', top: top({ '<end>': 0.9, a: 0.1 }) }]);
     const p = alignment.distribution(uniform);

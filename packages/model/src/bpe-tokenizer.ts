@@ -48,11 +48,11 @@ export class BpeTokenizer implements TextTokenizer {
   private readonly bytesOf: (Uint8Array | undefined)[];
   private readonly special = new Set<number>();
 
-  /** The `tokenizer.json` this tokenizer was built from (saved beside a checkpoint). */
-  readonly json: object;
+  /** The `tokenizer.json` text this tokenizer was built from, saved as it was beside a checkpoint. */
+  readonly text: string;
 
-  constructor(json: TokenizerJson) {
-    this.json = json;
+  constructor(json: TokenizerJson, text = `${JSON.stringify(json, null, 2)}\n`) {
+    this.text = text;
     if (json.model?.type !== 'BPE') throw new BpeTokenizerError('tokenizer.json: expected a BPE model');
     // encoded without its added tokens: text that looks like a special token stays text; only callers add specials
     this.tokenizer = new JsTokenizer({ ...json, added_tokens: [] }, { clean_up_tokenization_spaces: false });
@@ -77,7 +77,8 @@ export class BpeTokenizer implements TextTokenizer {
   }
 
   static load(file: string): BpeTokenizer {
-    return new BpeTokenizer(JSON.parse(readFileSync(file, 'utf8')) as TokenizerJson);
+    const text = readFileSync(file, 'utf8');
+    return new BpeTokenizer(JSON.parse(text) as TokenizerJson, text);
   }
 
   encode(text: string, options: EncodeOptions = {}): number[] {

@@ -67,7 +67,7 @@ export async function saveCheckpoint(
   await writeSafetensors(path.join(dir, 'model.safetensors'), ordered, dtype, options.metadata);
   if (checkpoint.tokenizer) checkTokenizer(checkpoint.config, checkpoint.tokenizer);
   if (checkpoint.tokenizer instanceof BpeTokenizer) {
-    await writeFile(path.join(dir, 'tokenizer.json'), `${JSON.stringify(checkpoint.tokenizer.json, null, 2)}\n`);
+    await writeFile(path.join(dir, 'tokenizer.json'), checkpoint.tokenizer.text);
   }
 }
 

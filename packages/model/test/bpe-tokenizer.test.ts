@@ -1,5 +1,5 @@
 /**
- * The cloud vocabulary (models/cloud-bpe/tokenizer.json, written by `pnpm models:tokenizer`): any text
+ * The cloud vocabulary (models/cloud/tokenizer.json, written by `pnpm models:tokenizer`): any text
  * round-trips exactly, every token is an exact byte string, digits are tokens of their own, specials
  * are only what the caller adds, and merges compress prose.
  */
@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { TASKS, taskPartition } from '@floe/tasks';
 import { BYTE_OF_CHAR, BpeTokenizer, CHAR_OF_BYTE } from '../src/index.js';
 
-const FILE = path.join(import.meta.dirname, '..', '..', '..', 'models', 'cloud-bpe', 'tokenizer.json');
+const FILE = path.join(import.meta.dirname, '..', '..', '..', 'models', 'cloud', 'tokenizer.json');
 const bpe = BpeTokenizer.load(FILE);
 const utf8 = (text: string) => new TextEncoder().encode(text);
 

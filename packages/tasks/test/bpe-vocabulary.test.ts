@@ -17,9 +17,7 @@ import {
 } from '@floe/model';
 import { ExampleSampler, WindowSampler, evaluateEmail, evaluateSpeech } from '../src/index.js';
 
-const bpe = BpeTokenizer.load(
-  path.join(import.meta.dirname, '..', '..', '..', 'models', 'cloud-bpe', 'tokenizer.json'),
-);
+const bpe = BpeTokenizer.load(path.join(import.meta.dirname, '..', '..', '..', 'models', 'cloud', 'tokenizer.json'));
 const utf8 = (text: string) => new TextEncoder().encode(text);
 
 const byteConfig: LlamaConfig = {

@@ -42,8 +42,19 @@ export class CloudAlignment {
   /** Bytes emitted since the first position. */
   emitted = 0;
 
+  /**
+   * A first position with no top-k (OpenAI's echo reports none for the first token): its own token is
+   * followed byte by byte under the edge, and once it is complete the next position opens with all the
+   * mass, as a scored text's second token is known to start there.
+   */
+  private followFirst: { bytes: Uint8Array; matched: number } | undefined;
+
   constructor(private readonly positions: readonly CloudPosition[]) {
-    this.open(0, 1);
+    const first = positions[0];
+    if (first && first.top.length === 0 && first.token instanceof Uint8Array && positions.length > 1) {
+      this.followFirst = { bytes: first.token, matched: 0 };
+      this.unknown = 1;
+    } else this.open(0, 1);
   }
 
   /** Share of the mass still carried by the cloud's own tokens (0 when the edge alone is left). */
@@ -73,6 +84,18 @@ export class CloudAlignment {
 
   /** Conditions on the outcome that came; `edge` is the edge distribution it was drawn against. */
   push(outcome: number, edge: ByteDistribution): void {
+    if (this.followFirst) {
+      const follow = this.followFirst;
+      this.emitted++;
+      if (follow.bytes[follow.matched] !== outcome) this.followFirst = undefined;
+      else if (++follow.matched === follow.bytes.length) {
+        this.followFirst = undefined;
+        this.unknown = 0;
+        this.open(1, 1);
+        this.normalize();
+      }
+      return;
+    }
     this.unknown *= edge[outcome] as number;
     const kept: Hypothesis[] = [];
     const ended: Hypothesis[] = [];

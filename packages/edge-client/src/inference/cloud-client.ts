@@ -126,7 +126,7 @@ export class CloudClient {
   }
 
   /** Runs one call through the breaker; undefined when it is open or the call fails. */
-  private async guarded<T>(call: () => Promise<T>): Promise<T | undefined> {
+  private async guarded<T>(call: () => Promise<T>, signal?: AbortSignal): Promise<T | undefined> {
     if (!this.breaker.allow()) {
       this.stats.skipped++;
       return undefined;
@@ -137,6 +137,8 @@ export class CloudClient {
       this.breaker.success();
       return result;
     } catch {
+      // a call its caller abandoned says nothing about the cloud
+      if (signal?.aborted) return undefined;
       this.stats.failures++;
       this.breaker.failure();
       return undefined;
@@ -157,7 +159,7 @@ export class CloudClient {
       }
       this.stats.tokens += positions.length;
       return positions;
-    });
+    }, signal);
   }
 
   /**
@@ -174,8 +176,10 @@ export class CloudClient {
         logprobs: this.topK,
       });
       const logprobs = completion.choices[0]?.logprobs as LegacyLogprobs | null;
-      this.stats.tokens += logprobs?.tokens?.length ?? 0;
-      return { positions: this.positions(logprobs), logprobs: logprobs?.token_logprobs ?? [] };
+      const positions = this.positions(logprobs);
+      if (positions.every((p) => p.top.length === 0)) throw new Error('the cloud answered without logprobs');
+      this.stats.tokens += positions.length;
+      return { positions, logprobs: logprobs?.token_logprobs ?? [] };
     });
   }
 }
