@@ -308,7 +308,7 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
           model: modelName,
           choices: [{ index, delta, logprobs: finish ? null : content(tokens), finish_reason: finish }],
         });
-      let completionTokens = 0;
+      const completionTokens = 0;
       // the space after `Assistant:` belongs to the template, not the answer
       const begun = new Set<number>();
       const trimFirst = (text: string, index: number) => {
