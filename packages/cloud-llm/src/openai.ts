@@ -308,7 +308,6 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
           model: modelName,
           choices: [{ index, delta, logprobs: finish ? null : content(tokens), finish_reason: finish }],
         });
-      const completionTokens = 0;
       // the space after `Assistant:` belongs to the template, not the answer
       const begun = new Set<number>();
       const trimFirst = (text: string, index: number) => {
@@ -326,6 +325,7 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
           chunk(index, {}, [], finish);
         }),
       ).catch((error: unknown) => sse.fail(error));
+      const completionTokens = sequences.reduce((n, s) => n + s.generated, 0);
       if (body.stream_options?.include_usage) {
         sse.send({
           id,

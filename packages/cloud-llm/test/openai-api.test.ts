@@ -144,10 +144,19 @@ describe('cloud stand-in over the official openai client', () => {
     const bytes = choice.logprobs!.content!.flatMap((t) => t.bytes!);
     expect(new TextDecoder().decode(Uint8Array.from(bytes)).replace(/^ /, '')).toBe(choice.message.content);
     choice.logprobs!.content!.forEach((t) => expect(t.top_logprobs).toHaveLength(3));
-    const stream = await client.chat.completions.create({ ...request, stream: true });
+    const stream = await client.chat.completions.create({
+      ...request,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     let content = '';
-    for await (const chunk of stream) content += chunk.choices[0]?.delta.content ?? '';
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of stream) {
+      content += chunk.choices[0]?.delta.content ?? '';
+      usage = chunk.usage ?? usage;
+    }
     expect(content).toBe(choice.message.content);
+    expect(usage?.completion_tokens).toBe(chat.usage!.completion_tokens);
   });
 
   it('batches concurrent requests without changing any answer, and a short one does not wait for a long one', async () => {
