@@ -28,12 +28,12 @@ import {
 import type { LoraAdapter } from '@floe/shared';
 import { taskPartition } from '@floe/tasks';
 import {
-  CloudAlignment,
   CloudClient,
   FUSION_MODES,
   FusedByteSource,
   type FusionMode,
   LocalTrainer,
+  alignScoredText,
   entropyBits,
   fuse,
   initialAdapter,
@@ -179,21 +179,20 @@ export async function run(): Promise<BenchResult> {
         const b = await base.score(text);
         const scored = await client.score(text);
         if (!scored) throw new Error('the cloud did not answer');
-        const alignment = new CloudAlignment([...scored.positions, { token: 'end', top: [] }]);
         const target = new TextEncoder().encode(text);
+        const cloudDistributions = alignScoredText(scored.positions, target, (t) => e[t]!);
         bits['cloud']! -= scored.logprobs.reduce<number>((s, lp) => s + (lp ?? 0), 0) / Math.LN2;
         target.forEach((byte, t) => {
           const et = e[t] as ByteDistribution;
-          const ct = alignment.distribution(et);
+          // where the cloud carries no known mass its distribution is the edge's
+          const ct = cloudDistributions[t] ?? et;
           bits['edge']! -= Math.log2(et[byte]!);
           bits['edgeBase']! -= Math.log2(b[t]![byte]!);
-          for (const mode of FUSION_MODES) bits[mode]! -= Math.log2(fuse({ mode }, et, ct, b[t])[byte]!);
-          gatePoints.push({
-            entropy: entropyBits(et),
-            edge: -Math.log2(et[byte]!),
-            fused: -Math.log2(fuse({ mode: 'entropy' }, et, ct)[byte]!),
-          });
-          alignment.push(byte, et);
+          const fusedBits = Object.fromEntries(
+            FUSION_MODES.map((mode) => [mode, -Math.log2(fuse({ mode }, et, ct, b[t])[byte]!)]),
+          ) as Record<FusionMode, number>;
+          for (const mode of FUSION_MODES) bits[mode]! += fusedBits[mode];
+          gatePoints.push({ entropy: entropyBits(et), edge: -Math.log2(et[byte]!), fused: fusedBits.entropy });
         });
         bytes += target.length;
       }

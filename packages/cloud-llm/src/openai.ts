@@ -32,11 +32,9 @@ export function chatPrompt(messages: readonly ChatMessage[]): string {
 interface Job {
   prompts: number[][];
   n: number;
-  maxTokens: number;
   stop: string[];
   echo: boolean;
   stream: boolean;
-  topLogprobs: number;
   wantLogprobs: boolean;
   spec: Omit<SequenceSpec, 'prompt' | 'seed'> & { seed: number };
 }
@@ -118,11 +116,9 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
     return {
       prompts,
       n: body.n ?? 1,
-      maxTokens,
       stop,
       echo: extra.echo,
       stream: body.stream ?? false,
-      topLogprobs: extra.topLogprobs,
       wantLogprobs: extra.wantLogprobs,
       spec: {
         maxTokens,
@@ -159,7 +155,7 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
       }
       throw error;
     }
-    deps.metrics.promptTokens.inc(job.prompts.reduce((n, p) => n + p.length, 0) * job.n);
+    deps.metrics.promptTokens.inc(promptTokens(job));
     const cancel = () => sequences.forEach((s) => s.cancel());
     const timer = setTimeout(cancel, deps.requestTimeoutMs);
     reply.raw.on('close', () => {
@@ -168,6 +164,14 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
     });
     request.raw.on('aborted', cancel);
     return sequences;
+  }
+
+  /** A finished job's token counts (OpenAI's `usage`); its completion tokens also go to the metrics. */
+  function usageOf(job: Job, sequences: readonly Sequence[]) {
+    const prompt = promptTokens(job);
+    const completion = sequences.reduce((n, s) => n + s.generated, 0);
+    deps.metrics.completionTokens.inc(completion);
+    return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
   }
 
   app.post('/v1/completions', { schema: { body: CompletionRequest } }, async (request, reply) => {
@@ -199,7 +203,6 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
 
     if (job.stream) {
       const sse = openStream(reply);
-      const usage = { prompt_tokens: 0, completion_tokens: 0 };
       await Promise.all(
         sequences.map(async (sequence, index) => {
           const finish = await forEachEvent(runChoice(sequence, tokenizer, choiceOptions(job, index)), (event) => {
@@ -221,8 +224,7 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
           });
         }),
       ).catch((error: unknown) => sse.fail(error));
-      usage.prompt_tokens = job.prompts.reduce((n, p) => n + p.length, 0) * job.n;
-      usage.completion_tokens = sequences.reduce((n, s) => n + s.generated, 0);
+      const usage = usageOf(job, sequences);
       if (body.stream_options?.include_usage) {
         sse.send({
           id,
@@ -230,10 +232,9 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
           created,
           model: modelName,
           choices: [],
-          usage: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens },
+          usage,
         });
       }
-      deps.metrics.completionTokens.inc(usage.completion_tokens);
       sse.end();
       return reply;
     }
@@ -247,24 +248,10 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
           if (event.type === 'prompt') tokens.push(...event.tokens);
           else if (event.token) tokens.push(event.token);
         });
-        return { index, text, logprobs: legacy(tokens), finish_reason: finish, generated: sequence.generated };
+        return { index, text, logprobs: legacy(tokens), finish_reason: finish };
       }),
     );
-    const completionTokens = choices.reduce((n, c) => n + c.generated, 0);
-    deps.metrics.completionTokens.inc(completionTokens);
-    const promptTokens = job.prompts.reduce((n, p) => n + p.length, 0) * job.n;
-    return {
-      id,
-      object: 'text_completion',
-      created,
-      model: modelName,
-      choices: choices.map(({ generated: _, ...c }) => c),
-      usage: {
-        prompt_tokens: promptTokens,
-        completion_tokens: completionTokens,
-        total_tokens: promptTokens + completionTokens,
-      },
-    };
+    return { id, object: 'text_completion', created, model: modelName, choices, usage: usageOf(job, sequences) };
   });
 
   app.post('/v1/chat/completions', { schema: { body: ChatRequest } }, async (request, reply) => {
@@ -325,22 +312,10 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
           chunk(index, {}, [], finish);
         }),
       ).catch((error: unknown) => sse.fail(error));
-      const completionTokens = sequences.reduce((n, s) => n + s.generated, 0);
+      const usage = usageOf(job, sequences);
       if (body.stream_options?.include_usage) {
-        sse.send({
-          id,
-          object: 'chat.completion.chunk',
-          created,
-          model: modelName,
-          choices: [],
-          usage: {
-            prompt_tokens: prompt.length * job.n,
-            completion_tokens: completionTokens,
-            total_tokens: prompt.length * job.n + completionTokens,
-          },
-        });
+        sse.send({ id, object: 'chat.completion.chunk', created, model: modelName, choices: [], usage });
       }
-      deps.metrics.completionTokens.inc(completionTokens);
       sse.end();
       return reply;
     }
@@ -358,25 +333,15 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
           message: { role: 'assistant', content: text.replace(/^ /, '') },
           logprobs: content(tokens),
           finish_reason: finish,
-          generated: sequence.generated,
         };
       }),
     );
-    const completionTokens = choices.reduce((n, c) => n + c.generated, 0);
-    deps.metrics.completionTokens.inc(completionTokens);
-    return {
-      id,
-      object: 'chat.completion',
-      created,
-      model: modelName,
-      choices: choices.map(({ generated: _, ...c }) => c),
-      usage: {
-        prompt_tokens: prompt.length * job.n,
-        completion_tokens: completionTokens,
-        total_tokens: prompt.length * job.n + completionTokens,
-      },
-    };
+    return { id, object: 'chat.completion', created, model: modelName, choices, usage: usageOf(job, sequences) };
   });
+}
+
+function promptTokens(job: Job): number {
+  return job.prompts.reduce((n, p) => n + p.length, 0) * job.n;
 }
 
 function choiceOptions(job: Job, index: number) {

@@ -42,6 +42,10 @@ async function directLogprobs(ids: number[]): Promise<number[]> {
   });
 }
 
+/** The prompt scored, not continued: echo with max_tokens 0 and the top token at each position. */
+const echoScore = (prompt: string) =>
+  client.completions.create({ model: 'floe-cloud', prompt, max_tokens: 0, echo: true, logprobs: 1 });
+
 describe('cloud stand-in over the official openai client', () => {
   it('lists its model and completes with logprobs equal to the model log-softmax', async () => {
     const models = await client.models.list();
@@ -73,13 +77,7 @@ describe('cloud stand-in over the official openai client', () => {
 
   it('scores a prompt with echo and max_tokens 0', async () => {
     const prompt = 'Fellow-Citizens of the Senate and of the House of Representatives:';
-    const completion = await client.completions.create({
-      model: 'floe-cloud',
-      prompt,
-      max_tokens: 0,
-      echo: true,
-      logprobs: 1,
-    });
+    const completion = await echoScore(prompt);
     const logprobs = completion.choices[0]!.logprobs!;
     expect(completion.choices[0]!.text).toBe(prompt);
     const direct = await directLogprobs(checkpoint.tokenizer.encode(prompt, { bos: true }));
@@ -91,13 +89,7 @@ describe('cloud stand-in over the official openai client', () => {
 
   it('gives character offsets that never go back when a token cuts a character', async () => {
     const prompt = 'Déjà vu, naïve café: 😀🎉 fin';
-    const completion = await client.completions.create({
-      model: 'floe-cloud',
-      prompt,
-      max_tokens: 0,
-      echo: true,
-      logprobs: 1,
-    });
+    const completion = await echoScore(prompt);
     const { tokens, text_offset: offsets } = completion.choices[0]!.logprobs!;
     expect(tokens!.some((t) => t.startsWith('bytes:'))).toBe(true);
     offsets!.forEach((o, i) => expect(o).toBeGreaterThanOrEqual(offsets![Math.max(0, i - 1)]!));

@@ -39,8 +39,6 @@ export class CloudAlignment {
   private hypotheses: Hypothesis[] = [];
   /** Mass the cloud said nothing precise about, spread by the edge. */
   private unknown = 0;
-  /** Bytes emitted since the first position. */
-  emitted = 0;
 
   /**
    * A first position with no top-k (OpenAI's echo reports none for the first token): its own token is
@@ -86,7 +84,6 @@ export class CloudAlignment {
   push(outcome: number, edge: ByteDistribution): void {
     if (this.followFirst) {
       const follow = this.followFirst;
-      this.emitted++;
       if (follow.bytes[follow.matched] !== outcome) this.followFirst = undefined;
       else if (++follow.matched === follow.bytes.length) {
         this.followFirst = undefined;
@@ -112,7 +109,6 @@ export class CloudAlignment {
         this.open(h.position + 1, h.weight);
       } else this.unknown += h.weight;
     }
-    this.emitted++;
     this.normalize();
   }
 
@@ -139,4 +135,25 @@ export class CloudAlignment {
     this.unknown /= total;
     for (const h of this.hypotheses) h.weight /= total;
   }
+}
+
+/**
+ * The cloud's next-outcome distribution before each byte of a scored text and after its end (bytes + 1
+ * of them), from the cloud's positions over that text (an echo: its own tokens are the continuation, and
+ * the end follows the last). `spread(t)` is what the unknown mass is spread by before byte t. A position
+ * where the cloud carries no known mass is undefined: the caller falls back to its own distribution.
+ */
+export function alignScoredText(
+  positions: readonly CloudPosition[],
+  bytes: Uint8Array,
+  spread: (t: number) => ByteDistribution,
+): (ByteDistribution | undefined)[] {
+  const alignment = new CloudAlignment([...positions, { token: 'end', top: [] }]);
+  const out: (ByteDistribution | undefined)[] = [];
+  for (let t = 0; t <= bytes.length; t++) {
+    const s = spread(t);
+    out.push(alignment.knownShare > 0 ? alignment.distribution(s) : undefined);
+    if (t < bytes.length) alignment.push(bytes[t] as number, s);
+  }
+  return out;
 }

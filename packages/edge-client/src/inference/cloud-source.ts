@@ -5,7 +5,7 @@
  * nothing to fall back on (the fused source is the one that degrades to the edge).
  */
 import { BYTE_OUTCOMES, type ByteDistribution, type ByteSession, type ByteSource, END_OF_TEXT } from '@floe/model';
-import { CloudAlignment } from './alignment.js';
+import { CloudAlignment, alignScoredText } from './alignment.js';
 import type { CloudClient } from './cloud-client.js';
 
 const UNIFORM: ByteDistribution = new Float64Array(BYTE_OUTCOMES).fill(1 / BYTE_OUTCOMES);
@@ -42,13 +42,6 @@ export class CloudByteSource implements ByteSource {
   async score(text: string): Promise<ByteDistribution[]> {
     const scored = await this.cloud.score(text);
     if (!scored) throw new Error('the cloud did not answer');
-    const alignment = new CloudAlignment([...scored.positions, { token: 'end', top: [] }]);
-    const bytes = new TextEncoder().encode(text);
-    const out: ByteDistribution[] = [];
-    for (let t = 0; t <= bytes.length; t++) {
-      out.push(alignment.distribution(UNIFORM));
-      if (t < bytes.length) alignment.push(bytes[t] as number, UNIFORM);
-    }
-    return out;
+    return alignScoredText(scored.positions, new TextEncoder().encode(text), () => UNIFORM).map((c) => c ?? UNIFORM);
   }
 }

@@ -15,7 +15,7 @@
  * - Failures: the CloudClient's breaker turns timeouts, 429 and 5xx into edge-only bytes, never errors.
  */
 import { type ByteDistribution, type ByteSession, type ByteSource, END_OF_TEXT } from '@floe/model';
-import { CloudAlignment, type CloudPosition } from './alignment.js';
+import { CloudAlignment, type CloudPosition, alignScoredText } from './alignment.js';
 import type { CloudClient } from './cloud-client.js';
 import { type FusionOptions, entropyBits, fuse } from './fusion.js';
 
@@ -217,17 +217,15 @@ export class FusedByteSource implements ByteSource {
       this.stats.fellBack += edge.length;
       return edge;
     }
-    // the text's own tokens are the known continuation; after its last token comes the end
-    const positions = [...scored.positions, { token: 'end' as const, top: [] }];
-    const alignment = new CloudAlignment(positions);
-    const bytes = new TextEncoder().encode(text);
+    const cloud = alignScoredText(scored.positions, new TextEncoder().encode(text), (t) => edge[t]!);
     return edge.map((e, t) => {
-      const known = alignment.knownShare > 0;
-      const fused = known ? fuse(this.options.fusion, e, alignment.distribution(e), base?.[t]) : e;
-      if (known) this.stats.fused++;
-      else this.stats.fellBack++;
-      if (t < bytes.length) alignment.push(bytes[t] as number, e);
-      return fused;
+      const c = cloud[t];
+      if (!c) {
+        this.stats.fellBack++;
+        return e;
+      }
+      this.stats.fused++;
+      return fuse(this.options.fusion, e, c, base?.[t]);
     });
   }
 }
