@@ -69,8 +69,11 @@ export async function* runChoice(
   const promptText = options.echo ? tokenizer.decode(options.promptIds) : '';
   if (options.echo && !sequence.spec.promptLogprobs) yield { type: 'prompt', text: promptText, tokens: [] };
   const bytes: number[] = [];
+  /** Bytes of `text` so far: those up to the last complete character. */
+  let decoded = 0;
   let flushed = 0;
   let text = '';
+  const longestStop = Math.max(0, ...options.stop.map((s) => s.length));
   for await (const event of sequence) {
     if (event.type === 'prompt') {
       // the first prompt token has no logprob (nothing precedes it), as in OpenAI's echo
@@ -99,8 +102,14 @@ export async function* runChoice(
     if (step.token === tokenizer.eos) continue;
     const token = reportToken(tokenizer, step, step.token, promptText.length + text.length);
     bytes.push(...tokenizer.tokenBytes(step.token));
-    text = new TextDecoder().decode(Uint8Array.from(bytes.slice(0, completeUtf8Length(Uint8Array.from(bytes)))));
-    const hit = firstStop(text, options.stop);
+    // decode only the bytes completed since the last token (a cut character waits for its end), and look
+    // for a stop only where one could have started: each token's work stays small however long the text
+    const tail = Uint8Array.from(bytes.slice(-4));
+    const complete = bytes.length - tail.length + completeUtf8Length(tail);
+    const before = text.length;
+    text += new TextDecoder().decode(Uint8Array.from(bytes.slice(decoded, complete)));
+    decoded = complete;
+    const hit = firstStop(text, options.stop, Math.max(0, before - longestStop + 1));
     if (hit >= 0) {
       sequence.cancel();
       yield { type: 'delta', text: text.slice(flushed, hit), token };
@@ -113,10 +122,11 @@ export async function* runChoice(
   return 'length';
 }
 
-function firstStop(text: string, stop: readonly string[]): number {
+/** Where the first stop string starts in `text`, searching from `from`; -1 when none does. */
+function firstStop(text: string, stop: readonly string[], from: number): number {
   let first = -1;
   for (const s of stop) {
-    const at = text.indexOf(s);
+    const at = text.indexOf(s, from);
     if (at >= 0 && (first < 0 || at < first)) first = at;
   }
   return first;
