@@ -38,11 +38,29 @@ export interface LlamaGraphOptions {
   /**
    * `fused` (default): ONNX Runtime's com.microsoft.MultiHeadAttention kernel, one node per layer
    * for attention and the KV cache. `onnx`: standard ONNX operators only, for other runtimes.
+   * `gqa`: com.microsoft.GroupQueryAttention over a preallocated cache that is both input and output
+   * (see buildLlamaGraph), the decode engine's layout (ort/decoder.ts).
    */
   attention?: AttentionKernel;
 }
 
-export type AttentionKernel = 'fused' | 'onnx';
+export type AttentionKernel = 'fused' | 'onnx' | 'gqa';
+
+/**
+ * Where the rotary embedding happens, which decides the columns of the fused q/k/v projection:
+ * `in-projection` computes rot(q), rot(k) as extra columns (the MultiHeadAttention and plain ONNX
+ * graphs); `in-kernel` leaves it to GroupQueryAttention (columns [q | k | v] only).
+ */
+export type QkvLayout = 'in-projection' | 'in-kernel';
+
+export function qkvLayoutOf(attention: AttentionKernel): QkvLayout {
+  return attention === 'gqa' ? 'in-kernel' : 'in-projection';
+}
+
+/** Whether GroupQueryAttention's CPU kernel takes this config (rotary needs head_dim a multiple of 16). */
+export function supportsGqa(config: LlamaConfig): boolean {
+  return headDim(config) % 16 === 0 && config.num_attention_heads % config.num_key_value_heads === 0;
+}
 
 export function loraInputNames(layer: number, group: ProjectionGroup): { A: string; B: string } {
   return { A: `lora.${layer}.${group}.A`, B: `lora.${layer}.${group}.B` };
@@ -64,13 +82,20 @@ interface ColumnBlock {
 }
 
 /** The column layout of each fused projection group. */
-function columnBlocks(config: LlamaConfig, group: ProjectionGroup): ColumnBlock[] {
+function columnBlocks(config: LlamaConfig, group: ProjectionGroup, layout: QkvLayout): ColumnBlock[] {
   const hd = headDim(config);
   const q = config.num_attention_heads * hd;
   const kv = config.num_key_value_heads * hd;
   const qScale = 1 / Math.sqrt(hd);
   switch (group) {
     case 'qkv':
+      if (layout === 'in-kernel') {
+        return [
+          { kind: 'q_proj', cols: q, rotated: false, scale: qScale },
+          { kind: 'k_proj', cols: kv, rotated: false, scale: 1 },
+          { kind: 'v_proj', cols: kv, rotated: false, scale: 1 },
+        ];
+      }
       return [
         { kind: 'q_proj', cols: q, rotated: false, scale: qScale },
         { kind: 'k_proj', cols: kv, rotated: false, scale: 1 },
@@ -120,8 +145,8 @@ function writeTransposed(
   }
 }
 
-function groupWidth(config: LlamaConfig, group: ProjectionGroup): number {
-  return columnBlocks(config, group).reduce((n, b) => n + b.cols, 0);
+function groupWidth(config: LlamaConfig, group: ProjectionGroup, layout: QkvLayout): number {
+  return columnBlocks(config, group, layout).reduce((n, b) => n + b.cols, 0);
 }
 
 function groupInput(config: LlamaConfig, group: ProjectionGroup): number {
@@ -131,12 +156,18 @@ function groupInput(config: LlamaConfig, group: ProjectionGroup): number {
 }
 
 /** The fused weight [in, width] of a projection group of one layer. */
-function fusedWeight(config: LlamaConfig, weights: Weights, layer: number, group: ProjectionGroup): Float32Array {
+function fusedWeight(
+  config: LlamaConfig,
+  weights: Weights,
+  layer: number,
+  group: ProjectionGroup,
+  layout: QkvLayout,
+): Float32Array {
   const inner = groupInput(config, group);
-  const width = groupWidth(config, group);
+  const width = groupWidth(config, group, layout);
   const fused = new Float32Array(inner * width);
   let offset = 0;
-  for (const block of columnBlocks(config, group)) {
+  for (const block of columnBlocks(config, group, layout)) {
     const name = `${linearPath(layer, block.kind)}.weight`;
     const w = weights.get(name);
     if (!w) throw new Error(`weights lack ${name}`);
@@ -163,9 +194,10 @@ export function loraGroupFeed(
   adapter: LoraAdapter | undefined,
   layer: number,
   group: ProjectionGroup,
+  layout: QkvLayout = 'in-projection',
 ): LoraGroupFeed {
   const inFeatures = groupInput(config, group);
-  const width = groupWidth(config, group);
+  const width = groupWidth(config, group, layout);
   const members = PROJECTION_GROUPS[group]
     .map((kind) => ({ kind, factors: adapter?.modules.get(linearPath(layer, kind)) }))
     .filter((m) => m.factors !== undefined);
@@ -183,7 +215,7 @@ export function loraGroupFeed(
     // rows [rowOffset, rowOffset + r) of B carry alpha/r * B^T under every column block of this module
     const rowsOfB = B.subarray(rowOffset * width, (rowOffset + r) * width);
     let colOffset = 0;
-    for (const block of columnBlocks(config, group)) {
+    for (const block of columnBlocks(config, group, layout)) {
       if (block.kind === kind) {
         writeTransposed(
           rowsOfB,
@@ -228,8 +260,12 @@ export function buildLlamaGraph(config: LlamaConfig, weights: Weights, options: 
   const H = config.num_attention_heads;
   const KV = config.num_key_value_heads;
   const adapted = new Set(loraGroups(config, options.loraModules ?? []).map(({ layer, group }) => `${layer}.${group}`));
-  const fused = (options.attention ?? 'fused') === 'fused';
-  const cacheHeads = cacheHeadCount(config, options.attention ?? 'fused');
+  const attention = options.attention ?? 'fused';
+  const layout = qkvLayoutOf(attention);
+  const cacheHeads = cacheHeadCount(config, attention);
+  if (attention === 'gqa' && !supportsGqa(config)) {
+    throw new Error(`GroupQueryAttention needs head_dim a multiple of 16 (got ${hd}) and kv heads dividing heads`);
+  }
 
   const weight = (name: string): { data: Float32Array; shape: number[] } => {
     const t = weights.get(name);
@@ -238,31 +274,8 @@ export function buildLlamaGraph(config: LlamaConfig, weights: Weights, options: 
   };
 
   const inputIds = g.input('input_ids', I64, ['batch', 'seq']);
-  const attentionMask = g.input('attention_mask', I64, ['batch', 'total']);
-  const positionIds = g.input('position_ids', I64, ['batch', 'seq']);
-
-  // --- attention bias: key j visible from query i iff j <= past + i and attention_mask[b, j] == 1
-  const zero = g.constI64([0]);
-  const one = g.constI64([1]);
-  const seqLen = g.op('Gather', [g.op('Shape', [inputIds]), one], { axis: 0 });
-  const total = g.op('Gather', [g.op('Shape', [attentionMask]), one], { axis: 0 });
-  const past = g.op('Sub', [total, seqLen]);
-  const queryPos = g.op('Range', [past, total, one]); // [s]
-  const keyPos = g.op('Range', [zero, total, one]); // [T]
-  const causal = g.op('LessOrEqual', [
-    g.op('Unsqueeze', [keyPos, g.constI64([0], [1])]),
-    g.op('Unsqueeze', [queryPos, g.constI64([1], [1])]),
-  ]); // [s, T]
-  const real = g.op('Unsqueeze', [g.op('Equal', [attentionMask, one]), g.constI64([1, 2])]); // [b, 1, 1, T]
-  const bias = g.op('Where', [g.op('And', [causal, real]), g.constF32([0]), g.constF32([MASK_VALUE])]); // [b, 1, s, T]
-
-  // --- rotary tables for q and k side by side, [b, s, (H + KV) * hd]
-  const positions = g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: F }), g.constI64([2], [1])]); // [b, s, 1]
-  const freqs = g.op('Mul', [positions, g.initializer('rope.inv_freq', inverseFrequencies(config), [hd / 2])]);
-  const emb = g.op('Concat', [freqs, freqs], { axis: -1 }); // [b, s, hd]
-  const heads = g.constI64([1, 1, H + KV]);
-  const cos = g.op('Tile', [g.op('Cos', [emb]), heads]);
-  const sin = g.op('Tile', [g.op('Sin', [emb]), heads]);
+  const gqa = attention === 'gqa' ? gqaInputs(g, config) : undefined;
+  const masked = gqa ? undefined : maskAndRotary(g, config, inputIds);
 
   // Written as Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul so that ORT fuses it into one
   // SimplifiedLayerNormalization kernel.
@@ -275,8 +288,8 @@ export function buildLlamaGraph(config: LlamaConfig, weights: Weights, options: 
 
   const project = (x: string, layer: number, group: ProjectionGroup): string => {
     const inner = groupInput(config, group);
-    const width = groupWidth(config, group);
-    const w = g.initializer(`layer${layer}.${group}.weight_t`, fusedWeight(config, weights, layer, group), [
+    const width = groupWidth(config, group, layout);
+    const w = g.initializer(`layer${layer}.${group}.weight_t`, fusedWeight(config, weights, layer, group, layout), [
       inner,
       width,
     ]);
@@ -314,48 +327,69 @@ export function buildLlamaGraph(config: LlamaConfig, weights: Weights, options: 
   for (let layer = 0; layer < config.num_hidden_layers; layer++) {
     const prefix = `model.layers.${layer}`;
     const n1 = rmsNorm(hidden, `${prefix}.input_layernorm.weight`);
-    const qkWidth = (H + KV) * hd;
-    const [qk, qkRotated, vNew] = g.opMulti(
-      'Split',
-      [project(n1, layer, 'qkv'), g.constI64([qkWidth, qkWidth, KV * hd])],
-      [g.fresh('qk'), g.fresh('qk_rot'), g.fresh('v')],
-      { axis: -1 },
-    ) as [string, string, string];
-    const qkEmbedded = g.op('Add', [g.op('Mul', [qk, cos]), g.op('Mul', [qkRotated, sin])]);
-    const pastKey = g.input(`past_key.${layer}`, F, ['batch', cacheHeads, 'past', hd]);
-    const pastValue = g.input(`past_value.${layer}`, F, ['batch', cacheHeads, 'past', hd]);
-    const presentKey = `present_key.${layer}`;
-    const presentValue = `present_value.${layer}`;
-    g.outputs.push({ name: presentKey, elemType: F, dims: ['batch', cacheHeads, 'total', hd] });
-    g.outputs.push({ name: presentValue, elemType: F, dims: ['batch', cacheHeads, 'total', hd] });
-    let merged: string; // [b, s, H * hd]
-    if (fused) {
-      const [q, kNew] = g.opMulti('Split', [qkEmbedded, g.constI64([H * hd, KV * hd])], [g.fresh('q'), g.fresh('k')], {
-        axis: -1,
-      }) as [string, string];
-      merged = g.fresh('attn');
+    const qkv = project(n1, layer, 'qkv');
+    const pastDim = gqa ? 'capacity' : 'past';
+    const pastKey = g.input(`past_key.${layer}`, F, ['batch', cacheHeads, pastDim, hd]);
+    const pastValue = g.input(`past_value.${layer}`, F, ['batch', cacheHeads, pastDim, hd]);
+    const presentKey = gqa ? g.fresh('present_key') : `present_key.${layer}`;
+    const presentValue = gqa ? g.fresh('present_value') : `present_value.${layer}`;
+    if (gqa) {
+      gqa.projections.push(qkv);
+    } else {
+      g.outputs.push({ name: presentKey, elemType: F, dims: ['batch', cacheHeads, 'total', hd] });
+      g.outputs.push({ name: presentValue, elemType: F, dims: ['batch', cacheHeads, 'total', hd] });
+    }
+    let merged = g.fresh('attn'); // [b, s, H * hd]
+    if (gqa) {
+      // Packed [q | k | v] in, rotary inside the kernel.
       g.opMulti(
-        'MultiHeadAttention',
-        [q, repeatKvFeatures(kNew), repeatKvFeatures(vNew), '', '', bias, pastKey, pastValue],
+        'GroupQueryAttention',
+        [qkv, '', '', pastKey, pastValue, gqa.seqlensK, gqa.totalLength, gqa.cos, gqa.sin],
         [merged, presentKey, presentValue],
-        { num_heads: H, scale: { float: 1 } }, // q carries 1/sqrt(hd)
+        { num_heads: H, kv_num_heads: KV, scale: { float: 1 }, do_rotary: 1, rotary_interleaved: 0 },
         'com.microsoft',
       );
-    } else {
-      const [q, kNew] = g.opMulti(
+    } else if (masked) {
+      const qkWidth = (H + KV) * hd;
+      const [qk, qkRotated, vNew] = g.opMulti(
         'Split',
-        [toHeads(qkEmbedded, H + KV), g.constI64([H, KV])],
-        [g.fresh('q'), g.fresh('k')],
-        {
-          axis: 1,
-        },
-      ) as [string, string];
-      const k = g.op('Concat', [pastKey, kNew], { axis: 2 }, presentKey);
-      const v = g.op('Concat', [pastValue, toHeads(vNew, KV)], { axis: 2 }, presentValue);
-      const kT = g.op('Transpose', [repeatKv(k)], { perm: [0, 1, 3, 2] });
-      const scores = g.op('Add', [g.op('MatMul', [q, kT]), bias]); // q carries 1/sqrt(hd)
-      const attn = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), repeatKv(v)]); // [b, H, s, hd]
-      merged = g.op('Reshape', [g.op('Transpose', [attn], { perm: [0, 2, 1, 3] }), g.constI64([0, 0, H * hd])]);
+        [qkv, g.constI64([qkWidth, qkWidth, KV * hd])],
+        [g.fresh('qk'), g.fresh('qk_rot'), g.fresh('v')],
+        { axis: -1 },
+      ) as [string, string, string];
+      const qkEmbedded = g.op('Add', [g.op('Mul', [qk, masked.cos]), g.op('Mul', [qkRotated, masked.sin])]);
+      if (attention === 'fused') {
+        const [q, kNew] = g.opMulti(
+          'Split',
+          [qkEmbedded, g.constI64([H * hd, KV * hd])],
+          [g.fresh('q'), g.fresh('k')],
+          {
+            axis: -1,
+          },
+        ) as [string, string];
+        g.opMulti(
+          'MultiHeadAttention',
+          [q, repeatKvFeatures(kNew), repeatKvFeatures(vNew), '', '', masked.bias, pastKey, pastValue],
+          [merged, presentKey, presentValue],
+          { num_heads: H, scale: { float: 1 } }, // q carries 1/sqrt(hd)
+          'com.microsoft',
+        );
+      } else {
+        const [q, kNew] = g.opMulti(
+          'Split',
+          [toHeads(qkEmbedded, H + KV), g.constI64([H, KV])],
+          [g.fresh('q'), g.fresh('k')],
+          {
+            axis: 1,
+          },
+        ) as [string, string];
+        const k = g.op('Concat', [pastKey, kNew], { axis: 2 }, presentKey);
+        const v = g.op('Concat', [pastValue, toHeads(vNew, KV)], { axis: 2 }, presentValue);
+        const kT = g.op('Transpose', [repeatKv(k)], { perm: [0, 1, 3, 2] });
+        const scores = g.op('Add', [g.op('MatMul', [q, kT]), masked.bias]); // q carries 1/sqrt(hd)
+        const attn = g.op('MatMul', [g.op('Softmax', [scores], { axis: -1 }), repeatKv(v)]); // [b, H, s, hd]
+        merged = g.op('Reshape', [g.op('Transpose', [attn], { perm: [0, 2, 1, 3] }), g.constI64([0, 0, H * hd])]);
+      }
     }
     hidden = g.op('Add', [hidden, project(merged, layer, 'o')]);
 
@@ -372,11 +406,91 @@ export function buildLlamaGraph(config: LlamaConfig, weights: Weights, options: 
     const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
     hidden = g.op('Add', [hidden, project(act, layer, 'down')]);
   }
+  if (gqa) {
+    // Output `qkv` [layers * batch, seq, (H + 2 KV) * hd]: this step's projections, from which the caller
+    // appends keys (rotated there) and values to the cache it keeps. Copying whole presents out of ORT
+    // every step would cost more than the step's arithmetic.
+    const width = groupWidth(config, 'qkv', layout);
+    g.output(g.op('Concat', gqa.projections, { axis: 0 }), 'qkv', F, ['layers_batch', 'seq', width]);
+  }
   const final = rmsNorm(hidden, 'model.norm.weight');
   const head = config.tie_word_embeddings ? embed : weight('lm_head.weight');
   const headT = g.initializer('lm_head_t', transpose2d(head.data, config.vocab_size, h), [h, config.vocab_size]);
   g.output(g.op('MatMul', [final, headT]), 'logits', F, ['batch', 'seq', config.vocab_size]);
   return g.toBytes();
+}
+
+/**
+ * The attention mask's bias and the rotary tables of the MultiHeadAttention and plain ONNX graphs,
+ * from inputs attention_mask [batch, past + seq] and position_ids [batch, seq].
+ */
+function maskAndRotary(g: Graph, config: LlamaConfig, inputIds: string): { bias: string; cos: string; sin: string } {
+  const F = DataType.FLOAT;
+  const I64 = DataType.INT64;
+  const hd = headDim(config);
+  const attentionMask = g.input('attention_mask', I64, ['batch', 'total']);
+  const positionIds = g.input('position_ids', I64, ['batch', 'seq']);
+
+  // key j visible from query i iff j <= past + i and attention_mask[b, j] == 1
+  const zero = g.constI64([0]);
+  const one = g.constI64([1]);
+  const seqLen = g.op('Gather', [g.op('Shape', [inputIds]), one], { axis: 0 });
+  const total = g.op('Gather', [g.op('Shape', [attentionMask]), one], { axis: 0 });
+  const past = g.op('Sub', [total, seqLen]);
+  const queryPos = g.op('Range', [past, total, one]); // [s]
+  const keyPos = g.op('Range', [zero, total, one]); // [T]
+  const causal = g.op('LessOrEqual', [
+    g.op('Unsqueeze', [keyPos, g.constI64([0], [1])]),
+    g.op('Unsqueeze', [queryPos, g.constI64([1], [1])]),
+  ]); // [s, T]
+  const real = g.op('Unsqueeze', [g.op('Equal', [attentionMask, one]), g.constI64([1, 2])]); // [b, 1, 1, T]
+  const bias = g.op('Where', [g.op('And', [causal, real]), g.constF32([0]), g.constF32([MASK_VALUE])]); // [b, 1, s, T]
+
+  // rotary tables for q and k side by side, [b, s, (H + KV) * hd]
+  const positions = g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: F }), g.constI64([2], [1])]); // [b, s, 1]
+  const freqs = g.op('Mul', [positions, g.initializer('rope.inv_freq', inverseFrequencies(config), [hd / 2])]);
+  const emb = g.op('Concat', [freqs, freqs], { axis: -1 }); // [b, s, hd]
+  const heads = g.constI64([1, 1, config.num_attention_heads + config.num_key_value_heads]);
+  return { bias, cos: g.op('Tile', [g.op('Cos', [emb]), heads]), sin: g.op('Tile', [g.op('Sin', [emb]), heads]) };
+}
+
+/**
+ * GroupQueryAttention's inputs: seqlens_k [batch] int32 (each row's length after this step, minus 1),
+ * total_sequence_length int32 (the longest row's), and cos/sin tables [max positions, head_dim / 2].
+ * Rows are left-aligned in the cache, so a token's position is its index: no mask, no position ids.
+ */
+function gqaInputs(
+  g: Graph,
+  config: LlamaConfig,
+): { seqlensK: string; totalLength: string; cos: string; sin: string; projections: string[] } {
+  const I32 = DataType.INT32;
+  const half = headDim(config) / 2;
+  const positions = config.max_position_embeddings;
+  const { cos, sin } = rotaryTables(config);
+  return {
+    seqlensK: g.input('seqlens_k', I32, ['batch']),
+    totalLength: g.input('total_sequence_length', I32, []),
+    cos: g.initializer('rope.cos', cos, [positions, half]),
+    sin: g.initializer('rope.sin', sin, [positions, half]),
+    projections: [],
+  };
+}
+
+/** cos and sin of each position's rotary angles, [max positions, head_dim / 2]. */
+export function rotaryTables(config: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
+  const half = headDim(config) / 2;
+  const positions = config.max_position_embeddings;
+  const inv = inverseFrequencies(config);
+  const cos = new Float32Array(positions * half);
+  const sin = new Float32Array(positions * half);
+  for (let p = 0; p < positions; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = p * (inv[i] as number);
+      cos[p * half + i] = Math.cos(angle);
+      sin[p * half + i] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
 }
 
 /** Heads held in the KV cache: the fused kernel keeps key/value heads repeated to the query head count. */

@@ -6,17 +6,14 @@ import type { LoraAdapter } from '@floe/shared';
 import { type LlamaConfig, headDim } from '../config.js';
 import type { Weights } from '../checkpoint.js';
 import type { DecoderModel } from '../generate.js';
-import { checkAdapter } from '../lora.js';
 import {
   type AttentionKernel,
-  type ProjectionGroup,
   allLoraModules,
-  cacheHeadCount,
   buildLlamaGraph,
-  loraGroupFeed,
-  loraGroups,
-  loraInputNames,
+  cacheHeadCount,
+  qkvLayoutOf,
 } from '../onnx/llama-graph.js';
+import { LoraFeeds } from './lora-feeds.js';
 import { defaultPositions } from '../tfjs/llama.js';
 
 export interface OrtLlamaOptions {
@@ -55,22 +52,17 @@ export interface KvRow {
   length: number;
 }
 
-/** LoRA feeds prepared once per adapter: A^T and scale * B^T. */
-type LoraFeeds = Record<string, ort.Tensor>;
-
 export class OrtLlama implements DecoderModel<OrtKVCache> {
-  private loraCache = new WeakMap<LoraAdapter, LoraFeeds>();
-  private zeroLora: LoraFeeds | undefined;
-
-  private readonly groups: { layer: number; group: ProjectionGroup }[];
+  private readonly lora: LoraFeeds;
 
   private constructor(
     readonly config: LlamaConfig,
     readonly session: ort.InferenceSession,
     readonly loraModules: readonly string[],
     private readonly cacheHeads: number,
+    attention: AttentionKernel,
   ) {
-    this.groups = loraGroups(config, loraModules);
+    this.lora = new LoraFeeds(config, loraModules, qkvLayoutOf(attention));
   }
 
   static async create(config: LlamaConfig, weights: Weights, options: OrtLlamaOptions = {}): Promise<OrtLlama> {
@@ -84,7 +76,7 @@ export class OrtLlama implements DecoderModel<OrtKVCache> {
       interOpNumThreads: 1,
       executionMode: 'sequential',
     });
-    return new OrtLlama(config, session, loraModules, cacheHeadCount(config, attention));
+    return new OrtLlama(config, session, loraModules, cacheHeadCount(config, attention), attention);
   }
 
   async release(): Promise<void> {
@@ -175,41 +167,13 @@ export class OrtLlama implements DecoderModel<OrtKVCache> {
     };
   }
 
-  private loraFeeds(adapter: LoraAdapter | undefined): LoraFeeds {
-    if (this.loraModules.length === 0) {
-      if (adapter && adapter.modules.size > 0) throw new Error('this session was built without LoRA inputs');
-      return {};
-    }
-    if (!adapter) return (this.zeroLora ??= this.prepareLora(undefined));
-    let feeds = this.loraCache.get(adapter);
-    if (!feeds) {
-      feeds = this.prepareLora(adapter);
-      this.loraCache.set(adapter, feeds);
-    }
-    return feeds;
-  }
-
-  /** Fused per-group inputs (see llama-graph.ts); groups the adapter does not cover get rank-1 zeros. */
-  private prepareLora(adapter: LoraAdapter | undefined): LoraFeeds {
-    if (adapter) {
-      checkAdapter(this.config, adapter);
-      for (const path of adapter.modules.keys()) {
-        if (!this.loraModules.includes(path)) throw new Error(`this session has no LoRA inputs for ${path}`);
-      }
-    }
-    const feeds: LoraFeeds = {};
-    for (const { layer, group } of this.groups) {
-      const names = loraInputNames(layer, group);
-      const feed = loraGroupFeed(this.config, adapter, layer, group);
-      feeds[names.A] = new ort.Tensor('float32', feed.A, [feed.inFeatures, feed.rank]);
-      feeds[names.B] = new ort.Tensor('float32', feed.B, [feed.rank, feed.width]);
-    }
-    return feeds;
+  private loraFeeds(adapter: LoraAdapter | undefined): Record<string, ort.Tensor> {
+    return this.lora.feeds(adapter);
   }
 }
 
 /** int64 tensor of small non-negative integers, written as (low, high) 32-bit words: BigInt per element is slow. */
-function int64(rows: number[][], dims: number[]): ort.Tensor {
+export function int64(rows: number[][], dims: number[]): ort.Tensor {
   const data = new BigInt64Array(dims.reduce((a, b) => a * b, 1));
   const words = new Int32Array(data.buffer);
   let i = 0;
