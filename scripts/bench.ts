@@ -19,6 +19,7 @@ const BENCHES: Record<string, () => Promise<{ run: () => Promise<BenchResult> }>
   server: () => import('./bench/server.js'),
   planner: () => import('./bench/planner.js'),
   inference: () => import('./bench/inference.js'),
+  decode: () => import('./bench/decode.js'),
 };
 
 const { positionals, values } = parseArgs({

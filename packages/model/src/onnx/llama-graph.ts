@@ -5,6 +5,9 @@
  *          position_ids [batch, seq] int64, past_key.{l} / past_value.{l} [batch, kvHeads, past, headDim]
  *          (past may be 0), and per adapted projection group `lora.{l}.{group}.A` / `.B` (see below).
  * Outputs: logits [batch, seq, vocab], present_key.{l} / present_value.{l} [batch, kvHeads, past + seq, headDim].
+ * With `attention: 'gqa'` (the decode engine, ort/decoder.ts) attention_mask and position_ids give way to
+ * seqlens_k [batch] and total_sequence_length (int32), the pasts are [batch, kvHeads, capacity, headDim],
+ * and the presents give way to `qkv` [layers * batch, seq, (H + 2 KV) * headDim], this step's projections.
  *
  * At decode time a step costs about 2 us per graph node on this kind of CPU, far more than the
  * arithmetic of a model this small, so the graph is laid out for few nodes (same math, fewer ops):
