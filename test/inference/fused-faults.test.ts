@@ -30,7 +30,13 @@ function freePort(): Promise<number> {
 
 function fusedOver(
   baseURL: string,
-  options: { deadlineMs?: number; cooldownMs?: number; timeoutMs?: number; fusion?: FusionOptions } = {},
+  options: {
+    deadlineMs?: number;
+    cooldownMs?: number;
+    timeoutMs?: number;
+    fusion?: FusionOptions;
+    minSpeedShare?: number;
+  } = {},
 ) {
   const client = new CloudClient({
     baseURL,
@@ -44,6 +50,8 @@ function fusedOver(
     fusion: options.fusion ?? { mode: 'entropy' },
     lookahead: 8,
     deadlineMs: options.deadlineMs ?? 1000,
+    // no speed floor unless asked: these tests are about what the cloud's answers do
+    minSpeedShare: options.minSpeedShare ?? 0,
   });
   return { client, source };
 }
@@ -143,6 +151,25 @@ describe('fused generation when the cloud fails', () => {
       expect(fused.bytes.length).toBe(16);
       expect(source.stats.fellBack).toBeGreaterThan(0);
       expect(Math.max(...source.stats.waits)).toBeLessThan(300);
+    } finally {
+      cloud.faults.set({ latencyMs: 0 });
+    }
+  });
+
+  it('waits for a late cloud only as long as the speed floor allows', async () => {
+    cloud.faults.set({ errorRate: 0, latencyMs: 300 });
+    try {
+      const patient = fusedOver(`${cloud.url}/v1`, { deadlineMs: 1000 }).source;
+      await generateBytes(patient, PROMPT, { maxBytes: 16 });
+      // without a floor the first byte waits out the round trip and the cloud is used
+      expect(Math.max(...patient.stats.waits)).toBeGreaterThan(250);
+      expect(patient.stats.fused).toBeGreaterThan(0);
+      const floored = fusedOver(`${cloud.url}/v1`, { deadlineMs: 1000, minSpeedShare: 0.5 }).source;
+      const text = await generateBytes(floored, PROMPT, { maxBytes: 16 });
+      // half the edge's speed leaves about one edge step of waiting per byte: never the 300 ms
+      expect(Math.max(...floored.stats.waits)).toBeLessThan(150);
+      expect(floored.stats.fused).toBe(0);
+      expect(text.text).toBe(edgeOnly.slice(0, text.text.length));
     } finally {
       cloud.faults.set({ latencyMs: 0 });
     }

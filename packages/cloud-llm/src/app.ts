@@ -78,6 +78,7 @@ export async function startCloud(overrides: Partial<CloudConfig> = {}): Promise<
       metrics.runs.observe({ kind }, seconds);
       if (kind === 'decode') metrics.batchRows.observe(rows);
     },
+    onPrefill: (_, cached) => metrics.prefixCachedTokens.inc(cached),
   });
 
   // closing cuts open connections (a device's abandoned lookahead call must not hold a shutdown)

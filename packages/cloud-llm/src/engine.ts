@@ -3,8 +3,13 @@
  * running sequence advances by one token per decode step of the whole batch; a new request is
  * prefilled and joins the batch at the next step, and a finished one leaves it, so no request waits
  * for another's whole generation. Each row of the batch keeps its own left-padded part of the KV cache.
+ *
+ * Prefix caching (as vLLM's automatic prefix caching and hosted APIs' prompt caching): the cache rows
+ * of recent sequences are kept with their tokens, and a prompt that starts with one of them is
+ * prefilled from there on (a device asking again a few words further costs a few tokens, not the
+ * whole text).
  */
-import { type KvRow, type OrtKVCache, type OrtLlama, Random, sampleToken } from '@floe/model';
+import { type KvRow, type OrtKVCache, type OrtLlama, Random, headDim, sampleToken } from '@floe/model';
 
 export interface TopToken {
   id: number;
@@ -55,6 +60,8 @@ export class Sequence implements AsyncIterable<SequenceEvent> {
   cached = 0;
   /** The sampled token not yet fed to the model. */
   pending: number | undefined;
+  /** Tokens in the cache: the prompt, then the generated tokens fed back. */
+  readonly tokens: number[];
   generated = 0;
   cancelled = false;
   private readonly events: SequenceEvent[] = [];
@@ -63,6 +70,7 @@ export class Sequence implements AsyncIterable<SequenceEvent> {
 
   constructor(readonly spec: SequenceSpec) {
     this.random = new Random(spec.seed);
+    this.tokens = [...spec.prompt];
   }
 
   cancel(): void {
@@ -101,8 +109,34 @@ export interface EngineOptions {
   maxWaiting?: number;
   /** Prompt tokens prefilled in one run at most (default 2048). */
   maxPrefillTokens?: number;
+  /** Sequences whose cache rows are kept for prompts that start the same way (default 16; 0: none). */
+  prefixCacheEntries?: number;
   /** Called after each model run with the rows it held and its wall time. */
   onRun?: (kind: 'prefill' | 'decode', rows: number, seconds: number) => void;
+  /** Called for each prompt prefilled, with its length and the tokens taken from the prefix cache. */
+  onPrefill?: (promptTokens: number, cachedTokens: number) => void;
+}
+
+/** Shorter shared prefixes are prefilled again (a separate run costs more than a few tokens). */
+const MIN_PREFIX = 8;
+
+/** The first `length` positions of a cache row laid out per layer as [heads, positions, d]. */
+function truncateRow(row: KvRow, length: number, d: number): KvRow {
+  const cut = (data: Float32Array) => {
+    const heads = data.length / (row.length * d);
+    const out = new Float32Array(heads * length * d);
+    for (let h = 0; h < heads; h++)
+      out.set(data.subarray(h * row.length * d, (h * row.length + length) * d), h * length * d);
+    return out;
+  };
+  return { keys: row.keys.map(cut), values: row.values.map(cut), length };
+}
+
+function sharedPrefix(a: readonly number[], b: readonly number[]): number {
+  const n = Math.min(a.length, b.length);
+  let i = 0;
+  while (i < n && a[i] === b[i]) i++;
+  return i;
 }
 
 export class BatchEngine {
@@ -117,6 +151,8 @@ export class BatchEngine {
   private readonly maxPrefillTokens: number;
   /** Mean seconds per decode step, for Retry-After. */
   private stepSeconds = 0.01;
+  /** Recent sequences' tokens and cache rows, most recent last. */
+  private prefixes: { tokens: readonly number[]; row: KvRow }[] = [];
 
   constructor(
     readonly model: OrtLlama,
@@ -164,9 +200,10 @@ export class BatchEngine {
           await this.tick();
         } catch (error) {
           const failure = error instanceof Error ? error : new Error(String(error));
-          for (const s of [...this.running, ...this.waiting.splice(0)])
+          for (const s of [...this.running, ...this.admitted, ...this.waiting.splice(0)])
             s.push({ type: 'end', reason: 'error', error: failure });
           this.running = [];
+          this.admitted = [];
           this.batch = undefined;
         }
       }
@@ -196,9 +233,35 @@ export class BatchEngine {
       return !s.finished;
     });
     if (keep.every(Boolean)) return;
+    if (this.batch) {
+      const batch = this.batch;
+      this.running.forEach((s, i) => {
+        if (!keep[i] && s.cached > 0)
+          this.remember(s.tokens.slice(0, s.cached), this.model.cacheRow(batch.cache, i, s.cached));
+      });
+    }
     const rows = this.batch ? this.rowsOf(keep) : [];
     this.running = this.running.filter((_, i) => keep[i]);
     this.batch = rows.length > 0 ? this.model.stackRows(rows) : undefined;
+  }
+
+  private remember(tokens: readonly number[], row: KvRow): void {
+    const capacity = this.options.prefixCacheEntries ?? 16;
+    if (capacity <= 0 || tokens.length < MIN_PREFIX) return;
+    // a row that extends another makes it useless
+    this.prefixes = this.prefixes.filter((p) => sharedPrefix(p.tokens, tokens) < p.tokens.length);
+    this.prefixes.push({ tokens, row });
+    if (this.prefixes.length > capacity) this.prefixes.shift();
+  }
+
+  /** The longest kept prefix of `prompt` that leaves at least its last token to run. */
+  private lookup(prompt: readonly number[]): { length: number; row: KvRow } | undefined {
+    let best: { length: number; row: KvRow } | undefined;
+    for (const p of this.prefixes) {
+      const length = Math.min(sharedPrefix(p.tokens, prompt), prompt.length - 1);
+      if (length >= MIN_PREFIX && length > (best?.length ?? 0)) best = { length, row: p.row };
+    }
+    return best;
   }
 
   /** The cache rows of the running sequences that `keep` marks. */
@@ -221,8 +284,42 @@ export class BatchEngine {
     return admitted;
   }
 
-  /** Runs the new prompts as one left-padded batch, emits their first tokens, and joins them to the batch. */
+  /**
+   * Prefills the new prompts, emits their first tokens and joins them to the batch: those that start
+   * with a kept prefix one by one from it, the others as one left-padded batch.
+   */
   private async prefill(sequences: Sequence[]): Promise<void> {
+    const fresh: Sequence[] = [];
+    for (const s of sequences) {
+      const hit = s.spec.promptLogprobs ? undefined : this.lookup(s.spec.prompt);
+      if (hit) await this.prefillFrom(s, hit);
+      else fresh.push(s);
+    }
+    if (fresh.length > 0) await this.prefillBatch(fresh);
+  }
+
+  private async prefillFrom(s: Sequence, hit: { length: number; row: KvRow }): Promise<void> {
+    const { prompt } = s.spec;
+    const past = this.model.stackRows([truncateRow(hit.row, hit.length, headDim(this.model.config))]);
+    const started = performance.now();
+    const out = await this.model.forward([prompt.slice(hit.length)], {
+      attentionMask: [new Array<number>(prompt.length).fill(1)],
+      cache: past.cache,
+    });
+    this.options.onRun?.('prefill', 1, (performance.now() - started) / 1000);
+    this.options.onPrefill?.(prompt.length, hit.length);
+    const V = this.model.config.vocab_size;
+    const rows = this.running.length > 0 ? this.rowsOf(this.running.map(() => true)) : [];
+    s.cached = prompt.length;
+    rows.push(this.model.cacheRow(out.cache, 0, prompt.length));
+    const last = prompt.length - hit.length - 1;
+    this.emit(s, out.logits.subarray(last * V, (last + 1) * V));
+    this.running.push(s);
+    this.batch = this.model.stackRows(rows);
+  }
+
+  /** Runs new prompts as one left-padded batch. */
+  private async prefillBatch(sequences: Sequence[]): Promise<void> {
     const width = Math.max(...sequences.map((s) => s.spec.prompt.length));
     const pad = this.model.config.pad_token_id;
     const ids = sequences.map((s) => [...new Array<number>(width - s.spec.prompt.length).fill(pad), ...s.spec.prompt]);
@@ -233,6 +330,7 @@ export class BatchEngine {
     const started = performance.now();
     const out = await this.model.forward(ids, { attentionMask: mask });
     this.options.onRun?.('prefill', sequences.length, (performance.now() - started) / 1000);
+    for (const s of sequences) this.options.onPrefill?.(s.spec.prompt.length, 0);
     const V = this.model.config.vocab_size;
     const rows = this.running.length > 0 ? this.rowsOf(this.running.map(() => true)) : [];
     sequences.forEach((s, b) => {
@@ -257,6 +355,7 @@ export class BatchEngine {
   private async decode(): Promise<void> {
     const batch = this.batch as { cache: OrtKVCache; mask: number[][] };
     const ids = this.running.map((s) => [s.pending as number]);
+    for (const s of this.running) s.tokens.push(s.pending as number);
     const mask = batch.mask.map((row) => [...row, 1]);
     const started = performance.now();
     const out = await this.model.forward(ids, { attentionMask: mask, cache: batch.cache });

@@ -14,6 +14,11 @@ export class CloudMetrics {
     help: 'Prompt tokens submitted (times n)',
     registers: [this.registry],
   });
+  readonly prefixCachedTokens = new Counter({
+    name: 'floe_cloud_prefix_cached_tokens_total',
+    help: 'Prompt tokens taken from the prefix cache instead of prefilled',
+    registers: [this.registry],
+  });
   readonly completionTokens = new Counter({
     name: 'floe_cloud_completion_tokens_total',
     help: 'Tokens generated',

@@ -211,6 +211,35 @@ describe('cloud stand-in over the official openai client', () => {
     expect(huge.status).toBe(400);
   });
 
+  it('prefills a prompt that extends an earlier one from the prefix cache, with the same logprobs', async () => {
+    const cachedTokens = async () =>
+      Number(
+        /floe_cloud_prefix_cached_tokens_total (\d+)/.exec(await (await fetch(`${cloud.url}/metrics`)).text())?.[1],
+      );
+    const first = 'Fellow-Citizens of the Senate and House of Representatives: the state of the Union';
+    const answer = await client.completions.create({
+      model: 'floe-cloud',
+      prompt: first,
+      max_tokens: 8,
+      temperature: 0,
+    });
+    const before = await cachedTokens();
+    const prompt = `${first}${answer.choices[0]!.text} and the`;
+    const completion = await client.completions.create({
+      model: 'floe-cloud',
+      prompt,
+      max_tokens: 10,
+      temperature: 0,
+      logprobs: 1,
+    });
+    const promptIds = checkpoint.tokenizer.encode(prompt, { bos: true });
+    // the earlier prompt and the answer's tokens but the last came from the cache
+    expect((await cachedTokens()) - before).toBeGreaterThanOrEqual(checkpoint.tokenizer.encode(first).length);
+    const choice = completion.choices[0]!;
+    const direct = await directLogprobs([...promptIds, ...checkpoint.tokenizer.encode(choice.text)]);
+    choice.logprobs!.token_logprobs!.forEach((lp, i) => expect(lp).toBeCloseTo(direct[promptIds.length - 1 + i]!, 4));
+  });
+
   it('reports health and counts tokens in /metrics', async () => {
     const health = (await (await fetch(`${cloud.url}/healthz`)).json()) as { status: string };
     expect(health.status).toBe('ok');

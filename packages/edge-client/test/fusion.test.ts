@@ -4,7 +4,14 @@
  */
 import { describe, expect, it } from 'vitest';
 import { BYTE_OUTCOMES, END_OF_TEXT } from '@floe/model';
-import { CircuitBreaker, CloudAlignment, type CloudPosition, fuse, routerWeight } from '../src/index.js';
+import {
+  CircuitBreaker,
+  CloudAlignment,
+  type CloudPosition,
+  ContinuationDrafter,
+  fuse,
+  routerWeight,
+} from '../src/index.js';
 
 const b = (s: string) => new TextEncoder().encode(s);
 const code = (s: string) => s.charCodeAt(0);
@@ -25,6 +32,7 @@ function dist(named: Record<string, number>): Float64Array {
 }
 
 const uniform = new Float64Array(BYTE_OUTCOMES).fill(1 / BYTE_OUTCOMES);
+const maxDiff = (p: Float64Array, q: Float64Array) => p.reduce((m, x, i) => Math.max(m, Math.abs(x - q[i]!)), 0);
 
 describe('cloud alignment', () => {
   it('gives a multi-byte vocabulary the next-byte distribution of a byte model with the same probabilities', () => {
@@ -101,6 +109,63 @@ describe('cloud alignment', () => {
     expect(strayed.knownShare).toBe(0);
   });
 
+  it('reads a streamed answer as it arrives, with the distributions of the whole answer', () => {
+    const edge = dist({ a: 0.3, x: 0.3, y: 0.2 });
+    const positions: CloudPosition[] = [
+      { token: b('ab'), top: top({ ab: 0.5, ac: 0.2, b: 0.2 }) },
+      { token: b('x'), top: top({ x: 0.6, yz: 0.3 }) },
+      { token: b('yz'), top: top({ yz: 0.7, y: 0.2 }) },
+    ];
+    const text = b('abxyz');
+    const whole = new CloudAlignment(positions);
+    const expected = [...text].map((byte) => {
+      const p = whole.distribution(edge);
+      whole.push(byte, edge);
+      return p;
+    });
+    const arrived: CloudPosition[] = [];
+    const live = { ended: false };
+    const streamed = new CloudAlignment(arrived, live);
+    // nothing has arrived: no distribution yet, and bytes pushed meanwhile wait in order
+    expect(streamed.settle()).toBe(false);
+    expect(() => streamed.distribution(edge)).toThrow(/settle first/);
+    streamed.push(code('a'), edge);
+    arrived.push(positions[0]!);
+    expect(streamed.settle()).toBe(true);
+    expect(maxDiff(streamed.distribution(edge), expected[1]!)).toBeLessThan(1e-12);
+    streamed.push(code('b'), edge);
+    // "ab" ended on the continuation: its mass waits for position 1, still on the continuation
+    expect(streamed.ready).toBe(false);
+    expect(streamed.onContinuation).toBe(true);
+    streamed.push(code('x'), edge);
+    arrived.push(positions[1]!);
+    expect(streamed.settle()).toBe(false);
+    arrived.push(positions[2]!);
+    expect(streamed.settle()).toBe(true);
+    expect(maxDiff(streamed.distribution(edge), expected[3]!)).toBeLessThan(1e-12);
+    streamed.push(code('y'), edge);
+    expect(maxDiff(streamed.distribution(edge), expected[4]!)).toBeLessThan(1e-12);
+    // the answer ends without a next position: the continuation's mass goes to the edge
+    streamed.push(code('z'), edge);
+    expect(streamed.settle()).toBe(false);
+    live.ended = true;
+    expect(streamed.settle()).toBe(true);
+    expect(streamed.knownShare).toBe(0);
+    expect(streamed.onContinuation).toBe(false);
+  });
+
+  it('knows when the text has left the continuation while other top-k tokens still carry it', () => {
+    const alignment = new CloudAlignment([
+      { token: b(' the'), top: top({ ' the': 0.6, ' this': 0.3 }) },
+      { token: b(' cat'), top: top({ ' cat': 1 }) },
+    ]);
+    for (const byte of b(' th')) alignment.push(byte, uniform);
+    expect(alignment.onContinuation).toBe(true);
+    alignment.push(code('i'), uniform);
+    expect(alignment.onContinuation).toBe(false);
+    expect(alignment.knownShare).toBeGreaterThan(0.99);
+  });
+
   it('credits an end token to END_OF_TEXT', () => {
     const alignment = new CloudAlignment([{ token: 'end', top: top({ '<end>': 0.9, a: 0.1 }) }]);
     const p = alignment.distribution(uniform);
@@ -160,5 +225,18 @@ describe('circuit breaker', () => {
     breaker.success();
     expect(breaker.state).toBe('closed');
     expect(breaker.allow()).toBe(true);
+  });
+});
+
+describe('continuation drafter', () => {
+  it("drafts the cloud's continuation while the text follows it, else asks its fallback", () => {
+    const fallback = { draft: () => [0x21] };
+    const drafter = new ContinuationDrafter(fallback);
+    const expected = [...b('Dear sir, the report of the')];
+    drafter.expect(expected);
+    expect(drafter.draft([...b('Dear sir, the rep')], 4)).toEqual([...b('ort ')]);
+    expect(drafter.draft([...b('Dear sir, the report of the')], 4)).toEqual([0x21]);
+    expect(drafter.draft([...b('Dear sir, a rep')], 4)).toEqual([0x21]);
+    expect(new ContinuationDrafter().draft([...b('Dear')], 4)).toEqual([]);
   });
 });

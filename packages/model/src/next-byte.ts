@@ -21,6 +21,11 @@ export interface ByteSession {
   next(): Promise<ByteDistribution>;
   /** Records the outcome that came (a byte, or END_OF_TEXT). */
   push(outcome: number): void;
+  /**
+   * Goes back to the state after the prompt and the first `pushed` outcomes (a source that looked
+   * ahead along a guess that did not come).
+   */
+  rewind(pushed: number): void;
   /** Frees what the session holds (a KV cache, a pending request). */
   close(): void;
 }
@@ -48,6 +53,13 @@ export function byteDistribution(logits: ArrayLike<number>, eosId: number): Byte
   return out;
 }
 
+/** Throws unless `pushed` is a count of outcomes the session holds. */
+export function checkRewind(pushed: number, held: number): void {
+  if (!Number.isInteger(pushed) || pushed < 0 || pushed > held) {
+    throw new Error(`cannot rewind to ${pushed} outcomes: the session holds ${held}`);
+  }
+}
+
 /** A byte-level model (optionally with a LoRA adapter) as a source: one KV cache per session. */
 export class ModelByteSource<C> implements ByteSource {
   private readonly tokenizer = new ByteTokenizer();
@@ -64,6 +76,9 @@ export class ModelByteSource<C> implements ByteSource {
     const { model, lora } = this;
     const maxPositions = model.config.max_position_embeddings;
     let pending = this.tokenizer.encode(prompt, { bos: true });
+    /** Every token of the sequence: BOS, the prompt, then the pushed outcomes. */
+    const sequence = [...pending];
+    const promptTokens = sequence.length;
     let past = 0;
     let cache: C | undefined;
     let last: ByteDistribution | undefined;
@@ -87,7 +102,18 @@ export class ModelByteSource<C> implements ByteSource {
         if (!Number.isInteger(outcome) || outcome < 0 || outcome > END_OF_TEXT) {
           throw new Error(`an outcome is a byte or END_OF_TEXT, not ${outcome}`);
         }
-        pending.push(outcome === END_OF_TEXT ? model.config.eos_token_id : outcome);
+        const token = outcome === END_OF_TEXT ? model.config.eos_token_id : outcome;
+        pending.push(token);
+        sequence.push(token);
+      },
+      rewind(pushed) {
+        checkRewind(pushed, sequence.length - promptTokens);
+        // the cache has no cut: the kept sequence is run again at the next step
+        sequence.length = promptTokens + pushed;
+        pending = [...sequence];
+        past = 0;
+        cache = undefined;
+        last = undefined;
       },
       close() {
         cache = undefined;

@@ -192,6 +192,44 @@ describe('SpeculativeByteSource', () => {
     }
   });
 
+  it('rewinds to any earlier byte and goes on as if the later ones never came', async () => {
+    const expected = await distributionsAlong(new ModelByteSource(reference, 'edge', adapter));
+    const bytes = new TextEncoder().encode(text);
+    const good = NgramDrafter.fromTexts([text], { tableBits: 12 });
+    for (const source of [
+      new SpeculativeByteSource(decoder, { lora: adapter, drafter: good, draftLength: 6 }),
+      new SpeculativeByteSource(decoder, { lora: adapter }),
+      new ModelByteSource(reference, 'edge', adapter),
+    ]) {
+      const session = await source.start(prompt);
+      // run ahead (along a wrong path, or along the text itself, where the drafter's guesses are
+      // still pending when the rewind comes), back up, and take the text's path
+      let at = 0;
+      for (const [back, ahead, wrong] of [
+        [12, 5, true],
+        [30, 9, true],
+        [40, 3, false],
+      ] as const) {
+        for (; at < back; at++) {
+          await session.next();
+          session.push(bytes[at] as number);
+        }
+        for (let k = 0; k < ahead; k++) {
+          await session.next();
+          session.push(wrong ? 0x7e : (bytes[back + k] as number));
+        }
+        session.rewind(back);
+      }
+      for (; at < bytes.length; at++) {
+        const p = await session.next();
+        expect(maxAbsDiff(p, expected[at] as Float64Array)).toBeLessThan(1e-5);
+        session.push(bytes[at] as number);
+      }
+      expect(() => session.rewind(bytes.length + 1)).toThrow(/cannot rewind to/);
+      session.close();
+    }
+  });
+
   it('scores a text like the plain model', async () => {
     const source = new SpeculativeByteSource(decoder, { lora: adapter });
     const expected = await new ModelByteSource(reference, 'edge', adapter).score(text);

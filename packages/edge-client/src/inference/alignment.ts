@@ -8,6 +8,10 @@
  *
  * Exact on its own terms: with a top-k that covers the whole distribution and a known continuation,
  * the next-byte distribution is what a byte-level model holding the same probabilities gives.
+ *
+ * Live answers: the positions of a streamed continuation arrive one by one. Mass that moves on to a
+ * position that has not arrived yet waits for it (and the bytes pushed meanwhile queue behind it);
+ * `settle()` applies what has arrived, and `ready` says whether the distribution can be given now.
  */
 import { BYTE_OUTCOMES, type ByteDistribution, END_OF_TEXT } from '@floe/model';
 
@@ -35,10 +39,20 @@ function sameToken(a: CloudToken | undefined, b: CloudToken): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
+/** The arrival state of a streamed answer's positions. */
+export interface LivePositions {
+  /** True once no more positions will come (the answer ended, failed or was cancelled). */
+  readonly ended: boolean;
+}
+
 export class CloudAlignment {
   private hypotheses: Hypothesis[] = [];
   /** Mass the cloud said nothing precise about, spread by the edge. */
   private unknown = 0;
+  /** Mass moving on to positions that have not arrived yet. */
+  private deferred: { position: number; weight: number }[] = [];
+  /** Outcomes pushed while mass was deferred, applied in order once it is placed. */
+  private queued: { outcome: number; edge: ByteDistribution }[] = [];
 
   /**
    * A first position with no top-k (OpenAI's echo reports none for the first token): its own token is
@@ -47,9 +61,17 @@ export class CloudAlignment {
    */
   private followFirst: { bytes: Uint8Array; matched: number } | undefined;
 
-  constructor(private readonly positions: readonly CloudPosition[]) {
+  /**
+   * `positions` may still be growing when `live` is given (a streamed answer): the alignment then reads
+   * them as they arrive.
+   */
+  constructor(
+    private readonly positions: readonly CloudPosition[],
+    private readonly live?: LivePositions,
+  ) {
     const first = positions[0];
-    if (first && first.top.length === 0 && first.token instanceof Uint8Array && positions.length > 1) {
+    if (live) this.deferred.push({ position: 0, weight: 1 });
+    else if (first && first.top.length === 0 && first.token instanceof Uint8Array && positions.length > 1) {
       this.followFirst = { bytes: first.token, matched: 0 };
       this.unknown = 1;
     } else this.open(0, 1);
@@ -57,17 +79,51 @@ export class CloudAlignment {
 
   /** Share of the mass still carried by the cloud's own tokens (0 when the edge alone is left). */
   get knownShare(): number {
-    const known = this.hypotheses.reduce((s, h) => s + h.weight, 0);
+    const known = this.hypotheses.reduce((s, h) => s + h.weight, 0) + this.deferred.reduce((s, d) => s + d.weight, 0);
     return known / (known + this.unknown);
   }
 
-  /** Positions of the cloud answer that the emitted text has reached (for lookahead bookkeeping). */
-  get frontier(): number {
-    return this.hypotheses.reduce((m, h) => Math.max(m, h.position), 0);
+  /**
+   * Whether the text still follows the cloud's own continuation (a hypothesis on its token, or mass
+   * waiting for its next position): once it does not, a new call is the only way to learn more.
+   */
+  get onContinuation(): boolean {
+    return (
+      this.deferred.length > 0 ||
+      this.hypotheses.some((h) => sameToken(this.positions[h.position]?.token, h.token) || h.token === 'end')
+    );
   }
 
-  /** The cloud's next-outcome distribution; `edge` spreads the unknown mass. */
+  /** Whether every pushed outcome is applied and no mass waits for a position (see `settle`). */
+  get ready(): boolean {
+    return this.deferred.length === 0 && this.queued.length === 0;
+  }
+
+  /** Places deferred mass on the positions that have arrived (or, once none will, on the edge) and applies queued outcomes. */
+  settle(): boolean {
+    for (;;) {
+      const waiting: typeof this.deferred = [];
+      let placed = false;
+      for (const d of this.deferred) {
+        if (d.position < this.positions.length) this.open(d.position, d.weight);
+        else if (this.live?.ended) this.unknown += d.weight;
+        else {
+          waiting.push(d);
+          continue;
+        }
+        placed = true;
+      }
+      this.deferred = waiting;
+      if (placed) this.normalize();
+      const next = waiting.length === 0 ? this.queued.shift() : undefined;
+      if (!next) return this.ready;
+      this.apply(next.outcome, next.edge);
+    }
+  }
+
+  /** The cloud's next-outcome distribution; `edge` spreads the unknown mass. Needs `ready`. */
   distribution(edge: ByteDistribution): ByteDistribution {
+    if (!this.ready) throw new Error('the alignment waits for positions that have not arrived (settle first)');
     const out = new Float64Array(BYTE_OUTCOMES);
     let total = this.unknown;
     for (let i = 0; i < BYTE_OUTCOMES; i++) out[i] = this.unknown * (edge[i] as number);
@@ -82,6 +138,11 @@ export class CloudAlignment {
 
   /** Conditions on the outcome that came; `edge` is the edge distribution it was drawn against. */
   push(outcome: number, edge: ByteDistribution): void {
+    if (!this.ready) this.queued.push({ outcome, edge });
+    else this.apply(outcome, edge);
+  }
+
+  private apply(outcome: number, edge: ByteDistribution): void {
     if (this.followFirst) {
       const follow = this.followFirst;
       if (follow.bytes[follow.matched] !== outcome) this.followFirst = undefined;
@@ -105,9 +166,10 @@ export class CloudAlignment {
     this.hypotheses = kept;
     for (const h of ended) {
       const position = this.positions[h.position] as CloudPosition;
-      if (h.token !== 'end' && h.position + 1 < this.positions.length && sameToken(position.token, h.token)) {
-        this.open(h.position + 1, h.weight);
-      } else this.unknown += h.weight;
+      if (h.token === 'end' || !sameToken(position.token, h.token)) this.unknown += h.weight;
+      else if (h.position + 1 < this.positions.length) this.open(h.position + 1, h.weight);
+      else if (this.live && !this.live.ended) this.deferred.push({ position: h.position + 1, weight: h.weight });
+      else this.unknown += h.weight;
     }
     this.normalize();
   }
@@ -126,14 +188,19 @@ export class CloudAlignment {
   }
 
   private normalize(): void {
-    const total = this.unknown + this.hypotheses.reduce((s, h) => s + h.weight, 0);
+    const total =
+      this.unknown +
+      this.hypotheses.reduce((s, h) => s + h.weight, 0) +
+      this.deferred.reduce((s, d) => s + d.weight, 0);
     if (!(total > 0)) {
       this.hypotheses = [];
+      this.deferred = [];
       this.unknown = 1;
       return;
     }
     this.unknown /= total;
     for (const h of this.hypotheses) h.weight /= total;
+    for (const d of this.deferred) d.weight /= total;
   }
 }
 

@@ -7,7 +7,7 @@
  */
 import OpenAI from 'openai';
 import { tokenTextBytes } from '@floe/model';
-import type { CloudPosition, CloudToken } from './alignment.js';
+import type { CloudPosition, CloudToken, LivePositions } from './alignment.js';
 
 export interface CloudClientOptions {
   /** e.g. http://127.0.0.1:8000/v1 */
@@ -60,6 +60,11 @@ export class CircuitBreaker {
     this.probing = false;
   }
 
+  /** A call abandoned by its caller: no verdict on the cloud, but a probe slot is free again. */
+  abandon(): void {
+    this.probing = false;
+  }
+
   failure(): void {
     this.failures++;
     this.probing = false;
@@ -77,6 +82,52 @@ export interface CloudStats {
   skipped: number;
   /** Tokens the cloud generated or scored for us. */
   tokens: number;
+}
+
+/** Why a stream ended. */
+export type StreamEnd = 'stop' | 'length' | 'failed' | 'cancelled' | 'skipped';
+
+/**
+ * A continuation streamed by the cloud: positions arrive as it decodes them. `changed()` resolves at
+ * the next arrival or the end; `cancel()` closes the connection (the cloud stops decoding).
+ */
+export class CloudStream implements LivePositions {
+  readonly positions: CloudPosition[] = [];
+  endedBy: StreamEnd | undefined;
+  readonly controller = new AbortController();
+  private waiters: (() => void)[] = [];
+
+  get ended(): boolean {
+    return this.endedBy !== undefined;
+  }
+
+  changed(): Promise<void> {
+    if (this.ended) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  cancel(): void {
+    if (!this.ended) this.end('cancelled');
+    this.controller.abort();
+  }
+
+  arrive(positions: readonly CloudPosition[]): void {
+    if (this.ended || positions.length === 0) return;
+    this.positions.push(...positions);
+    this.wake();
+  }
+
+  end(reason: StreamEnd): void {
+    if (this.ended) return;
+    this.endedBy = reason;
+    this.wake();
+  }
+
+  private wake(): void {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
 }
 
 interface LegacyLogprobs {
@@ -138,7 +189,10 @@ export class CloudClient {
       return result;
     } catch {
       // a call its caller abandoned says nothing about the cloud
-      if (signal?.aborted) return undefined;
+      if (signal?.aborted) {
+        this.breaker.abandon();
+        return undefined;
+      }
       this.stats.failures++;
       this.breaker.failure();
       return undefined;
@@ -160,6 +214,73 @@ export class CloudClient {
       this.stats.tokens += positions.length;
       return positions;
     }, signal);
+  }
+
+  /**
+   * The cloud's greedy continuation of `prompt`, streamed: up to `maxTokens` positions with their
+   * top-k, each usable as soon as it arrives. A stream that goes quiet for the client's timeout counts
+   * as a failure, as do refusals and broken connections; a cancelled one says nothing about the cloud.
+   */
+  stream(prompt: string, maxTokens: number): CloudStream {
+    const stream = new CloudStream();
+    if (!this.breaker.allow()) {
+      this.stats.skipped++;
+      stream.end('skipped');
+      return stream;
+    }
+    this.stats.calls++;
+    const timeoutMs = this.options.timeoutMs ?? 2000;
+    let quiet: NodeJS.Timeout | undefined;
+    let timedOut = false;
+    const arm = () => {
+      clearTimeout(quiet);
+      quiet = setTimeout(() => {
+        timedOut = true;
+        stream.controller.abort();
+      }, timeoutMs);
+    };
+    arm();
+    void (async () => {
+      try {
+        const chunks = await this.client.completions.create(
+          {
+            model: this.options.model,
+            prompt,
+            max_tokens: maxTokens,
+            temperature: 0,
+            logprobs: this.topK,
+            stream: true,
+          },
+          { signal: stream.controller.signal },
+        );
+        let finish: string | null | undefined;
+        for await (const chunk of chunks) {
+          arm();
+          const choice = chunk.choices[0];
+          const positions = this.positions(choice?.logprobs);
+          this.stats.tokens += positions.length;
+          stream.arrive(positions);
+          finish = choice?.finish_reason ?? finish;
+        }
+        clearTimeout(quiet);
+        this.breaker.success();
+        if (finish === 'stop' && stream.positions.length < maxTokens) {
+          // the cloud ended the text (or hit a stop): its next token is the end
+          stream.arrive([{ token: 'end', top: [{ token: 'end', logprob: 0 }] }]);
+          stream.end('stop');
+        } else stream.end('length');
+      } catch {
+        clearTimeout(quiet);
+        if (stream.endedBy === 'cancelled' && !timedOut) {
+          this.breaker.abandon();
+          return;
+        }
+        this.stats.failures++;
+        this.breaker.failure();
+        stream.end('failed');
+      }
+    })();
+    return stream;
   }
 
   /**

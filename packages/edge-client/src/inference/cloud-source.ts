@@ -4,7 +4,14 @@
  * lookahead continuation when the alignment runs out; a failed call is an error here, since there is
  * nothing to fall back on (the fused source is the one that degrades to the edge).
  */
-import { BYTE_OUTCOMES, type ByteDistribution, type ByteSession, type ByteSource, END_OF_TEXT } from '@floe/model';
+import {
+  BYTE_OUTCOMES,
+  type ByteDistribution,
+  type ByteSession,
+  type ByteSource,
+  END_OF_TEXT,
+  checkRewind,
+} from '@floe/model';
 import { CloudAlignment, alignScoredText } from './alignment.js';
 import type { CloudClient } from './cloud-client.js';
 
@@ -20,6 +27,8 @@ export class CloudByteSource implements ByteSource {
 
   start(prompt: string): Promise<ByteSession> {
     const text: number[] = [...new TextEncoder().encode(prompt)];
+    const promptLength = text.length;
+    let pushed = 0;
     let alignment: CloudAlignment | undefined;
     const { cloud, lookahead } = this;
     return Promise.resolve({
@@ -34,6 +43,13 @@ export class CloudByteSource implements ByteSource {
       push(outcome) {
         alignment?.push(outcome, UNIFORM);
         if (outcome !== END_OF_TEXT) text.push(outcome);
+        pushed++;
+      },
+      rewind(count) {
+        checkRewind(count, pushed);
+        text.length = Math.min(text.length, promptLength + count);
+        pushed = count;
+        alignment = undefined;
       },
       close() {},
     });

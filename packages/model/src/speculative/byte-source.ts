@@ -12,6 +12,7 @@ import {
   type ByteSource,
   END_OF_TEXT,
   byteDistribution,
+  checkRewind,
 } from '../next-byte.js';
 import type { DecodeBatch, OrtDecoder } from '../ort/decoder.js';
 import { ByteTokenizer, checkTokenizer } from '../tokenizer.js';
@@ -71,8 +72,12 @@ export class SpeculativeByteSource implements ByteSource {
     const config = decoder.config;
     const vocab = config.vocab_size;
     let batch: DecodeBatch | undefined = decoder.batch(1);
+    const promptBytes = new TextEncoder().encode(prompt).length;
     const history = [...new TextEncoder().encode(prompt)];
     let pending = this.tokenizer.encode(prompt, { bos: true });
+    const promptTokens = [...pending];
+    /** Tokens pushed after the prompt. */
+    const pushed: number[] = [];
     let speculation: Speculation | undefined;
 
     const distribution = (s: Speculation): ByteDistribution => {
@@ -107,6 +112,7 @@ export class SpeculativeByteSource implements ByteSource {
         stats.pushed++;
         const token = outcome === END_OF_TEXT ? config.eos_token_id : outcome;
         if (outcome !== END_OF_TEXT) history.push(outcome);
+        pushed.push(token);
         if (speculation && pending.length === 0) {
           if (speculation.used < speculation.drafts.length && speculation.drafts[speculation.used] === token) {
             speculation.used++;
@@ -118,6 +124,18 @@ export class SpeculativeByteSource implements ByteSource {
           speculation = undefined;
         }
         pending.push(token);
+      },
+      rewind(count) {
+        if (!batch) throw new Error('the session is closed');
+        checkRewind(count, pushed.length);
+        // the cache holds the sequence's start, then pending drafts; the kept part ends before the
+        // target's last token, which runs again for the distribution after it
+        const keep = Math.min(batch.lengths[0] as number, promptTokens.length + count - 1);
+        batch.truncate(0, keep);
+        pushed.length = count;
+        pending = [...promptTokens, ...pushed].slice(keep);
+        speculation = undefined;
+        history.length = promptBytes + pushed.filter((t) => t !== config.eos_token_id).length;
       },
       close() {
         batch = undefined;
