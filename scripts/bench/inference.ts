@@ -6,20 +6,32 @@
  *   log-likelihoods over the bytes), and each fusion mode, teacher-forced on windows of each client's
  *   test addresses; the uncertainty gate's curve (bits per byte against the share of positions that
  *   consult the cloud);
- * - speed: greedy generation bytes/s and per-byte latency of the edge alone and fused, with the cloud
- *   stand-in as a separate process at simulated round trips of 0, 20 and 80 ms, with lookahead (16
- *   tokens per call) and without (1), and the share of bytes that fell back to the edge.
+ * - speed: greedy generation bytes/s and per-byte latency of the edge alone (the decode engine with
+ *   the client's adapter merged, speculative with an n-gram drafter) and fused, with the cloud stand-in
+ *   as a separate process (pinned to its own core where `taskset` exists, as it would be its own
+ *   machine) at simulated round trips of 0, 20 and 80 ms: with streamed lookahead (48 tokens per call)
+ *   and without (1), with no speed floor (the default: every byte waits up to the deadline) and with a
+ *   floor at half the edge's speed, the share of bytes that fell back to the edge, and at 20 ms the
+ *   floor's whole curve;
+ * - real-time quality: bits per byte of each client's held-out text read through the fused source
+ *   under those round trips (teacher-forced: every byte waits for the cloud as in generation), against
+ *   the edge alone and offline fusion on the same bytes.
  *
  * FLOE_BENCH_WINDOWS (default 12) windows of 255 bytes per client; FLOE_BENCH_ADAPTER_STEPS (default 150).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import {
   type ByteDistribution,
+  type ByteSource,
   type LoadedCheckpoint,
   ModelByteSource,
+  NgramDrafter,
+  OrtDecoder,
   OrtLlama,
+  SpeculativeByteSource,
   generateBytes,
   loadAdapter,
   loadCheckpoint,
@@ -29,6 +41,7 @@ import type { LoraAdapter } from '@floe/shared';
 import { taskPartition } from '@floe/tasks';
 import {
   CloudClient,
+  ContinuationDrafter,
   FUSION_MODES,
   FusedByteSource,
   type FusionMode,
@@ -50,6 +63,13 @@ const ADAPTER = { rank: 8, alpha: 16, targetModules: ['q_proj', 'v_proj', 'up_pr
 const ROUND_TRIPS = [0, 20, 80] as const;
 const DEADLINE_MS = 25;
 const GENERATED_BYTES = 128;
+const LOOKAHEAD = 48;
+/** The fused source's default (no speed floor), a floor of half the edge's speed, and the floors of the curve at 20 ms. */
+const DEFAULT_FLOOR = 0;
+const HALF_SPEED = 0.5;
+const FLOORS = [0, 0.25, 0.5, 0.75];
+/** Bytes of each held-out window given as the prompt before real-time scoring. */
+const REALTIME_PROMPT = 64;
 const GATES = [0, 0.5, 1, 1.5, 2, 2.5, 3, 4];
 
 interface CloudProcess {
@@ -57,11 +77,16 @@ interface CloudProcess {
   stop(): Promise<void>;
 }
 
-/** The stand-in as its own process (`floe-cloud`), with a fixed added latency. */
+const taskset = ['/usr/bin/taskset', '/bin/taskset'].find((p) => existsSync(p));
+
+/** The stand-in as its own process (`floe-cloud`), with a fixed added latency, on the last core if it can be pinned. */
 async function startCloudProcess(latencyMs: number): Promise<CloudProcess> {
+  const pin = taskset ? [taskset, '-c', String(os.cpus().length - 1)] : [];
+  const [command, ...prefix] = [...pin, process.execPath];
   const child: ChildProcess = spawn(
-    process.execPath,
+    command,
     [
+      ...prefix,
       '--import',
       'tsx',
       '--conditions=floe-source',
@@ -219,44 +244,96 @@ export async function run(): Promise<BenchResult> {
     };
   });
 
-  // ---- speed: greedy generation after the first 64 bytes of each client's first window
-  const prompts = clients.map((c) => windowsOf(c.test.documents)[0]!.slice(0, 64));
-  const edgeSpeed = await timeGeneration(new ModelByteSource(edgeModel, 'edge', adapters[0]), prompts);
-  const fusedSpeed: Record<string, Awaited<ReturnType<typeof timeGeneration>>> = {};
-  const noLookahead: Record<string, Awaited<ReturnType<typeof timeGeneration>>> = {};
+  await edgeModel.release();
+
+  // ---- speed and real-time quality, on the decode engine with each client's adapter merged
+  const engines: { decoder: OrtDecoder; ngram: NgramDrafter }[] = [];
+  for (const [k, c] of clients.entries()) {
+    const decoder = await OrtDecoder.create(edgeCheckpoint.config, edgeCheckpoint.weights, {
+      mergedAdapter: adapters[k]!,
+    });
+    engines.push({ decoder, ngram: NgramDrafter.fromTexts(c.train.documents) });
+  }
+  const edgeOnlySource = (k: number) =>
+    new SpeculativeByteSource(engines[k]!.decoder, { drafter: engines[k]!.ngram, name: 'edge' });
+  const fusedSource = (k: number, url: string, options: { lookahead: number; minSpeedShare: number }) => {
+    const drafter = new ContinuationDrafter(engines[k]!.ngram);
+    const client = new CloudClient({ baseURL: `${url}/v1`, apiKey: 'none', model: 'floe-cloud', timeoutMs: 2000 });
+    const edge = new SpeculativeByteSource(engines[k]!.decoder, { drafter, draftLength: 8, name: 'edge' });
+    const source = new FusedByteSource(edge, client, {
+      fusion: { mode: 'entropy' },
+      deadlineMs: DEADLINE_MS,
+      drafter,
+      ...options,
+    });
+    return { source, client };
+  };
+  // greedy generation after the first 64 bytes of client 0's held-out windows, with its adapter
+  const prompts = windowsOf(clients[0]!.test.documents)
+    .slice(0, 8)
+    .map((w) => w.slice(0, 64));
+  type Timing = Awaited<ReturnType<typeof timeGeneration>> & {
+    fusedShare: number;
+    fallbackShare: number;
+    calls: number;
+  };
+  const edgeSpeed: Record<string, Awaited<ReturnType<typeof timeGeneration>>> = {};
+  const fusedSpeed: Record<string, Timing> = {};
+  const noLookahead: Record<string, Timing> = {};
+  const halfSpeed: Record<string, Timing> = {};
+  const floorCurve: (Timing & { minSpeedShare: number; shareOfEdgeSpeed: number })[] = [];
+  const realtime: Record<string, { fused: number; edge: number; offline: number; fusedShare: number }> = {};
   for (const rtt of ROUND_TRIPS) {
     const slow = await startCloudProcess(rtt);
     try {
-      for (const [lookahead, into] of [
-        [16, fusedSpeed],
-        [1, noLookahead],
-      ] as const) {
-        const client = new CloudClient({
-          baseURL: `${slow.url}/v1`,
-          apiKey: 'none',
-          model: 'floe-cloud',
-          timeoutMs: 2000,
-        });
-        const source = new FusedByteSource(new ModelByteSource(edgeModel, 'edge', adapters[0]), client, {
-          fusion: { mode: 'entropy' },
-          lookahead,
-          deadlineMs: DEADLINE_MS,
-        });
+      const timed = async (options: { lookahead: number; minSpeedShare: number }): Promise<Timing> => {
+        const { source, client } = fusedSource(0, slow.url, options);
         const timing = await timeGeneration(source, prompts);
-        into[String(rtt)] = {
+        const { positions, fused, fellBack } = source.stats;
+        return {
           ...timing,
-          fallbackShare: source.stats.fellBack / source.stats.positions,
+          fusedShare: fused / positions,
+          fallbackShare: fellBack / positions,
           calls: client.stats.calls,
         };
+      };
+      // the edge alone beside the idle cloud, then each fused setting, then the edge again: speeds drift here
+      const before = await timeGeneration(edgeOnlySource(0), prompts);
+      fusedSpeed[rtt] = await timed({ lookahead: LOOKAHEAD, minSpeedShare: DEFAULT_FLOOR });
+      noLookahead[rtt] = await timed({ lookahead: 1, minSpeedShare: DEFAULT_FLOOR });
+      halfSpeed[rtt] = await timed({ lookahead: LOOKAHEAD, minSpeedShare: HALF_SPEED });
+      if (rtt === 20) {
+        for (const floor of FLOORS) {
+          const t = await timed({ lookahead: LOOKAHEAD, minSpeedShare: floor });
+          floorCurve.push({ ...t, minSpeedShare: floor, shareOfEdgeSpeed: 0 });
+        }
+      }
+      const after = await timeGeneration(edgeOnlySource(0), prompts);
+      edgeSpeed[rtt] = { ...before, bytesPerSec: (before.bytesPerSec + after.bytesPerSec) / 2 };
+      for (const [label, t] of [
+        ['lookahead', fusedSpeed[rtt]],
+        ['no lookahead', noLookahead[rtt]],
+        ['floor at half the edge speed', halfSpeed[rtt]],
+      ] as const) {
         console.log(
-          `  fused, round trip ${rtt} ms, lookahead ${lookahead}: ${timing.bytesPerSec.toFixed(0)} bytes/s, p99 ${timing.p99.toFixed(1)} ms, fell back ${(100 * into[String(rtt)]!.fallbackShare!).toFixed(1)}%`,
+          `  round trip ${rtt} ms, ${label}: ${t.bytesPerSec.toFixed(0)} bytes/s (${(t.bytesPerSec / edgeSpeed[rtt].bytesPerSec).toFixed(2)} of the edge's ${edgeSpeed[rtt].bytesPerSec.toFixed(0)}), p99 ${t.p99.toFixed(1)} ms, fused ${(100 * t.fusedShare).toFixed(1)}%, ${t.calls} calls`,
         );
       }
+      for (const point of rtt === 20 ? floorCurve : [])
+        point.shareOfEdgeSpeed = point.bytesPerSec / edgeSpeed[rtt].bytesPerSec;
+      realtime[rtt] = await realtimeQuality(
+        clients,
+        (k) => fusedSource(k, slow.url, { lookahead: LOOKAHEAD, minSpeedShare: DEFAULT_FLOOR }).source,
+        edgeOnlySource,
+      );
+      console.log(
+        `  round trip ${rtt} ms, real time: ${realtime[rtt].fused.toFixed(3)} bits/byte (edge ${realtime[rtt].edge.toFixed(3)}, offline fusion ${realtime[rtt].offline.toFixed(3)}), fused ${(100 * realtime[rtt].fusedShare).toFixed(1)}%`,
+      );
     } finally {
       await slow.stop();
     }
   }
-  await edgeModel.release();
+  for (const { decoder } of engines) await decoder.release();
 
   const meanBitsPerByte = { edge: mean('edge'), cloud: mean('cloud'), fused: bitsPerByteByMode.entropy };
   const beatsBoth = ids.filter((id) => {
@@ -285,34 +362,55 @@ export async function run(): Promise<BenchResult> {
       fusedBeatsBothOnClients: beatsBoth,
       perClient,
       gateCurve,
+      // bytes/s of greedy generation; the edge alone measured beside each round trip's idle cloud
       tokensPerSec: {
-        edgeOnly: edgeSpeed.bytesPerSec,
-        fused: Object.fromEntries(Object.entries(fusedSpeed).map(([k, v]) => [k, v.bytesPerSec])),
+        edgeOnly: Object.values(edgeSpeed).reduce((sum, v) => sum + v.bytesPerSec, 0) / ROUND_TRIPS.length,
+        fused: byRtt(fusedSpeed, (v) => v.bytesPerSec),
       },
-      tokensPerSecNoLookahead: Object.fromEntries(Object.entries(noLookahead).map(([k, v]) => [k, v.bytesPerSec])),
+      tokensPerSecNoLookahead: byRtt(noLookahead, (v) => v.bytesPerSec),
+      edgeOnlyByRoundTrip: byRtt(edgeSpeed, (v) => v.bytesPerSec),
+      shareOfEdgeSpeed: Object.fromEntries(
+        Object.entries(fusedSpeed).map(([k, v]) => [k, v.bytesPerSec / edgeSpeed[k]!.bytesPerSec]),
+      ),
+      speedFloor: DEFAULT_FLOOR,
+      lookaheadTokens: LOOKAHEAD,
       latencyMs: {
-        edgeOnly: { p50: edgeSpeed.p50, p95: edgeSpeed.p95, p99: edgeSpeed.p99 },
-        fused: Object.fromEntries(
-          Object.entries(fusedSpeed).map(([k, v]) => [k, { p50: v.p50, p95: v.p95, p99: v.p99 }]),
-        ),
-        noLookahead: Object.fromEntries(
-          Object.entries(noLookahead).map(([k, v]) => [k, { p50: v.p50, p95: v.p95, p99: v.p99 }]),
-        ),
+        edgeOnly: byRtt(edgeSpeed, (v) => ({ p50: v.p50, p95: v.p95, p99: v.p99 })),
+        fused: byRtt(fusedSpeed, (v) => ({ p50: v.p50, p95: v.p95, p99: v.p99 })),
+        noLookahead: byRtt(noLookahead, (v) => ({ p50: v.p50, p95: v.p95, p99: v.p99 })),
       },
       deadlineMs: DEADLINE_MS,
-      fallbackShare: Object.fromEntries(Object.entries(fusedSpeed).map(([k, v]) => [k, v.fallbackShare])),
-      fallbackShareNoLookahead: Object.fromEntries(Object.entries(noLookahead).map(([k, v]) => [k, v.fallbackShare])),
-      cloudCalls: Object.fromEntries(Object.entries(fusedSpeed).map(([k, v]) => [k, v.calls])),
-      cloudCallsNoLookahead: Object.fromEntries(Object.entries(noLookahead).map(([k, v]) => [k, v.calls])),
+      fallbackShare: byRtt(fusedSpeed, (v) => v.fallbackShare),
+      fusedShare: byRtt(fusedSpeed, (v) => v.fusedShare),
+      fallbackShareNoLookahead: byRtt(noLookahead, (v) => v.fallbackShare),
+      cloudCalls: byRtt(fusedSpeed, (v) => v.calls),
+      cloudCallsNoLookahead: byRtt(noLookahead, (v) => v.calls),
+      halfSpeedFloor: byRtt(halfSpeed, (v) => ({
+        bytesPerSec: v.bytesPerSec,
+        fusedShare: v.fusedShare,
+        p99: v.p99,
+        calls: v.calls,
+      })),
+      speedFloorCurve: floorCurve.map((v) => ({
+        minSpeedShare: v.minSpeedShare,
+        bytesPerSec: v.bytesPerSec,
+        shareOfEdgeSpeed: v.shareOfEdgeSpeed,
+        fusedShare: v.fusedShare,
+        p99: v.p99,
+      })),
+      realtimeBitsPerByte: realtime,
     },
   };
 }
 
+const byRtt = <T, U>(record: Record<string, T>, pick: (v: T) => U) =>
+  Object.fromEntries(Object.entries(record).map(([k, v]) => [k, pick(v)]));
+
 /** Greedy generation of GENERATED_BYTES after each prompt: bytes/s overall and per-byte latency percentiles. */
 async function timeGeneration(
-  source: ModelByteSource<unknown> | FusedByteSource,
+  source: ByteSource,
   prompts: readonly string[],
-): Promise<{ bytesPerSec: number; p50: number; p95: number; p99: number; fallbackShare?: number; calls?: number }> {
+): Promise<{ bytesPerSec: number; p50: number; p95: number; p99: number }> {
   await generateBytes(source, prompts[0]!, { maxBytes: 8 }); // warm-up
   const gaps: number[] = [];
   let bytes = 0;
@@ -335,5 +433,50 @@ async function timeGeneration(
     p50: percentile(gaps, 0.5),
     p95: percentile(gaps, 0.95),
     p99: percentile(gaps, 0.99),
+  };
+}
+
+/**
+ * Each client's held-out windows read through a fused source under real time (each byte's
+ * distribution is what generation would have had: the cloud's when it came within the deadline and
+ * the floor, else the edge's), in bits per byte after a prompt of REALTIME_PROMPT bytes; beside the
+ * edge alone and offline fusion (one echo call) on the same bytes. Two windows per client.
+ */
+async function realtimeQuality(
+  clients: readonly { test: { documents: string[] } }[],
+  fused: (k: number) => FusedByteSource,
+  edgeOnly: (k: number) => SpeculativeByteSource,
+): Promise<{ fused: number; edge: number; offline: number; fusedShare: number }> {
+  const bits = { fused: 0, edge: 0, offline: 0 };
+  let bytes = 0;
+  let positions = 0;
+  let fusedPositions = 0;
+  for (const [k, c] of clients.entries()) {
+    const source = fused(k);
+    for (const window of windowsOf(c.test.documents).slice(0, 2)) {
+      const prompt = window.slice(0, REALTIME_PROMPT);
+      const all = new TextEncoder().encode(window);
+      const from = new TextEncoder().encode(prompt).length;
+      const edge = await edgeOnly(k).score(window);
+      const offline = await fused(k).score(window);
+      const session = await source.start(prompt);
+      for (let t = from; t < all.length; t++) {
+        const byte = all[t] as number;
+        bits.fused -= Math.log2((await session.next())[byte] as number);
+        session.push(byte);
+        bits.edge -= Math.log2(edge[t]![byte] as number);
+        bits.offline -= Math.log2(offline[t]![byte] as number);
+        bytes++;
+      }
+      session.close();
+    }
+    positions += source.stats.positions;
+    fusedPositions += source.stats.fused;
+  }
+  return {
+    fused: bits.fused / bytes,
+    edge: bits.edge / bytes,
+    offline: bits.offline / bytes,
+    fusedShare: fusedPositions / positions,
   };
 }

@@ -156,6 +156,21 @@ describe('fused generation when the cloud fails', () => {
     }
   });
 
+  it('counts a stream that goes quiet after its headers as a failure, and opens the breaker', async () => {
+    cloud.faults.set({ errorRate: 0, latencyMs: 0, streamStallMs: 1500 });
+    try {
+      const { client, source } = fusedOver(`${cloud.url}/v1`, { timeoutMs: 150, deadlineMs: 40 });
+      const fused = await generateBytes(source, PROMPT, { maxBytes: 24 });
+      expect(fused.text).toBe(edgeOnly.slice(0, fused.text.length));
+      expect(fused.bytes.length).toBe(24);
+      expect(client.stats.failures).toBe(3);
+      expect(client.breaker.state).toBe('open');
+      expect(source.stats.fused).toBe(0);
+    } finally {
+      cloud.faults.set({ streamStallMs: 0 });
+    }
+  });
+
   it('waits for a late cloud only as long as the speed floor allows', async () => {
     cloud.faults.set({ errorRate: 0, latencyMs: 300 });
     try {

@@ -142,6 +142,7 @@ export async function startCloud(overrides: Partial<CloudConfig> = {}): Promise<
     modelName: config.modelName,
     metrics,
     requestTimeoutMs: config.requestTimeoutMs,
+    streamStallMs: () => faults.current.streamStallMs,
   });
 
   await app.listen({ host: config.host, port: config.port });

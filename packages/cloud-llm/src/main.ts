@@ -75,6 +75,12 @@ const program = new Command('floe-cloud')
       .argParser(number(0, 600000)),
   )
   .addOption(
+    new Option('--stream-stall-ms <ms>', 'streamed answers go quiet this long after their headers')
+      .env('FLOE_CLOUD_STREAM_STALL_MS')
+      .default(0)
+      .argParser(number(0, 600000)),
+  )
+  .addOption(
     new Option('--error-rate <share>', 'share of requests failed on purpose')
       .env('FLOE_CLOUD_ERROR_RATE')
       .default(0)
@@ -112,6 +118,7 @@ const program = new Command('floe-cloud')
         jitterMs: options.jitterMs,
         errorRate: options.errorRate,
         errorStatus: options.errorStatus,
+        streamStallMs: options.streamStallMs,
       },
     });
     console.log(`floe-cloud: ${options.name} (${options.model}) listening on ${server.url}`);

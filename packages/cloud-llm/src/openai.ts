@@ -18,6 +18,8 @@ export interface OpenAiDeps {
   metrics: CloudMetrics;
   /** Longest a request may run before its sequences are cancelled. */
   requestTimeoutMs: number;
+  /** Milliseconds a stream stays quiet after its headers (fault injection). */
+  streamStallMs: () => number;
 }
 
 const DEFAULT_MAX_TOKENS = 16;
@@ -203,6 +205,8 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
 
     if (job.stream) {
       const sse = openStream(reply);
+      const stall = deps.streamStallMs();
+      if (stall > 0) await new Promise((resolve) => setTimeout(resolve, stall));
       await Promise.all(
         sequences.map(async (sequence, index) => {
           const finish = await forEachEvent(runChoice(sequence, tokenizer, choiceOptions(job, index)), (event) => {
@@ -287,6 +291,8 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
 
     if (job.stream) {
       const sse = openStream(reply);
+      const stall = deps.streamStallMs();
+      if (stall > 0) await new Promise((resolve) => setTimeout(resolve, stall));
       const chunk = (index: number, delta: object, tokens: ReportedToken[], finish: ChoiceFinish | null) =>
         sse.send({
           id,
@@ -377,6 +383,8 @@ function openStream(reply: FastifyReply) {
     'cache-control': 'no-cache',
     connection: 'keep-alive',
   });
+  // the status reaches the client now, not with the first token
+  reply.raw.flushHeaders();
   return {
     send(data: object) {
       if (!reply.raw.writableEnded) reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);

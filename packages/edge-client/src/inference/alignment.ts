@@ -77,7 +77,10 @@ export class CloudAlignment {
     } else this.open(0, 1);
   }
 
-  /** Share of the mass still carried by the cloud's own tokens (0 when the edge alone is left). */
+  /**
+   * Share of the mass still carried by the cloud's own tokens (0 when the edge alone is left); while
+   * mass waits for a position (not `ready`) it counts as carried, so read it after `settle()`.
+   */
   get knownShare(): number {
     const known = this.hypotheses.reduce((s, h) => s + h.weight, 0) + this.deferred.reduce((s, d) => s + d.weight, 0);
     return known / (known + this.unknown);

@@ -263,6 +263,13 @@ export class CloudClient {
           finish = choice?.finish_reason ?? finish;
         }
         clearTimeout(quiet);
+        // the client's stream ends quietly when aborted after the headers came: a cancel or our timeout
+        if (stream.controller.signal.aborted && !timedOut) {
+          this.breaker.abandon();
+          return;
+        }
+        if (timedOut || !finish)
+          throw new Error(timedOut ? 'the stream went quiet' : 'the stream ended without a finish');
         this.breaker.success();
         if (finish === 'stop' && stream.positions.length < maxTokens) {
           // the cloud ended the text (or hit a stop): its next token is the end

@@ -5,12 +5,14 @@
  *   top-k at each; CloudAlignment reads each position as it arrives and serves while the emitted
  *   bytes follow the cloud's tokens (the fused choice agrees with the cloud's far more often than with
  *   the edge's: decision 0021). A call is made again only when the text has left the continuation.
- * - Pipelining: the edge checks the cloud's continuation as it arrives, several bytes per model run,
- *   through a ContinuationDrafter given to its speculative source; edge compute overlaps the stream.
+ * - Pipelining: while a byte waits for the cloud the edge computes ahead along its own picks (kept
+ *   when they come, rewound when they do not), and it checks the cloud's continuation as it arrives,
+ *   several bytes per model run, through a ContinuationDrafter given to its speculative source.
  * - Deadline: a byte waits at most `deadlineMs` for the cloud's next position; then it comes from the
  *   edge alone. A call runs on (its answer still serves if the edge's bytes match it).
- * - Speed floor (`minSpeedShare`): waiting stops when fused generation would fall below that share of
- *   the edge's own speed, counted over the source's lifetime.
+ * - Speed floor (`minSpeedShare`, off by default): waits stop once generation would fall below that
+ *   share of the edge's own speed, counted over the source's life. Every fused byte needs the cloud,
+ *   so fusing costs speed: decision 0021 has the measured trade-off.
  * - Uncertainty gate: positions where the edge is sure (entropy below `gateBits`) do not consult the
  *   cloud.
  * - Token boundary: a call asks from the last space before the current byte and replays the bytes
@@ -37,10 +39,9 @@ export interface FusedOptions {
   /** Longest a byte waits for the cloud (ms, default 25). */
   deadlineMs?: number;
   /**
-   * Keep at least this share of the edge's own speed (0-1, default 0.5; 0: only the deadline bounds
-   * waits). A new call is asked that many edge bytes ahead of the text, so the edge computes while it
-   * flies, and a byte stops waiting once the time spent in this source would exceed the edge's compute
-   * divided by it (counted over the source's life).
+   * Keep at least this share of the edge's own speed (0-1, default 0: only the deadline bounds waits):
+   * a byte stops waiting once the time spent in this source would exceed the edge's own time for the
+   * bytes so far divided by it.
    */
   minSpeedShare?: number;
   /** Consult the cloud only where the edge's entropy is at least this many bits (default 0: always). */
@@ -52,8 +53,6 @@ export interface FusedOptions {
   /** Told the cloud's continuation, so the edge's speculative source checks it in batched runs. */
   drafter?: ContinuationDrafter;
 }
-
-const DEFAULT_SPEED_SHARE = 0.5;
 
 export interface FusedStats {
   /** Bytes produced. */
@@ -101,15 +100,13 @@ export class ContinuationDrafter implements ByteDrafter {
 
 interface Call {
   stream: CloudStream;
+  alignment: CloudAlignment;
   /** Bytes of the text its prompt holds (prompt + generated, cut at a space). */
   boundary: number;
   /** The prompt's bytes followed by the cloud's continuation as it arrives. */
   expected: number[];
   /** Stream positions already appended to `expected`. */
   seen: number;
-  sentAt: number;
-  /** Set once the text has reached the boundary. */
-  alignment: CloudAlignment | undefined;
 }
 
 /** An edge distribution computed ahead of the text, and the byte the edge itself would pick there. */
@@ -144,9 +141,8 @@ export class FusedByteSource implements ByteSource {
   readonly stats: FusedStats = emptyStats();
   /** Bytes produced and time spent in next() and push() (ms), for the speed floor. */
   private readonly clock = { bytes: 0, totalMs: 0 };
-  /** Edge milliseconds per byte, and milliseconds from a call to its first position. */
+  /** Edge milliseconds per byte (its own steps, under whatever load the machine has). */
   private readonly edgeStep = new Mean();
-  private readonly firstPosition = new Mean();
 
   constructor(
     private readonly edge: ByteSource,
@@ -157,18 +153,18 @@ export class FusedByteSource implements ByteSource {
   ) {
     this.name = `fused-${options.fusion.mode}`;
     if (options.fusion.mode === 'proxy' && !edgeBase) throw new Error('proxy-tuning needs the base edge source');
-    const share = options.minSpeedShare ?? DEFAULT_SPEED_SHARE;
+    const share = options.minSpeedShare ?? 0;
     if (!(share >= 0 && share < 1)) throw new Error(`minSpeedShare is a share in [0, 1), got ${share}`);
   }
 
   async start(prompt: string): Promise<ByteSession> {
-    const { options, cloud, stats, clock, edgeStep, firstPosition } = this;
+    const { options, cloud, stats, clock, edgeStep } = this;
     const lookahead = options.lookahead ?? 48;
     const deadlineMs = options.deadlineMs ?? 25;
     const gateBits = options.gateBits ?? 0;
     const maxBackup = options.maxBackup ?? 32;
-    const minSpeedShare = options.minSpeedShare ?? DEFAULT_SPEED_SHARE;
-    const maxAhead = options.maxAhead ?? 128;
+    const minSpeedShare = options.minSpeedShare ?? 0;
+    const maxAhead = options.maxAhead ?? 64;
     const drafter = options.drafter;
     const edge = await this.edge.start(prompt);
     const base = this.edgeBase ? await this.edgeBase.start(prompt) : undefined;
@@ -181,19 +177,38 @@ export class FusedByteSource implements ByteSource {
      * every pick but the last entry's.
      */
     let ahead: Ahead[] = [];
-    /** Calls by boundary: at most one beyond the text (asked ahead), the rest serving or stale. */
-    let calls: Call[] = [];
+    let call: Call | undefined;
     let closed = false;
 
+    /** The edge's distribution before byte i of the text (one-hot for prompt bytes, see ask). */
     const spread = (i: number): ByteDistribution =>
       i < promptLength
         ? (ONE_HOT[text[i] as number] as ByteDistribution)
         : (history[i - promptLength] as ByteDistribution);
 
+    /** Set when the edge cannot look further ahead (its context is full): it then steps only on demand. */
+    let aheadBlocked = false;
+
+    /**
+     * One more edge distribution ahead while waiting: optional, so a failure (the edge's context full)
+     * puts the edge back where it was and stops looking ahead.
+     */
+    const draftAhead = async () => {
+      try {
+        await draftOne();
+      } catch (error) {
+        if (closed) throw error;
+        aheadBlocked = true;
+        const held = history.length + ahead.length - 1;
+        edge.rewind(held);
+        base?.rewind(held);
+      }
+    };
+
     /** One more edge distribution ahead, along the edge's own pick. */
     const draftOne = async () => {
       const started = performance.now();
-      const last = ahead[ahead.length - 1];
+      const last = ahead.at(-1);
       if (last) {
         edge.push(last.byte);
         base?.push(last.byte);
@@ -205,87 +220,54 @@ export class FusedByteSource implements ByteSource {
       if (closed) throw new Error('the session is closed');
     };
 
-    /** The text's bytes from `from` on, with the edge's picks ahead of it. */
-    const predicted = (upTo: number) => [...text, ...ahead.slice(0, upTo - text.length).map((a) => a.byte)];
-
-    /** A call from the last space at or before `at` (the text plus the edge's picks up to there). */
-    const ask = (at: number): Call => {
-      const bytes = predicted(at);
-      let boundary = bytes.length;
-      for (let i = bytes.length - 1; i >= Math.max(0, bytes.length - maxBackup); i--) {
-        if (bytes[i] === 0x20) {
+    /** A call from the last space (at most maxBackup bytes back), replaying the bytes since. */
+    const ask = (): Call => {
+      let boundary = text.length;
+      for (let i = text.length - 1; i >= Math.max(0, text.length - maxBackup); i--) {
+        if (text[i] === 0x20) {
           boundary = i;
           break;
         }
       }
-      const prefix = bytes.slice(0, boundary);
+      const prefix = text.slice(0, boundary);
       const stream = cloud.stream(new TextDecoder().decode(Uint8Array.from(prefix)), lookahead);
-      const call: Call = {
-        stream,
-        boundary,
-        expected: prefix,
-        seen: 0,
-        sentAt: performance.now(),
-        alignment: undefined,
-      };
-      void stream.changed().then(() => {
-        if (stream.positions.length > 0) firstPosition.observe(performance.now() - call.sentAt);
-      });
-      calls.push(call);
-      activate();
-      return call;
-    };
-
-    /** Starts the alignment of calls the text has reached, replaying the bytes since their boundary. */
-    const activate = () => {
-      for (const call of calls) {
-        if (call.alignment || call.boundary > text.length) continue;
-        call.alignment = new CloudAlignment(call.stream.positions, call.stream);
-        for (let i = call.boundary; i < text.length; i++) call.alignment.push(text[i] as number, spread(i));
-      }
-      // a newer serving call makes the older ones useless
-      const newest = calls.filter((c) => c.alignment).at(-1);
-      for (const c of calls) if (c.alignment && c !== newest) c.stream.cancel();
-      calls = calls.filter((c) => !c.alignment || c === newest);
+      const alignment = new CloudAlignment(stream.positions, stream);
+      // prompt bytes have no edge distribution here: one-hot leaves the mass the top-k left out as it
+      // is (an approximation over at most one word, with the top-20 holding nearly all the mass)
+      for (let i = boundary; i < text.length; i++) alignment.push(text[i] as number, spread(i));
+      return { stream, alignment, boundary, expected: prefix, seen: 0 };
     };
 
     /** Extends the call's expected text with the positions that arrived, and tells the drafter. */
-    const follow = (call: Call) => {
-      const { positions } = call.stream;
-      if (call.seen === positions.length) return;
-      for (; call.seen < positions.length; call.seen++) {
-        const token = positions[call.seen]!.token;
+    const follow = (open: Call) => {
+      const { positions } = open.stream;
+      if (open.seen === positions.length) return;
+      for (; open.seen < positions.length; open.seen++) {
+        const token = positions[open.seen]!.token;
         if (token === undefined || token === 'end') break;
-        for (const byte of token) call.expected.push(byte);
+        for (const byte of token) open.expected.push(byte);
       }
-      call.seen = positions.length;
-      drafter?.expect(call.expected);
+      open.seen = positions.length;
+      drafter?.expect(open.expected);
     };
 
     /**
-     * Whether a new call would tell more than this one: it failed, or the text left its continuation
-     * and has passed a space since the call's boundary (a call from the same boundary would say the
-     * same; until the next one, the top-k's other tokens carry the word, then the edge).
+     * Whether a new call would tell more than this one: the text has left its continuation (or the
+     * stream ended, failed or was refused, and the text has used what came), and, for a text that left
+     * it, a space has come since (a call from before that space would answer what this one did; until
+     * then the top-k's other tokens carry the word, then the edge).
      */
-    const stale = (call: Call) => {
-      if (call.stream.endedBy === 'failed' || call.stream.endedBy === 'skipped') return true;
-      if (!call.alignment?.settle() || call.alignment.onContinuation) return false;
-      return text.lastIndexOf(0x20) > call.boundary;
-    };
-
-    /**
-     * How many of the edge's own bytes to emit while a new call flies: enough that waiting for it
-     * leaves the edge `minSpeedShare` of its speed (none when there is no floor).
-     */
-    const askAhead = () => {
-      if (minSpeedShare === 0 || edgeStep.value === undefined || firstPosition.value === undefined) return 0;
-      return Math.min(maxAhead, Math.round((minSpeedShare * firstPosition.value) / Math.max(edgeStep.value, 1e-3)));
+    const stale = (open: Call) => {
+      if (!open.alignment.settle() || open.alignment.onContinuation) return false;
+      if (open.stream.ended) return true;
+      let left = open.boundary;
+      while (left < text.length && left < open.expected.length && text[left] === open.expected[left]) left++;
+      return text.lastIndexOf(0x20) >= left;
     };
 
     /**
      * Milliseconds a byte may still wait under the speed floor: the edge alone would have taken its
-     * per-byte time for every byte so far (the mean of its steps here, which includes whatever the
-     * machine's load adds to them).
+     * per-byte time for every byte so far.
      */
     const floorLeft = (started: number) =>
       minSpeedShare > 0
@@ -307,53 +289,43 @@ export class FusedByteSource implements ByteSource {
           stats.gated++;
           return finish(e);
         }
-        let serving = calls.find((c) => c.alignment);
-        if (calls.some((c) => !c.alignment)) {
-          // a call asked ahead is in flight: the bytes before its boundary are the edge's, as predicted
-          stats.fellBack++;
-          return finish(e);
+        if (!call || stale(call)) {
+          call?.stream.cancel();
+          call = ask();
         }
-        if (!serving || stale(serving)) {
-          const skip = askAhead();
-          while (ahead.length < skip + 1 && ahead.at(-1)?.byte !== END_OF_TEXT) await draftOne();
-          const call = ask(text.length + Math.min(skip, ahead.length - 1));
-          if (!call.alignment) {
-            stats.fellBack++;
-            return finish(e);
-          }
-          serving = call;
-        }
-        follow(serving);
-        const alignment = serving.alignment as CloudAlignment;
+        const open = call;
+        follow(open);
         const ready = performance.now();
         // wait for the cloud within the deadline and the floor, computing ahead on the edge meanwhile
-        while (!alignment.settle()) {
+        while (!open.alignment.settle()) {
           const left = Math.min(deadlineMs - (performance.now() - ready), floorLeft(started));
           if (left <= 0) break;
           // a step started now must end within the wait: a byte waits at most the deadline plus one step
-          if (left > (edgeStep.value ?? 0) && ahead.length < maxAhead && ahead.at(-1)?.byte !== END_OF_TEXT) {
-            await draftOne();
+          const canDraft = !aheadBlocked && ahead.length < maxAhead && ahead.at(-1)?.byte !== END_OF_TEXT;
+          if (canDraft && left > (edgeStep.value ?? 0)) {
+            await draftAhead();
+            follow(open);
             continue;
           }
           let timer: NodeJS.Timeout | undefined;
-          await Promise.race([serving.stream.changed(), new Promise<void>((r) => (timer = setTimeout(r, left)))]);
+          await Promise.race([open.stream.changed(), new Promise<void>((r) => (timer = setTimeout(r, left)))]);
           clearTimeout(timer);
           if (closed) throw new Error('the session is closed');
         }
         stats.waits.push(performance.now() - ready);
-        follow(serving);
-        if (!alignment.ready || alignment.knownShare === 0) {
+        follow(open);
+        if (!open.alignment.ready || open.alignment.knownShare === 0) {
           stats.fellBack++;
           return finish(e);
         }
         stats.fused++;
-        return finish(fuse(options.fusion, e, alignment.distribution(e), b));
+        return finish(fuse(options.fusion, e, open.alignment.distribution(e), b));
       },
       push(outcome) {
         const current = ahead[0];
         if (!current) throw new Error('push follows next');
         const started = performance.now();
-        const pushed = text.length - promptLength;
+        const pushed = history.length;
         if (ahead.length === 1) {
           edge.push(outcome);
           base?.push(outcome);
@@ -367,32 +339,26 @@ export class FusedByteSource implements ByteSource {
           ahead = [];
         }
         history.push(current.edge);
-        for (const call of calls) {
-          if (call.alignment) call.alignment.push(outcome, current.edge);
-          else if (call.expected[text.length] !== outcome) call.stream.cancel();
-        }
-        calls = calls.filter((c) => c.alignment || c.stream.endedBy !== 'cancelled');
+        call?.alignment.push(outcome, current.edge);
+        if (outcome !== END_OF_TEXT) text.push(outcome);
         clock.bytes++;
-        if (outcome !== END_OF_TEXT) {
-          text.push(outcome);
-          activate();
-        }
         clock.totalMs += performance.now() - started;
       },
       rewind(count) {
         checkRewind(count, history.length);
-        for (const call of calls) call.stream.cancel();
-        calls = [];
+        call?.stream.cancel();
+        call = undefined;
         ahead = [];
         edge.rewind(count);
         base?.rewind(count);
         history.length = count;
         text.length = Math.min(text.length, promptLength + count);
+        aheadBlocked = false;
       },
       close() {
         closed = true;
-        for (const call of calls) call.stream.cancel();
-        calls = [];
+        call?.stream.cancel();
+        call = undefined;
         edge.close();
         base?.close();
       },
