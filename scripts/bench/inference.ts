@@ -259,7 +259,7 @@ export async function run(): Promise<BenchResult> {
   const fusedSource = (k: number, url: string, options: { lookahead: number; minSpeedShare: number }) => {
     const drafter = new ContinuationDrafter(engines[k]!.ngram);
     const client = new CloudClient({ baseURL: `${url}/v1`, apiKey: 'none', model: 'floe-cloud', timeoutMs: 2000 });
-    const edge = new SpeculativeByteSource(engines[k]!.decoder, { drafter, draftLength: 8, name: 'edge' });
+    const edge = new SpeculativeByteSource(engines[k]!.decoder, { drafter, name: 'edge' });
     const source = new FusedByteSource(edge, client, {
       fusion: { mode: 'entropy' },
       deadlineMs: DEADLINE_MS,

@@ -5,9 +5,9 @@
  *   top-k at each; CloudAlignment reads each position as it arrives and serves while the emitted
  *   bytes follow the cloud's tokens (the fused choice agrees with the cloud's far more often than with
  *   the edge's: decision 0021). A call is made again only when the text has left the continuation.
- * - Pipelining: while a byte waits for the cloud the edge computes ahead along its own picks (kept
- *   when they come, rewound when they do not), and it checks the cloud's continuation as it arrives,
- *   several bytes per model run, through a ContinuationDrafter given to its speculative source.
+ * - Pipelining: the edge checks the cloud's continuation as it arrives, several bytes per model run,
+ *   through a ContinuationDrafter given to its speculative source. (Computing ahead along the edge's
+ *   own picks while a byte waits was tried and removed: no faster, and a late step overran deadlines.)
  * - Deadline: a byte waits at most `deadlineMs` for the cloud's next position; then it comes from the
  *   edge alone. A call runs on (its answer still serves if the edge's bytes match it).
  * - Speed floor (`minSpeedShare`, off by default): waits stop once generation would fall below that
@@ -36,7 +36,7 @@ export interface FusedOptions {
   fusion: FusionOptions;
   /** Tokens per cloud call (default 48; 1 is a call per token, no lookahead). */
   lookahead?: number;
-  /** Longest a byte waits for the cloud (ms, default 25). */
+  /** Longest a byte takes when it waits for the cloud, its edge step included (ms, default 25). */
   deadlineMs?: number;
   /**
    * Keep at least this share of the edge's own speed (0-1, default 0: only the deadline bounds waits):
@@ -48,8 +48,6 @@ export interface FusedOptions {
   gateBits?: number;
   /** How far back (bytes) a call may move to the last space (default 32). */
   maxBackup?: number;
-  /** Edge distributions computed ahead of the text at most (default 128). */
-  maxAhead?: number;
   /** Told the cloud's continuation, so the edge's speculative source checks it in batched runs. */
   drafter?: ContinuationDrafter;
 }
@@ -109,40 +107,17 @@ interface Call {
   seen: number;
 }
 
-/** An edge distribution computed ahead of the text, and the byte the edge itself would pick there. */
-interface Ahead {
-  edge: ByteDistribution;
-  base: ByteDistribution | undefined;
-  byte: number;
-}
-
 const ONE_HOT: ByteDistribution[] = Array.from({ length: 256 }, (_, b) => {
   const d = new Float64Array(BYTE_OUTCOMES);
   d[b] = 1;
   return d;
 });
 
-function argmax(p: ByteDistribution): number {
-  let best = 0;
-  for (let i = 1; i < p.length; i++) if ((p[i] as number) > (p[best] as number)) best = i;
-  return best;
-}
-
-/** Exponentially weighted mean; undefined until observed. */
-class Mean {
-  value: number | undefined;
-  observe(x: number): void {
-    this.value = this.value === undefined ? x : 0.9 * this.value + 0.1 * x;
-  }
-}
-
 export class FusedByteSource implements ByteSource {
   readonly name: string;
   readonly stats: FusedStats = emptyStats();
-  /** Bytes produced and time spent in next() and push() (ms), for the speed floor. */
-  private readonly clock = { bytes: 0, totalMs: 0 };
-  /** Edge milliseconds per byte (its own steps, under whatever load the machine has). */
-  private readonly edgeStep = new Mean();
+  /** Time spent in next() and push(), and of it in the edge's own steps (ms), for the speed floor. */
+  private readonly clock = { totalMs: 0, edgeMs: 0 };
 
   constructor(
     private readonly edge: ByteSource,
@@ -158,13 +133,12 @@ export class FusedByteSource implements ByteSource {
   }
 
   async start(prompt: string): Promise<ByteSession> {
-    const { options, cloud, stats, clock, edgeStep } = this;
+    const { options, cloud, stats, clock } = this;
     const lookahead = options.lookahead ?? 48;
     const deadlineMs = options.deadlineMs ?? 25;
     const gateBits = options.gateBits ?? 0;
     const maxBackup = options.maxBackup ?? 32;
     const minSpeedShare = options.minSpeedShare ?? 0;
-    const maxAhead = options.maxAhead ?? 64;
     const drafter = options.drafter;
     const edge = await this.edge.start(prompt);
     const base = this.edgeBase ? await this.edgeBase.start(prompt) : undefined;
@@ -172,11 +146,7 @@ export class FusedByteSource implements ByteSource {
     const text: number[] = [...new TextEncoder().encode(prompt)];
     /** Edge distributions before each emitted byte (to replay them into a new call's alignment). */
     const history: ByteDistribution[] = [];
-    /**
-     * The edge's distributions from the current byte on, along its own picks: the edge session holds
-     * every pick but the last entry's.
-     */
-    let ahead: Ahead[] = [];
+    let current: { edge: ByteDistribution; base: ByteDistribution | undefined } | undefined;
     let call: Call | undefined;
     let closed = false;
 
@@ -185,40 +155,6 @@ export class FusedByteSource implements ByteSource {
       i < promptLength
         ? (ONE_HOT[text[i] as number] as ByteDistribution)
         : (history[i - promptLength] as ByteDistribution);
-
-    /** Set when the edge cannot look further ahead (its context is full): it then steps only on demand. */
-    let aheadBlocked = false;
-
-    /**
-     * One more edge distribution ahead while waiting: optional, so a failure (the edge's context full)
-     * puts the edge back where it was and stops looking ahead.
-     */
-    const draftAhead = async () => {
-      try {
-        await draftOne();
-      } catch (error) {
-        if (closed) throw error;
-        aheadBlocked = true;
-        const held = history.length + ahead.length - 1;
-        edge.rewind(held);
-        base?.rewind(held);
-      }
-    };
-
-    /** One more edge distribution ahead, along the edge's own pick. */
-    const draftOne = async () => {
-      const started = performance.now();
-      const last = ahead.at(-1);
-      if (last) {
-        edge.push(last.byte);
-        base?.push(last.byte);
-      }
-      const e = await edge.next();
-      const b = base ? await base.next() : undefined;
-      ahead.push({ edge: e, base: b, byte: argmax(e) });
-      edgeStep.observe(performance.now() - started);
-      if (closed) throw new Error('the session is closed');
-    };
 
     /** A call from the last space (at most maxBackup bytes back), replaying the bytes since. */
     const ask = (): Call => {
@@ -259,20 +195,16 @@ export class FusedByteSource implements ByteSource {
      */
     const stale = (open: Call) => {
       if (!open.alignment.settle() || open.alignment.onContinuation) return false;
-      if (open.stream.ended) return true;
       let left = open.boundary;
       while (left < text.length && left < open.expected.length && text[left] === open.expected[left]) left++;
+      // the text used all the answer had: a new call if no more is coming
+      if (left >= open.expected.length) return open.stream.ended;
       return text.lastIndexOf(0x20) >= left;
     };
 
-    /**
-     * Milliseconds a byte may still wait under the speed floor: the edge alone would have taken its
-     * per-byte time for every byte so far.
-     */
+    /** Milliseconds a byte may still wait under the speed floor (the edge's own steps so far, over the share). */
     const floorLeft = (started: number) =>
-      minSpeedShare > 0
-        ? ((clock.bytes + 1) * (edgeStep.value ?? 0)) / minSpeedShare - (clock.totalMs + (performance.now() - started))
-        : Infinity;
+      minSpeedShare > 0 ? clock.edgeMs / minSpeedShare - (clock.totalMs + (performance.now() - started)) : Infinity;
 
     return {
       async next() {
@@ -282,8 +214,10 @@ export class FusedByteSource implements ByteSource {
           clock.totalMs += performance.now() - started;
           return d;
         };
-        if (ahead.length === 0) await draftOne();
-        const { edge: e, base: b } = ahead[0] as Ahead;
+        const e = await edge.next();
+        const b = base ? await base.next() : undefined;
+        clock.edgeMs += performance.now() - started;
+        current = { edge: e, base: b };
         stats.positions++;
         if (gateBits > 0 && entropyBits(e) < gateBits) {
           stats.gated++;
@@ -296,17 +230,11 @@ export class FusedByteSource implements ByteSource {
         const open = call;
         follow(open);
         const ready = performance.now();
-        // wait for the cloud within the deadline and the floor, computing ahead on the edge meanwhile
+        // the deadline runs from when the byte was asked for, the edge's own step included
+        // wait for the cloud within the deadline and the floor
         while (!open.alignment.settle()) {
-          const left = Math.min(deadlineMs - (performance.now() - ready), floorLeft(started));
+          const left = Math.min(deadlineMs - (performance.now() - started), floorLeft(started));
           if (left <= 0) break;
-          // a step started now must end within the wait: a byte waits at most the deadline plus one step
-          const canDraft = !aheadBlocked && ahead.length < maxAhead && ahead.at(-1)?.byte !== END_OF_TEXT;
-          if (canDraft && left > (edgeStep.value ?? 0)) {
-            await draftAhead();
-            follow(open);
-            continue;
-          }
           let timer: NodeJS.Timeout | undefined;
           await Promise.race([open.stream.changed(), new Promise<void>((r) => (timer = setTimeout(r, left)))]);
           clearTimeout(timer);
@@ -322,38 +250,29 @@ export class FusedByteSource implements ByteSource {
         return finish(fuse(options.fusion, e, open.alignment.distribution(e), b));
       },
       push(outcome) {
-        const current = ahead[0];
         if (!current) throw new Error('push follows next');
         const started = performance.now();
-        const pushed = history.length;
-        if (ahead.length === 1) {
-          edge.push(outcome);
-          base?.push(outcome);
-          ahead = [];
-        } else if (outcome === current.byte) ahead.shift();
-        else {
-          edge.rewind(pushed);
-          base?.rewind(pushed);
-          edge.push(outcome);
-          base?.push(outcome);
-          ahead = [];
-        }
+        edge.push(outcome);
+        base?.push(outcome);
         history.push(current.edge);
-        call?.alignment.push(outcome, current.edge);
+        if (call) {
+          call.alignment.push(outcome, current.edge);
+          // the rest of a continuation the text has left is of no use: stop the cloud decoding it
+          if (call.alignment.settle() && !call.alignment.onContinuation) call.stream.cancel();
+        }
         if (outcome !== END_OF_TEXT) text.push(outcome);
-        clock.bytes++;
+        current = undefined;
         clock.totalMs += performance.now() - started;
       },
       rewind(count) {
         checkRewind(count, history.length);
         call?.stream.cancel();
         call = undefined;
-        ahead = [];
+        current = undefined;
         edge.rewind(count);
         base?.rewind(count);
         history.length = count;
         text.length = Math.min(text.length, promptLength + count);
-        aheadBlocked = false;
       },
       close() {
         closed = true;
