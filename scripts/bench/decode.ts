@@ -27,7 +27,7 @@ import {
 } from '@floe/model';
 import type { LoraAdapter } from '@floe/shared';
 import { speechTask } from '@floe/tasks';
-import type { BenchResult } from '../bench.js';
+import type { BenchResult } from '../lib/bench-report.js';
 
 const ROOT = path.join(import.meta.dirname, '..', '..');
 /** The figure issue 15 starts from: batch-1 decode of edge-small, tokens/s on this machine. */

@@ -51,7 +51,7 @@ import {
   fuse,
   initialAdapter,
 } from '@floe/edge-client';
-import type { BenchResult } from '../bench.js';
+import type { BenchResult } from '../lib/bench-report.js';
 
 const ROOT = path.join(import.meta.dirname, '..', '..');
 const EDGE = path.join(ROOT, 'models', 'edge-small');

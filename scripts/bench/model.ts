@@ -20,7 +20,7 @@ import {
   tfjsLora,
 } from '@floe/model';
 import type { LoraAdapter, LoraFactors } from '@floe/shared';
-import type { BenchResult } from '../bench.js';
+import type { BenchResult } from '../lib/bench-report.js';
 
 const LORA_RANK = 8;
 

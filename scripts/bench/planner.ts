@@ -6,7 +6,7 @@
  */
 import { TIERS, calibrate, deviceProfile, median, planRound, probeInChild } from '@floe/edge-client';
 import { architectureOf, loadCheckpoint } from '@floe/model';
-import type { BenchResult } from '../bench.js';
+import type { BenchResult } from '../lib/bench-report.js';
 
 const MODEL = 'models/edge-small';
 const SEQ = 128;

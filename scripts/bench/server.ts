@@ -22,7 +22,7 @@ import {
   toWireAdapter,
 } from '@floe/shared';
 import { type SyntheticDevice, sampleAdapter, startSyntheticDevice } from '@floe/simulator';
-import type { BenchResult } from '../bench.js';
+import type { BenchResult } from '../lib/bench-report.js';
 
 const ARCH = architectureOf(MODEL_PRESETS['edge-small']);
 const MODULES = [...LORA_MODULES];

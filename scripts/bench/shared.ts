@@ -9,7 +9,7 @@ import {
   type AdapterUpdate,
   type LoraFactors,
 } from '@floe/shared';
-import type { BenchResult } from '../bench.js';
+import type { BenchResult } from '../lib/bench-report.js';
 
 function randomFactors(rank: number, inFeatures: number, outFeatures: number): LoraFactors {
   const fill = (n: number) => Float32Array.from({ length: n }, () => Math.random() * 2 - 1);

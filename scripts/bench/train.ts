@@ -21,7 +21,7 @@ import {
   parameterCount,
   selectTfjsBackend,
 } from '@floe/model';
-import type { BenchResult } from '../bench.js';
+import type { BenchResult } from '../lib/bench-report.js';
 
 const THREADS = 2;
 
