@@ -1,2 +1,3 @@
 export * from './local-federation.js';
 export * from './synthetic-devices.js';
+export * from './report/charts.js';
