@@ -1,3 +1,4 @@
 export * from './local-federation.js';
 export * from './synthetic-devices.js';
 export * from './report/charts.js';
+export * from './report/schema.js';

@@ -1,0 +1,104 @@
+/**
+ * `report.json` of `pnpm simulate`: its schema (checked before the report is written, and by CI on the
+ * quick scenario), and the claims a report must show hold, each with the figures it rests on.
+ */
+import Type, { type Static } from 'typebox';
+
+/** Every method compared on every task. */
+export const METHODS = ['base', 'local', 'fedavg', 'hetlora', 'floe', 'cloud', 'fused', 'floe_fused'] as const;
+export type Method = (typeof METHODS)[number];
+
+const Figure = Type.Number({ description: 'a held-out metric (see the task for its direction)' });
+
+const MethodResult = Type.Object(
+  {
+    mean: Figure,
+    perClient: Type.Record(Type.String(), Figure, { description: 'client id -> held-out metric' }),
+  },
+  { additionalProperties: false },
+);
+
+const TaskResult = Type.Object(
+  {
+    metric: Type.String({ description: 'e.g. bits per byte, accuracy, exact match' }),
+    higherIsBetter: Type.Boolean(),
+    methods: Type.Object(
+      Object.fromEntries(METHODS.map((m) => [m, MethodResult])) as Record<Method, typeof MethodResult>,
+      {
+        additionalProperties: false,
+      },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export const SimulationReport = Type.Object(
+  {
+    /** The scenario as run (flags or config file, defaults filled in). */
+    config: Type.Record(Type.String(), Type.Unknown()),
+    machine: Type.Object({ cpu: Type.String(), cores: Type.Number(), memoryGiB: Type.Number(), node: Type.String() }),
+    tasks: Type.Record(Type.String(), TaskResult),
+    /** Adjusted Rand index between the server's clusters (last round, Floe) and the clients' true tasks. */
+    clusteringAri: Type.Number({ minimum: -1, maximum: 1 }),
+    /** Bytes of clients' raw data found in the frames the server received (the frame inspector). */
+    rawBytesAtServer: Type.Integer({ minimum: 0 }),
+    bytesPerClient: Type.Record(
+      Type.String(),
+      Type.Object({ sent: Type.Integer({ minimum: 0 }), received: Type.Integer({ minimum: 0 }) }),
+    ),
+    /** Wall time of each round, per federated method. */
+    roundSeconds: Type.Record(Type.String(), Type.Array(Type.Number({ minimum: 0 }))),
+  },
+  { additionalProperties: true },
+);
+export type SimulationReport = Static<typeof SimulationReport>;
+
+export interface Claim {
+  claim: string;
+  holds: boolean;
+  /** The figures behind it. */
+  detail: string;
+}
+
+const better = (higherIsBetter: boolean, a: number, b: number) => (higherIsBetter ? a > b : a < b);
+const show = (x: number) => (Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(3));
+
+/**
+ * The issue's claims on a report: Floe beats FedAvg and local-only on every task's mean; Floe with
+ * fusion beats Floe and the cloud alone on speech; clustering agreement at least `minAri`; no raw data
+ * at the server.
+ */
+export function checkClaims(report: SimulationReport, minAri = 0.8): Claim[] {
+  const claims: Claim[] = [];
+  for (const [task, result] of Object.entries(report.tasks)) {
+    const { floe, fedavg, local } = result.methods;
+    claims.push({
+      claim: `${task}: Floe beats FedAvg and local-only on the mean ${result.metric}`,
+      holds:
+        better(result.higherIsBetter, floe.mean, fedavg.mean) && better(result.higherIsBetter, floe.mean, local.mean),
+      detail: `Floe ${show(floe.mean)}, FedAvg ${show(fedavg.mean)}, local ${show(local.mean)}`,
+    });
+  }
+  const speech = report.tasks['speech'];
+  if (speech) {
+    const { floe_fused: fusedFloe, floe, cloud } = speech.methods;
+    claims.push({
+      claim: `speech: Floe with fusion beats Floe and cloud-only on ${speech.metric}`,
+      holds:
+        better(speech.higherIsBetter, fusedFloe.mean, floe.mean) &&
+        better(speech.higherIsBetter, fusedFloe.mean, cloud.mean),
+      detail: `Floe + fusion ${show(fusedFloe.mean)}, Floe ${show(floe.mean)}, cloud ${show(cloud.mean)}`,
+    });
+  }
+  claims.push({
+    claim: `clustering agrees with the true tasks (adjusted Rand index >= ${minAri})`,
+    holds: report.clusteringAri >= minAri,
+    detail: `ARI ${report.clusteringAri.toFixed(3)}`,
+  });
+  claims.push({
+    claim: 'no raw data reached the server',
+    holds: report.rawBytesAtServer === 0,
+    detail: `${report.rawBytesAtServer} bytes found`,
+  });
+  return claims;
+}

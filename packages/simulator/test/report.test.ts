@@ -1,0 +1,73 @@
+/** The simulation report's schema and the claims read from it, on reports built by hand. */
+import { describe, expect, it } from 'vitest';
+import { isValid, parse } from '@floe/shared';
+import { METHODS, type Method, SimulationReport, checkClaims } from '../src/index.js';
+
+/** A report where each method's mean is given; per-client figures equal the mean. */
+function report(
+  means: Record<string, Partial<Record<Method, number>>>,
+  extra: Partial<SimulationReport> = {},
+): SimulationReport {
+  const tasks = Object.fromEntries(
+    Object.entries(means).map(([task, given]) => [
+      task,
+      {
+        metric: task === 'speech' ? 'bits per byte' : 'accuracy',
+        higherIsBetter: task !== 'speech',
+        methods: Object.fromEntries(
+          METHODS.map((m) => {
+            const mean = given[m] ?? (task === 'speech' ? 2 : 0.5);
+            return [m, { mean, perClient: { [`${task}-0`]: mean, [`${task}-1`]: mean } }];
+          }),
+        ) as SimulationReport['tasks'][string]['methods'],
+      },
+    ]),
+  );
+  return {
+    config: { clientsPerTask: 2, rounds: 3 },
+    machine: { cpu: 'test', cores: 2, memoryGiB: 24, node: 'v20' },
+    tasks,
+    clusteringAri: 1,
+    rawBytesAtServer: 0,
+    bytesPerClient: { 'email-0': { sent: 10, received: 20 } },
+    roundSeconds: { floe: [1.5, 1.2] },
+    ...extra,
+  };
+}
+
+const good = {
+  speech: { floe: 1.7, fedavg: 1.8, local: 1.75, cloud: 1.65, floe_fused: 1.6 },
+  email: { floe: 0.93, fedavg: 0.9, local: 0.91 },
+};
+
+describe('simulation report', () => {
+  it('validates a whole report and refuses one with a method missing or unknown', () => {
+    const r = report(good);
+    expect(isValid(SimulationReport, r)).toBe(true);
+    const missing = structuredClone(r) as { tasks: Record<string, { methods: Record<string, unknown> }> };
+    delete missing.tasks['email']!.methods['hetlora'];
+    expect(() => parse(SimulationReport, missing, 'report')).toThrow(/hetlora/);
+    const unknown = structuredClone(r) as { tasks: Record<string, { methods: Record<string, unknown> }> };
+    unknown.tasks['email']!.methods['magic'] = { mean: 1, perClient: {} };
+    expect(isValid(SimulationReport, unknown)).toBe(false);
+    expect(isValid(SimulationReport, { ...r, rawBytesAtServer: -1 })).toBe(false);
+  });
+
+  it('holds every claim on a report that shows them, reading each metric in its direction', () => {
+    const claims = checkClaims(report(good));
+    expect(claims.map((c) => c.holds)).toEqual([true, true, true, true, true]);
+    expect(claims[0]!.detail).toBe('Floe 1.700, FedAvg 1.800, local 1.750');
+  });
+
+  it('fails each claim the figures do not support', () => {
+    // lower bits per byte is better: FedAvg at 1.65 beats Floe at 1.7
+    const worse = checkClaims(report({ ...good, speech: { ...good.speech, fedavg: 1.65 } }));
+    expect(worse.find((c) => c.claim.startsWith('speech: Floe beats'))!.holds).toBe(false);
+    const noFusionGain = checkClaims(report({ ...good, speech: { ...good.speech, floe_fused: 1.66 } }));
+    expect(noFusionGain.find((c) => c.claim.includes('fusion'))!.holds).toBe(false);
+    const emailTie = checkClaims(report({ ...good, email: { ...good.email, local: 0.93 } }));
+    expect(emailTie.find((c) => c.claim.startsWith('email'))!.holds).toBe(false);
+    const rest = checkClaims(report(good, { clusteringAri: 0.79, rawBytesAtServer: 16 }));
+    expect(rest.filter((c) => !c.holds).map((c) => c.detail)).toEqual(['ARI 0.790', '16 bytes found']);
+  });
+});
