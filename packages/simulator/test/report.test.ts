@@ -1,7 +1,7 @@
 /** The simulation report's schema and the claims read from it, on reports built by hand. */
 import { describe, expect, it } from 'vitest';
 import { isValid, parse } from '@floe/shared';
-import { METHODS, type Method, SimulationReport, checkClaims } from '../src/index.js';
+import { METHODS, type Method, SimulationReport, checkClaims, reportMarkdown } from '../src/index.js';
 
 /** A report where each method's mean is given; per-client figures equal the mean. */
 function report(
@@ -69,5 +69,22 @@ describe('simulation report', () => {
     expect(emailTie.find((c) => c.claim.startsWith('email'))!.holds).toBe(false);
     const rest = checkClaims(report(good, { clusteringAri: 0.79, rawBytesAtServer: 16 }));
     expect(rest.filter((c) => !c.holds).map((c) => c.detail)).toEqual(['ARI 0.790', '16 bytes found']);
+  });
+
+  it('writes the claims first, a table per task with every method and client, and links the charts', () => {
+    const r = report(good, { clusteringAri: 0.5 });
+    const md = reportMarkdown(r, checkClaims(r), { 'Metric per round': 'charts/metric.svg' });
+    expect(md.indexOf('## Claims')).toBeLessThan(md.indexOf('## speech'));
+    expect(md).toContain('**does not hold**: clustering agrees with the true tasks');
+    const speech = md.slice(md.indexOf('## speech'), md.indexOf('## email'));
+    const rows = speech
+      .split('\n')
+      .filter((l) => l.startsWith('|'))
+      .slice(2);
+    expect(rows).toHaveLength(METHODS.length);
+    // lower bits per byte is better: Floe + fusion's 1.600 is the one marked best
+    expect(rows.find((l) => l.includes('Floe + fusion'))).toContain('**1.600**');
+    expect(speech.split('\n')[2]).toContain('speech-1');
+    expect(md).toContain('![Metric per round](charts/metric.svg)');
   });
 });
