@@ -289,16 +289,26 @@ export class BatchEngine {
    * with a kept prefix one by one from it, the others as one left-padded batch.
    */
   private async prefill(sequences: Sequence[]): Promise<void> {
+    const joined: KvRow[] = [];
     const fresh: Sequence[] = [];
+    const cachedFirst: Sequence[] = [];
     for (const s of sequences) {
       const hit = s.spec.promptLogprobs ? undefined : this.lookup(s.spec.prompt);
-      if (hit) await this.prefillFrom(s, hit);
-      else fresh.push(s);
+      if (!hit) fresh.push(s);
+      else {
+        joined.push(await this.prefillFrom(s, hit));
+        cachedFirst.push(s);
+      }
     }
-    if (fresh.length > 0) await this.prefillBatch(fresh);
+    if (fresh.length > 0) joined.push(...(await this.prefillBatch(fresh)));
+    // the batch is restacked once, its rows in the order of `running`
+    const rows = this.running.length > 0 ? this.rowsOf(this.running.map(() => true)) : [];
+    this.running.push(...cachedFirst, ...fresh);
+    this.batch = this.model.stackRows([...rows, ...joined]);
   }
 
-  private async prefillFrom(s: Sequence, hit: { length: number; row: KvRow }): Promise<void> {
+  /** Prefills a prompt from its cached prefix and emits its first token; returns its cache row. */
+  private async prefillFrom(s: Sequence, hit: { length: number; row: KvRow }): Promise<KvRow> {
     const { prompt } = s.spec;
     const past = this.model.stackRows([truncateRow(hit.row, hit.length, headDim(this.model.config))]);
     const started = performance.now();
@@ -309,17 +319,14 @@ export class BatchEngine {
     this.options.onRun?.('prefill', 1, (performance.now() - started) / 1000);
     this.options.onPrefill?.(prompt.length, hit.length);
     const V = this.model.config.vocab_size;
-    const rows = this.running.length > 0 ? this.rowsOf(this.running.map(() => true)) : [];
     s.cached = prompt.length;
-    rows.push(this.model.cacheRow(out.cache, 0, prompt.length));
     const last = prompt.length - hit.length - 1;
     this.emit(s, out.logits.subarray(last * V, (last + 1) * V));
-    this.running.push(s);
-    this.batch = this.model.stackRows(rows);
+    return this.model.cacheRow(out.cache, 0, prompt.length);
   }
 
-  /** Runs new prompts as one left-padded batch. */
-  private async prefillBatch(sequences: Sequence[]): Promise<void> {
+  /** Runs new prompts as one left-padded batch and emits their first tokens; returns their cache rows. */
+  private async prefillBatch(sequences: Sequence[]): Promise<KvRow[]> {
     const width = Math.max(...sequences.map((s) => s.spec.prompt.length));
     const pad = this.model.config.pad_token_id;
     const ids = sequences.map((s) => [...new Array<number>(width - s.spec.prompt.length).fill(pad), ...s.spec.prompt]);
@@ -332,8 +339,7 @@ export class BatchEngine {
     this.options.onRun?.('prefill', sequences.length, (performance.now() - started) / 1000);
     for (const s of sequences) this.options.onPrefill?.(s.spec.prompt.length, 0);
     const V = this.model.config.vocab_size;
-    const rows = this.running.length > 0 ? this.rowsOf(this.running.map(() => true)) : [];
-    sequences.forEach((s, b) => {
+    return sequences.map((s, b) => {
       const { prompt } = s.spec;
       const at = (t: number) => out.logits.subarray((b * width + t) * V, (b * width + t + 1) * V);
       if (s.spec.promptLogprobs) {
@@ -344,11 +350,9 @@ export class BatchEngine {
         s.push({ type: 'prompt', steps });
       }
       s.cached = prompt.length;
-      rows.push(this.model.cacheRow(out.cache, b, prompt.length));
       this.emit(s, at(width - 1));
+      return this.model.cacheRow(out.cache, b, prompt.length);
     });
-    this.running.push(...sequences);
-    this.batch = this.model.stackRows(rows);
   }
 
   /** One token for every running sequence (each has one pending: the finished have left the batch). */

@@ -84,6 +84,14 @@ export interface CloudStats {
   tokens: number;
 }
 
+/** The position after the cloud ended its text: the end, surely. */
+const END_POSITION: CloudPosition = { token: 'end', top: [{ token: 'end', logprob: 0 }] };
+
+/** Whether an answer of `positions` of at most `maxTokens` ended because the cloud ended the text (or hit a stop). */
+function endsText(finish: string | null | undefined, positions: number, maxTokens: number): boolean {
+  return finish === 'stop' && positions < maxTokens;
+}
+
 /** Why a stream ended. */
 export type StreamEnd = 'stop' | 'length' | 'failed' | 'cancelled' | 'skipped';
 
@@ -177,7 +185,7 @@ export class CloudClient {
   }
 
   /** Runs one call through the breaker; undefined when it is open or the call fails. */
-  private async guarded<T>(call: () => Promise<T>, signal?: AbortSignal): Promise<T | undefined> {
+  private async guarded<T>(call: () => Promise<T>): Promise<T | undefined> {
     if (!this.breaker.allow()) {
       this.stats.skipped++;
       return undefined;
@@ -188,11 +196,6 @@ export class CloudClient {
       this.breaker.success();
       return result;
     } catch {
-      // a call its caller abandoned says nothing about the cloud
-      if (signal?.aborted) {
-        this.breaker.abandon();
-        return undefined;
-      }
       this.stats.failures++;
       this.breaker.failure();
       return undefined;
@@ -200,20 +203,20 @@ export class CloudClient {
   }
 
   /** The cloud's greedy continuation of `prompt`, `maxTokens` positions with their top-k. */
-  continuation(prompt: string, maxTokens: number, signal?: AbortSignal): Promise<CloudPosition[] | undefined> {
+  continuation(prompt: string, maxTokens: number): Promise<CloudPosition[] | undefined> {
     return this.guarded(async () => {
-      const completion = await this.client.completions.create(
-        { model: this.options.model, prompt, max_tokens: maxTokens, temperature: 0, logprobs: this.topK },
-        { signal },
-      );
+      const completion = await this.client.completions.create({
+        model: this.options.model,
+        prompt,
+        max_tokens: maxTokens,
+        temperature: 0,
+        logprobs: this.topK,
+      });
       const positions = this.positions(completion.choices[0]?.logprobs);
-      if (completion.choices[0]?.finish_reason === 'stop' && positions.length < maxTokens) {
-        // the cloud ended the text (or hit a stop): its next token is the end
-        positions.push({ token: 'end', top: [{ token: 'end', logprob: 0 }] });
-      }
+      if (endsText(completion.choices[0]?.finish_reason, positions.length, maxTokens)) positions.push(END_POSITION);
       this.stats.tokens += positions.length;
       return positions;
-    }, signal);
+    });
   }
 
   /**
@@ -262,23 +265,19 @@ export class CloudClient {
           stream.arrive(positions);
           finish = choice?.finish_reason ?? finish;
         }
+        // the client's stream ends quietly when aborted after the headers came (a cancel or our
+        // timeout), so an answer without its finish is judged below like any broken one
+        if (!finish) throw new Error('the stream ended without a finish');
         clearTimeout(quiet);
-        // the client's stream ends quietly when aborted after the headers came: a cancel or our timeout
-        if (stream.controller.signal.aborted && !timedOut) {
-          this.breaker.abandon();
-          return;
-        }
-        if (timedOut || !finish)
-          throw new Error(timedOut ? 'the stream went quiet' : 'the stream ended without a finish');
         this.breaker.success();
-        if (finish === 'stop' && stream.positions.length < maxTokens) {
-          // the cloud ended the text (or hit a stop): its next token is the end
-          stream.arrive([{ token: 'end', top: [{ token: 'end', logprob: 0 }] }]);
+        if (endsText(finish, stream.positions.length, maxTokens)) {
+          stream.arrive([END_POSITION]);
           stream.end('stop');
         } else stream.end('length');
       } catch {
         clearTimeout(quiet);
-        if (stream.endedBy === 'cancelled' && !timedOut) {
+        // a stream its caller cancelled says nothing about the cloud, but frees a probe
+        if (stream.controller.signal.aborted && !timedOut) {
           this.breaker.abandon();
           return;
         }

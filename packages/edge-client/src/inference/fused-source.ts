@@ -8,8 +8,8 @@
  * - Pipelining: the edge checks the cloud's continuation as it arrives, several bytes per model run,
  *   through a ContinuationDrafter given to its speculative source. (Computing ahead along the edge's
  *   own picks while a byte waits was tried and removed: no faster, and a late step overran deadlines.)
- * - Deadline: a byte waits at most `deadlineMs` for the cloud's next position; then it comes from the
- *   edge alone. A call runs on (its answer still serves if the edge's bytes match it).
+ * - Deadline: a byte that waits for the cloud takes at most `deadlineMs`, its edge step included; then
+ *   it comes from the edge alone. A call runs on (its answer still serves if the edge's bytes match it).
  * - Speed floor (`minSpeedShare`, off by default): waits stop once generation would fall below that
  *   share of the edge's own speed, counted over the source's life. Every fused byte needs the cloud,
  *   so fusing costs speed: decision 0021 has the measured trade-off.
@@ -142,8 +142,8 @@ export class FusedByteSource implements ByteSource {
     const drafter = options.drafter;
     const edge = await this.edge.start(prompt);
     const base = this.edgeBase ? await this.edgeBase.start(prompt) : undefined;
-    const promptLength = new TextEncoder().encode(prompt).length;
     const text: number[] = [...new TextEncoder().encode(prompt)];
+    const promptLength = text.length;
     /** Edge distributions before each emitted byte (to replay them into a new call's alignment). */
     const history: ByteDistribution[] = [];
     let current: { edge: ByteDistribution; base: ByteDistribution | undefined } | undefined;
@@ -230,8 +230,7 @@ export class FusedByteSource implements ByteSource {
         const open = call;
         follow(open);
         const ready = performance.now();
-        // the deadline runs from when the byte was asked for, the edge's own step included
-        // wait for the cloud within the deadline and the floor
+        // wait for the cloud within the deadline (from when the byte was asked for) and the floor
         while (!open.alignment.settle()) {
           const left = Math.min(deadlineMs - (performance.now() - started), floorLeft(started));
           if (left <= 0) break;

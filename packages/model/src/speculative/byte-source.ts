@@ -72,8 +72,8 @@ export class SpeculativeByteSource implements ByteSource {
     const config = decoder.config;
     const vocab = config.vocab_size;
     let batch: DecodeBatch | undefined = decoder.batch(1);
-    const promptBytes = new TextEncoder().encode(prompt).length;
     const history = [...new TextEncoder().encode(prompt)];
+    const promptBytes = history.length;
     let pending = this.tokenizer.encode(prompt, { bos: true });
     const promptTokens = [...pending];
     /** Tokens pushed after the prompt. */

@@ -56,11 +56,16 @@ export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   }
 }
 
+/** Rows with the panel title of their task: the task and its metric's name. */
+function withMetric<T extends { task: string }>(rows: readonly T[], metrics: Record<string, string>) {
+  return rows.map((r) => ({ ...r, metric: `${r.task}: ${metrics[r.task] ?? 'metric'}` }));
+}
+
 /** Metric per round, one line per method, one panel per task (each task its own scale and metric). */
 export function metricPerRound(points: readonly RoundPoint[], metrics: Record<string, string>): TopLevelSpec {
   return {
     title: 'Held-out metric per round',
-    data: { values: points.map((p) => ({ ...p, metric: `${p.task}: ${metrics[p.task] ?? 'metric'}` })) },
+    data: { values: withMetric(points, metrics) },
     facet: { column: { field: 'metric', type: 'nominal', title: null } },
     spec: {
       width: WIDTH,
@@ -80,7 +85,7 @@ export function metricPerRound(points: readonly RoundPoint[], metrics: Record<st
 export function perClient(points: readonly ClientPoint[], metrics: Record<string, string>): TopLevelSpec {
   return {
     title: 'Held-out metric per client',
-    data: { values: points.map((p) => ({ ...p, metric: `${p.task}: ${metrics[p.task] ?? 'metric'}` })) },
+    data: { values: withMetric(points, metrics) },
     facet: { row: { field: 'metric', type: 'nominal', title: null } },
     spec: {
       width: { step: 9 },
