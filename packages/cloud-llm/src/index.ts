@@ -3,3 +3,4 @@ export * from './engine.js';
 export * from './faults.js';
 export * from './choice.js';
 export { chatPrompt } from './openai.js';
+export * from './process.js';

@@ -29,6 +29,11 @@ export interface DeviceOptions {
   data: string | LocalData;
   /** A simulated class of device; its compute and link are emulated on this host. */
   tier?: string | undefined;
+  /**
+   * Runs this many times slower than its plan assumes (>= 1; a simulated busy or throttled device, a
+   * straggler): the plan does not know, the round's deadline does.
+   */
+  throttle?: number;
   profile?: ProfileOverrides;
   /** Join this job (default: the first running job over this device's base model). */
   job?: string | undefined;
@@ -44,6 +49,13 @@ export interface DeviceOptions {
   waitForJobMs?: number;
   /** Sees every frame the device sends, as it leaves. */
   onFrameSent?: (event: string, frame: Uint8Array) => void;
+  /** Sees every local training step of every round. */
+  onStep?: (round: number, step: number, loss: number) => void;
+  /**
+   * Fine-tune the cluster's final adapter on local data when that validates better (default true);
+   * false keeps the federation's adapter as it is.
+   */
+  personalize?: boolean;
 }
 
 export interface RoundReport extends RoundSent {
@@ -182,7 +194,7 @@ export async function startDevice(options: DeviceOptions): Promise<Device> {
     seqLen,
     microBatch: plan.microBatch,
     threads,
-    slowdown: emulate ? plan.estimates.slowdown : 1,
+    slowdown: (emulate ? plan.estimates.slowdown : 1) * Math.max(1, options.throttle ?? 1),
   });
   let lastLocal: RoundReport | undefined;
   const participant = new LoraParticipant({
@@ -191,6 +203,9 @@ export async function startDevice(options: DeviceOptions): Promise<Device> {
     seed: 0,
     baseModelSha256: sha256,
     ...(emulate ? { emulateLink: { uplinkMbps: profile.uplinkMbps, downlinkMbps: profile.downlinkMbps } } : {}),
+    ...(options.onStep
+      ? { onStep: (start: RoundStart, step: number, loss: number) => options.onStep?.(start.round, step, loss) }
+      : {}),
   });
   const client = new FederationClient({
     serverUrl: options.serverUrl,
@@ -244,12 +259,15 @@ export async function startDevice(options: DeviceOptions): Promise<Device> {
       rank: lastLocal.start.config.rank,
       ...(plan.plan.layers ? { layers: plan.plan.layers } : {}),
     });
-    const personalization = await personalize(trainer, cluster, {
-      steps: spec.localSteps,
-      batchSize: spec.batchSize,
-      learningRate: spec.learningRate,
-      seed: 1,
-    });
+    const personalization: Personalization =
+      options.personalize === false
+        ? { adapter: cluster, rule: 'cluster' }
+        : await personalize(trainer, cluster, {
+            steps: spec.localSteps,
+            batchSize: spec.batchSize,
+            learningRate: spec.learningRate,
+            seed: 1,
+          });
     const adapterDir = await store.savePersonalAdapter(jobId, personalization.adapter, spec.baseModel.id);
     const [base, personalized] = [await trainer.evaluate(), await trainer.evaluate(personalization.adapter)];
     store.updateJob(jobId, {

@@ -41,8 +41,8 @@ export interface Personalization {
   adapter: LoraAdapter;
   /** `cluster`: the cluster's final aggregate as is; `cluster+local`: then fine-tuned on local data. */
   rule: 'cluster' | 'cluster+local';
-  /** Both candidates on the validation split kept back from training, in the data's metric. */
-  validation: { metric: string; cluster: number; finetuned: number };
+  /** Both candidates on the validation split kept back from training, in the data's metric (absent when not fine-tuned). */
+  validation?: { metric: string; cluster: number; finetuned: number };
 }
 
 /**

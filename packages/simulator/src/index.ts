@@ -3,3 +3,8 @@ export * from './synthetic-devices.js';
 export * from './report/charts.js';
 export * from './report/schema.js';
 export * from './report/markdown.js';
+export * from './scenario.js';
+export * from './simulation.js';
+export * from './clients.js';
+export * from './held-out.js';
+export * from './frame-inspector.js';

@@ -1,0 +1,258 @@
+/**
+ * `pnpm simulate`: a whole hybrid federation on this machine (see simulation.ts), with a live progress
+ * display, and its report written as report.json, report.md and SVG charts.
+ *
+ *   pnpm simulate [--quick] [--config FILE] [--out DIR] [--tasks speech,email] [--rounds 3] ...
+ *   pnpm simulate check runs/<time>/report.json
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { Command, CommanderError, InvalidArgumentError, Option } from '@commander-js/extra-typings';
+import { MultiBar, Presets, type SingleBar } from 'cli-progress';
+import { markdownTable } from 'markdown-table';
+import { TIERS } from '@floe/edge-client';
+import { parse } from '@floe/shared';
+import { TASKS } from '@floe/tasks';
+import { reportMarkdown } from './report/markdown.js';
+import { renderSvg } from './report/charts.js';
+import { METHODS, SimulationReport, checkClaims } from './report/schema.js';
+import { DEFAULT_SCENARIO, QUICK_SCENARIO, Scenario } from './scenario.js';
+import { type SimulationObserver, runSimulation } from './simulation.js';
+
+class UsageError extends Error {}
+
+function number(min: number, max: number, integer = false) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
+      throw new InvalidArgumentError(`expected ${integer ? 'an integer' : 'a number'} from ${min} to ${max}`);
+    }
+    return n;
+  };
+}
+
+function list<T extends string>(known: readonly T[], what: string) {
+  return (value: string): T[] => {
+    const items = value.split(',').map((s) => s.trim());
+    const unknown = items.filter((s) => !(known as readonly string[]).includes(s));
+    if (items.length === 0 || unknown.length > 0) {
+      throw new InvalidArgumentError(`unknown ${what} ${unknown.join(',') || '(none)'}; known: ${known.join(', ')}`);
+    }
+    return items as T[];
+  };
+}
+
+/** The scenario: defaults (or quick), then the config file, then flags; checked against the schema. */
+function scenarioOf(flags: Record<string, unknown>, quick: boolean, configFile: string | undefined): Scenario {
+  let fromFile: Record<string, unknown> = {};
+  if (configFile) {
+    try {
+      fromFile = JSON.parse(readFileSync(configFile, 'utf8')) as Record<string, unknown>;
+    } catch (error) {
+      throw new UsageError(`config ${configFile}: ${(error as Error).message}`);
+    }
+    if (typeof fromFile !== 'object' || fromFile === null || Array.isArray(fromFile)) {
+      throw new UsageError(`config ${configFile}: expected a JSON object of scenario fields`);
+    }
+  }
+  const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined));
+  let scenario: Scenario;
+  try {
+    scenario = parse(Scenario, { ...(quick ? QUICK_SCENARIO : DEFAULT_SCENARIO), ...fromFile, ...given }, 'scenario');
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const unknownTiers = scenario.tiers.filter((t) => !TIERS[t]);
+  if (unknownTiers.length > 0) {
+    throw new UsageError(`unknown tier ${unknownTiers.join(',')}; known: ${Object.keys(TIERS).join(', ')}`);
+  }
+  for (const dir of [scenario.edgeModel, scenario.cloudModel]) {
+    if (!existsSync(path.join(dir, 'config.json'))) throw new UsageError(`${dir} is not a checkpoint directory`);
+  }
+  return scenario;
+}
+
+/** Per-round lines, and one bar per phase of the local steps it takes (bars only on a terminal). */
+function progressDisplay(): SimulationObserver & { stop(): void } {
+  const tty = process.stderr.isTTY === true;
+  const bars = new MultiBar(
+    { format: ' {phase} [{bar}] {value}/{total} local steps | {duration_formatted}', hideCursor: true },
+    Presets.shades_classic,
+  );
+  let bar: SingleBar | undefined;
+  const started = Date.now();
+  const stamp = () => `[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s]`;
+  return {
+    phase(name, steps) {
+      bar?.stop();
+      bars.remove(bar as SingleBar);
+      bar = undefined;
+      if (tty && steps > 0) bar = bars.create(steps, 0, { phase: name.padEnd(8) });
+      this.line(`${name}: started`);
+    },
+    step: () => bar?.increment(),
+    line(text) {
+      if (tty) bars.log(`${stamp()} ${text}\n`);
+      else console.log(`${stamp()} ${text}`);
+    },
+    stop: () => bars.stop(),
+  };
+}
+
+const figure = (x: number) => (Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(3));
+
+async function simulate(flags: Record<string, unknown>, quick: boolean, configFile?: string, out?: string) {
+  const scenario = scenarioOf(flags, quick, configFile);
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const outDir = path.resolve(out ?? path.join('runs', `simulate-${stamp}`));
+  await mkdir(path.join(outDir, 'charts'), { recursive: true });
+  const workDir = await mkdtemp(path.join(os.tmpdir(), 'floe-simulate-'));
+  const clients = scenario.tasks.length * scenario.clientsPerTask;
+  console.log(
+    `simulating ${clients} clients (${scenario.clientsPerTask} per task: ${scenario.tasks.join(', ')}; tiers ${scenario.tiers.join(', ')}), ` +
+      `${scenario.rounds} rounds x ${scenario.localSteps} local steps; methods ${METHODS.join(', ')}; report in ${outDir}`,
+  );
+  const display = progressDisplay();
+  let result;
+  try {
+    result = await runSimulation(scenario, { workDir, observer: display });
+  } finally {
+    display.stop();
+    await rm(workDir, { recursive: true, force: true });
+  }
+  const { report, claims, charts } = result;
+  const files: Record<string, string> = {};
+  for (const [name, spec] of Object.entries(charts)) {
+    const file = path.join('charts', `${name}.svg`);
+    await writeFile(path.join(outDir, file), await renderSvg(spec));
+    files[typeof spec.title === 'string' ? spec.title : name] = file;
+  }
+  await writeFile(path.join(outDir, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
+  await writeFile(path.join(outDir, 'report.md'), reportMarkdown(report, claims, files));
+
+  for (const [task, r] of Object.entries(report.tasks)) {
+    console.log(`\n${task}: ${r.metric} (${r.higherIsBetter ? 'higher' : 'lower'} is better)`);
+    console.log(markdownTable([[...METHODS], METHODS.map((m) => figure(r.methods[m].mean))]));
+  }
+  console.log(
+    `\nclustering agreement (ARI) ${report.clusteringAri.toFixed(3)}; raw data bytes at the server ${report.rawBytesAtServer}`,
+  );
+  for (const c of claims) console.log(`${c.holds ? 'holds' : 'DOES NOT HOLD'}: ${c.claim} (${c.detail})`);
+  console.log(`\nreport: ${path.join(outDir, 'report.md')}`);
+  return claims.every((c) => c.holds);
+}
+
+/** Validates a written report and checks its claims; true when all hold. */
+async function check(file: string): Promise<boolean> {
+  let value: unknown;
+  try {
+    value = JSON.parse(await readFile(file, 'utf8'));
+  } catch (error) {
+    throw new UsageError(`${file}: ${(error as Error).message}`);
+  }
+  let report: SimulationReport;
+  try {
+    report = parse(SimulationReport, value, `report ${file}`);
+  } catch (error) {
+    console.error(`simulate: ${(error as Error).message}`);
+    return false;
+  }
+  const claims = checkClaims(report);
+  for (const c of claims) console.log(`${c.holds ? 'holds' : 'DOES NOT HOLD'}: ${c.claim} (${c.detail})`);
+  return claims.every((c) => c.holds);
+}
+
+const d = DEFAULT_SCENARIO;
+const program = new Command('simulate')
+  .description(
+    'Run a whole hybrid federation here: the cloud stand-in and the coordination server as processes on loopback, ' +
+      'edge clients as worker threads, every method compared on held-out data; writes report.json, report.md and charts',
+  )
+  .option('--quick', `the CI scenario (${QUICK_SCENARIO.rounds} rounds x ${QUICK_SCENARIO.localSteps} steps)`)
+  .option('--config <file>', 'JSON file of scenario fields (flags override it)')
+  .option('--out <dir>', 'where the report goes (default runs/simulate-<time>)')
+  .option('--strict', 'exit 1 when a claim does not hold')
+  .addOption(new Option('--tasks <list>', `tasks (default ${d.tasks.join(',')})`).argParser(list(TASKS, 'task')))
+  .addOption(new Option('--clients-per-task <n>', `default ${d.clientsPerTask}`).argParser(number(2, 8, true)))
+  .addOption(
+    new Option('--tiers <list>', `device tiers dealt in turn (default ${d.tiers.join(',')})`).argParser(
+      list(Object.keys(TIERS), 'tier'),
+    ),
+  )
+  .addOption(new Option('--rounds <n>', `default ${d.rounds}`).argParser(number(1, 100, true)))
+  .addOption(new Option('--local-steps <n>', `default ${d.localSteps}`).argParser(number(1, 10_000, true)))
+  .addOption(new Option('--lr <x>', `learning rate (default ${d.learningRate})`).argParser(number(1e-8, 1)))
+  .addOption(new Option('--max-rank <n>', `default ${d.maxRank}`).argParser(number(1, 64, true)))
+  .addOption(
+    new Option('--participation <share>', 'share of clients sampled per round (default 1)').argParser(number(0.01, 1)),
+  )
+  .addOption(
+    new Option('--stragglers <share>', 'share of clients slower than planned (default 0)').argParser(number(0, 1)),
+  )
+  .addOption(new Option('--straggler-slowdown <x>', `default ${d.stragglerSlowdown}`).argParser(number(1, 1000)))
+  .addOption(
+    new Option('--dropouts <share>', 'share of clients that die mid-round and restart (default 0)').argParser(
+      number(0, 1),
+    ),
+  )
+  .addOption(
+    new Option(
+      '--mix <share>',
+      "share of a client's training data from its task's others (default 0: non-IID)",
+    ).argParser(number(0, 1)),
+  )
+  .addOption(
+    new Option('--deadline <sec>', `round deadline (default ${d.roundDeadlineSec})`).argParser(number(1, 86_400)),
+  )
+  .addOption(
+    new Option('--held-out-bytes <n>', `held-out prose per client (default ${d.heldOutBytes})`).argParser(
+      number(256, 1e9, true),
+    ),
+  )
+  .addOption(new Option('--seed <n>', 'default 0').argParser(number(0, 2 ** 31, true)))
+  .addOption(new Option('--edge-model <dir>', `default ${d.edgeModel}`))
+  .addOption(new Option('--cloud-model <dir>', `default ${d.cloudModel}`))
+  .action(async (o) => {
+    const flags = {
+      tasks: o.tasks,
+      clientsPerTask: o.clientsPerTask,
+      tiers: o.tiers,
+      rounds: o.rounds,
+      localSteps: o.localSteps,
+      learningRate: o.lr,
+      maxRank: o.maxRank,
+      participation: o.participation,
+      stragglers: o.stragglers,
+      stragglerSlowdown: o.stragglerSlowdown,
+      dropouts: o.dropouts,
+      mix: o.mix,
+      roundDeadlineSec: o.deadline,
+      heldOutBytes: o.heldOutBytes,
+      seed: o.seed,
+      edgeModel: o.edgeModel,
+      cloudModel: o.cloudModel,
+    };
+    const held = await simulate(flags, o.quick === true, o.config, o.out);
+    if (o.strict && !held) process.exitCode = 1;
+  });
+program
+  .command('check')
+  .description('validate a report.json against its schema and check the claims (exit 1 when one does not hold)')
+  .argument('<report>', 'path of report.json')
+  .action(async (file) => {
+    if (!(await check(file))) process.exitCode = 1;
+  });
+
+program.exitOverride();
+try {
+  await program.parseAsync();
+} catch (error) {
+  if (error instanceof CommanderError) process.exit(error.exitCode === 0 ? 0 : 2);
+  if (error instanceof UsageError) {
+    console.error(`simulate: ${error.message}`);
+    process.exit(2);
+  }
+  throw error;
+}

@@ -1,0 +1,160 @@
+/**
+ * One held-out evaluation for every method of a simulation, so their figures compare: the edge with
+ * any adapter, the cloud alone and the fused sources are all scored through the same windows, the same
+ * prompts and the same greedy decoding, over what each can answer:
+ * - prose: bits per byte, teacher-forced on windows of `WINDOW_BYTES` bytes (whole characters);
+ * - labels (email): the label whose bytes are the most likely after the prompt's last bytes;
+ * - answers (arithmetic): greedy exact match, byte by byte until the newline.
+ * The cloud alone is scored by its own token log-likelihoods (its tokens are not bytes), so its bits
+ * per byte are exact rather than aligned.
+ */
+import { ByteTokenizer, type ByteSource, END_OF_TEXT } from '@floe/model';
+import type { CloudClient } from '@floe/edge-client';
+import { type DataManifest, type Example, type Split, TRAINED_CONTEXT, promptRoom } from '@floe/tasks';
+
+/** Bytes per prose window: the pretraining window without its BOS. */
+export const WINDOW_BYTES = TRAINED_CONTEXT - 1;
+
+/** What a method answers with. */
+export interface HeldOutModel {
+  readonly name: string;
+  /** log2 p(continuation | prefix), teacher-forced. */
+  log2Prob(prefix: string, continuation: string): Promise<number>;
+  /** The greedy continuation of `prompt` up to (not including) `stop`, at most `maxBytes` bytes. */
+  greedy(prompt: string, maxBytes: number, stop: string): Promise<string>;
+}
+
+export interface HeldOutScore {
+  metric: DataManifest['metric'];
+  value: number;
+  higherIsBetter: boolean;
+  /** Bytes (prose) or examples scored. */
+  count: number;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** Greedy decoding from any byte source: the most likely byte (or the end) at each step. */
+async function greedyFrom(source: ByteSource, prompt: string, maxBytes: number, stop: string): Promise<string> {
+  const stopByte = encoder.encode(stop)[0];
+  const session = await source.start(prompt);
+  const out: number[] = [];
+  try {
+    while (out.length < maxBytes) {
+      const distribution = await session.next();
+      let best = 0;
+      for (let outcome = 1; outcome < distribution.length; outcome++) {
+        if ((distribution[outcome] as number) > (distribution[best] as number)) best = outcome;
+      }
+      if (best === END_OF_TEXT || best === stopByte) break;
+      out.push(best);
+      session.push(best);
+    }
+  } finally {
+    session.close();
+  }
+  return decoder.decode(Uint8Array.from(out));
+}
+
+/** A byte source (the edge with or without an adapter, a fused source) as a held-out model. */
+export function sourceModel(source: ByteSource): HeldOutModel {
+  return {
+    name: source.name,
+    async log2Prob(prefix, continuation) {
+      const from = encoder.encode(prefix).length;
+      const target = encoder.encode(prefix + continuation);
+      const distributions = await source.score(prefix + continuation);
+      let bits = 0;
+      for (let t = from; t < target.length; t++) bits += Math.log2(distributions[t]![target[t]!]!);
+      return bits;
+    },
+    greedy: (prompt, maxBytes, stop) => greedyFrom(source, prompt, maxBytes, stop),
+  };
+}
+
+/**
+ * The cloud alone: log-likelihoods from its own tokens (log p(prefix + continuation) - log p(prefix), as
+ * lm-evaluation-harness scores continuations), greedy answers through `generator` (a CloudByteSource).
+ */
+export function cloudModel(client: CloudClient, generator: ByteSource): HeldOutModel {
+  const logProb = async (text: string) => {
+    if (text.length === 0) return 0;
+    const scored = await client.score(text);
+    if (!scored) throw new Error('the cloud did not answer a scoring call');
+    return scored.logprobs.reduce<number>((sum, lp) => sum + (lp ?? 0), 0);
+  };
+  return {
+    name: 'cloud',
+    async log2Prob(prefix, continuation) {
+      const [whole, before] = await Promise.all([logProb(prefix + continuation), logProb(prefix)]);
+      return (whole - before) / Math.LN2;
+    },
+    greedy: (prompt, maxBytes, stop) => greedyFrom(generator, prompt, maxBytes, stop),
+  };
+}
+
+/** Prose cut into windows of at most `WINDOW_BYTES` bytes that end on a character boundary. */
+export function proseWindows(documents: readonly string[]): string[] {
+  const windows: string[] = [];
+  for (const doc of documents) {
+    const bytes = encoder.encode(doc);
+    for (let at = 0; at < bytes.length;) {
+      let end = Math.min(bytes.length, at + WINDOW_BYTES);
+      // back off a continuation byte (10xxxxxx) so the window holds whole characters
+      while (end < bytes.length && end > at + 1 && ((bytes[end] as number) & 0xc0) === 0x80) end--;
+      windows.push(decoder.decode(bytes.subarray(at, end)));
+      at = end;
+    }
+  }
+  return windows;
+}
+
+export interface HeldOutOptions {
+  /** Row length the adapters trained on: a labelled prompt keeps what a training row keeps of it. */
+  seqLen: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** `model` on a held-out split, in the metric its manifest names. */
+export async function scoreHeldOut(
+  model: HeldOutModel,
+  split: Split,
+  manifest: DataManifest,
+  options: HeldOutOptions,
+): Promise<HeldOutScore> {
+  if (manifest.metric === 'bits-per-byte') {
+    const windows = proseWindows(split.documents);
+    let bits = 0;
+    let bytes = 0;
+    for (const [i, window] of windows.entries()) {
+      bits -= await model.log2Prob('', window);
+      bytes += encoder.encode(window).length;
+      options.onProgress?.(i + 1, windows.length);
+    }
+    return { metric: manifest.metric, value: bits / Math.max(1, bytes), higherIsBetter: false, count: bytes };
+  }
+  const examples: readonly Example[] = split.examples ?? [];
+  if (examples.length === 0) throw new Error(`${manifest.metric} needs examples; the split holds none`);
+  let right = 0;
+  if (manifest.metric === 'label-accuracy') {
+    const labels = manifest.labels ?? [];
+    const room = promptRoom(options.seqLen, labels, new ByteTokenizer());
+    for (const [i, example] of examples.entries()) {
+      const prompt = decoder.decode(encoder.encode(example.prompt).slice(-room)).replace(/^\uFFFD+/, '');
+      const scores: number[] = [];
+      for (const label of labels) scores.push(await model.log2Prob(prompt, label));
+      // ties go to the first label, as in @floe/tasks' evaluateLabels
+      const best = scores.reduce((b, s, l) => (s > (scores[b] as number) ? l : b), 0);
+      if (labels[best] === example.answer) right++;
+      options.onProgress?.(i + 1, examples.length);
+    }
+  } else {
+    for (const [i, example] of examples.entries()) {
+      const answer = await model.greedy(example.prompt, encoder.encode(example.answer).length + 1, '\n');
+      if (answer.trim() === example.answer) right++;
+      options.onProgress?.(i + 1, examples.length);
+    }
+  }
+  return { metric: manifest.metric, value: right / examples.length, higherIsBetter: true, count: examples.length };
+}

@@ -1,0 +1,81 @@
+/**
+ * A simulation's scenario: which clients, on which devices, for how long, and what goes wrong. The
+ * defaults are the README's main job; `quick` is the CI scenario. A config file holds any subset of the
+ * fields (JSON), flags override it, and the whole is checked against this schema before anything runs.
+ */
+import Type, { type Static } from 'typebox';
+import { TIERS } from '@floe/edge-client';
+import { TASKS } from '@floe/tasks';
+
+const Share = (description: string) => Type.Number({ minimum: 0, maximum: 1, description });
+
+export const Scenario = Type.Object(
+  {
+    tasks: Type.Array(Type.Union([Type.Literal('speech'), Type.Literal('email'), Type.Literal('arithmetic')]), {
+      minItems: 1,
+      uniqueItems: true,
+      description: 'tasks whose clients take part',
+    }),
+    clientsPerTask: Type.Integer({ minimum: 2, maximum: 8, description: 'clients of each task' }),
+    tiers: Type.Array(Type.String(), {
+      minItems: 1,
+      description: `device tiers (${Object.keys(TIERS).join(', ')}), dealt in turn to each task's clients`,
+    }),
+    rounds: Type.Integer({ minimum: 1, maximum: 100 }),
+    localSteps: Type.Integer({ minimum: 1, maximum: 10_000, description: 'local steps per round' }),
+    learningRate: Type.Number({ exclusiveMinimum: 0, maximum: 1 }),
+    batchSize: Type.Integer({ minimum: 1, maximum: 256 }),
+    maxRank: Type.Integer({ minimum: 1, maximum: 64, description: 'rank of the global adapter (FedAvg trains at it)' }),
+    alpha: Type.Number({ exclusiveMinimum: 0 }),
+    targetModules: Type.Array(Type.String(), { minItems: 1, uniqueItems: true }),
+    participation: Type.Number({
+      exclusiveMinimum: 0,
+      maximum: 1,
+      description: 'share of the clients sampled for each round',
+    }),
+    stragglers: Share('share of the clients that run slower than their plan assumes'),
+    stragglerSlowdown: Type.Number({ minimum: 1, description: 'how much slower a straggler runs' }),
+    dropouts: Share('share of the clients that die in the middle of one round and restart'),
+    mix: Share("share of each client's training data drawn from its task's other clients (0: non-IID as partitioned)"),
+    roundDeadlineSec: Type.Number({ exclusiveMinimum: 0, maximum: 86_400 }),
+    heldOutBytes: Type.Integer({ minimum: 256, description: 'held-out prose scored per client (bytes)' }),
+    seed: Type.Integer({ minimum: 0 }),
+    seqLen: Type.Integer({ minimum: 16, maximum: 256, description: 'bytes per training row' }),
+    edgeModel: Type.String({ description: 'checkpoint directory of the edge model' }),
+    cloudModel: Type.String({ description: 'checkpoint directory of the cloud stand-in' }),
+  },
+  { additionalProperties: false },
+);
+export type Scenario = Static<typeof Scenario>;
+
+export const DEFAULT_SCENARIO: Scenario = {
+  tasks: [...TASKS],
+  clientsPerTask: 4,
+  tiers: ['phone-low', 'phone-high', 'laptop'],
+  rounds: 3,
+  localSteps: 20,
+  learningRate: 5e-4,
+  batchSize: 8,
+  maxRank: 8,
+  alpha: 16,
+  targetModules: ['q_proj', 'v_proj', 'up_proj', 'down_proj'],
+  participation: 1,
+  stragglers: 0,
+  stragglerSlowdown: 4,
+  dropouts: 0,
+  mix: 0,
+  roundDeadlineSec: 300,
+  heldOutBytes: 16_384,
+  seed: 0,
+  seqLen: 128,
+  edgeModel: 'models/edge-small',
+  cloudModel: 'models/cloud',
+};
+
+/** The CI scenario: the default's clients and methods, in fewer steps on less held-out prose. */
+export const QUICK_SCENARIO: Scenario = {
+  ...DEFAULT_SCENARIO,
+  rounds: 2,
+  localSteps: 12,
+  heldOutBytes: 4096,
+};

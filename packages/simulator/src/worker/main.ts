@@ -1,0 +1,161 @@
+/**
+ * A client's worker thread (see protocol.ts): runs one task and reports events to the simulation.
+ * As a device it is the real edge client (`startDevice`, as `floe-edge join` runs it) against the real
+ * server; every frame it sends is handed to the simulation's frame inspector on the way out.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { type Device, type DeviceOutcome, LocalTrainer, initialAdapter, startDevice } from '@floe/edge-client';
+import { loadCheckpoint } from '@floe/model';
+import { type LoraAdapter, fromWireAdapter } from '@floe/shared';
+import { readDataDir } from '@floe/tasks';
+import { ClientEvaluator } from '../client-evaluator.js';
+import type { FederateTask, LocalTask, ReferenceTask, WorkerEvent, WorkerScores, WorkerTask } from './protocol.js';
+
+const post = (event: WorkerEvent, transfer: ArrayBuffer[] = []) => parentPort?.postMessage(event, transfer);
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function evaluatorFor(task: WorkerTask, cloudUrl?: string) {
+  const checkpoint = await loadCheckpoint(task.client.model);
+  const data = readDataDir(task.client.dataDir);
+  return {
+    checkpoint,
+    data,
+    evaluator: new ClientEvaluator(checkpoint, data, { seqLen: task.client.seqLen, threads: 1, cloudUrl }),
+  };
+}
+
+async function federate(task: FederateTask): Promise<void> {
+  const { client } = task;
+  const { evaluator } = await evaluatorFor(task, task.cloudUrl);
+  // the figure of each round's start adapter, scored one at a time beside the training
+  let scoring = Promise.resolve();
+  const scoreRound = (round: number, adapter: LoraAdapter | undefined) => {
+    scoring = scoring.then(async () => post({ type: 'heldOut', round, value: await evaluator.edge(adapter) }));
+  };
+  let die: (() => void) | undefined;
+  const start = (): Promise<Device> =>
+    startDevice({
+      serverUrl: task.serverUrl,
+      joinToken: task.joinToken,
+      home: task.home,
+      model: client.model,
+      data: client.dataDir,
+      tier: client.tier,
+      job: task.jobId,
+      seqLen: client.seqLen,
+      threads: client.threads,
+      calibration: task.calibration,
+      evaluateRounds: false,
+      personalize: task.personalize,
+      throttle: task.throttle,
+      log: (line) => post({ type: 'log', line }),
+      onStep: (round, step, loss) => {
+        post({ type: 'step', round, step, loss });
+        if (round === task.dieAt?.round && step >= task.dieAt.step && die) die();
+      },
+      onFrameSent: (event, bytes) => {
+        const copy = bytes.slice();
+        post({ type: 'frame', event, bytes: copy }, [copy.buffer as ArrayBuffer]);
+      },
+    });
+
+  let outcome: DeviceOutcome | undefined;
+  for (let life = 0; !outcome; life++) {
+    const device = await start();
+    const { plan } = device.plan;
+    if (life === 0)
+      post({
+        type: 'plan',
+        deviceId: device.clientId,
+        rank: plan.rank,
+        layers: plan.layers ?? null,
+        microBatch: device.plan.microBatch,
+      });
+    device.client.on('round_sent', (sent) => {
+      post({
+        type: 'round',
+        round: sent.start.round,
+        rank: sent.start.config.rank,
+        clusterId: sent.start.clusterId,
+        bytesUp: sent.bytesUp,
+        bytesDown: sent.bytesDown,
+        accepted: sent.reply.type === 'update_ack' && sent.reply.accepted,
+        steps: sent.update.metrics['steps'] ?? 0,
+      });
+      scoreRound(sent.start.round, sent.start.adapter ? fromWireAdapter(sent.start.adapter) : undefined);
+    });
+    const died = new Promise<'died'>((resolve) => {
+      die = life === 0 && task.dieAt ? () => resolve('died') : undefined;
+    });
+    const ended = await Promise.race([device.finished, died]);
+    if (ended === 'died') {
+      die = undefined;
+      post({ type: 'log', line: `died in round ${task.dieAt?.round} at step ${task.dieAt?.step}; restarting` });
+      await device.stop();
+      await sleep(1000);
+      continue;
+    }
+    outcome = ended;
+    await device.stop();
+  }
+  await scoring;
+  const adapter = outcome.personalization?.adapter;
+  if (outcome.status !== 'completed' || !adapter) throw new Error(`job ${task.jobId} ended ${outcome.status}`);
+  const scores: WorkerScores = { edge: await evaluator.edge(adapter) };
+  if (task.cloudUrl) {
+    const fused = await evaluator.fused(adapter);
+    scores.fused = fused.value;
+    scores.fusedFallback = fused.fallback;
+  }
+  await evaluator.dispose();
+  post({ type: 'result', scores, ...(outcome.personalization ? { rule: outcome.personalization.rule } : {}) });
+}
+
+async function trainAlone(task: LocalTask): Promise<void> {
+  const { checkpoint, data, evaluator } = await evaluatorFor(task);
+  const trainer = new LocalTrainer({
+    checkpoint,
+    data,
+    seqLen: task.client.seqLen,
+    microBatch: task.plan.microBatch,
+    threads: task.client.threads,
+  });
+  post({ type: 'plan', rank: task.plan.rank, layers: task.plan.layers ?? null, microBatch: task.plan.microBatch });
+  let adapter = initialAdapter(
+    checkpoint.config,
+    { rank: task.plan.rank, alpha: task.alpha, targetModules: task.targetModules, layers: task.plan.layers },
+    task.seed,
+  );
+  post({ type: 'heldOut', round: 0, value: await evaluator.edge(adapter) });
+  const phases = [...Array.from({ length: task.rounds }, () => task.localSteps), task.extraSteps];
+  for (const [round, steps] of phases.entries()) {
+    if (steps === 0) continue;
+    const result = await trainer.train({
+      start: adapter,
+      steps,
+      batchSize: task.batchSize,
+      learningRate: task.learningRate,
+      seed: task.seed * 1000 + round,
+      onStep: (step, loss) => post({ type: 'step', round, step, loss }),
+    });
+    adapter = result.adapter;
+    if (round < task.rounds - 1) post({ type: 'heldOut', round: round + 1, value: await evaluator.edge(adapter) });
+  }
+  await trainer.dispose();
+  const scores: WorkerScores = { edge: await evaluator.edge(adapter) };
+  await evaluator.dispose();
+  post({ type: 'result', scores });
+}
+
+async function reference(task: ReferenceTask): Promise<void> {
+  const { evaluator } = await evaluatorFor(task, task.cloudUrl);
+  const edge = await evaluator.edge();
+  const cloud = await evaluator.cloudAlone();
+  const fused = await evaluator.fused();
+  await evaluator.dispose();
+  post({ type: 'result', scores: { edge, cloud, fused: fused.value, fusedFallback: fused.fallback } });
+}
+
+const task = workerData as WorkerTask;
+const run = { federate, local: trainAlone, reference }[task.kind] as (task: WorkerTask) => Promise<void>;
+await run(task);
