@@ -226,7 +226,7 @@ export async function runSimulation(
       FLOE_ADMIN_TOKEN: tokens.admin,
       FLOE_CREDENTIAL_SECRET: randomBytes(32).toString('hex'),
       FLOE_GATHER_MS: '60000',
-      FLOE_LOG_LEVEL: 'warn',
+      FLOE_LOG_LEVEL: 'info', // the child is ready when it logs that it listens (at info)
       FLOE_RATE_LIMIT_MESSAGES: '1000',
       FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
     });
