@@ -29,7 +29,7 @@ export async function spawnCloudProcess(
   const pin = TASKSET && options.pinToCore !== undefined ? [TASKSET, '-c', String(options.pinToCore)] : [];
   const [command, ...prefix] = [...pin, process.execPath];
   const child = spawn(
-    command as string,
+    command,
     [...prefix, ...(fromSource ? ['--import', 'tsx', '--conditions=floe-source'] : []), main, ...args],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );

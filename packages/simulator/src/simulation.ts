@@ -8,7 +8,6 @@
  * inspector.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { type CloudProcess, spawnCloudProcess } from '@floe/cloud-llm';
@@ -17,7 +16,7 @@ import { adjustedRandIndex } from '@floe/federation';
 import { architectureOf, checkpointSha256, loadCheckpoint } from '@floe/model';
 import { type ServerProcess, spawnServerProcess } from '@floe/server';
 import { type JobSpec, type JobSummary, Random, type StrategyName, parse } from '@floe/shared';
-import { type ClientData, type TaskName, taskManifest, writeDataDir } from '@floe/tasks';
+import { type ClientData, taskManifest, writeDataDir } from '@floe/tasks';
 import type { TopLevelSpec } from 'vega-lite';
 import { type HeldOutCheck, simulationClients } from './clients.js';
 import { FrameInspector } from './frame-inspector.js';

@@ -55,7 +55,7 @@ async function federate(task: FederateTask): Promise<void> {
       },
       onFrameSent: (event, bytes) => {
         const copy = bytes.slice();
-        post({ type: 'frame', event, bytes: copy }, [copy.buffer as ArrayBuffer]);
+        post({ type: 'frame', event, bytes: copy }, [copy.buffer]);
       },
     });
 
