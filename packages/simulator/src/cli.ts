@@ -117,7 +117,7 @@ async function simulate(flags: Record<string, unknown>, quick: boolean, configFi
   const display = progressDisplay();
   let result;
   try {
-    result = await runSimulation(scenario, { workDir, observer: display });
+    result = await runSimulation(scenario, { workDir, observer: display, cacheDir: path.resolve('runs', '.cache') });
   } finally {
     display.stop();
     await rm(workDir, { recursive: true, force: true });

@@ -8,3 +8,4 @@ export * from './simulation.js';
 export * from './clients.js';
 export * from './held-out.js';
 export * from './frame-inspector.js';
+export * from './client-evaluator.js';

@@ -7,11 +7,12 @@
  * splits by one evaluation (held-out.ts), and every frame a device sends goes through the frame
  * inspector.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { type CloudProcess, spawnCloudProcess } from '@floe/cloud-llm';
-import { type TrainingCost, calibrate, deviceProfile, planRound } from '@floe/edge-client';
+import { type TrainingCost, calibrate, calibrationKey, deviceProfile, planRound } from '@floe/edge-client';
 import { adjustedRandIndex } from '@floe/federation';
 import { architectureOf, checkpointSha256, loadCheckpoint } from '@floe/model';
 import { type ServerProcess, spawnServerProcess } from '@floe/server';
@@ -35,7 +36,7 @@ import {
 import { type Claim, METHODS, type Method, SimulationReport, checkClaims } from './report/schema.js';
 import type { Scenario } from './scenario.js';
 import type { ClientSpec, WorkerEvent, WorkerTask } from './worker/protocol.js';
-import { type WorkerResult, runWorker } from './worker/pool.js';
+import { ClientWorker, type WorkerResult } from './worker/pool.js';
 
 /** What a person watching a simulation sees. */
 export interface SimulationObserver {
@@ -112,7 +113,12 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, work: (item: T
 
 export async function runSimulation(
   scenario: Scenario,
-  options: { workDir: string; observer?: SimulationObserver },
+  options: {
+    workDir: string;
+    observer?: SimulationObserver;
+    /** Keeps this host's training cost between runs, as a device keeps it in its store (default: none kept). */
+    cacheDir?: string | undefined;
+  },
 ): Promise<SimulationResult> {
   const observer = options.observer ?? noObserver;
   const started = performance.now();
@@ -177,43 +183,48 @@ export async function runSimulation(
     byClient.set(client, run);
     return run;
   };
+  const workers = new Map(clients.map((c) => [c.data.id, new ClientWorker(c.data.id)]));
   const worker = (method: Method, client: SimClient, task: WorkerTask) =>
-    runWorker(task, (event) => {
-      const run = runOf(method, client.data.id);
-      if (event.type === 'step') observer.step();
-      else if (event.type === 'plan') {
-        run.deviceId = event.deviceId;
-        run.plan = { rank: event.rank, layers: event.layers, microBatch: event.microBatch };
-      } else if (event.type === 'heldOut') run.heldOut.set(event.round, event.value);
-      else if (event.type === 'round') run.rounds.push(event);
-      else if (event.type === 'frame') {
-        run.bytesSent += event.bytes.byteLength;
-        if (inspector.inspect(event.event, event.bytes) > 0) {
-          observer.line(`${client.data.id} (${method}) sent raw data in a ${event.event} frame`);
+    workers
+      .get(client.data.id)!
+      .run(task, (event) => {
+        const run = runOf(method, client.data.id);
+        if (event.type === 'step') observer.step();
+        else if (event.type === 'plan') {
+          run.deviceId = event.deviceId;
+          run.plan = { rank: event.rank, layers: event.layers, microBatch: event.microBatch };
+        } else if (event.type === 'heldOut') run.heldOut.set(event.round, event.value);
+        else if (event.type === 'round') run.rounds.push(event);
+        else if (event.type === 'frame') {
+          run.bytesSent += event.bytes.byteLength;
+          if (inspector.inspect(event.event, event.bytes) > 0) {
+            observer.line(`${client.data.id} (${method}) sent raw data in a ${event.event} frame`);
+          }
         }
-      }
-    }).then((result) => {
-      runOf(method, client.data.id).result = result;
-      return result;
-    });
-
-  const cost: TrainingCost = await timed('calibration', 0, () =>
-    calibrate({
-      model: scenario.edgeModel,
-      config: checkpoint.config,
-      seqLen,
-      targetModules: scenario.targetModules,
-      threads: 1,
-      passes: 1,
-      steps: 8,
-    }),
-  );
+      })
+      .then((result) => {
+        runOf(method, client.data.id).result = result;
+        return result;
+      });
 
   let cloud: CloudProcess | undefined;
   let server: ServerProcess | undefined;
   const jobs = new Map<FederatedMethod, JobSummary>();
   const clusters = new Map<string, number>();
   try {
+    const cost = await timed('calibration', 0, () =>
+      cachedCalibration(options.cacheDir, { sha256, seqLen, threads: 1, targetModules: scenario.targetModules }, () =>
+        calibrate({
+          model: scenario.edgeModel,
+          config: checkpoint.config,
+          seqLen,
+          targetModules: scenario.targetModules,
+          threads: 1,
+          passes: 1,
+          steps: 8,
+        }),
+      ),
+    );
     observer.line('starting the cloud stand-in and the coordination server on loopback');
     cloud = await spawnCloudProcess(['--model', scenario.cloudModel, '--host', '127.0.0.1', '--port', '0']);
     const tokens = { join: randomBytes(16).toString('hex'), admin: randomBytes(16).toString('hex') };
@@ -340,7 +351,7 @@ export async function runSimulation(
       });
     }
   } finally {
-    await Promise.all([cloud?.stop(), stopServer(server)]);
+    await Promise.all([cloud?.stop(), stopServer(server), ...[...workers.values()].map((w) => w.close())]);
   }
 
   return assemble({
@@ -354,6 +365,34 @@ export async function runSimulation(
     phaseSeconds,
     seconds: (performance.now() - started) / 1000,
   });
+}
+
+/**
+ * The training cost of this host for `workload`: measured once (as every device measures itself) and
+ * kept in `cacheDir` under the device's calibration key and the CPU, so a second run skips it.
+ */
+async function cachedCalibration(
+  cacheDir: string | undefined,
+  workload: Parameters<typeof calibrationKey>[0],
+  measure: () => Promise<TrainingCost>,
+): Promise<TrainingCost> {
+  if (!cacheDir) return measure();
+  const cpu = `${os.cpus()[0]?.model ?? ''} x${os.cpus().length}`;
+  const file = path.join(
+    cacheDir,
+    `calibration-${createHash('sha256')
+      .update(`${calibrationKey(workload)}|${cpu}`)
+      .digest('hex')
+      .slice(0, 16)}.json`,
+  );
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as TrainingCost;
+  } catch {
+    const cost = await measure();
+    await mkdir(cacheDir, { recursive: true });
+    await writeFile(file, `${JSON.stringify(cost, null, 2)}\n`);
+    return cost;
+  }
 }
 
 async function stopServer(server: ServerProcess | undefined): Promise<void> {

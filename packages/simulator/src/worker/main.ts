@@ -1,27 +1,34 @@
 /**
- * A client's worker thread (see protocol.ts): runs one task and reports events to the simulation.
+ * A client's worker thread (see protocol.ts): runs the tasks it is sent, one at a time, and reports
+ * events to the simulation. It lives as long as the simulation, so its client's model and evaluation
+ * sessions are loaded once.
  * As a device it is the real edge client (`startDevice`, as `floe-edge join` runs it) against the real
  * server; every frame it sends is handed to the simulation's frame inspector on the way out.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { type Device, type DeviceOutcome, LocalTrainer, initialAdapter, startDevice } from '@floe/edge-client';
-import { loadCheckpoint } from '@floe/model';
+import { type LoadedCheckpoint, loadCheckpoint } from '@floe/model';
 import { type LoraAdapter, fromWireAdapter } from '@floe/shared';
-import { readDataDir } from '@floe/tasks';
+import { type LocalData, readDataDir } from '@floe/tasks';
 import { ClientEvaluator } from '../client-evaluator.js';
 import type { FederateTask, LocalTask, ReferenceTask, WorkerEvent, WorkerScores, WorkerTask } from './protocol.js';
 
 const post = (event: WorkerEvent, transfer: ArrayBuffer[] = []) => parentPort?.postMessage(event, transfer);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+let loaded: { key: string; checkpoint: LoadedCheckpoint; data: LocalData; evaluator: ClientEvaluator } | undefined;
+
+/** The client's checkpoint, data and evaluator, loaded for the first task and kept. */
 async function evaluatorFor(task: WorkerTask, cloudUrl?: string) {
-  const checkpoint = await loadCheckpoint(task.client.model);
-  const data = readDataDir(task.client.dataDir);
-  return {
-    checkpoint,
-    data,
-    evaluator: new ClientEvaluator(checkpoint, data, { seqLen: task.client.seqLen, threads: 1, cloudUrl }),
-  };
+  const key = `${task.client.model}|${task.client.dataDir}|${cloudUrl ?? ''}`;
+  if (loaded?.key !== key) {
+    await loaded?.evaluator.dispose();
+    const checkpoint = await loadCheckpoint(task.client.model);
+    const data = readDataDir(task.client.dataDir);
+    const evaluator = new ClientEvaluator(checkpoint, data, { seqLen: task.client.seqLen, threads: 1, cloudUrl });
+    loaded = { key, checkpoint, data, evaluator };
+  }
+  return loaded;
 }
 
 async function federate(task: FederateTask): Promise<void> {
@@ -107,7 +114,6 @@ async function federate(task: FederateTask): Promise<void> {
     scores.fused = fused.value;
     scores.fusedFallback = fused.fallback;
   }
-  await evaluator.dispose();
   post({ type: 'result', scores, ...(outcome.personalization ? { rule: outcome.personalization.rule } : {}) });
 }
 
@@ -142,9 +148,7 @@ async function trainAlone(task: LocalTask): Promise<void> {
     if (round < task.rounds - 1) post({ type: 'heldOut', round: round + 1, value: await evaluator.edge(adapter) });
   }
   await trainer.dispose();
-  const scores: WorkerScores = { edge: await evaluator.edge(adapter) };
-  await evaluator.dispose();
-  post({ type: 'result', scores });
+  post({ type: 'result', scores: { edge: await evaluator.edge(adapter) } });
 }
 
 async function reference(task: ReferenceTask): Promise<void> {
@@ -152,10 +156,15 @@ async function reference(task: ReferenceTask): Promise<void> {
   const edge = await evaluator.edge();
   const cloud = await evaluator.cloudAlone();
   const fused = await evaluator.fused();
-  await evaluator.dispose();
   post({ type: 'result', scores: { edge, cloud, fused: fused.value, fusedFallback: fused.fallback } });
 }
 
-const task = workerData as WorkerTask;
-const run = { federate, local: trainAlone, reference }[task.kind] as (task: WorkerTask) => Promise<void>;
-await run(task);
+const runners = { federate, local: trainAlone, reference } as Record<
+  WorkerTask['kind'],
+  (task: WorkerTask) => Promise<void>
+>;
+parentPort?.on('message', (task: WorkerTask) => {
+  runners[task.kind](task).catch((error: unknown) =>
+    post({ type: 'error', message: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
+  );
+});

@@ -1,6 +1,6 @@
 /**
- * Worker threads for a simulation's clients: one per client and task, started from source (through
- * tsx) when the simulation runs from source, from the build otherwise.
+ * A client's worker thread, kept for the whole simulation and given one task at a time; started from
+ * source (through tsx) when the simulation runs from source, from the build otherwise.
  */
 import { Worker } from 'node:worker_threads';
 import type { WorkerEvent, WorkerScores, WorkerTask } from './protocol.js';
@@ -12,29 +12,62 @@ export interface WorkerResult {
   rule?: string | undefined;
 }
 
-/** Runs `task` in a worker thread; `onEvent` sees every event, the promise resolves with the result. */
-export function runWorker(task: WorkerTask, onEvent: (event: WorkerEvent) => void): Promise<WorkerResult> {
-  const main = new URL(fromSource ? './main.ts' : './main.js', import.meta.url);
-  // Node 20 does not apply --import to workers: from source, the worker registers tsx itself first
-  const worker = fromSource
-    ? new Worker(
-        `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})` +
-          `.then(({ register }) => { register(); return import(${JSON.stringify(main.href)}); })`,
-        { eval: true, workerData: task, execArgv: ['--conditions=floe-source'] },
-      )
-    : new Worker(main, { workerData: task });
-  return new Promise((resolve, reject) => {
-    let result: WorkerResult | undefined;
-    worker.on('message', (event: WorkerEvent) => {
-      if (event.type === 'result') result = { scores: event.scores, rule: event.rule };
-      onEvent(event);
+export class ClientWorker {
+  private readonly worker: Worker;
+  private current:
+    | {
+        task: WorkerTask;
+        onEvent: (event: WorkerEvent) => void;
+        resolve: (r: WorkerResult) => void;
+        reject: (e: Error) => void;
+      }
+    | undefined;
+  private failure: Error | undefined;
+
+  constructor(readonly clientId: string) {
+    const main = new URL(fromSource ? './main.ts' : './main.js', import.meta.url);
+    // Node 20 does not apply --import to workers: from source, the worker registers tsx itself first
+    this.worker = fromSource
+      ? new Worker(
+          `import(${JSON.stringify(import.meta.resolve('tsx/esm/api'))})` +
+            `.then(({ register }) => { register(); return import(${JSON.stringify(main.href)}); })`,
+          { eval: true, execArgv: ['--conditions=floe-source'] },
+        )
+      : new Worker(main);
+    this.worker.on('message', (event: WorkerEvent) => {
+      const current = this.current;
+      if (!current) return;
+      if (event.type === 'result') {
+        this.current = undefined;
+        current.resolve({ scores: event.scores, rule: event.rule });
+      } else if (event.type === 'error') {
+        this.current = undefined;
+        current.reject(new Error(`${clientId} (${current.task.kind}): ${event.message}`));
+      } else current.onEvent(event);
     });
-    worker.on('error', (error) =>
-      reject(new Error(`${task.client.id} (${task.kind}): ${error.message}`, { cause: error })),
+    const fail = (error: Error) => {
+      this.failure = error;
+      this.current?.reject(error);
+      this.current = undefined;
+    };
+    this.worker.on('error', (error) =>
+      fail(new Error(`${clientId}: worker failed: ${error.message}`, { cause: error })),
     );
-    worker.on('exit', (code) => {
-      if (result) resolve(result);
-      else reject(new Error(`${task.client.id} (${task.kind}): worker exited with ${code} before its result`));
+    this.worker.on('exit', (code) => fail(new Error(`${clientId}: worker exited with ${code}`)));
+  }
+
+  /** Runs `task` (one at a time); `onEvent` sees its events, the promise resolves with its result. */
+  run(task: WorkerTask, onEvent: (event: WorkerEvent) => void): Promise<WorkerResult> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.current) return Promise.reject(new Error(`${this.clientId}: a ${this.current.task.kind} task is running`));
+    return new Promise((resolve, reject) => {
+      this.current = { task, onEvent, resolve, reject };
+      this.worker.postMessage(task);
     });
-  });
+  }
+
+  async close(): Promise<void> {
+    this.worker.removeAllListeners('exit');
+    await this.worker.terminate();
+  }
 }

@@ -93,4 +93,6 @@ export type WorkerEvent =
   | { type: 'heldOut'; round: number; value: number }
   | { type: 'frame'; event: string; bytes: Uint8Array }
   | { type: 'log'; line: string }
-  | { type: 'result'; scores: WorkerScores; rule?: string };
+  | { type: 'result'; scores: WorkerScores; rule?: string }
+  /** The task failed; the worker waits for the next. */
+  | { type: 'error'; message: string };
