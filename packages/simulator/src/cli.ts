@@ -211,6 +211,11 @@ const program = new Command('simulate')
       number(256, 1e9, true),
     ),
   )
+  .addOption(
+    new Option('--held-out-examples <n>', `held-out examples per client (default ${d.heldOutExamples})`).argParser(
+      number(10, 1e9, true),
+    ),
+  )
   .addOption(new Option('--seed <n>', 'default 0').argParser(number(0, 2 ** 31, true)))
   .addOption(new Option('--edge-model <dir>', `default ${d.edgeModel}`))
   .addOption(new Option('--cloud-model <dir>', `default ${d.cloudModel}`))
@@ -230,6 +235,7 @@ const program = new Command('simulate')
       mix: o.mix,
       roundDeadlineSec: o.deadline,
       heldOutBytes: o.heldOutBytes,
+      heldOutExamples: o.heldOutExamples,
       seed: o.seed,
       edgeModel: o.edgeModel,
       cloudModel: o.cloudModel,

@@ -18,8 +18,10 @@ export interface ClientPlan {
    * the partition's non-IID split, 1 makes the clients of a task alike.
    */
   mix: number;
-  /** Held-out prose kept per client (bytes, whole characters); labelled examples are all kept. */
+  /** Held-out prose kept per client (bytes, whole characters). */
   heldOutBytes: number;
+  /** Held-out examples kept per client (the first ones; default all). */
+  heldOutExamples?: number;
 }
 
 export interface HeldOutCheck {
@@ -74,9 +76,12 @@ function mixed(own: Split, others: readonly Split[], mix: number, random: Random
   return { documents: [...kept, ...borrowed] };
 }
 
-/** Held-out prose cut to `bytes` (whole characters, documents in order); examples as they are. */
-function sampledTest(test: Split, bytes: number): Split {
-  if (test.examples) return test;
+/** Held-out prose cut to `bytes` (whole characters, documents in order), examples to the first `examples`. */
+function sampledTest(test: Split, bytes: number, examples = Infinity): Split {
+  if (test.examples) {
+    const kept = test.examples.slice(0, examples);
+    return { examples: kept, documents: test.documents.slice(0, kept.length) };
+  }
   const documents: string[] = [];
   let left = bytes;
   for (const doc of test.documents) {
@@ -138,5 +143,8 @@ export function simulationClients(plan: ClientPlan): { clients: ClientData[]; he
       .join('; ');
     throw new HeldOutLeakError(`${heldOut.leaks.length} held-out item(s) are in training data: ${shown}`);
   }
-  return { clients: full.map((c) => ({ ...c, test: sampledTest(c.test, plan.heldOutBytes) })), heldOut };
+  return {
+    clients: full.map((c) => ({ ...c, test: sampledTest(c.test, plan.heldOutBytes, plan.heldOutExamples) })),
+    heldOut,
+  };
 }

@@ -39,6 +39,7 @@ export const Scenario = Type.Object(
     mix: Share("share of each client's training data drawn from its task's other clients (0: non-IID as partitioned)"),
     roundDeadlineSec: Type.Number({ exclusiveMinimum: 0, maximum: 86_400 }),
     heldOutBytes: Type.Integer({ minimum: 256, description: 'held-out prose scored per client (bytes)' }),
+    heldOutExamples: Type.Integer({ minimum: 10, description: 'held-out examples scored per client (at most)' }),
     seed: Type.Integer({ minimum: 0 }),
     seqLen: Type.Integer({ minimum: 16, maximum: 256, description: 'bytes per training row' }),
     edgeModel: Type.String({ description: 'checkpoint directory of the edge model' }),
@@ -66,6 +67,7 @@ export const DEFAULT_SCENARIO: Scenario = {
   mix: 0,
   roundDeadlineSec: 300,
   heldOutBytes: 16_384,
+  heldOutExamples: 100,
   seed: 0,
   seqLen: 128,
   edgeModel: 'models/edge-small',
@@ -78,4 +80,5 @@ export const QUICK_SCENARIO: Scenario = {
   rounds: 2,
   localSteps: 12,
   heldOutBytes: 4096,
+  heldOutExamples: 40,
 };

@@ -143,6 +143,7 @@ export async function runSimulation(
     pretrainSeed: Number(checkpoint.metadata?.['seed'] ?? 0),
     mix: scenario.mix,
     heldOutBytes: scenario.heldOutBytes,
+    heldOutExamples: scenario.heldOutExamples,
   });
 
   // who is slow and who dies is drawn once, from the seed, and is the same in every method
@@ -183,7 +184,8 @@ export async function runSimulation(
     byClient.set(client, run);
     return run;
   };
-  const workers = new Map(clients.map((c) => [c.data.id, new ClientWorker(c.data.id)]));
+  // started after the calibration, which measures this host's speed and should have it to itself
+  const workers = new Map<string, ClientWorker>();
   const worker = (method: Method, client: SimClient, task: WorkerTask) =>
     workers
       .get(client.data.id)!
@@ -225,6 +227,7 @@ export async function runSimulation(
         }),
       ),
     );
+    for (const c of clients) workers.set(c.data.id, new ClientWorker(c.data.id));
     observer.line('starting the cloud stand-in and the coordination server on loopback');
     cloud = await spawnCloudProcess(['--model', scenario.cloudModel, '--host', '127.0.0.1', '--port', '0']);
     const tokens = { join: randomBytes(16).toString('hex'), admin: randomBytes(16).toString('hex') };
