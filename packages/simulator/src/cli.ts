@@ -144,7 +144,7 @@ async function simulate(flags: Record<string, unknown>, quick: boolean, configFi
   return claims.every((c) => c.holds);
 }
 
-/** Validates a written report and checks its claims; true when all hold. */
+/** Validates a written report (a mismatch is a usage error) and checks its claims; true when all hold. */
 async function check(file: string): Promise<boolean> {
   let value: unknown;
   try {
@@ -156,8 +156,7 @@ async function check(file: string): Promise<boolean> {
   try {
     report = parse(SimulationReport, value, `report ${file}`);
   } catch (error) {
-    console.error(`simulate: ${(error as Error).message}`);
-    return false;
+    throw new UsageError((error as Error).message);
   }
   const claims = checkClaims(report);
   for (const c of claims) console.log(`${c.holds ? 'holds' : 'DOES NOT HOLD'}: ${c.claim} (${c.detail})`);

@@ -36,7 +36,7 @@ import {
 import { type Claim, METHODS, type Method, SimulationReport, checkClaims } from './report/schema.js';
 import type { Scenario } from './scenario.js';
 import type { ClientSpec, WorkerEvent, WorkerTask } from './worker/protocol.js';
-import { ClientWorker, type WorkerResult } from './worker/pool.js';
+import { type WorkerResult, WorkerPool } from './worker/pool.js';
 
 /** What a person watching a simulation sees. */
 export interface SimulationObserver {
@@ -185,10 +185,10 @@ export async function runSimulation(
     return run;
   };
   // started after the calibration, which measures this host's speed and should have it to itself
-  const workers = new Map<string, ClientWorker>();
-  const worker = (method: Method, client: SimClient, task: WorkerTask) =>
-    workers
-      .get(client.data.id)!
+  let workers: WorkerPool | undefined;
+  const worker = (method: Method, client: SimClient, task: WorkerTask) => {
+    if (!workers) throw new Error('the workers have not started');
+    return workers
       .run(task, (event) => {
         const run = runOf(method, client.data.id);
         if (event.type === 'step') observer.step();
@@ -208,6 +208,7 @@ export async function runSimulation(
         runOf(method, client.data.id).result = result;
         return result;
       });
+  };
 
   let cloud: CloudProcess | undefined;
   let server: ServerProcess | undefined;
@@ -227,7 +228,7 @@ export async function runSimulation(
         }),
       ),
     );
-    for (const c of clients) workers.set(c.data.id, new ClientWorker(c.data.id));
+    workers = new WorkerPool(Math.min(clients.length, 2 * os.cpus().length));
     observer.line('starting the cloud stand-in and the coordination server on loopback');
     cloud = await spawnCloudProcess(['--model', scenario.cloudModel, '--host', '127.0.0.1', '--port', '0']);
     const tokens = { join: randomBytes(16).toString('hex'), admin: randomBytes(16).toString('hex') };
@@ -354,7 +355,7 @@ export async function runSimulation(
       });
     }
   } finally {
-    await Promise.all([cloud?.stop(), stopServer(server), ...[...workers.values()].map((w) => w.close())]);
+    await Promise.all([cloud?.stop(), stopServer(server), workers?.close()]);
   }
 
   return assemble({

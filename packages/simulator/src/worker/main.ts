@@ -1,34 +1,55 @@
 /**
- * A client's worker thread (see protocol.ts): runs the tasks it is sent, one at a time, and reports
- * events to the simulation. It lives as long as the simulation, so its client's model and evaluation
- * sessions are loaded once.
+ * A worker thread hosting some of a simulation's clients (see protocol.ts): runs the tasks it is sent,
+ * side by side (a federated round needs every device at once; ORT runs them off this thread), and
+ * reports each task's events. It lives as long as the simulation, so each client's model and
+ * evaluation sessions are loaded once.
  * As a device it is the real edge client (`startDevice`, as `floe-edge join` runs it) against the real
  * server; every frame it sends is handed to the simulation's frame inspector on the way out.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { parentPort } from 'node:worker_threads';
 import { type Device, type DeviceOutcome, LocalTrainer, initialAdapter, startDevice } from '@floe/edge-client';
 import { type LoadedCheckpoint, loadCheckpoint } from '@floe/model';
 import { type LoraAdapter, fromWireAdapter } from '@floe/shared';
 import { type LocalData, readDataDir } from '@floe/tasks';
 import { ClientEvaluator } from '../client-evaluator.js';
-import type { FederateTask, LocalTask, ReferenceTask, WorkerEvent, WorkerScores, WorkerTask } from './protocol.js';
+import type {
+  FederateTask,
+  LocalTask,
+  ReferenceTask,
+  WorkerEvent,
+  WorkerMessage,
+  WorkerScores,
+  WorkerTask,
+} from './protocol.js';
 
-const post = (event: WorkerEvent, transfer: ArrayBuffer[] = []) => parentPort?.postMessage(event, transfer);
+/** The task being run, in whose name events are posted (one per async context). */
+const taskIds = new AsyncLocalStorage<number>();
+const post = (event: WorkerEvent, transfer: ArrayBuffer[] = []) =>
+  parentPort?.postMessage({ id: taskIds.getStore(), event } satisfies WorkerMessage, transfer);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-let loaded: { key: string; checkpoint: LoadedCheckpoint; data: LocalData; evaluator: ClientEvaluator } | undefined;
+interface Loaded {
+  checkpoint: LoadedCheckpoint;
+  data: LocalData;
+  evaluator: ClientEvaluator;
+}
+const checkpoints = new Map<string, Promise<LoadedCheckpoint>>();
+const loaded = new Map<string, Loaded>();
 
-/** The client's checkpoint, data and evaluator, loaded for the first task and kept. */
-async function evaluatorFor(task: WorkerTask, cloudUrl?: string) {
-  const key = `${task.client.model}|${task.client.dataDir}|${cloudUrl ?? ''}`;
-  if (loaded?.key !== key) {
-    await loaded?.evaluator.dispose();
-    const checkpoint = await loadCheckpoint(task.client.model);
+/** The client's checkpoint, data and evaluator, loaded for its first task and kept. */
+async function evaluatorFor(task: WorkerTask, cloudUrl?: string): Promise<Loaded> {
+  const key = `${task.client.id}|${cloudUrl ?? ''}`;
+  let entry = loaded.get(key);
+  if (!entry) {
+    let checkpoint = checkpoints.get(task.client.model);
+    if (!checkpoint) checkpoints.set(task.client.model, (checkpoint = loadCheckpoint(task.client.model)));
     const data = readDataDir(task.client.dataDir);
-    const evaluator = new ClientEvaluator(checkpoint, data, { seqLen: task.client.seqLen, threads: 1, cloudUrl });
-    loaded = { key, checkpoint, data, evaluator };
+    const options = { seqLen: task.client.seqLen, threads: 1, cloudUrl };
+    entry = { checkpoint: await checkpoint, data, evaluator: new ClientEvaluator(await checkpoint, data, options) };
+    loaded.set(key, entry);
   }
-  return loaded;
+  return entry;
 }
 
 async function federate(task: FederateTask): Promise<void> {
@@ -163,8 +184,10 @@ const runners = { federate, local: trainAlone, reference } as Record<
   WorkerTask['kind'],
   (task: WorkerTask) => Promise<void>
 >;
-parentPort?.on('message', (task: WorkerTask) => {
-  runners[task.kind](task).catch((error: unknown) =>
-    post({ type: 'error', message: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
+parentPort?.on('message', ({ id, task }: { id: number; task: WorkerTask }) => {
+  void taskIds.run(id, () =>
+    runners[task.kind](task).catch((error: unknown) =>
+      post({ type: 'error', message: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
+    ),
   );
 });

@@ -1,9 +1,12 @@
 /**
- * A client's worker thread, kept for the whole simulation and given one task at a time; started from
- * source (through tsx) when the simulation runs from source, from the build otherwise.
+ * Worker threads for a simulation's clients, kept for the whole run: a few (about two per core), each
+ * hosting some of the clients and running their tasks side by side. A worker's start-up (tsx, the
+ * workspace's modules, ORT) costs seconds of CPU; one per client made start-up a minute of a 2-core
+ * run (decision 0023). Started from source (through tsx) when the simulation runs from source, from
+ * the build otherwise.
  */
 import { Worker } from 'node:worker_threads';
-import type { WorkerEvent, WorkerScores, WorkerTask } from './protocol.js';
+import type { WorkerEvent, WorkerMessage, WorkerScores, WorkerTask } from './protocol.js';
 
 const fromSource = import.meta.url.endsWith('.ts');
 
@@ -12,19 +15,19 @@ export interface WorkerResult {
   rule?: string | undefined;
 }
 
-export class ClientWorker {
-  private readonly worker: Worker;
-  private current:
-    | {
-        task: WorkerTask;
-        onEvent: (event: WorkerEvent) => void;
-        resolve: (r: WorkerResult) => void;
-        reject: (e: Error) => void;
-      }
-    | undefined;
-  private failure: Error | undefined;
+interface Pending {
+  task: WorkerTask;
+  onEvent: (event: WorkerEvent) => void;
+  resolve: (result: WorkerResult) => void;
+  reject: (error: Error) => void;
+}
 
-  constructor(readonly clientId: string) {
+class HostWorker {
+  readonly worker: Worker;
+  readonly pending = new Map<number, Pending>();
+  failure: Error | undefined;
+
+  constructor(index: number) {
     const main = new URL(fromSource ? './main.ts' : './main.js', import.meta.url);
     // Node 20 does not apply --import to workers: from source, the worker registers tsx itself first
     this.worker = fromSource
@@ -34,40 +37,58 @@ export class ClientWorker {
           { eval: true, execArgv: ['--conditions=floe-source'] },
         )
       : new Worker(main);
-    this.worker.on('message', (event: WorkerEvent) => {
-      const current = this.current;
-      if (!current) return;
+    this.worker.on('message', ({ id, event }: WorkerMessage) => {
+      const pending = id === undefined ? undefined : this.pending.get(id);
+      if (!pending || id === undefined) return;
       if (event.type === 'result') {
-        this.current = undefined;
-        current.resolve({ scores: event.scores, rule: event.rule });
+        this.pending.delete(id);
+        pending.resolve({ scores: event.scores, rule: event.rule });
       } else if (event.type === 'error') {
-        this.current = undefined;
-        current.reject(new Error(`${clientId} (${current.task.kind}): ${event.message}`));
-      } else current.onEvent(event);
+        this.pending.delete(id);
+        pending.reject(new Error(`${pending.task.client.id} (${pending.task.kind}): ${event.message}`));
+      } else pending.onEvent(event);
     });
     const fail = (error: Error) => {
       this.failure = error;
-      this.current?.reject(error);
-      this.current = undefined;
+      for (const pending of this.pending.values()) pending.reject(error);
+      this.pending.clear();
     };
-    this.worker.on('error', (error) =>
-      fail(new Error(`${clientId}: worker failed: ${error.message}`, { cause: error })),
-    );
-    this.worker.on('exit', (code) => fail(new Error(`${clientId}: worker exited with ${code}`)));
+    this.worker.on('error', (error) => fail(new Error(`worker ${index} failed: ${error.message}`, { cause: error })));
+    this.worker.on('exit', (code) => fail(new Error(`worker ${index} exited with ${code}`)));
+  }
+}
+
+export class WorkerPool {
+  private readonly hosts: HostWorker[];
+  private readonly hostOf = new Map<string, HostWorker>();
+  private nextId = 0;
+
+  constructor(size: number) {
+    this.hosts = Array.from({ length: Math.max(1, size) }, (_, i) => new HostWorker(i));
   }
 
-  /** Runs `task` (one at a time); `onEvent` sees its events, the promise resolves with its result. */
+  /** Runs `task` on its client's worker (clients are dealt to workers in turn as they first appear). */
   run(task: WorkerTask, onEvent: (event: WorkerEvent) => void): Promise<WorkerResult> {
-    if (this.failure) return Promise.reject(this.failure);
-    if (this.current) return Promise.reject(new Error(`${this.clientId}: a ${this.current.task.kind} task is running`));
+    let host = this.hostOf.get(task.client.id);
+    if (!host) {
+      host = this.hosts[this.hostOf.size % this.hosts.length];
+      this.hostOf.set(task.client.id, host);
+    }
+    if (host.failure) return Promise.reject(host.failure);
+    const id = this.nextId++;
+    const chosen = host;
     return new Promise((resolve, reject) => {
-      this.current = { task, onEvent, resolve, reject };
-      this.worker.postMessage(task);
+      chosen.pending.set(id, { task, onEvent, resolve, reject });
+      chosen.worker.postMessage({ id, task });
     });
   }
 
   async close(): Promise<void> {
-    this.worker.removeAllListeners('exit');
-    await this.worker.terminate();
+    await Promise.all(
+      this.hosts.map(async (h) => {
+        h.worker.removeAllListeners('exit');
+        await h.worker.terminate();
+      }),
+    );
   }
 }

@@ -1,6 +1,6 @@
 /**
- * What the simulation asks of a client's worker thread, and what the worker tells it back. Each client
- * of a simulation runs in its own worker: as a device in a federated job (the real edge client against
+ * What the simulation asks of a worker thread, and what the worker tells it back. Each client of a
+ * simulation lives in one worker (a worker hosts several) and runs there: as a device in a federated job (the real edge client against
  * the real server), training alone (local-only), or scoring the methods that need no training.
  */
 import type { TrainingCost } from '@floe/edge-client';
@@ -96,3 +96,9 @@ export type WorkerEvent =
   | { type: 'result'; scores: WorkerScores; rule?: string }
   /** The task failed; the worker waits for the next. */
   | { type: 'error'; message: string };
+
+/** A worker's event, in the name of the task it belongs to. */
+export interface WorkerMessage {
+  id: number | undefined;
+  event: WorkerEvent;
+}
