@@ -45,7 +45,8 @@ export const DEFAULT_CONFIG: ServerConfig = {
   logLevel: 'info',
 };
 
-const ENV: Record<keyof ServerConfig, string> = {
+/** The environment variable of each setting. */
+export const ENV_NAMES: Readonly<Record<keyof ServerConfig, string>> = {
   host: 'FLOE_HOST',
   port: 'FLOE_PORT',
   dataDir: 'FLOE_DATA_DIR',
@@ -65,7 +66,7 @@ const ENV: Record<keyof ServerConfig, string> = {
 /** DEFAULT_CONFIG with every FLOE_* variable set in `env` applied; numbers are checked. */
 export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ServerConfig {
   const config: ServerConfig = { ...DEFAULT_CONFIG };
-  for (const [key, name] of Object.entries(ENV) as [keyof ServerConfig, string][]) {
+  for (const [key, name] of Object.entries(ENV_NAMES) as [keyof ServerConfig, string][]) {
     const raw = env[name];
     if (raw === undefined || raw === '') continue;
     if (typeof DEFAULT_CONFIG[key] === 'number') {

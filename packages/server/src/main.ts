@@ -8,19 +8,40 @@
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { startServer } from './app.js';
-import { type ServerConfig, configFromEnv } from './config.js';
-
-const { values } = parseArgs({
-  options: {
-    host: { type: 'string' },
-    port: { type: 'string' },
-    'data-dir': { type: 'string' },
-  },
-});
+import { DEFAULT_CONFIG, ENV_NAMES, type ServerConfig, configFromEnv } from './config.js';
 
 function fail(message: string): never {
   console.error(`floe-server: ${message}`);
   process.exit(2);
+}
+
+const USAGE = [
+  'usage: floe-server [--host H] [--port P] [--data-dir DIR]',
+  '',
+  'Settings come from these environment variables (defaults in brackets); the flags override the first three.',
+  'The join and admin tokens are required; FLOE_DEV=1 generates and prints missing ones (local use only).',
+  '',
+  ...Object.entries(ENV_NAMES).map(
+    ([key, name]) => `  ${name.padEnd(34)} [${String(DEFAULT_CONFIG[key as keyof ServerConfig] ?? '')}]`,
+  ),
+].join('\n');
+
+let values: { host?: string | undefined; port?: string | undefined; 'data-dir'?: string | undefined; help?: boolean };
+try {
+  ({ values } = parseArgs({
+    options: {
+      host: { type: 'string' },
+      port: { type: 'string' },
+      'data-dir': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  }));
+} catch (error) {
+  fail(`${error instanceof Error ? error.message : String(error)}\n${USAGE}`);
+}
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
 }
 
 let config: ServerConfig;

@@ -69,17 +69,15 @@ export class WorkerPool {
 
   /** Runs `task` on its client's worker (clients are dealt to workers in turn as they first appear). */
   run(task: WorkerTask, onEvent: (event: WorkerEvent) => void): Promise<WorkerResult> {
-    let host = this.hostOf.get(task.client.id);
-    if (!host) {
-      host = this.hosts[this.hostOf.size % this.hosts.length];
-      this.hostOf.set(task.client.id, host);
-    }
+    const host =
+      this.hostOf.get(task.client.id) ?? this.hosts.find((_, i) => i === this.hostOf.size % this.hosts.length);
+    if (!host) return Promise.reject(new Error('the pool has no workers'));
+    this.hostOf.set(task.client.id, host);
     if (host.failure) return Promise.reject(host.failure);
     const id = this.nextId++;
-    const chosen = host;
     return new Promise((resolve, reject) => {
-      chosen.pending.set(id, { task, onEvent, resolve, reject });
-      chosen.worker.postMessage({ id, task });
+      host.pending.set(id, { task, onEvent, resolve, reject });
+      host.worker.postMessage({ id, task });
     });
   }
 
