@@ -55,7 +55,7 @@ export const DEFAULT_SCENARIO: Scenario = {
   tiers: ['phone-low', 'phone-high', 'laptop'],
   rounds: 3,
   localSteps: 20,
-  learningRate: 5e-4,
+  learningRate: 3e-3,
   batchSize: 8,
   maxRank: 8,
   alpha: 16,
