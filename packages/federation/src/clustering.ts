@@ -9,12 +9,14 @@
  *   to orthogonal even within a task, while profiles separate tasks.
  *
  * The previous memberships compete too: a client keeps its cluster unless a new split fits this round's
- * updates clearly better, so one noisy round does not reshuffle the federation. Cluster ids stay
+ * updates clearly better, so one noisy round does not reshuffle the federation, and a cluster split in
+ * two by a confirmed sub-split (refinement.ts) stays split while new splits only merge it back. Cluster ids stay
  * stable (membership first, then centroids for clients new to the job).
  */
 import { kmeans } from 'ml-kmeans';
 import { distanceMatrix, euclidean, silhouette, silhouetteOfDistances } from './cluster-quality.js';
 import { clusterProfiles, PROFILE_SIGNIFICANCE } from './profile-clustering.js';
+import { refines } from './refinement.js';
 import type { UpdateSignature } from './sketch.js';
 
 function normalized(x: Float64Array): number[] {
@@ -185,7 +187,10 @@ function clusterInOrder(signatures: readonly UpdateSignature[], options: Cluster
     const inProfile = profile ? silhouetteOfDistances(profile.distances, incumbent) : -1;
     const inDirection = silhouetteOfDistances(directionDistances, incumbent);
     const score = Math.max(inProfile, inDirection);
-    if (score > 0 && (!best || score + SWITCH_MARGIN >= best.score)) {
+    // a confirmed sub-split (refinement.ts) stands while this round's split only merges what it separated
+    const finer =
+      best !== undefined && new Set(incumbent).size > new Set(best.labels).size && refines(incumbent, best.labels);
+    if (finer || (score > 0 && (!best || score + SWITCH_MARGIN >= best.score))) {
       return {
         ids: incumbent,
         centroids: new Map(),

@@ -6,3 +6,4 @@ export * from './clustering.js';
 export * from './profile-clustering.js';
 export * from './sampling.js';
 export * from './round.js';
+export * from './refinement.js';

@@ -23,6 +23,7 @@ import {
   truncateRank,
 } from '@floe/shared';
 import { clusterUpdates } from './clustering.js';
+import { refineClusters } from './refinement.js';
 import { UpdateSketch, updateSignature } from './sketch.js';
 import { sampleClients } from './sampling.js';
 import { STRATEGIES } from './strategy.js';
@@ -50,6 +51,8 @@ export interface FederationState {
   centroids: [number, number[]][];
   /** Last known cluster of every client that ever took part. */
   clusterOf: Record<string, number>;
+  /** Sub-splits found last round, waiting for this round to confirm them (refinement.ts). */
+  pendingSplits?: Record<string, string>;
 }
 
 export const INITIAL_STATE: FederationState = { centroids: [], clusterOf: {} };
@@ -247,6 +250,7 @@ export function aggregateRound(
 ): RoundAggregate {
   let clusterIds = updates.map(() => 0);
   let centroids = new Map(state.centroids);
+  let pendingSplits: Record<string, string> = {};
   const metrics: Metrics = meanMetrics(updates);
   if (spec.clustering) {
     const starts = new Map<string, LoraAdapter | undefined>();
@@ -266,10 +270,23 @@ export function aggregateRound(
       previousIds: updates.map((u) => state.clusterOf[u.clientId]),
       seed: round,
     });
-    clusterIds = clustering.ids;
     centroids = new Map([...centroids, ...clustering.centroids]);
+    const refined = refineClusters({
+      signatures,
+      clientIds: updates.map((u) => u.clientId),
+      clusterIds: clustering.ids,
+      pending: state.pendingSplits ?? {},
+      usedIds: [...Object.values(state.clusterOf), ...centroids.keys()],
+      seed: round,
+    });
+    clusterIds = refined.clusterIds;
+    pendingSplits = refined.pending;
+    for (const id of refined.created) {
+      centroids.set(id, meanDirection(signatures.filter((_, i) => clusterIds[i] === id).map((s) => s.sketch)));
+    }
     metrics.silhouette = clustering.silhouette;
     metrics.cluster_view = { none: 0, direction: 1, profile: 2 }[clustering.view];
+    metrics.subsplits = refined.created.length;
   }
 
   const strategy = STRATEGIES[spec.strategy];
@@ -287,7 +304,20 @@ export function aggregateRound(
   const clusterOf = { ...state.clusterOf };
   updates.forEach((u, i) => (clusterOf[u.clientId] = clusterIds[i] as number));
   metrics.samples = updates.reduce((n, u) => n + u.numSamples, 0);
-  return { adapters, clusterIds, state: { centroids: [...centroids], clusterOf }, metrics };
+  const next: FederationState = { centroids: [...centroids], clusterOf };
+  if (Object.keys(pendingSplits).length > 0) next.pendingSplits = pendingSplits;
+  return { adapters, clusterIds, state: next, metrics };
+}
+
+/** The normalized mean of normalized sketches: a cluster's centroid in the direction view. */
+function meanDirection(sketches: readonly Float64Array[]): number[] {
+  const out = new Array<number>(sketches[0]?.length ?? 0).fill(0);
+  for (const sketch of sketches) {
+    const norm = Math.hypot(...sketch) || 1;
+    sketch.forEach((x, k) => (out[k] = (out[k] as number) + x / norm));
+  }
+  const norm = Math.hypot(...out) || 1;
+  return out.map((x) => x / norm);
 }
 
 /** Sample-weighted mean of every metric the clients reported, as `client.<name>` (at most 24 names). */

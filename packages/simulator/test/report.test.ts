@@ -67,6 +67,11 @@ describe('simulation report', () => {
     expect(noFusionGain.find((c) => c.claim.includes('fusion'))!.holds).toBe(false);
     const emailTie = checkClaims(report({ ...good, email: { ...good.email, local: 0.93 } }));
     expect(emailTie.find((c) => c.claim.startsWith('email'))!.holds).toBe(false);
+    // the same four accuracies averaged in another order differ in the last bit: still a tie
+    const accuracies = [0.9, 0.875, 0.85, 0.9];
+    const [a, b] = [accuracies, [...accuracies].reverse()].map((xs) => xs.reduce((s, x) => s + x, 0) / xs.length);
+    const floatTie = checkClaims(report({ ...good, email: { floe: a!, fedavg: 0.8, local: b! - 1e-15 } }));
+    expect(floatTie.find((c) => c.claim.startsWith('email'))!.holds).toBe(false);
     const rest = checkClaims(report(good, { clusteringAri: 0.79, rawBytesAtServer: 16 }));
     expect(rest.filter((c) => !c.holds).map((c) => c.detail)).toEqual(['ARI 0.790', '16 bytes found']);
   });

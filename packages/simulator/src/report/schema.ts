@@ -60,7 +60,9 @@ export interface Claim {
   detail: string;
 }
 
-const better = (higherIsBetter: boolean, a: number, b: number) => (higherIsBetter ? a > b : a < b);
+/** `a` beats `b` in the metric's direction by more than float noise (a tie is not a win). */
+const better = (higherIsBetter: boolean, a: number, b: number) =>
+  (higherIsBetter ? a - b : b - a) > 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
 const show = (x: number) => (Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(3));
 
 /**

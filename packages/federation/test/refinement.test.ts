@@ -1,0 +1,97 @@
+/**
+ * Sub-splits confirmed over two rounds: two tasks that sit close together beside a far third are
+ * separated once two rounds find the same split of their cluster, one task is not split by chance, and a
+ * confirmed split survives a round whose top-level split merges it back.
+ */
+import { describe, expect, it } from 'vitest';
+import { Random } from '@floe/shared';
+import { type UpdateSignature, adjustedRandIndex, clusterUpdates, refineClusters, refines } from '../src/index.js';
+
+const MODULES = [0, 1, 2, 3].flatMap((layer) =>
+  ['q_proj', 'v_proj', 'up_proj', 'down_proj'].map((kind) => `layers.${layer}.${kind}`),
+);
+
+function gaussian(random: Random): number {
+  return Math.sqrt(-2 * Math.log(1 - random.next())) * Math.cos(2 * Math.PI * random.next());
+}
+
+function signature(pattern: readonly number[], noise: number, random: Random, stratum: string): UpdateSignature {
+  return {
+    sketch: Float64Array.from({ length: 32 }, () => gaussian(random)),
+    moduleNorms: new Map(MODULES.map((m, i) => [m, Math.exp((pattern[i] as number) + noise * gaussian(random))])),
+    stratum,
+  };
+}
+
+const attention = (lift: number) => MODULES.map((m) => (/q_proj|v_proj/.test(m) ? lift : 0));
+const mlp = (lift: number) => MODULES.map((m) => (/up_proj|down_proj/.test(m) ? lift : 0));
+const upper = (lift: number) => MODULES.map((m) => (/layers\.[23]\./.test(m) ? lift : 0));
+
+interface State {
+  clusterOf: Record<string, number>;
+  pending: Record<string, string>;
+}
+
+/** One round's clustering as aggregateRound runs it: the round's split, then the sub-splits. */
+function round(signatures: UpdateSignature[], clients: string[], state: State, seed: number): number[] {
+  const clustering = clusterUpdates(signatures, {
+    maxClusters: 8,
+    previousIds: clients.map((c) => state.clusterOf[c]),
+    seed,
+  });
+  const refined = refineClusters({
+    signatures,
+    clientIds: clients,
+    clusterIds: clustering.ids,
+    pending: state.pending,
+    usedIds: Object.values(state.clusterOf),
+    seed,
+  });
+  clients.forEach((c, i) => (state.clusterOf[c] = refined.clusterIds[i] as number));
+  state.pending = refined.pending;
+  return refined.clusterIds;
+}
+
+// twelve clients, four per task, in two plan strata as the simulation's tiers make them
+const TASKS = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2];
+const CLIENTS = TASKS.map((t, i) => `client-${String(i).padStart(2, '0')}`);
+const STRATA = TASKS.map((_, i) => (i % 4 === 0 || i % 4 === 3 ? 'low' : 'high'));
+const PATTERNS = [attention(0.3), mlp(0.3), upper(2)];
+
+describe('refineClusters', () => {
+  it('separates two close tasks once two rounds agree, keeping the far one apart', () => {
+    for (let seed = 0; seed < 3; seed++) {
+      const random = new Random(500 + seed);
+      const draw = () => TASKS.map((t, i) => signature(PATTERNS[t]!, 0.08, random, STRATA[i]!));
+      const state: State = { clusterOf: {}, pending: {} };
+      const first = round(draw(), CLIENTS, state, 0);
+      // the round's split takes the far task apart; the close two wait for a second round
+      expect(adjustedRandIndex(first, [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1])).toBe(1);
+      expect(Object.keys(state.pending)).toHaveLength(1);
+      const second = round(draw(), CLIENTS, state, 1);
+      expect(adjustedRandIndex(second, TASKS)).toBe(1);
+      // and a third round keeps the three clusters with their ids
+      const third = round(draw(), CLIENTS, state, 2);
+      expect(third).toEqual(second);
+    }
+  });
+
+  it('does not split one task by chance (at most one false split in 20 two-round draws)', () => {
+    let splits = 0;
+    for (let seed = 0; seed < 20; seed++) {
+      const random = new Random(900 + seed);
+      const draw = () => TASKS.map((_, i) => signature(attention(0.3), 0.08, random, STRATA[i]!));
+      const state: State = { clusterOf: {}, pending: {} };
+      round(draw(), CLIENTS, state, 0);
+      const second = round(draw(), CLIENTS, state, 1);
+      if (new Set(second).size > 1) splits++;
+    }
+    expect(splits).toBeLessThanOrEqual(1);
+  });
+
+  it('reads a refinement as one partition inside another', () => {
+    expect(refines([0, 0, 1, 1, 2, 2], [0, 0, 0, 0, 1, 1])).toBe(true);
+    expect(refines([0, 0, 1, 1, 2, 2], [0, 0, 0, 1, 1, 1])).toBe(false);
+    expect(refines([3, 3, 5], [7, 7, 7])).toBe(true);
+  });
+});
