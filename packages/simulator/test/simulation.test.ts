@@ -1,0 +1,98 @@
+/**
+ * The main job end to end on a small scenario: the cloud stand-in and the coordination server as real
+ * processes on loopback, four clients in worker threads (one a straggler, one that dies mid-round and
+ * restarts), every method scored on every client, and the report checked for what the run must show.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_SCENARIO, METHODS, type Scenario, type SimulationResult, runSimulation } from '../src/index.js';
+
+const ROOT = path.join(import.meta.dirname, '..', '..', '..');
+
+const SCENARIO: Scenario = {
+  ...DEFAULT_SCENARIO,
+  tasks: ['email', 'arithmetic'],
+  clientsPerTask: 2,
+  rounds: 2,
+  localSteps: 4,
+  stragglers: 0.25,
+  stragglerSlowdown: 2,
+  dropouts: 0.25,
+  mix: 0.5,
+  roundDeadlineSec: 120,
+  heldOutExamples: 10,
+  edgeModel: path.join(ROOT, 'models', 'edge-small'),
+  cloudModel: path.join(ROOT, 'models', 'cloud'),
+};
+
+describe('runSimulation on a small scenario', () => {
+  let workDir: string;
+  let result: SimulationResult;
+  const lines: string[] = [];
+
+  beforeAll(async () => {
+    workDir = await mkdtemp(path.join(os.tmpdir(), 'floe-simulation-'));
+    result = await runSimulation(SCENARIO, {
+      workDir,
+      observer: { phase: () => undefined, step: () => undefined, line: (text) => lines.push(text) },
+    });
+  }, 600_000);
+  afterAll(async () => rm(workDir, { recursive: true, force: true }));
+
+  it('scores every method on every client of every task', () => {
+    const { report } = result;
+    expect(Object.keys(report.tasks)).toEqual(['email', 'arithmetic']);
+    for (const task of SCENARIO.tasks) {
+      const methods = report.tasks[task]!.methods;
+      expect(Object.keys(methods).sort()).toEqual([...METHODS].sort());
+      for (const method of METHODS) {
+        expect(Object.keys(methods[method].perClient).sort(), `${task} ${method}`).toEqual([`${task}-0`, `${task}-1`]);
+        // accuracies and exact matches over 10 examples: multiples of a tenth
+        for (const value of Object.values(methods[method].perClient))
+          expect(Math.round(value * 10)).toBeCloseTo(value * 10, 9);
+      }
+    }
+  });
+
+  it('runs every round of every federated job with every device, the dropout and the straggler included', () => {
+    const jobs = result.report['jobs'] as Record<string, { status: string; accepted: number }[]>;
+    expect(Object.keys(jobs)).toEqual(['fedavg', 'hetlora', 'floe']);
+    for (const rounds of Object.values(jobs)) {
+      expect(rounds.map((r) => [r.status, r.accepted])).toEqual([
+        ['aggregated', 4],
+        ['aggregated', 4],
+      ]);
+    }
+    expect(result.report.roundSeconds['floe']).toHaveLength(2);
+    const clients = result.report['clients'] as Record<string, { straggler: boolean; diesInRound?: number }>;
+    expect(Object.values(clients).filter((c) => c.straggler)).toHaveLength(1);
+    expect(Object.values(clients).filter((c) => c.diesInRound === 0)).toHaveLength(1);
+  });
+
+  it('finds no raw data in any frame the devices sent, and counts their traffic', () => {
+    const { report } = result;
+    const inspection = report['inspection'] as { frames: number; bytes: number };
+    // each job: a hello and two updates per device, and the dropout's second hello
+    expect(inspection.frames).toBeGreaterThanOrEqual(3 * (4 * 3 + 1));
+    expect(report.rawBytesAtServer).toBe(0);
+    for (const bytes of Object.values(report.bytesPerClient)) {
+      expect(bytes.sent).toBeGreaterThan(1000);
+      expect(bytes.received).toBeGreaterThan(1000);
+    }
+    expect(report['heldOutCheck']).toEqual({ checked: 2 * 40 + 2 * 100, leaks: 0 });
+  });
+
+  it('draws every chart from the run', () => {
+    expect(Object.keys(result.charts).sort()).toEqual([
+      'bytes-per-client',
+      'cluster-assignment',
+      'metric-per-round',
+      'per-client',
+      'round-times',
+    ]);
+    expect(lines.some((l) => /^floe round 2\/2: aggregated, 4\/4 updates/.test(l))).toBe(true);
+    expect(result.claims.map((c) => c.claim)).toContain('no raw data reached the server');
+  });
+});
