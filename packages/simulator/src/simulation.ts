@@ -48,8 +48,43 @@ export interface SimulationObserver {
   line(text: string): void;
 }
 
+/** What report.json holds beyond the schema's required keys. */
+export interface SimulationDetails {
+  /** What the frame inspector looked at (findings: at most 20 pieces of raw data, none expected). */
+  inspection: { frames: number; bytes: number; findings: { client: string; event: string; piece: string }[] };
+  /** Held-out items compared with every client's training data and the pretraining corpus, and leaks found. */
+  heldOutCheck: { checked: number; leaks: number };
+  clients: Record<
+    string,
+    {
+      task: string;
+      tier: string;
+      straggler: boolean;
+      diesInRound?: number;
+      profile: Record<string, string | number>;
+      plans: Record<string, { rank: number; layers: number[] | null; microBatch: number }>;
+      personalization: string | null;
+      fusedFallback: { fused: number | null; floe_fused: number | null };
+    }
+  >;
+  jobs: Record<
+    string,
+    {
+      round: number;
+      status: string;
+      sampled: number;
+      accepted: number;
+      clusters: number;
+      metrics: Record<string, number>;
+    }[]
+  >;
+  metricPerRound: RoundPoint[];
+  phaseSeconds: Record<string, number>;
+  seconds: number;
+}
+
 export interface SimulationResult {
-  report: SimulationReport;
+  report: SimulationReport & SimulationDetails;
   claims: Claim[];
   /** Vega-Lite specifications by file stem. */
   charts: Record<string, TopLevelSpec>;
@@ -514,7 +549,7 @@ function assemble(collected: Collected): SimulationResult {
   }
 
   const cpus = os.cpus();
-  const report: SimulationReport & Record<string, unknown> = {
+  const report: SimulationReport & SimulationDetails = {
     config: { ...scenario },
     machine: {
       cpu: cpus[0]?.model.trim() ?? 'unknown',
@@ -565,6 +600,8 @@ function assemble(collected: Collected): SimulationResult {
           sampled: r.sampled,
           accepted: r.accepted,
           clusters: r.clusters,
+          // the server's own figures of the round (the clients' claims, client.*, left out)
+          metrics: Object.fromEntries(Object.entries(r.metrics).filter(([name]) => !name.startsWith('client.'))),
         })),
       ]),
     ),

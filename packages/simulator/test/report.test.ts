@@ -56,7 +56,7 @@ describe('simulation report', () => {
   it('holds every claim on a report that shows them, reading each metric in its direction', () => {
     const claims = checkClaims(report(good));
     expect(claims.map((c) => c.holds)).toEqual([true, true, true, true, true]);
-    expect(claims[0]!.detail).toBe('Floe 1.700, FedAvg 1.800, local 1.750');
+    expect(claims[0]!.detail).toBe('Floe 1.7000, FedAvg 1.8000, local 1.7500');
   });
 
   it('fails each claim the figures do not support', () => {

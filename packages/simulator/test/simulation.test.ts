@@ -57,7 +57,7 @@ describe('runSimulation on a small scenario', () => {
   });
 
   it('runs every round of every federated job with every device, the dropout and the straggler included', () => {
-    const jobs = result.report['jobs'] as Record<string, { status: string; accepted: number }[]>;
+    const { jobs } = result.report;
     expect(Object.keys(jobs)).toEqual(['fedavg', 'hetlora', 'floe']);
     for (const rounds of Object.values(jobs)) {
       expect(rounds.map((r) => [r.status, r.accepted])).toEqual([
@@ -66,14 +66,18 @@ describe('runSimulation on a small scenario', () => {
       ]);
     }
     expect(result.report.roundSeconds['floe']).toHaveLength(2);
-    const clients = result.report['clients'] as Record<string, { straggler: boolean; diesInRound?: number }>;
+    // the server's clustering figures of each Floe round, and none of the clients' claims
+    for (const r of jobs['floe']!)
+      expect(Object.keys(r.metrics)).toEqual(expect.arrayContaining(['silhouette', 'subsplits']));
+    for (const r of jobs['floe']!) expect(Object.keys(r.metrics).some((m) => m.startsWith('client.'))).toBe(false);
+    const { clients } = result.report;
     expect(Object.values(clients).filter((c) => c.straggler)).toHaveLength(1);
     expect(Object.values(clients).filter((c) => c.diesInRound === 0)).toHaveLength(1);
   });
 
   it('finds no raw data in any frame the devices sent, and counts their traffic', () => {
     const { report } = result;
-    const inspection = report['inspection'] as { frames: number; bytes: number };
+    const { inspection } = report;
     // each job: a hello and two updates per device, and the dropout's second hello
     expect(inspection.frames).toBeGreaterThanOrEqual(3 * (4 * 3 + 1));
     expect(report.rawBytesAtServer).toBe(0);
@@ -81,7 +85,7 @@ describe('runSimulation on a small scenario', () => {
       expect(bytes.sent).toBeGreaterThan(1000);
       expect(bytes.received).toBeGreaterThan(1000);
     }
-    expect(report['heldOutCheck']).toEqual({ checked: 2 * 40 + 2 * 100, leaks: 0 });
+    expect(report.heldOutCheck).toEqual({ checked: 2 * 40 + 2 * 100, leaks: 0 });
   });
 
   it('draws every chart from the run', () => {

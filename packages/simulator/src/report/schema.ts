@@ -63,7 +63,7 @@ export interface Claim {
 /** `a` beats `b` in the metric's direction by more than float noise (a tie is not a win). */
 const better = (higherIsBetter: boolean, a: number, b: number) =>
   (higherIsBetter ? a - b : b - a) > 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
-const show = (x: number) => (Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(3));
+const show = (x: number) => (Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(4));
 
 /**
  * The issue's claims on a report: Floe beats FedAvg and local-only on every task's mean; Floe with
