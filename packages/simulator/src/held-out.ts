@@ -82,6 +82,11 @@ export function cloudModel(client: CloudClient, generator: ByteSource): HeldOutM
     if (text.length === 0) return 0;
     const scored = await client.score(text);
     if (!scored) throw new Error('the cloud did not answer a scoring call');
+    // a provider that scores without a BOS gives its first token no logprob: counting it as certain
+    // would flatter the cloud, so such a cloud cannot be scored alone
+    if (scored.logprobs.some((lp) => lp === null || lp === undefined)) {
+      throw new Error('the cloud left a token of the text unscored (no BOS?): its bits per byte would be optimistic');
+    }
     return scored.logprobs.reduce<number>((sum, lp) => sum + (lp ?? 0), 0);
   };
   return {

@@ -187,6 +187,9 @@ export async function runSimulation(
   const stragglers = new Set(shuffled(ids, random).slice(0, Math.round(scenario.stragglers * ids.length)));
   const dropouts = new Set(shuffled(ids, random).slice(0, Math.round(scenario.dropouts * ids.length)));
   if (dropouts.size > 0 && scenario.rounds < 2) throw new RangeError('dropouts need at least 2 rounds');
+  if (scenario.participation < 1) {
+    throw new RangeError('participation below 1 is not supported yet: unsampled devices are not told the job ended');
+  }
   const inspector = new FrameInspector();
   const clients: SimClient[] = partitioned.map((data) => {
     const index = partitioned.filter((c) => c.task === data.task).indexOf(data);
@@ -434,11 +437,17 @@ async function cachedCalibration(
   }
 }
 
+/** Stops the server child: SIGTERM, then SIGKILL if it has not exited within 10 s. */
 async function stopServer(server: ServerProcess | undefined): Promise<void> {
-  if (!server || server.child.exitCode !== null) return;
+  const child = server?.child;
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
   await new Promise<void>((resolve) => {
-    server.child.once('exit', () => resolve());
-    server.child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill('SIGTERM');
   });
 }
 

@@ -57,8 +57,14 @@ async function federate(task: FederateTask): Promise<void> {
   const { evaluator } = await evaluatorFor(task, task.cloudUrl);
   // the figure of each round's start adapter, scored one at a time beside the training
   let scoring = Promise.resolve();
+  let scoringFailed: Error | undefined;
   const scoreRound = (round: number, adapter: LoraAdapter | undefined) => {
-    scoring = scoring.then(async () => post({ type: 'heldOut', round, value: await evaluator.edge(adapter) }));
+    // a failure is kept for the task's result, not left unhandled (that would end the worker and its other clients)
+    scoring = scoring
+      .then(async () => post({ type: 'heldOut', round, value: await evaluator.edge(adapter) }))
+      .catch((error: unknown) => {
+        scoringFailed ??= error instanceof Error ? error : new Error(String(error));
+      });
   };
   let die: (() => void) | undefined;
   const start = (): Promise<Device> =>
@@ -127,6 +133,7 @@ async function federate(task: FederateTask): Promise<void> {
     await device.stop();
   }
   await scoring;
+  if (scoringFailed !== undefined) throw scoringFailed;
   const adapter = outcome.personalization?.adapter;
   if (outcome.status !== 'completed' || !adapter) throw new Error(`job ${task.jobId} ended ${outcome.status}`);
   const scores: WorkerScores = { edge: await evaluator.edge(adapter) };
