@@ -124,11 +124,7 @@ function shuffledProfiles(profiles: readonly Profile[], strata: readonly string[
   for (const path of modules)
     for (const stratum of new Set(strata)) {
       const holders = profiles.flatMap((p, i) => (p.has(path) && strata[i] === stratum ? [i] : []));
-      const values = holders.map((i) => profiles[i]?.get(path) as number);
-      for (let i = values.length - 1; i > 0; i--) {
-        const j = random.integer(i + 1);
-        [values[i], values[j]] = [values[j] as number, values[i] as number];
-      }
+      const values = random.shuffled(holders.map((i) => profiles[i]?.get(path) as number));
       holders.forEach((i, k) => out[i]?.set(path, values[k] as number));
     }
   return out;

@@ -3,11 +3,5 @@ import { Random, hashString } from '@floe/shared';
 
 /** Up to `count` of `eligible`, uniformly without replacement, seeded by `key`. */
 export function sampleClients(eligible: readonly string[], count: number, key: string): string[] {
-  const pool = [...eligible].sort();
-  const random = new Random(hashString(key));
-  for (let i = pool.length - 1; i > 0; i--) {
-    const j = random.integer(i + 1);
-    [pool[i], pool[j]] = [pool[j] as string, pool[i] as string];
-  }
-  return pool.slice(0, count);
+  return new Random(hashString(key)).shuffled([...eligible].sort()).slice(0, count);
 }

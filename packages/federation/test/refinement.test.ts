@@ -6,25 +6,8 @@
 import { describe, expect, it } from 'vitest';
 import { Random } from '@floe/shared';
 import { type UpdateSignature, adjustedRandIndex, clusterUpdates, refineClusters, refines } from '../src/index.js';
+import { MODULES, attention, mlp, signature } from './signatures.js';
 
-const MODULES = [0, 1, 2, 3].flatMap((layer) =>
-  ['q_proj', 'v_proj', 'up_proj', 'down_proj'].map((kind) => `layers.${layer}.${kind}`),
-);
-
-function gaussian(random: Random): number {
-  return Math.sqrt(-2 * Math.log(1 - random.next())) * Math.cos(2 * Math.PI * random.next());
-}
-
-function signature(pattern: readonly number[], noise: number, random: Random, stratum: string): UpdateSignature {
-  return {
-    sketch: Float64Array.from({ length: 32 }, () => gaussian(random)),
-    moduleNorms: new Map(MODULES.map((m, i) => [m, Math.exp((pattern[i] as number) + noise * gaussian(random))])),
-    stratum,
-  };
-}
-
-const attention = (lift: number) => MODULES.map((m) => (/q_proj|v_proj/.test(m) ? lift : 0));
-const mlp = (lift: number) => MODULES.map((m) => (/up_proj|down_proj/.test(m) ? lift : 0));
 const upper = (lift: number) => MODULES.map((m) => (/layers\.[23]\./.test(m) ? lift : 0));
 
 interface State {
@@ -62,7 +45,7 @@ describe('refineClusters', () => {
   it('separates two close tasks once two rounds agree, keeping the far one apart', () => {
     for (let seed = 0; seed < 3; seed++) {
       const random = new Random(500 + seed);
-      const draw = () => TASKS.map((t, i) => signature(PATTERNS[t]!, 0.08, random, STRATA[i]!));
+      const draw = () => TASKS.map((t, i) => signature(PATTERNS[t]!, 0.08, random, STRATA[i]));
       const state: State = { clusterOf: {}, pending: {} };
       const first = round(draw(), CLIENTS, state, 0);
       // the round's split takes the far task apart; the close two wait for a second round
@@ -80,7 +63,7 @@ describe('refineClusters', () => {
     let splits = 0;
     for (let seed = 0; seed < 20; seed++) {
       const random = new Random(900 + seed);
-      const draw = () => TASKS.map((_, i) => signature(attention(0.3), 0.08, random, STRATA[i]!));
+      const draw = () => TASKS.map((_, i) => signature(attention(0.3), 0.08, random, STRATA[i]));
       const state: State = { clusterOf: {}, pending: {} };
       round(draw(), CLIENTS, state, 0);
       const second = round(draw(), CLIENTS, state, 1);

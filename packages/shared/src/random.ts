@@ -45,6 +45,16 @@ export class Random {
   integer(maxExclusive: number): number {
     return Math.floor(this.next() * maxExclusive);
   }
+
+  /** A copy of `items` in a uniformly random order (Fisher-Yates, from the last item down). */
+  shuffled<T>(items: readonly T[]): T[] {
+    const out = [...items];
+    for (let i = out.length - 1; i > 0; i--) {
+      const j = this.integer(i + 1);
+      [out[i], out[j]] = [out[j] as T, out[i] as T];
+    }
+    return out;
+  }
 }
 
 /** FNV-1a of a string's UTF-16 code units: a seed derived from a name. */

@@ -33,24 +33,12 @@ export interface HeldOutCheck {
 
 const items = (split: Split) => split.examples?.map((e) => e.prompt) ?? split.documents;
 
-function shuffled<T>(values: readonly T[], random: Random): T[] {
-  const out = [...values];
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(random.next() * (i + 1));
-    [out[i], out[j]] = [out[j] as T, out[i] as T];
-  }
-  return out;
-}
-
 /** `own` with a share `mix` of it (by examples, or by characters of prose) replaced by items of `others`. */
 function mixed(own: Split, others: readonly Split[], mix: number, random: Random): Split {
   if (mix === 0 || others.length === 0) return own;
   if (own.examples) {
-    const pool = shuffled(
-      others.flatMap((s) => s.examples ?? []),
-      random,
-    );
-    const keep = shuffled(own.examples, random).slice(0, Math.round(own.examples.length * (1 - mix)));
+    const pool = random.shuffled(others.flatMap((s) => s.examples ?? []));
+    const keep = random.shuffled(own.examples).slice(0, Math.round(own.examples.length * (1 - mix)));
     const examples = [...keep, ...pool.slice(0, own.examples.length - keep.length)];
     return { examples, documents: examples.map((e) => `${e.prompt}${e.answer}\n`) };
   }
@@ -65,14 +53,8 @@ function mixed(own: Split, others: readonly Split[], mix: number, random: Random
     }
     return out;
   };
-  const kept = take(shuffled(own.documents, random), Math.round(total * (1 - mix)));
-  const borrowed = take(
-    shuffled(
-      others.flatMap((s) => s.documents),
-      random,
-    ),
-    total - size(kept),
-  );
+  const kept = take(random.shuffled(own.documents), Math.round(total * (1 - mix)));
+  const borrowed = take(random.shuffled(others.flatMap((s) => s.documents)), total - size(kept));
   return { documents: [...kept, ...borrowed] };
 }
 

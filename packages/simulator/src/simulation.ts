@@ -123,15 +123,6 @@ interface ClientRun {
 const noObserver: SimulationObserver = { phase: () => undefined, step: () => undefined, line: () => undefined };
 const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 
-function shuffled<T>(values: readonly T[], random: Random): T[] {
-  const out = [...values];
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(random.next() * (i + 1));
-    [out[i], out[j]] = [out[j] as T, out[i] as T];
-  }
-  return out;
-}
-
 /** Runs `work` over `items`, at most `limit` at a time. */
 async function mapLimit<T, R>(items: readonly T[], limit: number, work: (item: T) => Promise<R>): Promise<R[]> {
   const out: R[] = new Array<R>(items.length);
@@ -184,8 +175,8 @@ export async function runSimulation(
   // who is slow and who dies is drawn once, from the seed, and is the same in every method
   const random = new Random(scenario.seed + 11);
   const ids = partitioned.map((c) => c.id);
-  const stragglers = new Set(shuffled(ids, random).slice(0, Math.round(scenario.stragglers * ids.length)));
-  const dropouts = new Set(shuffled(ids, random).slice(0, Math.round(scenario.dropouts * ids.length)));
+  const stragglers = new Set(random.shuffled(ids).slice(0, Math.round(scenario.stragglers * ids.length)));
+  const dropouts = new Set(random.shuffled(ids).slice(0, Math.round(scenario.dropouts * ids.length)));
   if (dropouts.size > 0 && scenario.rounds < 2) throw new RangeError('dropouts need at least 2 rounds');
   if (scenario.participation < 1) {
     throw new RangeError('participation below 1 is not supported yet: unsampled devices are not told the job ended');

@@ -46,15 +46,6 @@ export interface PartitionOptions {
   clients?: number;
 }
 
-function shuffled<T>(items: readonly T[], random: Random): T[] {
-  const out = [...items];
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = random.integer(i + 1);
-    [out[i], out[j]] = [out[j] as T, out[i] as T];
-  }
-  return out;
-}
-
 function fromExamples(examples: Example[]): Split {
   return { examples, documents: examples.map((e) => `${e.prompt}${e.answer}\n`) };
 }
@@ -70,7 +61,7 @@ export function speechTask(options: PartitionOptions = {}): TaskPartition {
   const byPresident = new Map<string, typeof addresses>();
   for (const a of addresses) byPresident.set(a.president, [...(byPresident.get(a.president) ?? []), a]);
   const eligible = [...byPresident].filter(([, list]) => list.length >= MIN_CLIENT_ADDRESSES).map(([p]) => p);
-  const chosen = new Set(shuffled(eligible, random).slice(0, options.clients ?? 8));
+  const chosen = new Set(random.shuffled(eligible).slice(0, options.clients ?? 8));
 
   const clients: ClientData[] = [...chosen].sort().map((president, i) => {
     const list = (byPresident.get(president) ?? []).sort((a, b) => a.year - b.year);
@@ -83,10 +74,7 @@ export function speechTask(options: PartitionOptions = {}): TaskPartition {
     };
   });
   // The other presidents' addresses: 1 in 8 held out for evaluation. Moby-Dick is training text only.
-  const others = shuffled(
-    addresses.filter((a) => !chosen.has(a.president)),
-    random,
-  );
+  const others = random.shuffled(addresses.filter((a) => !chosen.has(a.president)));
   const heldOut = Math.round(others.length / 8);
   return {
     task: 'speech',
@@ -119,7 +107,7 @@ export function emailTask(options: PartitionOptions = {}): TaskPartition {
     const { prompt } = emailExample(mail);
     if (!byPrompt.has(prompt)) byPrompt.set(prompt, mail);
   }
-  const all = shuffled([...byPrompt.values()], random);
+  const all = random.shuffled([...byPrompt.values()]);
   const spam = all.filter((m) => m.label === 'spam');
   const ham = all.filter((m) => m.label === 'ham');
   const count = options.clients ?? 8;
@@ -129,7 +117,7 @@ export function emailTask(options: PartitionOptions = {}): TaskPartition {
     const ratio = count === 1 ? 0.3 : 0.1 + (0.6 * i) / (count - 1);
     const take = (n: number) => {
       const s = Math.round(n * ratio);
-      return shuffled([...spam.splice(0, s), ...ham.splice(0, n - s)], random);
+      return random.shuffled([...spam.splice(0, s), ...ham.splice(0, n - s)]);
     };
     clients.push({
       id: `email-${i}`,
@@ -139,7 +127,7 @@ export function emailTask(options: PartitionOptions = {}): TaskPartition {
       profile: { spamRatio: Math.round(ratio * 100) / 100 },
     });
   }
-  const rest = shuffled([...spam, ...ham], random);
+  const rest = random.shuffled([...spam, ...ham]);
   const heldOut = Math.round(rest.length / 8);
   return {
     task: 'email',
