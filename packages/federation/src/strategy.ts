@@ -9,9 +9,8 @@ import {
   type LoraAdapter,
   type LoraFactors,
   type StrategyName,
-  factorize,
-  loraProduct,
-  matrix,
+  factorizeSum,
+  normalizedWeights,
   padRank,
   truncateRank,
   weightedMean,
@@ -151,13 +150,8 @@ export const flexlora: Strategy = {
   aggregate(updates, alpha) {
     // One SVD per module, at full rank; each client rank is a rescaled prefix (see resize).
     const full = perModule(updates, (_path, all, weights) => {
-      const products = all.map((f) => loraProduct(f, alpha));
-      const { rows, cols } = products[0] as { rows: number; cols: number };
-      const mean = weightedMean(
-        products.map((p) => p.data),
-        weights,
-      );
-      return factorize(matrix(rows, cols, mean), Math.min(rows, cols), alpha).factors;
+      const { outFeatures, inFeatures } = all[0] as LoraFactors;
+      return factorizeSum(all, normalizedWeights(weights), Math.min(outFeatures, inFeatures), alpha).factors;
     });
     const byRank = new Map<number, LoraAdapter>();
     return {

@@ -4,6 +4,7 @@ import {
   adapterFromTensors,
   adapterToTensors,
   factorize,
+  factorizeSum,
   frobeniusNorm,
   loraProductNorm,
   loraProduct,
@@ -188,6 +189,45 @@ describe('re-factorization by truncated SVD', () => {
     expect(() => factorize(m, 1, 0)).toThrow(AdapterMathError);
     expect(() => factorize(m, 0, 1)).toThrow(AdapterMathError);
     expect(() => matrix(2, 3, new Float32Array(5))).toThrow(AdapterMathError);
+  });
+});
+
+describe('factorizeSum: the SVD of a weighted sum of LoRA products from their factors', () => {
+  const dense = (terms: ReturnType<typeof randomFactors>[], weights: number[], alpha: number) => {
+    const sum = new Float32Array(terms[0]!.outFeatures * terms[0]!.inFeatures);
+    terms.forEach((t, k) => loraProduct(t, alpha).data.forEach((x, i) => (sum[i] = sum[i]! + weights[k]! * x)));
+    return matrix(terms[0]!.outFeatures, terms[0]!.inFeatures, sum);
+  };
+
+  it.each([
+    [352, 128, [8, 8, 2, 4], 8], // stacked rank 22 < 128: the low-rank route
+    [128, 352, [8, 4], 12],
+    [40, 30, [8, 8, 8, 8], 5], // stacked rank 32 >= 30: the dense route
+  ])('matches factorize of the formed sum (%i x %i, ranks %j, kept %i)', (out, inn, ranks, rank) => {
+    const terms = ranks.map((r, k) => randomFactors(r, inn, out, rng(100 * k + r + out)));
+    const weights = ranks.map((_, k) => (k + 1) / 10);
+    const expected = factorize(dense(terms, weights, 16), rank, 16);
+    const got = factorizeSum(terms, weights, rank, 16);
+    expect([got.factors.rank, got.factors.outFeatures, got.factors.inFeatures]).toEqual([rank, out, inn]);
+    expect(got.singularValues.length).toBe(expected.singularValues.length);
+    const top = expected.singularValues[0]!;
+    got.singularValues.forEach((v, i) => expect(Math.abs(v - expected.singularValues[i]!) / top).toBeLessThan(1e-5));
+    const product = loraProduct(got.factors, 16).data;
+    expect(relativeFrobeniusError(product, loraProduct(expected.factors, 16).data)).toBeLessThan(1e-4);
+  });
+
+  it('is exact at full rank: the kept factors give back the sum', () => {
+    const terms = [randomFactors(4, 50, 60, rng(1)), randomFactors(2, 50, 60, rng(2))];
+    const sum = dense(terms, [0.25, 0.75], 8);
+    const { factors } = factorizeSum(terms, [0.25, 0.75], 6, 8);
+    expect(relativeFrobeniusError(loraProduct(factors, 8).data, sum.data)).toBeLessThan(1e-5);
+  });
+
+  it('refuses terms of different shapes and a missing weight', () => {
+    const a = randomFactors(2, 10, 12, rng(1));
+    const b = randomFactors(2, 11, 12, rng(2));
+    expect(() => factorizeSum([a, b], [1, 1], 2, 4)).toThrow(AdapterMathError);
+    expect(() => factorizeSum([a], [], 2, 4)).toThrow(/one weight per term/);
   });
 });
 
