@@ -43,6 +43,8 @@ export interface DeviceOptions {
   calibration?: TrainingCost;
   /** Score the held-out split with the adapter each round starts from (default true). */
   evaluateRounds?: boolean;
+  /** Score the held-out split with the base model and the adapter kept, once the job ends (default true). */
+  evaluateAtEnd?: boolean;
   /** Lines worth showing a person (one per round, and what the device decided). */
   log?: (line: string) => void;
   /** How long to wait for a job to join, ms (default: as long as it takes). */
@@ -269,7 +271,10 @@ export async function startDevice(options: DeviceOptions): Promise<Device> {
             seed: 1,
           });
     const adapterDir = await store.savePersonalAdapter(jobId, personalization.adapter, spec.baseModel.id);
-    const [base, personalized] = [await trainer.evaluate(), await trainer.evaluate(personalization.adapter)];
+    const evaluate = options.evaluateAtEnd ?? true;
+    const [base, personalized] = evaluate
+      ? [await trainer.evaluate(), await trainer.evaluate(personalization.adapter)]
+      : [undefined, undefined];
     store.updateJob(jobId, {
       status: 'completed',
       ...(base ? { base: base.value, metric: base.metric } : {}),

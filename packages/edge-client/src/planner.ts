@@ -10,6 +10,7 @@
  * - micro-batch: rows per gradient run (a round's batch is accumulated), the main memory knob;
  * - rank: adapter bytes sent and received each round; compute and memory barely change with it.
  */
+import Type, { type Static } from 'typebox';
 import {
   type DeviceProfile,
   type ModelArchitecture,
@@ -18,24 +19,31 @@ import {
   linearShapeOf,
 } from '@floe/shared';
 
+const Finite = (description?: string) => Type.Number(description ? { description } : {});
+
 /** How this device trains the job's model: fitted on measured workloads (calibration.ts). */
-export interface TrainingCost {
-  /** Sequence length and threads the measurements used. */
-  seqLen: number;
-  threads: number;
-  /** Seconds per row of a step at micro-batch 8: base + perLayer * (adapted top layers). */
-  secondsPerRow: { base: number; perLayer: number };
-  /** Step time at micro-batch m relative to micro-batch 8 (1 at 8). */
-  microBatchFactor: Record<number, number>;
-  /** Training memory in MiB: fixed + perLayer * k + m * (perRow + perRowLayer * k). */
-  memoryMiB: { fixed: number; perLayer: number; perRow: number; perRowLayer: number };
-  /** Seconds to build the training graphs (the first round only). */
-  buildSeconds: number;
-  /** Extra seconds of a round's first step over a steady one (caches warming up). */
-  warmupSeconds: number;
-  /** Effective GFLOP/s of this host on the all-layers workload at micro-batch 8. */
-  hostGflops: number;
-}
+export const TrainingCost = Type.Object({
+  seqLen: Type.Integer({ minimum: 1, description: 'sequence length the measurements used' }),
+  threads: Type.Integer({ minimum: 1, description: 'ORT threads the measurements used' }),
+  secondsPerRow: Type.Object(
+    { base: Finite(), perLayer: Finite() },
+    { description: 'seconds per row of a step at micro-batch 8: base + perLayer * (adapted top layers)' },
+  ),
+  microBatchFactor: Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ exclusiveMinimum: 0 }), {
+    description: 'step time at micro-batch m relative to micro-batch 8 (1 at 8)',
+  }),
+  memoryMiB: Type.Object(
+    { fixed: Finite(), perLayer: Finite(), perRow: Finite(), perRowLayer: Finite() },
+    { description: 'training memory in MiB: fixed + perLayer * k + m * (perRow + perRowLayer * k)' },
+  ),
+  buildSeconds: Type.Number({ minimum: 0, description: 'seconds to build the training graphs (first round only)' }),
+  warmupSeconds: Finite("extra seconds of a round's first step over a steady one (caches warming up)"),
+  hostGflops: Type.Number({
+    exclusiveMinimum: 0,
+    description: 'effective GFLOP/s of this host on the all-layers workload at micro-batch 8',
+  }),
+});
+export type TrainingCost = Static<typeof TrainingCost>;
 
 export interface Workload {
   targetModules: readonly string[];

@@ -60,7 +60,9 @@ function scenarioOf(flags: Record<string, unknown>, quick: boolean, configFile: 
   const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined));
   let scenario: Scenario;
   try {
-    scenario = parse(Scenario, { ...(quick ? QUICK_SCENARIO : DEFAULT_SCENARIO), ...fromFile, ...given }, 'scenario');
+    const merged: Record<string, unknown> = { ...(quick ? QUICK_SCENARIO : DEFAULT_SCENARIO), ...fromFile, ...given };
+    if (merged['calibration'] === null) delete merged['calibration'];
+    scenario = parse(Scenario, merged, 'scenario');
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
@@ -79,6 +81,9 @@ function scenarioOf(flags: Record<string, unknown>, quick: boolean, configFile: 
   }
   for (const dir of [scenario.edgeModel, scenario.cloudModel]) {
     if (!existsSync(path.join(dir, 'config.json'))) throw new UsageError(`${dir} is not a checkpoint directory`);
+  }
+  if (scenario.calibration !== undefined && !existsSync(scenario.calibration)) {
+    throw new UsageError(`calibration ${scenario.calibration} does not exist`);
   }
   return scenario;
 }
@@ -227,6 +232,13 @@ const program = new Command('simulate')
   .addOption(new Option('--seed <n>', 'default 0').argParser(number(0, 2 ** 31, true)))
   .addOption(new Option('--edge-model <dir>', `default ${d.edgeModel}`))
   .addOption(new Option('--cloud-model <dir>', `default ${d.cloudModel}`))
+  .addOption(
+    new Option(
+      '--calibration <file>',
+      `plan with this calibration instead of measuring this host (--quick: ${QUICK_SCENARIO.calibration ?? 'none'})`,
+    ),
+  )
+  .addOption(new Option('--no-calibration', 'measure this host even where the scenario names a calibration'))
   .action(async (o) => {
     const flags = {
       tasks: o.tasks,
@@ -247,6 +259,8 @@ const program = new Command('simulate')
       seed: o.seed,
       edgeModel: o.edgeModel,
       cloudModel: o.cloudModel,
+      // --no-calibration: null removes the scenario's calibration file (undefined would keep it)
+      calibration: o.calibration === false ? null : o.calibration,
     };
     const held = await simulate(flags, o.quick === true, o.config, o.out);
     if (o.strict && !held) process.exitCode = 1;

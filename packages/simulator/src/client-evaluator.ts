@@ -15,6 +15,7 @@ const CLOUD_PATIENCE_MS = 60_000;
 
 export class ClientEvaluator {
   private edgeModel: { modules: string; model: OrtLlama } | undefined;
+  private baseScore: Promise<number> | undefined;
   private cloudClient: CloudClient | undefined;
 
   constructor(
@@ -53,8 +54,20 @@ export class ClientEvaluator {
     return (await scoreHeldOut(model, test!, manifest, { seqLen: this.options.seqLen })).value;
   }
 
-  /** The edge model with `adapter` (the base model without). */
+  /**
+   * The edge model with `adapter` (the base model without). An adapter that changes nothing (every
+   * module's B or A zero, as a fresh LoRA start is) is the base model: its figure is the base's, scored once.
+   */
   async edge(adapter?: LoraAdapter): Promise<number> {
+    if (!adapter || changesNothing(adapter)) {
+      if (!this.baseScore) {
+        const scored = this.edgeSource().then((source) => this.score(sourceModel(source)));
+        // a failure is not kept: the next call scores again
+        scored.catch(() => (this.baseScore === scored ? (this.baseScore = undefined) : undefined));
+        this.baseScore = scored;
+      }
+      return this.baseScore;
+    }
     return this.score(sourceModel(await this.edgeSource(adapter)));
   }
 
@@ -78,4 +91,8 @@ export class ClientEvaluator {
     await this.edgeModel?.model.release();
     this.edgeModel = undefined;
   }
+}
+
+function changesNothing(adapter: LoraAdapter): boolean {
+  return [...adapter.modules.values()].every((f) => f.B.every((x) => x === 0) || f.A.every((x) => x === 0));
 }

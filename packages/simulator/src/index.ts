@@ -9,3 +9,4 @@ export * from './clients.js';
 export * from './held-out.js';
 export * from './frame-inspector.js';
 export * from './client-evaluator.js';
+export * from './calibration.js';

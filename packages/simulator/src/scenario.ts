@@ -44,6 +44,12 @@ export const Scenario = Type.Object(
     seqLen: Type.Integer({ minimum: 16, maximum: 256, description: 'bytes per training row' }),
     edgeModel: Type.String({ description: 'checkpoint directory of the edge model' }),
     cloudModel: Type.String({ description: 'checkpoint directory of the cloud stand-in' }),
+    calibration: Type.Optional(
+      Type.String({
+        description:
+          "a calibration file (runs/.cache/calibration-*.json) to plan with instead of measuring this host; used only when it was measured for the scenario's model and shapes",
+      }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -74,7 +80,11 @@ export const DEFAULT_SCENARIO: Scenario = {
   cloudModel: 'models/cloud',
 };
 
-/** The CI scenario: the default's clients and methods, in fewer steps on less held-out prose. */
+/**
+ * The CI scenario: the default's clients and methods, in fewer steps on less held-out prose, planned with
+ * a calibration measured once on the 2-core machine the project is developed on (the plans it gives are
+ * bound by the tiers' memory, not their speed), so that CI plans alike on any CPU and skips the probes.
+ */
 export const QUICK_SCENARIO: Scenario = {
   ...DEFAULT_SCENARIO,
   // three rounds: a cluster's sub-split needs two to be confirmed (decision 0024)
@@ -82,4 +92,5 @@ export const QUICK_SCENARIO: Scenario = {
   localSteps: 8,
   heldOutBytes: 4096,
   heldOutExamples: 40,
+  calibration: 'packages/simulator/calibration/quick.json',
 };

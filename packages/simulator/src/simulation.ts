@@ -7,18 +7,19 @@
  * splits by one evaluation (held-out.ts), and every frame a device sends goes through the frame
  * inspector.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import { type CloudProcess, spawnCloudProcess } from '@floe/cloud-llm';
-import { type TrainingCost, calibrate, calibrationKey, deviceProfile, planRound } from '@floe/edge-client';
+import { calibrate, deviceProfile, planRound } from '@floe/edge-client';
 import { adjustedRandIndex } from '@floe/federation';
 import { architectureOf, checkpointSha256, loadCheckpoint } from '@floe/model';
 import { type ServerProcess, spawnServerProcess } from '@floe/server';
 import { type JobSpec, type JobSummary, Random, type StrategyName, parse } from '@floe/shared';
 import { type ClientData, taskManifest, writeDataDir } from '@floe/tasks';
 import type { TopLevelSpec } from 'vega-lite';
+import pMap from 'p-map';
+import { cachedCalibration, readCalibrationFile, sameWorkload } from './calibration.js';
 import { type HeldOutCheck, simulationClients } from './clients.js';
 import { FrameInspector } from './frame-inspector.js';
 import {
@@ -123,20 +124,6 @@ interface ClientRun {
 const noObserver: SimulationObserver = { phase: () => undefined, step: () => undefined, line: () => undefined };
 const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 
-/** Runs `work` over `items`, at most `limit` at a time. */
-async function mapLimit<T, R>(items: readonly T[], limit: number, work: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array<R>(items.length);
-  let next = 0;
-  const lanes = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await work(items[i] as T);
-    }
-  });
-  await Promise.all(lanes);
-  return out;
-}
-
 export async function runSimulation(
   scenario: Scenario,
   options: {
@@ -213,7 +200,6 @@ export async function runSimulation(
     byClient.set(client, run);
     return run;
   };
-  // started after the calibration, which measures this host's speed and should have it to itself
   let workers: WorkerPool | undefined;
   const worker = (method: Method, client: SimClient, task: WorkerTask) => {
     if (!workers) throw new Error('the workers have not started');
@@ -244,35 +230,50 @@ export async function runSimulation(
   const jobs = new Map<FederatedMethod, JobSummary>();
   const clusters = new Map<string, number>();
   try {
-    const cost = await timed('calibration', 0, () =>
-      cachedCalibration(options.cacheDir, { sha256, seqLen, threads: 1, targetModules: scenario.targetModules }, () =>
-        calibrate({
-          model: scenario.edgeModel,
-          config: checkpoint.config,
-          seqLen,
-          targetModules: scenario.targetModules,
-          threads: 1,
-          passes: 1,
-          steps: 8,
-        }),
-      ),
-    );
-    workers = new WorkerPool(Math.min(clients.length, 2 * os.cpus().length));
+    // plans come from a calibration file the scenario names, or from this host measured alone (cached)
+    const measuredFor = { sha256, seqLen, threads: 1, targetModules: scenario.targetModules };
+    const stored = scenario.calibration ? await readCalibrationFile(scenario.calibration) : undefined;
+    if (stored && !sameWorkload(stored.workload, measuredFor)) {
+      observer.line(`calibration ${scenario.calibration} is for another model or shape; measuring this host`);
+    }
+    const { cost } =
+      stored && sameWorkload(stored.workload, measuredFor)
+        ? stored
+        : await timed('calibration', 0, () =>
+            cachedCalibration(options.cacheDir, measuredFor, () =>
+              calibrate({
+                model: scenario.edgeModel,
+                config: checkpoint.config,
+                seqLen,
+                targetModules: scenario.targetModules,
+                threads: 1,
+                passes: 1,
+                steps: 8,
+              }),
+            ),
+          );
     observer.line('starting the cloud stand-in and the coordination server on loopback');
-    cloud = await spawnCloudProcess(['--model', scenario.cloudModel, '--host', '127.0.0.1', '--port', '0']);
     const tokens = { join: randomBytes(16).toString('hex'), admin: randomBytes(16).toString('hex') };
-    server = await spawnServerProcess({
-      FLOE_HOST: '127.0.0.1',
-      FLOE_PORT: '0',
-      FLOE_DATA_DIR: path.join(options.workDir, 'server'),
-      FLOE_JOIN_TOKEN: tokens.join,
-      FLOE_ADMIN_TOKEN: tokens.admin,
-      FLOE_CREDENTIAL_SECRET: randomBytes(32).toString('hex'),
-      FLOE_GATHER_MS: '60000',
-      FLOE_LOG_LEVEL: 'info', // the child is ready when it logs that it listens (at info)
-      FLOE_RATE_LIMIT_MESSAGES: '1000',
-      FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
-    });
+    workers = new WorkerPool(Math.min(clients.length, os.cpus().length));
+    const children = await Promise.allSettled([
+      spawnCloudProcess(['--model', scenario.cloudModel, '--host', '127.0.0.1', '--port', '0']).then(
+        (c) => (cloud = c),
+      ),
+      spawnServerProcess({
+        FLOE_HOST: '127.0.0.1',
+        FLOE_PORT: '0',
+        FLOE_DATA_DIR: path.join(options.workDir, 'server'),
+        FLOE_JOIN_TOKEN: tokens.join,
+        FLOE_ADMIN_TOKEN: tokens.admin,
+        FLOE_CREDENTIAL_SECRET: randomBytes(32).toString('hex'),
+        FLOE_GATHER_MS: '60000',
+        FLOE_LOG_LEVEL: 'info', // the child is ready when it logs that it listens (at info)
+        FLOE_RATE_LIMIT_MESSAGES: '1000',
+        FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
+      }).then((s) => (server = s)),
+    ]);
+    for (const outcome of children) if (outcome.status === 'rejected') throw outcome.reason;
+    if (!cloud || !server) throw new Error('the cloud stand-in or the server did not start');
     const serverUrl = server.url;
     const admin = async <T>(method: 'GET' | 'POST', route: string, body?: unknown): Promise<T> => {
       const response = await fetch(`${serverUrl}${route}`, {
@@ -290,9 +291,8 @@ export async function runSimulation(
     const cloudUrl = cloud.url;
 
     await timed('base, cloud and fused', 0, () =>
-      mapLimit(clients, cores, (c) => worker('base', c, { kind: 'reference', client: spec(c), cloudUrl })),
+      pMap(clients, (c) => worker('base', c, { kind: 'reference', client: spec(c), cloudUrl }), { concurrency: cores }),
     );
-
     const jobSpec = (method: FederatedMethod): JobSpec => ({
       name: `simulate-${method}`,
       baseModel: { id: path.basename(scenario.edgeModel), sha256, architecture },
@@ -313,22 +313,26 @@ export async function runSimulation(
 
     // local-only: the plan each device would make, the compute a Floe device spends (rounds, then personalization)
     await timed('local', clients.length * scenario.localSteps * (scenario.rounds + 1), () =>
-      mapLimit(clients, cores, (c) => {
-        const plan = planRound(deviceProfile(cost.hostGflops, c.tier), architecture, workload, cost);
-        return worker('local', c, {
-          kind: 'local',
-          client: spec(c),
-          plan: { rank: plan.plan.rank, layers: plan.plan.layers, microBatch: plan.microBatch },
-          alpha: scenario.alpha,
-          targetModules: scenario.targetModules,
-          localSteps: scenario.localSteps,
-          rounds: scenario.rounds,
-          extraSteps: scenario.localSteps,
-          batchSize: scenario.batchSize,
-          learningRate: scenario.learningRate,
-          seed: scenario.seed + 1,
-        });
-      }),
+      pMap(
+        clients,
+        (c) => {
+          const plan = planRound(deviceProfile(cost.hostGflops, c.tier), architecture, workload, cost);
+          return worker('local', c, {
+            kind: 'local',
+            client: spec(c),
+            plan: { rank: plan.plan.rank, layers: plan.plan.layers, microBatch: plan.microBatch },
+            alpha: scenario.alpha,
+            targetModules: scenario.targetModules,
+            localSteps: scenario.localSteps,
+            rounds: scenario.rounds,
+            extraSteps: scenario.localSteps,
+            batchSize: scenario.batchSize,
+            learningRate: scenario.learningRate,
+            seed: scenario.seed + 1,
+          });
+        },
+        { concurrency: cores },
+      ),
     );
 
     for (const method of Object.keys(FEDERATED) as FederatedMethod[]) {
@@ -398,34 +402,6 @@ export async function runSimulation(
     phaseSeconds,
     seconds: (performance.now() - started) / 1000,
   });
-}
-
-/**
- * The training cost of this host for `workload`: measured once (as every device measures itself) and
- * kept in `cacheDir` under the device's calibration key and the CPU, so a second run skips it.
- */
-async function cachedCalibration(
-  cacheDir: string | undefined,
-  workload: Parameters<typeof calibrationKey>[0],
-  measure: () => Promise<TrainingCost>,
-): Promise<TrainingCost> {
-  if (!cacheDir) return measure();
-  const cpu = `${os.cpus()[0]?.model ?? ''} x${os.cpus().length}`;
-  const file = path.join(
-    cacheDir,
-    `calibration-${createHash('sha256')
-      .update(`${calibrationKey(workload)}|${cpu}`)
-      .digest('hex')
-      .slice(0, 16)}.json`,
-  );
-  try {
-    return JSON.parse(await readFile(file, 'utf8')) as TrainingCost;
-  } catch {
-    const cost = await measure();
-    await mkdir(cacheDir, { recursive: true });
-    await writeFile(file, `${JSON.stringify(cost, null, 2)}\n`);
-    return cost;
-  }
 }
 
 /** Stops the server child: SIGTERM, then SIGKILL if it has not exited within 10 s. */

@@ -7,7 +7,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type LoadedCheckpoint, ModelByteSource, OrtLlama, loadCheckpoint } from '@floe/model';
 import { evaluateArithmetic, evaluateLabels, evaluateSpeech, federationPartition, taskManifest } from '@floe/tasks';
+import { initialAdapter } from '@floe/edge-client';
 import { WINDOW_BYTES, proseWindows, scoreHeldOut, sourceModel } from '../src/index.js';
+import { ClientEvaluator } from '../src/client-evaluator.js';
 
 const MODEL = path.join(import.meta.dirname, '..', '..', '..', 'models', 'edge-small');
 const SEQ = 128;
@@ -62,5 +64,42 @@ describe('scoreHeldOut on the edge model', () => {
     const batched = await evaluateArithmetic(model, examples);
     expect(ours.value).toBe(batched.exactMatch);
     expect(ours.count).toBe(40);
+  });
+
+  it('scores a fresh LoRA start as the base model and any other adapter through it', async () => {
+    const [client] = federationPartition('speech', { seed: 0, clients: 4, pretrainSeed: 0 }).clients;
+    const test = { documents: [client!.test.documents[0]!.slice(0, 2 * WINDOW_BYTES)] };
+    const manifest = taskManifest('speech');
+    const evaluator = new ClientEvaluator(
+      checkpoint,
+      { manifest, train: client!.train, test },
+      { seqLen: SEQ, threads: 1 },
+    );
+    const plan = { rank: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] };
+    const start = initialAdapter(checkpoint.config, plan, 1);
+    const base = (await scoreHeldOut(sourceModel(new ModelByteSource(model)), test, manifest, { seqLen: SEQ })).value;
+    expect(await evaluator.edge(start)).toBe(base);
+    // one non-zero column of B in one module: no longer the base model
+    const moved = initialAdapter(checkpoint.config, plan, 1);
+    const [, factors] = [...moved.modules][0]!;
+    for (let i = 0; i < factors.outFeatures; i++) factors.B[i * factors.rank] = 0.5;
+    const withLora = await OrtLlama.create(checkpoint.config, checkpoint.weights, {
+      loraModules: [...moved.modules.keys()],
+    });
+    try {
+      const direct = await scoreHeldOut(
+        sourceModel(new ModelByteSource(withLora, 'edge+lora', moved)),
+        test,
+        manifest,
+        {
+          seqLen: SEQ,
+        },
+      );
+      expect(Math.abs(direct.value - base)).toBeGreaterThan(1e-3); // the change is visible at all
+      expect(await evaluator.edge(moved)).toBeCloseTo(direct.value, 6);
+    } finally {
+      await withLora.release();
+      await evaluator.dispose();
+    }
   });
 });

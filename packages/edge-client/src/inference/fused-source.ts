@@ -288,9 +288,12 @@ export class FusedByteSource implements ByteSource {
    * each of its tokens; without an answer every position is the edge's.
    */
   async score(text: string): Promise<ByteDistribution[]> {
-    const edge = await this.edge.score(text);
-    const base = this.edgeBase ? await this.edgeBase.score(text) : undefined;
-    const scored = await this.cloud.score(text);
+    // the cloud's answer is awaited while the edge computes
+    const [edge, base, scored] = await Promise.all([
+      this.edge.score(text),
+      this.edgeBase?.score(text),
+      this.cloud.score(text),
+    ]);
     this.stats.positions += edge.length;
     if (!scored) {
       this.stats.fellBack += edge.length;

@@ -80,6 +80,7 @@ async function federate(task: FederateTask): Promise<void> {
       threads: client.threads,
       calibration: task.calibration,
       evaluateRounds: false,
+      evaluateAtEnd: false, // this worker scores every method itself, one way
       personalize: task.personalize,
       throttle: task.throttle,
       log: (line) => post({ type: 'log', line }),
