@@ -18,7 +18,7 @@ import { TASKS } from '@floe/tasks';
 import { reportMarkdown } from './report/markdown.js';
 import { renderSvg } from './report/charts.js';
 import { METHODS, SimulationReport, checkClaims } from './report/schema.js';
-import { DEFAULT_SCENARIO, QUICK_SCENARIO, Scenario } from './scenario.js';
+import { DEFAULT_SCENARIO, QUICK_SCENARIO, Scenario, checkScenario } from './scenario.js';
 import { type SimulationObserver, runSimulation } from './simulation.js';
 
 class UsageError extends Error {}
@@ -66,18 +66,10 @@ function scenarioOf(flags: Record<string, unknown>, quick: boolean, configFile: 
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
-  if (scenario.participation < 1) {
-    // the server tells only the last round's devices that the job ended; a device left out of it would wait forever
-    throw new UsageError(
-      'participation below 1 is not supported yet: devices not sampled in the last round are never told the job ended',
-    );
-  }
-  if (scenario.dropouts > 0 && scenario.rounds < 2) {
-    throw new UsageError('dropouts need at least 2 rounds (a device dies in a round before the last)');
-  }
-  const unknownTiers = scenario.tiers.filter((t) => !TIERS[t]);
-  if (unknownTiers.length > 0) {
-    throw new UsageError(`unknown tier ${unknownTiers.join(',')}; known: ${Object.keys(TIERS).join(', ')}`);
+  try {
+    checkScenario(scenario);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
   }
   for (const dir of [scenario.edgeModel, scenario.cloudModel]) {
     if (!existsSync(path.join(dir, 'config.json'))) throw new UsageError(`${dir} is not a checkpoint directory`);

@@ -35,7 +35,7 @@ import {
   roundTimes,
 } from './report/charts.js';
 import { type Claim, METHODS, type Method, SimulationReport, checkClaims } from './report/schema.js';
-import type { Scenario } from './scenario.js';
+import { type Scenario, checkScenario } from './scenario.js';
 import type { ClientSpec, WorkerEvent, WorkerTask } from './worker/protocol.js';
 import { type WorkerResult, WorkerPool } from './worker/pool.js';
 
@@ -133,6 +133,7 @@ export async function runSimulation(
     cacheDir?: string | undefined;
   },
 ): Promise<SimulationResult> {
+  checkScenario(scenario);
   const observer = options.observer ?? noObserver;
   const started = performance.now();
   const phaseSeconds: Record<string, number> = {};
@@ -164,10 +165,6 @@ export async function runSimulation(
   const ids = partitioned.map((c) => c.id);
   const stragglers = new Set(random.shuffled(ids).slice(0, Math.round(scenario.stragglers * ids.length)));
   const dropouts = new Set(random.shuffled(ids).slice(0, Math.round(scenario.dropouts * ids.length)));
-  if (dropouts.size > 0 && scenario.rounds < 2) throw new RangeError('dropouts need at least 2 rounds');
-  if (scenario.participation < 1) {
-    throw new RangeError('participation below 1 is not supported yet: unsampled devices are not told the job ended');
-  }
   const inspector = new FrameInspector();
   const clients: SimClient[] = partitioned.map((data) => {
     const index = partitioned.filter((c) => c.task === data.task).indexOf(data);
@@ -254,7 +251,7 @@ export async function runSimulation(
           );
     observer.line('starting the cloud stand-in and the coordination server on loopback');
     const tokens = { join: randomBytes(16).toString('hex'), admin: randomBytes(16).toString('hex') };
-    workers = new WorkerPool(Math.min(clients.length, os.cpus().length));
+    workers = new WorkerPool(Math.min(clients.length, 2 * os.cpus().length));
     const children = await Promise.allSettled([
       spawnCloudProcess(['--model', scenario.cloudModel, '--host', '127.0.0.1', '--port', '0']).then(
         (c) => (cloud = c),

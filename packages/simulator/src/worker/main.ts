@@ -122,16 +122,19 @@ async function federate(task: FederateTask): Promise<void> {
     const died = new Promise<'died'>((resolve) => {
       die = life === 0 && task.dieAt ? () => resolve('died') : undefined;
     });
-    const ended = await Promise.race([device.finished, died]);
+    let ended: DeviceOutcome | 'died';
+    try {
+      ended = await Promise.race([device.finished, died]);
+    } finally {
+      await device.stop(); // its socket and sessions go whether the job ended, it died or it failed
+    }
     if (ended === 'died') {
       die = undefined;
       post({ type: 'log', line: `died in round ${task.dieAt?.round} at step ${task.dieAt?.step}; restarting` });
-      await device.stop();
       await sleep(1000);
       continue;
     }
     outcome = ended;
-    await device.stop();
   }
   await scoring;
   if (scoringFailed !== undefined) throw scoringFailed;
@@ -163,20 +166,23 @@ async function trainAlone(task: LocalTask): Promise<void> {
   );
   post({ type: 'heldOut', round: 0, value: await evaluator.edge(adapter) });
   const phases = [...Array.from({ length: task.rounds }, () => task.localSteps), task.extraSteps];
-  for (const [round, steps] of phases.entries()) {
-    if (steps === 0) continue;
-    const result = await trainer.train({
-      start: adapter,
-      steps,
-      batchSize: task.batchSize,
-      learningRate: task.learningRate,
-      seed: task.seed * 1000 + round,
-      onStep: (step, loss) => post({ type: 'step', round, step, loss }),
-    });
-    adapter = result.adapter;
-    if (round < task.rounds - 1) post({ type: 'heldOut', round: round + 1, value: await evaluator.edge(adapter) });
+  try {
+    for (const [round, steps] of phases.entries()) {
+      if (steps === 0) continue;
+      const result = await trainer.train({
+        start: adapter,
+        steps,
+        batchSize: task.batchSize,
+        learningRate: task.learningRate,
+        seed: task.seed * 1000 + round,
+        onStep: (step, loss) => post({ type: 'step', round, step, loss }),
+      });
+      adapter = result.adapter;
+      if (round < task.rounds - 1) post({ type: 'heldOut', round: round + 1, value: await evaluator.edge(adapter) });
+    }
+  } finally {
+    await trainer.dispose();
   }
-  await trainer.dispose();
   post({ type: 'result', scores: { edge: await evaluator.edge(adapter) } });
 }
 

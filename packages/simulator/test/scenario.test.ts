@@ -1,0 +1,38 @@
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_SCENARIO, QUICK_SCENARIO, ScenarioError, checkScenario } from '../src/index.js';
+
+const ROOT = path.join(import.meta.dirname, '..', '..', '..');
+const simulate = (...args: string[]) =>
+  spawnSync(
+    process.execPath,
+    ['--import', 'tsx', '--conditions=floe-source', 'packages/simulator/src/cli.ts', ...args],
+    { cwd: ROOT, encoding: 'utf8', timeout: 60_000 },
+  );
+
+describe('scenarios', () => {
+  it('accepts the default and quick scenarios, and refuses what the schema cannot say', () => {
+    expect(() => checkScenario(DEFAULT_SCENARIO)).not.toThrow();
+    expect(() => checkScenario(QUICK_SCENARIO)).not.toThrow();
+    expect(() => checkScenario({ ...DEFAULT_SCENARIO, participation: 0.5 })).toThrow(/participation below 1/);
+    expect(() => checkScenario({ ...DEFAULT_SCENARIO, dropouts: 0.25, rounds: 1 })).toThrow(/at least 2 rounds/);
+    expect(() => checkScenario({ ...DEFAULT_SCENARIO, tiers: ['laptop', 'watch'] })).toThrow(ScenarioError);
+  });
+
+  it('pnpm simulate answers a wrong flag with exit 2 and one line of reason, before starting anything', () => {
+    const cases: [string[], RegExp][] = [
+      [['--tiers', 'laptop,watch'], /unknown tier watch/],
+      [['--rounds', 'x'], /--rounds.*expected an integer/],
+      [['--participation', '0.5'], /participation below 1/],
+      [['--calibration', 'no/such/file.json'], /calibration no\/such\/file.json does not exist/],
+      [['--frobnicate'], /unknown option/],
+    ];
+    for (const [args, reason] of cases) {
+      const run = simulate(...args);
+      expect({ args, status: run.status }).toEqual({ args, status: 2 });
+      expect(run.stderr).toMatch(reason);
+      expect(run.stdout).not.toMatch(/simulating/);
+    }
+  });
+});
