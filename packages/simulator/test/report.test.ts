@@ -1,4 +1,8 @@
 /** The simulation report's schema and the claims read from it, on reports built by hand. */
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { isValid, parse } from '@floe/shared';
 import { METHODS, type Method, SimulationReport, checkClaims, reportMarkdown } from '../src/index.js';
@@ -91,5 +95,40 @@ describe('simulation report', () => {
     expect(rows.find((l) => l.includes('Floe + fusion'))).toContain('**1.600**');
     expect(speech.split('\n')[2]).toContain('speech-1');
     expect(md).toContain('![Metric per round](charts/metric.svg)');
+  });
+
+  it('pnpm simulate check: exit 0 when the claims hold, 1 when one fails, and --require enforces only the named ones', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'floe-report-'));
+    const write = async (name: string, r: SimulationReport) => {
+      await writeFile(path.join(dir, name), JSON.stringify(r));
+      return path.join(dir, name);
+    };
+    const check = (...args: string[]) =>
+      spawnSync(
+        process.execPath,
+        ['--import', 'tsx', '--conditions=floe-source', 'packages/simulator/src/cli.ts', 'check', ...args],
+        { cwd: path.join(import.meta.dirname, '..', '..', '..'), encoding: 'utf8', timeout: 60_000 },
+      );
+    const split = await write('split.json', report(good, { clusteringAri: 0.5 }));
+    expect(checkClaims(report(good, { clusteringAri: 0.5 })).map((c) => c.id)).toEqual([
+      'speech:floe',
+      'email:floe',
+      'speech:fusion',
+      'clustering',
+      'raw-data',
+    ]);
+    expect(check(await write('good.json', report(good))).status).toBe(0);
+    const all = check(split);
+    expect(all.status).toBe(1);
+    expect(all.stdout).toMatch(/DOES NOT HOLD: \[clustering\]/);
+    const some = check(split, '--require', 'raw-data,email:floe');
+    expect(some.status).toBe(0);
+    expect(some.stdout).toMatch(/DOES NOT HOLD: \[clustering\].*\(not required\)/);
+    expect(
+      check(await write('leak.json', report(good, { rawBytesAtServer: 16 })), '--require', 'raw-data').status,
+    ).toBe(1);
+    const wrong = check(split, '--require', 'raw-bytes');
+    expect(wrong.status).toBe(2);
+    expect(wrong.stderr).toMatch(/no claim raw-bytes.*raw-data/);
   });
 });

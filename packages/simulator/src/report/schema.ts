@@ -54,6 +54,8 @@ export const SimulationReport = Type.Object(
 export type SimulationReport = Static<typeof SimulationReport>;
 
 export interface Claim {
+  /** Stable name: `<task>:floe`, `speech:fusion`, `clustering`, `raw-data` (what `simulate check --require` takes). */
+  id: string;
   claim: string;
   holds: boolean;
   /** The figures behind it. */
@@ -75,6 +77,7 @@ export function checkClaims(report: SimulationReport, minAri = 0.8): Claim[] {
   for (const [task, result] of Object.entries(report.tasks)) {
     const { floe, fedavg, local } = result.methods;
     claims.push({
+      id: `${task}:floe`,
       claim: `${task}: Floe beats FedAvg and local-only on the mean ${result.metric}`,
       holds:
         better(result.higherIsBetter, floe.mean, fedavg.mean) && better(result.higherIsBetter, floe.mean, local.mean),
@@ -85,6 +88,7 @@ export function checkClaims(report: SimulationReport, minAri = 0.8): Claim[] {
   if (speech) {
     const { floe_fused: fusedFloe, floe, cloud } = speech.methods;
     claims.push({
+      id: 'speech:fusion',
       claim: `speech: Floe with fusion beats Floe and cloud-only on ${speech.metric}`,
       holds:
         better(speech.higherIsBetter, fusedFloe.mean, floe.mean) &&
@@ -93,11 +97,13 @@ export function checkClaims(report: SimulationReport, minAri = 0.8): Claim[] {
     });
   }
   claims.push({
+    id: 'clustering',
     claim: `clustering agrees with the true tasks (adjusted Rand index >= ${minAri})`,
     holds: report.clusteringAri >= minAri,
     detail: `ARI ${report.clusteringAri.toFixed(3)}`,
   });
   claims.push({
+    id: 'raw-data',
     claim: 'no raw data reached the server',
     holds: report.rawBytesAtServer === 0,
     detail: `${report.rawBytesAtServer} bytes found`,
