@@ -137,10 +137,13 @@ export async function runSimulation(
   const observer = options.observer ?? noObserver;
   const started = performance.now();
   const phaseSeconds: Record<string, number> = {};
+  // a child process that exits while the run needs it ends the run with its reason, not at a round deadline
+  let childExited: Promise<never> = new Promise<never>(() => undefined);
+  let stopping = false;
   const timed = async <T>(name: string, steps: number, work: () => Promise<T>): Promise<T> => {
     observer.phase(name, steps);
     const t0 = performance.now();
-    const out = await work();
+    const out = await Promise.race([work(), childExited]);
     phaseSeconds[name] = (performance.now() - t0) / 1000;
     observer.line(`${name}: done in ${phaseSeconds[name].toFixed(0)} s`);
     return out;
@@ -224,6 +227,7 @@ export async function runSimulation(
 
   let cloud: CloudProcess | undefined;
   let server: ServerProcess | undefined;
+  let serverStart: Promise<ServerProcess> | undefined;
   const jobs = new Map<FederatedMethod, JobSummary>();
   const clusters = new Map<string, number>();
   try {
@@ -252,25 +256,47 @@ export async function runSimulation(
     observer.line('starting the cloud stand-in and the coordination server on loopback');
     const tokens = { join: randomBytes(16).toString('hex'), admin: randomBytes(16).toString('hex') };
     workers = new WorkerPool(Math.min(clients.length, 2 * os.cpus().length));
-    const children = await Promise.allSettled([
-      spawnCloudProcess(['--model', scenario.cloudModel, '--host', '127.0.0.1', '--port', '0']).then(
-        (c) => (cloud = c),
-      ),
-      spawnServerProcess({
-        FLOE_HOST: '127.0.0.1',
-        FLOE_PORT: '0',
-        FLOE_DATA_DIR: path.join(options.workDir, 'server'),
-        FLOE_JOIN_TOKEN: tokens.join,
-        FLOE_ADMIN_TOKEN: tokens.admin,
-        FLOE_CREDENTIAL_SECRET: randomBytes(32).toString('hex'),
-        FLOE_GATHER_MS: '60000',
-        FLOE_LOG_LEVEL: 'info', // the child is ready when it logs that it listens (at info)
-        FLOE_RATE_LIMIT_MESSAGES: '1000',
-        FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
-      }).then((s) => (server = s)),
-    ]);
-    for (const outcome of children) if (outcome.status === 'rejected') throw outcome.reason;
-    if (!cloud || !server) throw new Error('the cloud stand-in or the server did not start');
+    // the reference phase needs only the cloud: the server finishes starting beside it
+    const cloudStart = spawnCloudProcess(['--model', scenario.cloudModel, '--host', '127.0.0.1', '--port', '0']);
+    serverStart = spawnServerProcess({
+      FLOE_HOST: '127.0.0.1',
+      FLOE_PORT: '0',
+      FLOE_DATA_DIR: path.join(options.workDir, 'server'),
+      FLOE_JOIN_TOKEN: tokens.join,
+      FLOE_ADMIN_TOKEN: tokens.admin,
+      FLOE_CREDENTIAL_SECRET: randomBytes(32).toString('hex'),
+      FLOE_GATHER_MS: '60000',
+      FLOE_LOG_LEVEL: 'info', // the child is ready when it logs that it listens (at info)
+      FLOE_RATE_LIMIT_MESSAGES: '1000',
+      FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
+    });
+    serverStart.catch(() => undefined); // awaited after the reference phase, or in `finally`
+    cloud = await cloudStart;
+    const cores = os.cpus().length;
+    const cloudUrl = cloud.url;
+
+    await timed('base, cloud and fused', 0, () =>
+      pMap(clients, (c) => worker('base', c, { kind: 'reference', client: spec(c), cloudUrl }), { concurrency: cores }),
+    );
+    server = await serverStart;
+    for (const [name, child] of [
+      ['cloud stand-in', cloud.child],
+      ['coordination server', server.child],
+    ] as const) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the ${name} exited before the jobs`);
+    }
+    const children = [
+      ['cloud stand-in', cloud.child],
+      ['coordination server', server.child],
+    ] as const;
+    childExited = new Promise<never>((_, reject) => {
+      for (const [name, child] of children) {
+        child.once('exit', (code, signal) => {
+          if (!stopping) reject(new Error(`the ${name} exited (${signal ?? `code ${String(code)}`}) during the run`));
+        });
+      }
+    });
+    childExited.catch(() => undefined); // raced in every phase; unhandled only between phases
     const serverUrl = server.url;
     const admin = async <T>(method: 'GET' | 'POST', route: string, body?: unknown): Promise<T> => {
       const response = await fetch(`${serverUrl}${route}`, {
@@ -284,12 +310,6 @@ export async function runSimulation(
       if (!response.ok) throw new Error(`${method} ${route}: ${response.status} ${await response.text()}`);
       return (await response.json()) as T;
     };
-    const cores = os.cpus().length;
-    const cloudUrl = cloud.url;
-
-    await timed('base, cloud and fused', 0, () =>
-      pMap(clients, (c) => worker('base', c, { kind: 'reference', client: spec(c), cloudUrl }), { concurrency: cores }),
-    );
     const jobSpec = (method: FederatedMethod): JobSpec => ({
       name: `simulate-${method}`,
       baseModel: { id: path.basename(scenario.edgeModel), sha256, architecture },
@@ -385,6 +405,8 @@ export async function runSimulation(
       });
     }
   } finally {
+    stopping = true;
+    server ??= await serverStart?.catch(() => undefined); // a server still starting is stopped too
     await Promise.all([cloud?.stop(), stopServer(server), workers?.close()]);
   }
 

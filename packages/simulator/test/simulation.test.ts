@@ -3,6 +3,8 @@
  * processes on loopback, four clients in worker threads (one a straggler, one that dies mid-round and
  * restarts), every method scored on every client, and the report checked for what the run must show.
  */
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -99,4 +101,45 @@ describe('runSimulation on a small scenario', () => {
     expect(lines.some((l) => /^floe round 2\/2: aggregated, 4\/4 updates/.test(l))).toBe(true);
     expect(result.claims.map((c) => c.claim)).toContain('no raw data reached the server');
   });
+});
+
+describe('runSimulation when a child process dies', () => {
+  it('ends with the reason as soon as the coordination server is killed, and leaves no process behind', async () => {
+    const workDir = await mkdtemp(path.join(os.tmpdir(), 'floe-simulation-'));
+    const children = () =>
+      spawnSync('pgrep', ['-P', String(process.pid), '-f', 'src/main.ts'], { encoding: 'utf8' })
+        .stdout.split('\n')
+        .filter(Boolean)
+        .map(Number);
+    const serverPid = () =>
+      children().find((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('server/src/main.ts'));
+    let killedAt = 0;
+    try {
+      const run = runSimulation(
+        { ...SCENARIO, stragglers: 0, dropouts: 0, localSteps: 40, roundDeadlineSec: 600 },
+        {
+          workDir,
+          observer: {
+            phase: () => undefined,
+            step: () => undefined,
+            // in the middle of the job's second round (40 steps each): the devices are training
+            line: (text) => {
+              if (!text.startsWith('fedavg round 1/') || killedAt > 0) return;
+              const pid = serverPid();
+              if (pid === undefined) throw new Error('no server child found');
+              killedAt = performance.now();
+              process.kill(pid, 'SIGKILL');
+            },
+          },
+        },
+      );
+      await expect(run).rejects.toThrow(/coordination server exited \(SIGKILL\) during the run/);
+      // not at the round deadline (600 s), where a job waited for devices that could no longer report
+      expect(killedAt).toBeGreaterThan(0);
+      expect((performance.now() - killedAt) / 1000).toBeLessThan(60);
+      expect(children()).toEqual([]);
+    } finally {
+      await rm(workDir, { recursive: true, force: true });
+    }
+  }, 600_000);
 });

@@ -198,7 +198,10 @@ const runners = { federate, local: trainAlone, reference } as Record<
   WorkerTask['kind'],
   (task: WorkerTask) => Promise<void>
 >;
-parentPort?.on('message', ({ id, task }: { id: number; task: WorkerTask }) => {
+parentPort?.on('message', (message: { id: number; task: WorkerTask } | { close: true }) => {
+  // between two synchronous ORT runs, never inside one (see WorkerPool.close)
+  if ('close' in message) process.exit(0);
+  const { id, task } = message;
   void taskIds.run(id, () =>
     runners[task.kind](task).catch((error: unknown) =>
       post({ type: 'error', message: error instanceof Error ? (error.stack ?? error.message) : String(error) }),

@@ -81,11 +81,22 @@ export class WorkerPool {
     });
   }
 
+  /**
+   * Ends the workers. Each is asked to exit at its next turn of the event loop rather than terminated:
+   * onnxruntime-node runs a session synchronously on the worker's thread, and a worker terminated in the
+   * middle of a run aborts the whole process (a C++ exception from the binding when it calls back into
+   * JavaScript). One that does not exit within 10 s is terminated anyway.
+   */
   async close(): Promise<void> {
     await Promise.all(
       this.hosts.map(async (h) => {
         h.worker.removeAllListeners('exit');
-        await h.worker.terminate();
+        const exited = new Promise<void>((resolve) => h.worker.once('exit', () => resolve()));
+        h.worker.postMessage({ close: true });
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), 10_000)));
+        if ((await Promise.race([exited, late])) === 'late') await h.worker.terminate();
+        clearTimeout(timer);
       }),
     );
   }
