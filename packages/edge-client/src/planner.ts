@@ -19,25 +19,25 @@ import {
   linearShapeOf,
 } from '@floe/shared';
 
-const Finite = (description?: string) => Type.Number(description ? { description } : {});
+const Measured = (description?: string) => Type.Number(description ? { description } : {});
 
 /** How this device trains the job's model: fitted on measured workloads (calibration.ts). */
 export const TrainingCost = Type.Object({
   seqLen: Type.Integer({ minimum: 1, description: 'sequence length the measurements used' }),
   threads: Type.Integer({ minimum: 1, description: 'ORT threads the measurements used' }),
   secondsPerRow: Type.Object(
-    { base: Finite(), perLayer: Finite() },
+    { base: Measured(), perLayer: Measured() },
     { description: 'seconds per row of a step at micro-batch 8: base + perLayer * (adapted top layers)' },
   ),
   microBatchFactor: Type.Record(Type.String({ pattern: '^[0-9]+$' }), Type.Number({ exclusiveMinimum: 0 }), {
     description: 'step time at micro-batch m relative to micro-batch 8 (1 at 8)',
   }),
   memoryMiB: Type.Object(
-    { fixed: Finite(), perLayer: Finite(), perRow: Finite(), perRowLayer: Finite() },
+    { fixed: Measured(), perLayer: Measured(), perRow: Measured(), perRowLayer: Measured() },
     { description: 'training memory in MiB: fixed + perLayer * k + m * (perRow + perRowLayer * k)' },
   ),
   buildSeconds: Type.Number({ minimum: 0, description: 'seconds to build the training graphs (first round only)' }),
-  warmupSeconds: Finite("extra seconds of a round's first step over a steady one (caches warming up)"),
+  warmupSeconds: Measured("extra seconds of a round's first step over a steady one (caches warming up)"),
   hostGflops: Type.Number({
     exclusiveMinimum: 0,
     description: 'effective GFLOP/s of this host on the all-layers workload at micro-batch 8',

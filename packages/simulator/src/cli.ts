@@ -17,7 +17,7 @@ import { parse } from '@floe/shared';
 import { TASKS } from '@floe/tasks';
 import { reportMarkdown } from './report/markdown.js';
 import { renderSvg } from './report/charts.js';
-import { METHODS, SimulationReport, checkClaims } from './report/schema.js';
+import { type Claim, METHODS, SimulationReport, checkClaims } from './report/schema.js';
 import { DEFAULT_SCENARIO, QUICK_SCENARIO, Scenario, checkScenario } from './scenario.js';
 import { type SimulationObserver, runSimulation } from './simulation.js';
 
@@ -174,13 +174,13 @@ async function check(file: string, required?: readonly string[]): Promise<boolea
       `no claim ${unknown.join(', ')} in this report; its claims: ${claims.map((c) => c.id).join(', ')}`,
     );
   }
+  const enforced = (c: Claim) => required === undefined || required.includes(c.id);
   for (const c of claims) {
-    const enforced = required === undefined || required.includes(c.id);
     console.log(
-      `${c.holds ? 'holds' : 'DOES NOT HOLD'}: [${c.id}] ${c.claim} (${c.detail})${enforced ? '' : ' (not required)'}`,
+      `${c.holds ? 'holds' : 'DOES NOT HOLD'}: [${c.id}] ${c.claim} (${c.detail})${enforced(c) ? '' : ' (not required)'}`,
     );
   }
-  return claims.every((c) => c.holds || (required !== undefined && !required.includes(c.id)));
+  return claims.every((c) => c.holds || !enforced(c));
 }
 
 const d = DEFAULT_SCENARIO;

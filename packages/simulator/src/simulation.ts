@@ -234,25 +234,25 @@ export async function runSimulation(
     // plans come from a calibration file the scenario names, or from this host measured alone (cached)
     const measuredFor = { sha256, seqLen, threads: 1, targetModules: scenario.targetModules };
     const stored = scenario.calibration ? await readCalibrationFile(scenario.calibration) : undefined;
-    if (stored && !sameWorkload(stored.workload, measuredFor)) {
+    const usable = stored && sameWorkload(stored.workload, measuredFor) ? stored : undefined;
+    if (stored && !usable) {
       observer.line(`calibration ${scenario.calibration} is for another model or shape; measuring this host`);
     }
     const { cost } =
-      stored && sameWorkload(stored.workload, measuredFor)
-        ? stored
-        : await timed('calibration', 0, () =>
-            cachedCalibration(options.cacheDir, measuredFor, () =>
-              calibrate({
-                model: scenario.edgeModel,
-                config: checkpoint.config,
-                seqLen,
-                targetModules: scenario.targetModules,
-                threads: 1,
-                passes: 1,
-                steps: 8,
-              }),
-            ),
-          );
+      usable ??
+      (await timed('calibration', 0, () =>
+        cachedCalibration(options.cacheDir, measuredFor, () =>
+          calibrate({
+            model: scenario.edgeModel,
+            config: checkpoint.config,
+            seqLen,
+            targetModules: scenario.targetModules,
+            threads: 1,
+            passes: 1,
+            steps: 8,
+          }),
+        ),
+      ));
     observer.line('starting the cloud stand-in and the coordination server on loopback');
     const tokens = { join: randomBytes(16).toString('hex'), admin: randomBytes(16).toString('hex') };
     workers = new WorkerPool(Math.min(clients.length, 2 * os.cpus().length));
@@ -279,16 +279,13 @@ export async function runSimulation(
       pMap(clients, (c) => worker('base', c, { kind: 'reference', client: spec(c), cloudUrl }), { concurrency: cores }),
     );
     server = await serverStart;
-    for (const [name, child] of [
-      ['cloud stand-in', cloud.child],
-      ['coordination server', server.child],
-    ] as const) {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the ${name} exited before the jobs`);
-    }
     const children = [
       ['cloud stand-in', cloud.child],
       ['coordination server', server.child],
     ] as const;
+    for (const [name, child] of children) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the ${name} exited before the jobs`);
+    }
     childExited = new Promise<never>((_, reject) => {
       for (const [name, child] of children) {
         child.once('exit', (code, signal) => {

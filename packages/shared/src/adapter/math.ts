@@ -190,13 +190,13 @@ export function factorizeSum(
   }
   const stacked = terms.reduce((n, t) => n + t.rank, 0);
   if (stacked >= Math.min(rows, cols)) {
-    const dense = new Float32Array(rows * cols);
+    const dense = new Float64Array(rows * cols);
     terms.forEach((t, k) => {
       const product = loraProduct(t, alpha).data;
       const w = weights[k] as number;
       for (let i = 0; i < dense.length; i++) dense[i] = (dense[i] as number) + w * (product[i] as number);
     });
-    return factorize(matrix(rows, cols, dense), rank, alpha);
+    return factorize(matrix(rows, cols, Float32Array.from(dense)), rank, alpha);
   }
   const B = new MlMatrix(rows, stacked);
   const At = new MlMatrix(cols, stacked);

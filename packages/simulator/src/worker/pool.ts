@@ -93,9 +93,8 @@ export class WorkerPool {
         h.worker.removeAllListeners('exit');
         const exited = new Promise<void>((resolve) => h.worker.once('exit', () => resolve()));
         h.worker.postMessage({ close: true });
-        let timer: NodeJS.Timeout | undefined;
-        const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), 10_000)));
-        if ((await Promise.race([exited, late])) === 'late') await h.worker.terminate();
+        const timer = setTimeout(() => void h.worker.terminate(), 10_000);
+        await exited;
         clearTimeout(timer);
       }),
     );
