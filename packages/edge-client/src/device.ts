@@ -255,10 +255,14 @@ export async function startDevice(options: DeviceOptions): Promise<Device> {
   const jobId = job.id;
   const finished = client.jobEnd(jobId).then(async (end): Promise<DeviceOutcome> => {
     const outcome: DeviceOutcome = { jobId, status: end.jobStatus, rounds };
-    if (end.jobStatus !== 'completed' || !lastLocal) return outcome;
-    log('job completed: personalizing');
+    if (end.jobStatus !== 'completed') return outcome;
+    log(lastLocal ? 'job completed: personalizing' : 'job completed without sampling this device: personalizing');
+    // a device never sampled (participation below 1) takes its cluster's adapter at the rank it would have trained
+    const rank =
+      lastLocal?.start.config.rank ??
+      (spec.strategy === 'fedavg' ? spec.maxRank : Math.min(plan.plan.rank, spec.maxRank));
     const cluster = await downloadClusterAdapter(options.serverUrl, credential, jobId, end.clusterId, {
-      rank: lastLocal.start.config.rank,
+      rank,
       ...(plan.plan.layers ? { layers: plan.plan.layers } : {}),
     });
     const personalization: Personalization =

@@ -99,12 +99,6 @@ export class ScenarioError extends Error {}
 
 /** What the schema cannot say of a scenario; throws ScenarioError with the reason. */
 export function checkScenario(scenario: Scenario): void {
-  if (scenario.participation < 1) {
-    // the server tells only the last round's devices that the job ended; a device left out of it would wait forever
-    throw new ScenarioError(
-      'participation below 1 is not supported yet: devices not sampled in the last round are never told the job ended',
-    );
-  }
   if (scenario.dropouts > 0 && scenario.rounds < 2) {
     throw new ScenarioError('dropouts need at least 2 rounds (a device dies in a round before the last)');
   }

@@ -12,6 +12,7 @@ import {
   type LoraFactors,
   type Update,
   type RankPlan,
+  type RoundEnd,
   type RoundStart,
   type UpdateAck,
   type ErrorMessage,
@@ -102,6 +103,7 @@ export interface SyntheticDevice {
   connection: ServerConnection;
   acks: (UpdateAck | ErrorMessage)[];
   rounds: RoundStart[];
+  ends: RoundEnd[];
   stop(): void;
 }
 
@@ -125,8 +127,10 @@ export async function startSyntheticDevice(options: SyntheticDeviceOptions): Pro
     connection,
     acks: [],
     rounds: [],
+    ends: [],
     stop: () => connection.close(),
   };
+  connection.on('round_end', (end) => device.ends.push(end));
   connection.on('round_start', (start) => {
     device.rounds.push(start);
     const adapter = sampleAdapter(start, options.plan.layers, options.distribution, options.clientSeed);

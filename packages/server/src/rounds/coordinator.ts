@@ -145,20 +145,9 @@ export class Coordinator {
       }
       this.store.updateJob(id, { status: 'stopped' });
     });
-    if (open?.status === 'open') {
-      this.release(open);
-      for (const a of open.sampled) {
-        this.transport.send(a.clientId, {
-          type: 'round_end',
-          jobId: id,
-          round: open.round,
-          clusterId: job.state.clusterOf[a.clientId] ?? a.clusterId,
-          accepted: 0,
-          metrics: {},
-          jobStatus: 'stopped',
-        });
-      }
-    }
+    const ended = open?.status === 'open' ? open : this.store.round(id, job.currentRound - 1);
+    if (open?.status === 'open') this.release(open);
+    if (ended) this.sendRoundEnd(job, ended, 'stopped', {}, {}, 0);
     this.clearTimers(id);
     this.metrics.activeJobs.dec();
     this.log.info({ jobId: id }, 'job stopped');
@@ -485,22 +474,51 @@ export class Coordinator {
       this.log.info({ jobId: job.id, rounds: job.spec.rounds }, 'job completed');
     }
     this.release(round);
-    for (const a of round.sampled) {
-      this.transport.send(a.clientId, {
-        type: 'round_end',
-        jobId: job.id,
-        round: round.round,
-        clusterId: clusterOf[a.clientId] ?? a.clusterId,
-        accepted,
-        metrics,
-        jobStatus: finished ? 'completed' : 'running',
-      });
-    }
+    this.sendRoundEnd(job, round, finished ? 'completed' : 'running', clusterOf, metrics, accepted);
     this.refused.delete(job.id);
     this.schedule();
   }
 
   // -------------------------------------------------------------------------------------- helpers
+
+  private sendRoundEnd(
+    job: JobRow,
+    round: RoundRow,
+    jobStatus: RoundEnd['jobStatus'],
+    clusterOf: Record<string, number>,
+    metrics: Metrics,
+    accepted: number,
+  ): void {
+    const state = this.store.job(job.id)?.state ?? job.state;
+    for (const clientId of this.recipientsOfRoundEnd(job, round, jobStatus !== 'running')) {
+      this.transport.send(clientId, {
+        type: 'round_end',
+        jobId: job.id,
+        round: round.round,
+        clusterId:
+          clusterOf[clientId] ??
+          state.clusterOf[clientId] ??
+          round.sampled.find((a) => a.clientId === clientId)?.clusterId ??
+          0,
+        accepted,
+        metrics,
+        jobStatus,
+      });
+    }
+  }
+
+  /**
+   * A round's end goes to the devices it sampled; the end of a job also goes to every device that took
+   * part in an earlier round and every connected device ready for work, so that one left out of the last
+   * round (participation below 1) learns that the job is over instead of waiting for a round that never comes.
+   */
+  private recipientsOfRoundEnd(job: JobRow, round: RoundRow, jobOver: boolean): Set<string> {
+    const recipients = new Set(round.sampled.map((a) => a.clientId));
+    if (!jobOver) return recipients;
+    for (const past of this.store.rounds(job.id)) for (const a of past.sampled) recipients.add(a.clientId);
+    for (const [clientId, session] of this.sessions) if (session.plan !== undefined) recipients.add(clientId);
+    return recipients;
+  }
 
   private sessionOf(clientId: string): Session {
     let session = this.sessions.get(clientId);
