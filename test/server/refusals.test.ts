@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ServerConnection, enroll } from '@floe/edge-client';
+import { type ConnectionError, ServerConnection, enroll } from '@floe/edge-client';
 import {
   type ErrorMessage,
   type JobSummary,
@@ -87,19 +87,27 @@ describe('bad input', () => {
     manual = [
       await manualClient(test.url, sendRaw(garbage)),
       await manualClient(test.url, (connection, start) => {
-        // a schema-valid update above the 256 KiB frame limit (below socket.io's 2x buffer limit, which closes the link)
+        // a schema-valid update above the 256 KiB frame limit: the websocket refuses the message (close 1009)
+        // before socket.io buffers it; the device's own sendUpdate refuses it before it leaves
         const big = sampleAdapter({ ...start, config: { ...start.config, rank: 40 } }, undefined, DISTRIBUTION, 9);
-        const frame = encodeMessage({
-          type: 'update',
+        const body = {
           jobId: start.jobId,
           round: start.round,
           numSamples: 10,
           plan: { ...PLAN, rank: 40 },
           adapter: toWireAdapter(big),
           metrics: {},
-        });
+        };
+        const frame = encodeMessage({ type: 'update', ...body });
         expect(frame.byteLength).toBeGreaterThan(256 * 1024);
-        return connection.sendFrame('update', frame, start.jobId, start.round, 10_000);
+        const local = connection.sendUpdate(body);
+        return local.catch((error: ConnectionError) => {
+          expect(error.code).toBe('too_large');
+          return new Promise<ErrorMessage>((resolve) => {
+            connection.once('disconnect', (reason) => resolve({ type: 'error', code: 'link_closed', message: reason }));
+            void connection.sendFrame('update', frame, start.jobId, start.round, 10_000).catch(() => undefined);
+          });
+        });
       }),
     ];
     const created = await test.admin<JobSummary>(
@@ -120,7 +128,7 @@ describe('bad input', () => {
   it('refuses malformed, oversized, wrong-shape, NaN, wrong-rank, wrong-module, wrong-layer and oversized-norm updates', async () => {
     const [malformed, oversized] = await Promise.all(manual.map((m) => m.reply));
     expect(malformed).toMatchObject({ type: 'error', code: 'bad_magic' });
-    expect(oversized).toMatchObject({ type: 'error', code: 'too_large' });
+    expect(oversized).toMatchObject({ type: 'error', code: 'link_closed', message: 'transport close' });
     const acks = tampered.map((d) => d.acks);
     expect(acks).toEqual(
       TAMPERS.map(({ code }) => [

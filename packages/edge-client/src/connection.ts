@@ -60,6 +60,25 @@ export async function enroll(serverUrl: string, joinToken: string, profile: Devi
   return body;
 }
 
+/**
+ * Why the server refuses `credential`, or undefined when it accepts it. The socket.io handshake is
+ * refused with a bare HTTP 400 before any websocket exists (no reason travels with it), so a device
+ * refused there asks the REST side.
+ */
+export async function credentialRefusal(serverUrl: string, credential: string): Promise<ConnectionError | undefined> {
+  const response = await request(serverUrl, '/v1/me', { headers: { authorization: `Bearer ${credential}` } });
+  if (response.ok) return undefined;
+  const body = (await response.json().catch(() => ({}))) as { code?: string; message?: string };
+  if (response.status !== 401) return undefined; // not about the credential (rate limit, server trouble)
+  return new ConnectionError(body.code ?? 'bad_credential', body.message ?? 'credential refused');
+}
+
+/** A refused websocket upgrade, as engine.io-client reports it. */
+function isHandshakeRefusal(error: Error & { description?: unknown }): boolean {
+  const description = error.description as { message?: unknown } | undefined;
+  return typeof description?.message === 'string' && /Unexpected server response: 4\d\d/.test(description.message);
+}
+
 export interface ConnectionEvents {
   round_start: [RoundStart];
   round_end: [RoundEnd];
@@ -149,7 +168,8 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
   /** Connects with `credential`, says hello and resolves with the server's welcome. */
   static async open(serverUrl: string, credential: string, options: ConnectOptions): Promise<ServerConnection> {
     const socket = io(serverUrl, {
-      auth: { token: credential },
+      // checked on the upgrade request itself, before the server reads any packet
+      extraHeaders: { authorization: `Bearer ${credential}` },
       transports: ['websocket'],
       reconnection: options.reconnect ?? true,
       reconnectionDelay: 200,
@@ -183,15 +203,44 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
               reject(new ConnectionError('timeout', 'no welcome from the server'));
             }, timeoutMs)
           : undefined;
-      socket.once('connect_error', (error: Error & { data?: { code?: string } }) => {
+      const onError = (error: Error & { data?: { code?: string }; description?: unknown }) => {
+        if (isHandshakeRefusal(error)) {
+          void credentialRefusal(serverUrl, credential).then(
+            (refusal) => {
+              if (!refusal) return; // the credential is fine: a passing fault, socket.io retries
+              socket.off('connect_error', onError);
+              clearTimeout(timer);
+              socket.close();
+              reject(refusal);
+            },
+            () => undefined, // the REST side is unreachable too: keep retrying
+          );
+          return;
+        }
         if (socket.active) return; // transient: socket.io retries by itself
+        socket.off('connect_error', onError);
         clearTimeout(timer);
         reject(new ConnectionError(error.data?.code ?? 'connect_failed', error.message));
-      });
+      };
+      socket.on('connect_error', onError);
       socket.once('welcome', () => {
+        socket.off('connect_error', onError);
         clearTimeout(timer);
         resolve();
       });
+    });
+    // later, a reconnection refused for its credential (revoked, expired) ends the link instead of retrying forever
+    socket.on('connect_error', (error: Error & { description?: unknown }) => {
+      if (!isHandshakeRefusal(error)) return;
+      void credentialRefusal(serverUrl, credential).then(
+        (refusal) => {
+          if (!refusal || !socket.active) return;
+          socket.close();
+          connection.emit('server_error', { type: 'error', code: refusal.code, message: refusal.message });
+          connection.emit('disconnect', 'credential refused');
+        },
+        () => undefined,
+      );
     });
     return connection;
   }
@@ -232,6 +281,11 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
   /** Sends an update and resolves with its ack (or the error message that refused it, e.g. rate_limited). */
   async sendUpdate(update: Omit<Update, 'type'>, timeoutMs = 30_000): Promise<UpdateAck | ErrorMessage> {
     const frame = encodeMessage({ type: 'update', ...update });
+    const limit = this.maxFrameBytes;
+    if (limit !== undefined && frame.byteLength > limit) {
+      // the server would close the link on it (its websocket takes no larger message)
+      throw new ConnectionError('too_large', `update frame of ${frame.byteLength} bytes exceeds the server's ${limit}`);
+    }
     return this.sendFrame('update', frame, update.jobId, update.round, timeoutMs);
   }
 

@@ -109,8 +109,8 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
       connection = await open(credential);
     } catch (error) {
       // a server that lost its data (or rotated its secret) no longer knows this device: enroll again
-      if (!(error instanceof ConnectionError) || error.code !== 'bad_credential' || enrolled || !this.options.joinToken)
-        throw error;
+      const refused = error instanceof ConnectionError && ['bad_credential', 'unknown_client'].includes(error.code);
+      if (!refused || enrolled || !this.options.joinToken) throw error;
       this.options.store.forgetIdentity();
       ({ credential, enrolled } = await this.identity());
       connection = await open(credential);

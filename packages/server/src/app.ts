@@ -18,7 +18,7 @@ import { registerDashboard } from './http/dashboard.js';
 import { ServerMetrics } from './metrics.js';
 import { Coordinator } from './rounds/coordinator.js';
 import { Store } from './store/store.js';
-import { Gateway } from './transport/gateway.js';
+import { BOUNDED_PARSER, Gateway, authenticateHandshake } from './transport/gateway.js';
 
 export interface FloeServer {
   app: FastifyInstance;
@@ -93,13 +93,19 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
   const io = new SocketServer(app.server, {
-    maxHttpBufferSize: 2 * config.maxFrameBytes,
+    allowRequest: authenticateHandshake(credentials, store, metrics),
+    transports: ['websocket'],
+    parser: BOUNDED_PARSER,
+    // one websocket message carries one frame (socket.io sends a binary attachment as its own message)
+    maxHttpBufferSize: config.maxFrameBytes + 1024,
+    connectTimeout: config.helloTimeoutMs,
     serveClient: false,
     pingInterval: 10_000,
     pingTimeout: 20_000,
   });
-  const gateway = new Gateway(io, credentials, store, metrics, app.log, {
+  const gateway = new Gateway(io, metrics, app.log, {
     maxFrameBytes: config.maxFrameBytes,
+    helloTimeoutMs: config.helloTimeoutMs,
     rateLimitMessages: config.rateLimitMessages,
     rateWindowSec: config.rateWindowSec,
   });

@@ -3,7 +3,6 @@
  * the simulator). Secrets have no default outside development: `main.ts` refuses to start without
  * them unless FLOE_DEV=1.
  */
-import { DEFAULT_MAX_FRAME_BYTES } from '@floe/shared';
 
 export interface ServerConfig {
   host: string;
@@ -17,6 +16,11 @@ export interface ServerConfig {
   /** Signs client credentials; keep it across restarts or every client must enroll again. */
   credentialSecret: string;
   credentialTtlSec: number;
+  /**
+   * Largest message a device may send or receive. It bounds what one message costs the server (a 32 MiB
+   * websocket message stalls the event loop ~200 ms while ws reassembles it); jobs whose adapters would
+   * not fit are refused at creation.
+   */
   maxFrameBytes: number;
   /** socket.io messages per client per window. */
   rateLimitMessages: number;
@@ -25,6 +29,8 @@ export interface ServerConfig {
   httpRateLimitPerMinute: number;
   gatherMs: number;
   restartGraceMs: number;
+  /** A device connection that has not said hello within this time is closed. */
+  helloTimeoutMs: number;
   logLevel: string;
 }
 
@@ -36,12 +42,13 @@ export const DEFAULT_CONFIG: ServerConfig = {
   adminToken: '',
   credentialSecret: '',
   credentialTtlSec: 30 * 24 * 3600,
-  maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+  maxFrameBytes: 8 * 1024 * 1024,
   rateLimitMessages: 20,
   rateWindowSec: 10,
   httpRateLimitPerMinute: 600,
   gatherMs: 2000,
   restartGraceMs: 15_000,
+  helloTimeoutMs: 10_000,
   logLevel: 'info',
 };
 
@@ -60,6 +67,7 @@ export const ENV_NAMES: Readonly<Record<keyof ServerConfig, string>> = {
   httpRateLimitPerMinute: 'FLOE_HTTP_RATE_LIMIT_PER_MINUTE',
   gatherMs: 'FLOE_GATHER_MS',
   restartGraceMs: 'FLOE_RESTART_GRACE_MS',
+  helloTimeoutMs: 'FLOE_HELLO_TIMEOUT_MS',
   logLevel: 'FLOE_LOG_LEVEL',
 };
 

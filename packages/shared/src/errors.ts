@@ -24,6 +24,7 @@ export type CodecErrorCode =
   | 'bad_length'
   | 'bad_checksum'
   | 'malformed'
+  | 'too_complex'
   | 'invalid'
   | 'bad_tensor'
   | 'non_finite';

@@ -6,6 +6,7 @@ export * from './codec/float16.js';
 export * from './codec/frame.js';
 export * from './codec/tensor.js';
 export * from './codec/message.js';
+export * from './codec/msgpack-bounds.js';
 export * from './codec/update.js';
 export * from './adapter/math.js';
 export * from './adapter/peft.js';

@@ -10,6 +10,7 @@ import {
   encodeAdapterUpdate,
   encodeFrame,
   encodeMessage,
+  checkMsgpackBounds,
   type Message,
 } from '../src/index.js';
 import { adapterBytes, randomAdapter, rng, update } from './fixtures.js';
@@ -123,7 +124,7 @@ describe('frame and message errors', () => {
     const version = bytes.slice();
     version[4] = 9;
     expect(codeOf(() => decodeMessage(version))).toBe('unsupported_frame_version');
-    expect(codeOf(() => decodeMessage(encodeFrame(Uint8Array.of(0xc1))))).toBe('invalid_message');
+    expect(codeOf(() => decodeMessage(encodeFrame(Uint8Array.of(0xc1))))).toBe('malformed');
     expect(codeOf(() => decodeMessage(encodeFrame(Uint8Array.of(0xd4, 0x01, 0x02))))).toBe('malformed');
     expect(codeOf(() => decodeMessageOf(bytes, 'update'))).toBe('invalid_message');
   });
@@ -160,5 +161,41 @@ describe('frame and message errors', () => {
   it('returns the payload view for a valid frame', () => {
     const payload = Uint8Array.of(1, 2, 3);
     expect([...decodeFrame(encodeFrame(payload))]).toEqual([1, 2, 3]);
+  });
+});
+
+describe('msgpack bounds before decoding', () => {
+  // array32 header announcing `count` values, then the values
+  const array32 = (count: number, fill: number) => {
+    const bytes = new Uint8Array(5 + count).fill(fill);
+    bytes[0] = 0xdd;
+    new DataView(bytes.buffer).setUint32(1, count);
+    return bytes;
+  };
+
+  it('refuses a frame of a million empty maps before allocating them', () => {
+    const frame = encodeFrame(array32(1_000_000, 0x80));
+    expect(codeOf(() => decodeMessage(frame))).toBe('too_complex');
+    expect(() => checkMsgpackBounds(array32(1_000_000, 0x80), { maxDepth: 16, maxValues: 2_000_000 })).not.toThrow();
+  });
+
+  it('refuses deep nesting, containers announcing more than the bytes hold, extensions and trailing bytes', () => {
+    expect(codeOf(() => decodeMessage(encodeFrame(new Uint8Array(40).fill(0x91))))).toBe('too_complex');
+    expect(codeOf(() => checkMsgpackBounds(Uint8Array.of(0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0)))).toBe('malformed');
+    expect(codeOf(() => checkMsgpackBounds(Uint8Array.of(0xc6, 0, 0, 0, 9, 1, 2)))).toBe('malformed');
+    expect(codeOf(() => checkMsgpackBounds(Uint8Array.of(0xd6, 0xff, 0, 0, 0, 0)))).toBe('malformed');
+    expect(codeOf(() => checkMsgpackBounds(Uint8Array.of(0xc0, 0xc0)))).toBe('malformed');
+    expect(codeOf(() => checkMsgpackBounds(Uint8Array.of(0x92, 0xc0)))).toBe('malformed');
+  });
+
+  it('counts every value and passes what the codec writes', () => {
+    // [1, {"a": 2}]: the array, 1, the map, "a", 2
+    const doc = Uint8Array.of(0x92, 0x01, 0x81, 0xa1, 0x61, 0x02);
+    expect(() => checkMsgpackBounds(doc, { maxDepth: 2, maxValues: 5 })).not.toThrow();
+    expect(codeOf(() => checkMsgpackBounds(doc, { maxDepth: 2, maxValues: 4 }))).toBe('too_complex');
+    expect(codeOf(() => checkMsgpackBounds(doc, { maxDepth: 1, maxValues: 5 }))).toBe('too_complex');
+    const bytes = encodeAdapterUpdate(update(randomAdapter(8, 4, rng(3))));
+    expect(() => checkMsgpackBounds(decodeFrame(bytes))).not.toThrow();
+    expect(decodeAdapterUpdate(bytes).adapter.modules.size).toBeGreaterThan(0);
   });
 });

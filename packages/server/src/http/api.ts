@@ -423,6 +423,28 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   );
 
   app.get(
+    '/v1/me',
+    {
+      schema: {
+        tags: ['clients'],
+        summary: 'The client a credential names; a device refused at the socket.io handshake learns why here',
+        security: [{ clientCredential: [] }],
+        response: { 200: Type.Object({ clientId: Id, connected: Type.Boolean() }), ...errors },
+      },
+    },
+    async (request) => {
+      let clientId: string;
+      try {
+        clientId = await credentials.verify(bearer(request.headers.authorization));
+      } catch (error) {
+        throw new HttpError(401, 'bad_credential', error instanceof Error ? error.message : 'credential refused');
+      }
+      if (!store.hasClient(clientId)) throw new HttpError(401, 'unknown_client', `client ${clientId} is not enrolled`);
+      return { clientId, connected: gateway.isConnected(clientId) };
+    },
+  );
+
+  app.get(
     '/v1/clients',
     {
       schema: {

@@ -118,7 +118,17 @@ export class Coordinator {
     if (spec.quorum > spec.clientsPerRound) {
       throw new JobError('invalid_job', `quorum ${spec.quorum} exceeds clientsPerRound ${spec.clientsPerRound}`);
     }
-    adapterModuleShapes(spec.baseModel.architecture, spec.targetModules); // throws on unknown modules
+    const shapes = adapterModuleShapes(spec.baseModel.architecture, spec.targetModules); // throws on unknown modules
+    // f32 factors at the job's largest rank, plus room for tensor names and the message around them
+    let frameBytes = 64 * 1024;
+    for (const [out, inner] of shapes.values()) frameBytes += 4 * spec.maxRank * (out + inner) + 256;
+    if (frameBytes > this.options.maxFrameBytes) {
+      throw new JobError(
+        'invalid_job',
+        `an adapter of rank ${spec.maxRank} over these modules needs frames of ~${frameBytes} bytes, over the ` +
+          `server's frame limit of ${this.options.maxFrameBytes} (FLOE_MAX_FRAME_BYTES)`,
+      );
+    }
     const job: JobRow = {
       id,
       spec,

@@ -1,11 +1,14 @@
 /**
  * The socket.io side of the server. A connection is admitted only with a valid credential of an
- * enrolled client; from then on every message on it is that client's. Each event carries one framed
- * msgpack message of the same type (codec/message.ts in @floe/shared). Anything a client sends is
- * size- and rate-limited, decoded and validated; what fails gets an `error` (or a refusing
- * `update_ack`) and is dropped. No client input can throw out of a handler.
+ * enrolled client, checked on the HTTP upgrade request itself (`Authorization: Bearer`), before
+ * engine.io or socket.io parse a single packet of it; from then on every message on it is that
+ * client's. Each event carries one framed msgpack message of the same type (codec/message.ts in
+ * @floe/shared). Anything a client sends is size- and rate-limited, decoded and validated; what fails
+ * gets an `error` (or a refusing `update_ack`) and is dropped. No client input can throw out of a handler.
  */
+import type { IncomingMessage } from 'node:http';
 import type { Server, Socket } from 'socket.io';
+import { Decoder, Encoder } from 'socket.io-parser';
 import { RateLimiterMemory } from 'rate-limiter-flexible';
 import {
   FloeError,
@@ -18,13 +21,15 @@ import {
   decodeMessageOf,
   encodeMessage,
 } from '@floe/shared';
-import type { Credentials } from '../auth.js';
+import { bearer, type Credentials } from '../auth.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { Coordinator, Logger, RoundTransport } from '../rounds/coordinator.js';
 import type { Store } from '../store/store.js';
 
 export interface GatewayOptions {
   maxFrameBytes: number;
+  /** A connection that has not said hello by then is closed. */
+  helloTimeoutMs: number;
   /** Messages a client may send per `rateWindowSec`. */
   rateLimitMessages: number;
   rateWindowSec: number;
@@ -37,6 +42,52 @@ interface ClientSocketData {
 
 type ClientSocket = Socket<Record<string, never>, Record<string, never>, Record<string, never>, ClientSocketData>;
 
+/** Where a handshake's verified client id is kept between engine.io's check and socket.io's. */
+const CLIENT_ID = Symbol('floe client id');
+type AuthenticatedRequest = IncomingMessage & { [CLIENT_ID]?: string };
+
+/**
+ * engine.io's `allowRequest`: the credential in the upgrade request's `Authorization` header must name
+ * an enrolled client, or the request is answered 403 before a websocket exists. Devices reach the
+ * server over websocket only, so no packet of an unauthenticated peer is ever read.
+ */
+export function authenticateHandshake(credentials: Credentials, store: Store, metrics: ServerMetrics) {
+  return (request: IncomingMessage, callback: (error: string | null | undefined, success: boolean) => void) => {
+    void credentials
+      .verify(bearer(request.headers.authorization))
+      .then((clientId) => {
+        if (!store.hasClient(clientId)) throw new FloeError('unknown_client', `client ${clientId} is not enrolled`);
+        (request as AuthenticatedRequest)[CLIENT_ID] = clientId;
+        callback(null, true);
+      })
+      .catch((error: unknown) => {
+        const code = error instanceof FloeError ? error.code : 'bad_credential';
+        metrics.refusedMessages.inc({ code });
+        callback(`${code}: ${error instanceof Error ? error.message : 'refused'}`, false);
+      });
+  };
+}
+
+/**
+ * socket.io's packet decoder, narrowed to what the protocol sends: an event's text part is a short
+ * header (`451-["update",{"_placeholder":true,"num":0}]`) and it carries exactly one binary frame. A
+ * longer text packet or a second attachment closes the connection before JSON.parse sees it.
+ */
+const MAX_TEXT_PACKET_CHARS = 1024;
+class BoundedDecoder extends Decoder {
+  constructor() {
+    super({ maxAttachments: 1 });
+  }
+
+  override add(packet: unknown): void {
+    if (typeof packet === 'string' && packet.length > MAX_TEXT_PACKET_CHARS) {
+      throw new Error(`text packet of ${packet.length} characters (at most ${MAX_TEXT_PACKET_CHARS})`);
+    }
+    super.add(packet);
+  }
+}
+export const BOUNDED_PARSER = { Encoder, Decoder: BoundedDecoder };
+
 export class Gateway implements RoundTransport {
   private readonly sockets = new Map<string, ClientSocket>();
   private readonly limiter: RateLimiterMemory;
@@ -44,22 +95,21 @@ export class Gateway implements RoundTransport {
 
   constructor(
     private readonly io: Server,
-    private readonly credentials: Credentials,
-    private readonly store: Store,
     private readonly metrics: ServerMetrics,
     private readonly log: Logger,
     private readonly options: GatewayOptions,
   ) {
     this.limiter = new RateLimiterMemory({ points: options.rateLimitMessages, duration: options.rateWindowSec });
     io.use((socket, next) => {
-      this.admit(socket as ClientSocket).then(
-        () => next(),
-        (error: unknown) => {
-          const code = error instanceof FloeError ? error.code : 'unauthorized';
-          this.metrics.refusedMessages.inc({ code });
-          next(Object.assign(new Error(error instanceof Error ? error.message : 'unauthorized'), { data: { code } }));
-        },
-      );
+      const clientId = (socket.request as AuthenticatedRequest)[CLIENT_ID];
+      if (clientId === undefined) {
+        // only reachable if the server was built without authenticateHandshake: refuse rather than trust
+        this.metrics.refusedMessages.inc({ code: 'bad_credential' });
+        next(Object.assign(new Error('the handshake carried no credential'), { data: { code: 'bad_credential' } }));
+        return;
+      }
+      (socket as ClientSocket).data = { clientId, greeted: false };
+      next();
     });
     io.on('connection', (socket) => this.connected(socket as ClientSocket));
   }
@@ -95,13 +145,6 @@ export class Gateway implements RoundTransport {
     this.emit(socket, reply);
   }
 
-  private async admit(socket: ClientSocket): Promise<void> {
-    const auth = socket.handshake.auth as Record<string, unknown> | undefined;
-    const clientId = await this.credentials.verify(auth?.token);
-    if (!this.store.hasClient(clientId)) throw new FloeError('unknown_client', `client ${clientId} is not enrolled`);
-    socket.data = { clientId, greeted: false };
-  }
-
   private connected(socket: ClientSocket): void {
     const { clientId } = socket.data;
     const previous = this.sockets.get(clientId);
@@ -113,6 +156,13 @@ export class Gateway implements RoundTransport {
     this.sockets.set(clientId, socket);
     this.metrics.connectedClients.set(this.sockets.size);
     this.log.info({ clientId }, 'client connected');
+
+    const helloTimer = setTimeout(() => {
+      if (socket.data.greeted || !socket.connected) return;
+      this.refuse(socket, 'hello_timeout', `no hello within ${this.options.helloTimeoutMs} ms`);
+      socket.disconnect(true);
+    }, this.options.helloTimeoutMs);
+    socket.on('disconnect', () => clearTimeout(helloTimer));
 
     socket.onAny((event: string, payload: unknown) => {
       void this.handle(socket, event, payload);

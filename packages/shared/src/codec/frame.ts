@@ -10,6 +10,7 @@
  * The length and checksum make every truncation, extension or corruption of a frame detectable
  * before msgpack sees a byte, and the same checksum guards adapters at rest in the server's store.
  */
+import zlib from 'node:zlib';
 import CRC32 from 'crc-32';
 import { CodecError } from '../errors.js';
 
@@ -18,8 +19,11 @@ export const FRAME_VERSION = 1;
 export const FRAME_HEADER_BYTES = 16;
 export const DEFAULT_MAX_FRAME_BYTES = 32 * 1024 * 1024;
 
+// zlib's native CRC-32 (Node >= 20.15) checks a 32 MiB frame in ~7 ms here; the JavaScript one takes 20-50 ms
+const nativeCrc32 = (zlib as { crc32?: (data: Uint8Array) => number }).crc32;
+
 export function crc32(bytes: Uint8Array): number {
-  return CRC32.buf(bytes, 0) >>> 0;
+  return nativeCrc32 ? nativeCrc32(bytes) >>> 0 : CRC32.buf(bytes, 0) >>> 0;
 }
 
 export function encodeFrame(payload: Uint8Array): Uint8Array {

@@ -3,6 +3,7 @@ import { CodecError, ProtocolError } from '../errors.js';
 import type { Message, MessageOf, MessageType, WireAdapter } from '../protocol/schemas.js';
 import { parseMessage } from '../protocol/validate.js';
 import { DEFAULT_MAX_FRAME_BYTES, decodeFrame, encodeFrame } from './frame.js';
+import { DEFAULT_MSGPACK_BOUNDS, type MsgpackBounds, checkMsgpackBounds } from './msgpack-bounds.js';
 import { checkWireTensorSize, ownWireTensor } from './tensor.js';
 
 // Plain msgpack maps (no msgpackr record extension) so any msgpack implementation can read a frame.
@@ -13,6 +14,8 @@ export interface DecodeOptions {
   maxBytes?: number;
   /** Refuse tensors holding NaN or infinity (default true). */
   requireFinite?: boolean;
+  /** Nesting and value count allowed before decoding (default DEFAULT_MSGPACK_BOUNDS). */
+  bounds?: MsgpackBounds;
 }
 
 /** Validates `message` and encodes it as one frame. Refuses to emit what a peer would refuse. */
@@ -28,6 +31,7 @@ export function encodeMessage(message: Message): Uint8Array {
  */
 export function decodeMessage(bytes: unknown, options: DecodeOptions = {}): Message {
   const payload = decodeFrame(bytes, options.maxBytes ?? DEFAULT_MAX_FRAME_BYTES);
+  checkMsgpackBounds(payload, options.bounds ?? DEFAULT_MSGPACK_BOUNDS);
   let value: unknown;
   try {
     value = packr.unpack(payload);
