@@ -22,6 +22,7 @@ const BENCHES: Record<string, () => Promise<{ run: () => Promise<BenchResult> }>
   server: () => import('./bench/server.js'),
   planner: () => import('./bench/planner.js'),
   inference: () => import('./bench/inference.js'),
+  attacks: () => import('./bench/attacks.js'),
 };
 const NAMES = Object.keys(BENCHES);
 const USAGE = `usage: pnpm bench [${NAMES.join('|')} ...] [--json FILE] [--md FILE]   (no name: every suite)`;

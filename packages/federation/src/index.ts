@@ -1,4 +1,5 @@
 export * from './strategy.js';
+export * from './robust.js';
 export * from './validate.js';
 export * from './sketch.js';
 export * from './cluster-quality.js';

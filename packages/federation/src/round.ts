@@ -18,6 +18,7 @@ import {
   type RoundStart,
   Random,
   adapterModuleShapes,
+  loraProductNorm,
   hashString,
   moduleLayer,
   truncateRank,
@@ -27,6 +28,7 @@ import { refineClusters } from './refinement.js';
 import { UpdateSketch, updateSignature } from './sketch.js';
 import { sampleClients } from './sampling.js';
 import { STRATEGIES } from './strategy.js';
+import { DEFAULT_MAX_FACTOR_NORM, type RobustSpec, clipToMedian, robustOptions, updateWeight } from './robust.js';
 import { updateProblems } from './validate.js';
 
 /** The parts of a job the round logic reads. */
@@ -34,7 +36,8 @@ export type FederationSpec = Pick<
   JobSpec,
   'strategy' | 'clustering' | 'maxRank' | 'alpha' | 'targetModules' | 'baseModel' | 'clientsPerRound'
 > &
-  Partial<Pick<JobSpec, 'maxClusters' | 'maxUpdateNorm'>>;
+  Partial<Pick<JobSpec, 'maxClusters' | 'maxUpdateNorm'>> &
+  RobustSpec;
 
 /** A client sampled into a round, with what it was asked to train. */
 export interface Assignment {
@@ -199,6 +202,8 @@ export function checkAdapter(spec: FederationSpec, assignment: Assignment, adapt
     rank: assignment.rank,
     alpha: spec.alpha,
     maxNorm: spec.maxUpdateNorm ?? DEFAULT_MAX_UPDATE_NORM,
+    // fedavg and hetlora average A and B on their own: each factor needs a bound of its own
+    ...(spec.strategy === 'flexlora' ? {} : { maxFactorNorm: spec.maxFactorNorm ?? DEFAULT_MAX_FACTOR_NORM }),
   });
   const first = problems[0];
   if (!first) return undefined;
@@ -226,7 +231,7 @@ export interface RoundAggregate {
   clusterIds: number[];
   state: FederationState;
   /**
-   * Sample-weighted means of the clients' metrics (`client.<name>`), samples; with clustering, the
+   * Medians of the clients' metrics (`client.<name>`), samples (claims capped); with clustering, the
    * silhouette and the view that split (`cluster_view`: 0 none, 1 direction, 2 profile).
    */
   metrics: Metrics;
@@ -251,7 +256,7 @@ export function aggregateRound(
   let clusterIds = updates.map(() => 0);
   let centroids = new Map(state.centroids);
   let pendingSplits: Record<string, string> = {};
-  const metrics: Metrics = meanMetrics(updates);
+  const metrics: Metrics = medianMetrics(updates);
   if (spec.clustering) {
     const starts = new Map<string, LoraAdapter | undefined>();
     const signatures = updates.map((u) => {
@@ -295,15 +300,29 @@ export function aggregateRound(
     const id = clusterIds[i] as number;
     groups.set(id, [...(groups.get(id) ?? []), u]);
   });
+  const robust = robustOptions(spec);
+  const space = spec.strategy === 'flexlora' ? 'product' : 'factors';
   const adapters = new Map(
-    [...groups].map(([clusterId, members]) => [
-      clusterId,
-      strategy.aggregate(members, spec.alpha).forRank(spec.maxRank),
-    ]),
+    [...groups].map(([clusterId, members]) => {
+      const clipped =
+        spec.clipUpdates === 'median'
+          ? clipToMedian(
+              members.map((u) => u.adapter),
+              space,
+              (f) => loraProductNorm(f, spec.alpha),
+            )
+          : members.map((u) => u.adapter);
+      const weighted = members.map((u, i) => ({
+        clientId: u.clientId,
+        numSamples: updateWeight(spec, u.numSamples),
+        adapter: clipped[i] as LoraAdapter,
+      }));
+      return [clusterId, strategy.aggregate(weighted, spec.alpha, robust).forRank(spec.maxRank)];
+    }),
   );
   const clusterOf = { ...state.clusterOf };
   updates.forEach((u, i) => (clusterOf[u.clientId] = clusterIds[i] as number));
-  metrics.samples = updates.reduce((n, u) => n + u.numSamples, 0);
+  metrics.samples = updates.reduce((n, u) => n + updateWeight({ ...spec, weighting: 'samples' }, u.numSamples), 0);
   const next: FederationState = { centroids: [...centroids], clusterOf };
   if (Object.keys(pendingSplits).length > 0) next.pendingSplits = pendingSplits;
   return { adapters, clusterIds, state: next, metrics };
@@ -320,18 +339,23 @@ function meanDirection(sketches: readonly Float64Array[]): number[] {
   return out.map((x) => x / norm);
 }
 
-/** Sample-weighted mean of every metric the clients reported, as `client.<name>` (at most 24 names). */
-function meanMetrics(updates: readonly { numSamples: number; metrics: Metrics }[]): Metrics {
-  const sums = new Map<string, { total: number; weight: number }>();
+/**
+ * The median over clients of every metric they reported, as `client.<name>` (at most 24 names). Not a
+ * sample-weighted mean: a client's claimed count must not steer it, and one extreme value (1e308) can
+ * neither move it far nor overflow it.
+ */
+function medianMetrics(updates: readonly { metrics: Metrics }[]): Metrics {
+  const values = new Map<string, number[]>();
   for (const u of updates) {
-    for (const [name, value] of Object.entries(u.metrics)) {
-      const s = sums.get(name) ?? { total: 0, weight: 0 };
-      s.total += value * u.numSamples;
-      s.weight += u.numSamples;
-      sums.set(name, s);
-    }
+    for (const [name, value] of Object.entries(u.metrics)) values.set(name, [...(values.get(name) ?? []), value]);
   }
   return Object.fromEntries(
-    [...sums].slice(0, 24).map(([name, s]) => [`client.${name}`.slice(0, 64), s.total / s.weight]),
+    [...values].slice(0, 24).map(([name, all]) => {
+      const sorted = all.sort((a, b) => a - b);
+      const n = sorted.length;
+      const mid =
+        n % 2 === 1 ? (sorted[n >> 1] as number) : (sorted[n / 2 - 1] as number) / 2 + (sorted[n / 2] as number) / 2;
+      return [`client.${name}`.slice(0, 64), mid];
+    }),
   );
 }

@@ -9,16 +9,20 @@ import {
   type LoraAdapter,
   type LoraFactors,
   type StrategyName,
+  factorize,
   factorizeSum,
+  loraProduct,
   normalizedWeights,
   padRank,
   truncateRank,
-  weightedMean,
 } from '@floe/shared';
+import { type RobustOptions, combineVectors } from './robust.js';
+
+const MEAN: RobustOptions = { combiner: 'mean', trimFraction: 0 };
 
 export interface ClientUpdate {
   clientId: string;
-  /** The aggregation weight: the number of training samples behind the update. */
+  /** The aggregation weight (the samples behind the update, as far as the job trusts the claim). */
   numSamples: number;
   adapter: LoraAdapter;
 }
@@ -30,7 +34,8 @@ export interface Aggregate {
 
 export interface Strategy {
   readonly name: StrategyName;
-  aggregate(updates: readonly ClientUpdate[], alpha: number): Aggregate;
+  /** `robust` replaces the weighted mean by a coordinate-wise rule (robust.ts); default the mean. */
+  aggregate(updates: readonly ClientUpdate[], alpha: number, robust?: RobustOptions): Aggregate;
   /**
    * A stored aggregate (what `forRank(maxRank)` returned) as a client of `rank` receives it; equal to
    * `forRank(rank)` of the aggregate it came from.
@@ -44,17 +49,19 @@ function modulePaths(updates: readonly ClientUpdate[]): string[] {
   return [...new Set(updates.flatMap((u) => [...u.adapter.modules.keys()]))].sort();
 }
 
-/** The weighted mean of A and of B over factors that share one rank and shape. */
-function meanFactors(factors: readonly LoraFactors[], weights: readonly number[]): LoraFactors {
+/** The weighted mean (or a robust combination) of A and of B over factors that share one rank and shape. */
+function meanFactors(factors: readonly LoraFactors[], weights: readonly number[], robust: RobustOptions): LoraFactors {
   return {
     ...(factors[0] as LoraFactors),
-    A: weightedMean(
+    A: combineVectors(
       factors.map((f) => f.A),
       weights,
+      robust,
     ),
-    B: weightedMean(
+    B: combineVectors(
       factors.map((f) => f.B),
       weights,
+      robust,
     ),
   };
 }
@@ -94,7 +101,7 @@ function prefixRank(f: LoraFactors, rank: number): LoraFactors {
 /** FedAvg: every client at the same rank; the weighted mean of A and of B. */
 export const fedavg: Strategy = {
   name: 'fedavg',
-  aggregate(updates, alpha) {
+  aggregate(updates, alpha, robust = MEAN) {
     const modules = perModule(updates, (path, all, weights) => {
       const rank = all[0]?.rank as number;
       if (all.some((f) => f.rank !== rank)) {
@@ -103,7 +110,7 @@ export const fedavg: Strategy = {
           `fedavg needs one rank for ${path}; got ${[...new Set(all.map((f) => f.rank))].join(', ')}`,
         );
       }
-      return meanFactors(all, weights);
+      return meanFactors(all, weights, robust);
     });
     return {
       forRank(rank) {
@@ -125,12 +132,13 @@ export const fedavg: Strategy = {
 /** HetLoRA: zero-pad every client to the largest rank, weighted mean, truncate back to each client's rank. */
 export const hetlora: Strategy = {
   name: 'hetlora',
-  aggregate(updates, alpha) {
+  aggregate(updates, alpha, robust = MEAN) {
     const modules = perModule(updates, (_path, all, weights) => {
       const maxRank = Math.max(...all.map((f) => f.rank));
       return meanFactors(
         all.map((f) => padRank(f, maxRank)),
         weights,
+        robust,
       );
     });
     return {
@@ -147,11 +155,16 @@ export const hetlora: Strategy = {
  */
 export const flexlora: Strategy = {
   name: 'flexlora',
-  aggregate(updates, alpha) {
+  aggregate(updates, alpha, robust = MEAN) {
     // One SVD per module, at full rank; each client rank is a rescaled prefix (see resize).
     const full = perModule(updates, (_path, all, weights) => {
       const { outFeatures, inFeatures } = all[0] as LoraFactors;
-      return factorizeSum(all, normalizedWeights(weights), Math.min(outFeatures, inFeatures), alpha).factors;
+      const rank = Math.min(outFeatures, inFeatures);
+      if (robust.combiner === 'mean') return factorizeSum(all, normalizedWeights(weights), rank, alpha).factors;
+      // a coordinate-wise rule needs every product's entries: dense, O(clients x out x in)
+      const products = all.map((f) => loraProduct(f, alpha).data);
+      const data = combineVectors(products, weights, robust);
+      return factorize({ rows: outFeatures, cols: inFeatures, data }, rank, alpha).factors;
     });
     const byRank = new Map<number, LoraAdapter>();
     return {

@@ -3,7 +3,7 @@
  * the job, each at the client's planned rank with the layer's shape, and a bounded product norm.
  * (Non-finite values never get this far: the codec refuses them.)
  */
-import { type LoraAdapter, loraProductNorm } from '@floe/shared';
+import { type LoraAdapter, frobeniusNorm, loraProductNorm } from '@floe/shared';
 
 export interface UpdateExpectation {
   /** Module path -> [outFeatures, inFeatures] of every module the client must send. */
@@ -12,13 +12,16 @@ export interface UpdateExpectation {
   alpha: number;
   /** Largest allowed Frobenius norm of a module's product (alpha / r) B A. */
   maxNorm: number;
+  /** Largest allowed Frobenius norm of a module's A and of its B, where factors are averaged. */
+  maxFactorNorm?: number;
 }
 
 export type UpdateProblem =
   | { code: 'missing_module' | 'unexpected_module'; module: string }
   | { code: 'wrong_shape'; module: string; expected: string; got: string }
   | { code: 'wrong_alpha'; expected: number; got: number }
-  | { code: 'norm_too_large'; module: string; norm: number; maxNorm: number };
+  | { code: 'norm_too_large'; module: string; norm: number; maxNorm: number }
+  | { code: 'factor_norm_too_large'; module: string; factor: 'A' | 'B'; norm: number; maxNorm: number };
 
 /** Every problem with `adapter`; empty when it may be aggregated. */
 export function updateProblems(adapter: LoraAdapter, expected: UpdateExpectation): UpdateProblem[] {
@@ -41,6 +44,14 @@ export function updateProblems(adapter: LoraAdapter, expected: UpdateExpectation
     }
     const norm = loraProductNorm(f, adapter.alpha);
     if (!(norm <= expected.maxNorm)) problems.push({ code: 'norm_too_large', module, norm, maxNorm: expected.maxNorm });
+    const maxFactorNorm = expected.maxFactorNorm;
+    if (maxFactorNorm === undefined) continue;
+    for (const factor of ['A', 'B'] as const) {
+      const factorNorm = frobeniusNorm(f[factor]);
+      if (!(factorNorm <= maxFactorNorm)) {
+        problems.push({ code: 'factor_norm_too_large', module, factor, norm: factorNorm, maxNorm: maxFactorNorm });
+      }
+    }
   }
   return problems;
 }

@@ -10,3 +10,4 @@ export * from './held-out.js';
 export * from './frame-inspector.js';
 export * from './client-evaluator.js';
 export * from './calibration.js';
+export * from './attacks.js';

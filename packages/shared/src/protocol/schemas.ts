@@ -336,6 +336,37 @@ export const JobSpec = Type.Object(
     alpha: Type.Number({ exclusiveMinimum: 0, maximum: 4096 }),
     /** Updates whose Frobenius norm of a module product exceeds this are refused. */
     maxUpdateNorm: Type.Optional(Type.Number({ exclusiveMinimum: 0, default: 1e4 })),
+    /**
+     * Under fedavg and hetlora (which average A and B separately), updates whose A or B of a module has a
+     * larger Frobenius norm are refused: a bound on the product alone lets B = 0 carry any A.
+     */
+    maxFactorNorm: Type.Optional(Type.Number({ exclusiveMinimum: 0, default: 1e3 })),
+    /**
+     * Aggregation weight of an update: `samples`, the number of examples it claims, capped at
+     * `maxSamplesPerUpdate`; `equal`, one per update (a client's claim then steers nothing).
+     */
+    weighting: Type.Optional(Type.Union([Type.Literal('samples'), Type.Literal('equal')], { default: 'samples' })),
+    maxSamplesPerUpdate: Type.Optional(Type.Integer({ minimum: 1, maximum: 2 ** 31 - 1, default: 100_000 })),
+    /**
+     * Server-side clipping before aggregation: `off`; `median`, each module's norms (the product under
+     * flexlora, A and B under fedavg/hetlora) scaled down to the round's median of that norm.
+     */
+    clipUpdates: Type.Optional(Type.Union([Type.Literal('off'), Type.Literal('median')], { default: 'off' })),
+    /**
+     * `mean` (weighted); `trimmed_mean` drops the `trimFraction` largest and smallest values of every
+     * coordinate; `median` takes the coordinate-wise median; `near_median` the weighted mean of the
+     * 1 - 2 trimFraction share of updates nearest the coordinate-wise median. Coordinates are the products'
+     * entries under flexlora, the factors' under fedavg/hetlora; trimmed_mean and median ignore weights.
+     */
+    robustAggregation: Type.Optional(
+      Type.Union(
+        [Type.Literal('mean'), Type.Literal('trimmed_mean'), Type.Literal('median'), Type.Literal('near_median')],
+        {
+          default: 'mean',
+        },
+      ),
+    ),
+    trimFraction: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 0.5, default: 0.2 })),
   },
   strict,
 );
