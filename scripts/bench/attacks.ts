@@ -9,9 +9,8 @@ import { DEFENSES, runAttackSuite } from '@floe/simulator';
 import type { BenchResult } from '../lib/bench-report.js';
 
 export async function run(): Promise<BenchResult> {
-  await Promise.resolve();
   console.log(`defenses on: ${JSON.stringify(DEFENSES)}`);
-  const rows = runAttackSuite({
+  const rows = await runAttackSuite({
     architecture: architectureOf(MODEL_PRESETS['edge-small']),
     targetModules: ['q_proj', 'v_proj'],
     clients: 40,

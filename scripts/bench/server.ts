@@ -1,8 +1,9 @@
 /**
  * Coordination server: aggregation time for 100 and 1,000 updates of an edge-small rank-8 adapter
- * (all seven projections of every layer) under hetlora and flexlora, the per-update cost of decoding
- * and validating a frame, and the wall time of a round with 200 socket.io clients on loopback (the
- * server in its own process, as deployed; the clients in this one).
+ * (all seven projections of every layer) under hetlora and flexlora (flexlora with the server's ORT
+ * matrix kernel, as its aggregation workers run it), the per-update cost of decoding and validating a
+ * frame, and rounds of 1,000 socket.io clients on loopback (the server in its own process, as deployed;
+ * the clients in this one) with /healthz timed throughout, aggregation included.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -10,7 +11,7 @@ import path from 'node:path';
 import { SingleBar } from 'cli-progress';
 import { LORA_MODULES, MODEL_PRESETS, architectureOf } from '@floe/model';
 import { type ClientUpdate, STRATEGIES, updateProblems } from '@floe/federation';
-import { spawnServerProcess } from '@floe/server';
+import { ortKernels, spawnServerProcess } from '@floe/server';
 import {
   type JobSpec,
   type JobSummary,
@@ -23,6 +24,7 @@ import {
 } from '@floe/shared';
 import { type SyntheticDevice, sampleAdapter, startSyntheticDevice } from '@floe/simulator';
 import type { BenchResult } from '../lib/bench-report.js';
+import { watchHealth } from '../lib/health-watch.js';
 
 const ARCH = architectureOf(MODEL_PRESETS['edge-small']);
 const MODULES = [...LORA_MODULES];
@@ -55,7 +57,7 @@ function seconds(start: number): number {
   return (performance.now() - start) / 1000;
 }
 
-function aggregation(rows: BenchResult['rows'], data: Record<string, unknown>): void {
+async function aggregation(rows: BenchResult['rows'], data: Record<string, unknown>): Promise<void> {
   const start = roundStart(RANK);
   const pool: ClientUpdate[] = Array.from({ length: 1000 }, (_, i) => ({
     clientId: `c${i}`,
@@ -94,10 +96,11 @@ function aggregation(rows: BenchResult['rows'], data: Record<string, unknown>): 
   data.decodeValidateMsPerUpdate = perUpdateMs;
 
   const results: Record<string, number> = {};
+  const kernels = await ortKernels(1);
   for (const strategy of ['hetlora', 'flexlora'] as const) {
     for (const count of [100, 1000]) {
       t = performance.now();
-      STRATEGIES[strategy].aggregate(pool.slice(0, count), ALPHA).forRank(RANK);
+      (await STRATEGIES[strategy].aggregate(pool.slice(0, count), ALPHA, { maxRank: RANK, kernels })).forRank(RANK);
       const s = seconds(t);
       results[`${strategy}_${count}`] = s;
       rows.push({
@@ -121,10 +124,12 @@ const spawnServer = (dataDir: string) =>
     FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
     FLOE_GATHER_MS: '600000',
     FLOE_LOG_LEVEL: 'info',
+    FLOE_MAX_CONNECTIONS_PER_IP: '100000',
+    FLOE_RATE_LIMIT_MESSAGES: '1000',
   });
 
 async function rounds(rows: BenchResult['rows'], data: Record<string, unknown>): Promise<void> {
-  const clients = 200;
+  const clients = 1000;
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-bench-'));
   // quieter logs: the server prints a line per connection at info level
   const server = await spawnServer(dataDir);
@@ -153,6 +158,7 @@ async function rounds(rows: BenchResult['rows'], data: Record<string, unknown>):
     rows.push({ workload: `enroll + connect ${clients} clients`, seconds: connectSeconds, detail: 'batches of 20' });
 
     const results: Record<string, number[]> = {};
+    const healthDuring: Record<string, number> = {};
     for (const strategy of ['hetlora', 'flexlora'] as const) {
       const spec: JobSpec = {
         name: `bench-${strategy}`,
@@ -160,7 +166,7 @@ async function rounds(rows: BenchResult['rows'], data: Record<string, unknown>):
         targetModules: MODULES,
         strategy,
         clustering: false,
-        rounds: 3,
+        rounds: 2,
         clientsPerRound: clients,
         quorum: clients,
         roundDeadlineSec: 300,
@@ -176,10 +182,17 @@ async function rounds(rows: BenchResult['rows'], data: Record<string, unknown>):
         await fetch(`${server.url}/v1/jobs`, { method: 'POST', headers, body: JSON.stringify(spec) })
       ).json()) as JobSummary;
       let job = created;
+      const health = watchHealth(server.url);
       while (job.status === 'running') {
         await new Promise((resolve) => setTimeout(resolve, 200));
         job = (await (await fetch(`${server.url}/v1/jobs/${created.id}`, { headers })).json()) as JobSummary;
       }
+      const watched = await health.stop();
+      healthDuring[strategy] = watched.p99Ms;
+      console.log(
+        `${strategy}: /healthz p99 ${watched.p99Ms.toFixed(1)} ms, max ${watched.maxMs.toFixed(1)} ms over ` +
+          `${watched.samples} requests (${watched.failures} failed) while the job ran`,
+      );
       if (job.status !== 'completed' || job.rounds.some((r) => r.accepted !== clients)) {
         throw new Error(`bench job did not complete cleanly: ${JSON.stringify(job.rounds)}`);
       }
@@ -196,8 +209,11 @@ async function rounds(rows: BenchResult['rows'], data: Record<string, unknown>):
         `${strategy}: rounds ${durations.map((d) => d.toFixed(2)).join(', ')} s (${seconds(t).toFixed(1)} s job)`,
       );
     }
-    data.roundSeconds200Clients = results;
-    data.connectSeconds200Clients = connectSeconds;
+    data.roundSeconds1000Clients = results;
+    data.connectSeconds1000Clients = connectSeconds;
+    data.healthzP99MsDuringRounds = healthDuring;
+    // the issue's figure: /healthz while the server aggregates 1,000 flexlora updates
+    data.healthzP99MsDuringAggregation = healthDuring['flexlora'];
   } finally {
     devices.forEach((d) => d.stop());
     server.child.kill('SIGTERM');
@@ -209,7 +225,7 @@ async function rounds(rows: BenchResult['rows'], data: Record<string, unknown>):
 export async function run(): Promise<BenchResult> {
   const rows: BenchResult['rows'] = [];
   const data: Record<string, unknown> = { rank: RANK, modules: MODULES, architecture: ARCH };
-  if (!process.env['FLOE_BENCH_SKIP_AGGREGATION']) aggregation(rows, data);
+  if (!process.env['FLOE_BENCH_SKIP_AGGREGATION']) await aggregation(rows, data);
   await rounds(rows, data);
   return { rows, data };
 }

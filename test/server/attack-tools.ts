@@ -3,8 +3,9 @@
  * no Floe client would), a /healthz watcher, and the server process's peak resident memory.
  */
 import { readFile } from 'node:fs/promises';
-import { Worker } from 'node:worker_threads';
 import WebSocket from 'ws';
+
+export { type HealthWatch, watchHealth } from '../../scripts/lib/health-watch.js';
 
 export interface RawSocket {
   ws: WebSocket;
@@ -57,56 +58,6 @@ export function sendBinaryEvent(socket: RawSocket, event: string, bytes: Uint8Ar
 /** The binary payloads received so far (server frames). */
 export function binaryFrames(socket: RawSocket): Uint8Array[] {
   return socket.received.filter((m): m is Buffer => typeof m !== 'string').map((b) => new Uint8Array(b));
-}
-
-export interface HealthWatch {
-  stop(): Promise<{ samples: number; p99Ms: number; maxMs: number; failures: number }>;
-}
-
-// in a worker thread: the test's own thread blocks while it builds and sends attack payloads, and that
-// wait must not be charged to the server
-const HEALTH_WATCHER = `
-const { parentPort, workerData } = require('node:worker_threads');
-const latencies = [];
-let failures = 0;
-let running = true;
-parentPort.on('message', () => { running = false; });
-(async () => {
-  // one unrecorded request first: a fresh server's first answer pays for compiling the route
-  await fetch(workerData.url + '/healthz').then((r) => r.arrayBuffer(), () => undefined);
-  while (running) {
-    const started = performance.now();
-    try {
-      const response = await fetch(workerData.url + '/healthz', { signal: AbortSignal.timeout(10000) });
-      await response.arrayBuffer();
-      if (!response.ok) failures++;
-    } catch {
-      failures++;
-    }
-    latencies.push(performance.now() - started);
-    await new Promise((resolve) => setTimeout(resolve, workerData.everyMs));
-  }
-  parentPort.postMessage({ latencies, failures });
-})();
-`;
-
-/** Asks `/healthz` every `everyMs` from a worker thread until stopped, timing each answer. */
-export function watchHealth(url: string, everyMs = 25): HealthWatch {
-  const worker = new Worker(HEALTH_WATCHER, { eval: true, workerData: { url, everyMs } });
-  const result = new Promise<{ latencies: number[]; failures: number }>((resolve, reject) => {
-    worker.once('message', resolve);
-    worker.once('error', reject);
-  });
-  return {
-    async stop() {
-      worker.postMessage('stop');
-      const { latencies, failures } = await result;
-      await worker.terminate();
-      const sorted = [...latencies].sort((a, b) => a - b);
-      const p99 = sorted[Math.min(sorted.length - 1, Math.floor(0.99 * sorted.length))] ?? Infinity;
-      return { samples: sorted.length, p99Ms: p99, maxMs: sorted.at(-1) ?? Infinity, failures };
-    },
-  };
 }
 
 /** The process's peak resident set (VmHWM), MiB: Linux only. */

@@ -13,6 +13,7 @@ import {
   type JobSpec,
   type LoraAdapter,
   type LoraFactors,
+  type Kernels,
   type Metrics,
   type RankPlan,
   type RoundStart,
@@ -246,13 +247,14 @@ const sketcher = new UpdateSketch(64, 0);
  * previous memberships for stable ids; every cluster is then aggregated by the job's strategy.
  * `stored` gives the aggregate a cluster started this round from.
  */
-export function aggregateRound(
+export async function aggregateRound(
   spec: FederationSpec,
   state: FederationState,
   stored: (clusterId: number) => LoraAdapter | undefined,
   updates: readonly RoundUpdate[],
   round: number,
-): RoundAggregate {
+  kernels: Kernels = {},
+): Promise<RoundAggregate> {
   let clusterIds = updates.map(() => 0);
   let centroids = new Map(state.centroids);
   let pendingSplits: Record<string, string> = {};
@@ -302,8 +304,9 @@ export function aggregateRound(
   });
   const robust = robustOptions(spec);
   const space = spec.strategy === 'flexlora' ? 'product' : 'factors';
-  const adapters = new Map(
-    [...groups].map(([clusterId, members]) => {
+  const adapters = new Map<number, LoraAdapter>();
+  for (const [clusterId, members] of groups) {
+    {
       const clipped =
         spec.clipUpdates === 'median'
           ? clipToMedian(
@@ -317,9 +320,14 @@ export function aggregateRound(
         numSamples: updateWeight(spec, u.numSamples),
         adapter: clipped[i] as LoraAdapter,
       }));
-      return [clusterId, strategy.aggregate(weighted, spec.alpha, robust).forRank(spec.maxRank)];
-    }),
-  );
+      const aggregate = await strategy.aggregate(weighted, spec.alpha, {
+        robust,
+        maxRank: spec.maxRank,
+        kernels,
+      });
+      adapters.set(clusterId, aggregate.forRank(spec.maxRank));
+    }
+  }
   const clusterOf = { ...state.clusterOf };
   updates.forEach((u, i) => (clusterOf[u.clientId] = clusterIds[i] as number));
   metrics.samples = updates.reduce((n, u) => n + updateWeight({ ...spec, weighting: 'samples' }, u.numSamples), 0);

@@ -9,8 +9,9 @@ import {
   type LoraAdapter,
   type LoraFactors,
   type StrategyName,
+  type Kernels,
   factorize,
-  factorizeSum,
+  factorizeLargeSum,
   loraProduct,
   normalizedWeights,
   padRank,
@@ -32,10 +33,18 @@ export interface Aggregate {
   forRank(rank: number): LoraAdapter;
 }
 
+export interface AggregateOptions {
+  /** Replaces the weighted mean by a robust rule (robust.ts); default the mean. */
+  robust?: RobustOptions;
+  /** The largest rank `forRank` will be asked for (flexlora computes only that many components). */
+  maxRank?: number;
+  /** Kernels for the products of large rounds (native ones in the server's aggregation worker). */
+  kernels?: Kernels;
+}
+
 export interface Strategy {
   readonly name: StrategyName;
-  /** `robust` replaces the weighted mean by a coordinate-wise rule (robust.ts); default the mean. */
-  aggregate(updates: readonly ClientUpdate[], alpha: number, robust?: RobustOptions): Aggregate;
+  aggregate(updates: readonly ClientUpdate[], alpha: number, options?: AggregateOptions): Promise<Aggregate>;
   /**
    * A stored aggregate (what `forRank(maxRank)` returned) as a client of `rank` receives it; equal to
    * `forRank(rank)` of the aggregate it came from.
@@ -89,6 +98,18 @@ function perModule<T>(
   );
 }
 
+/** perModule with an asynchronous `combine`, modules one after another. */
+async function perModuleAsync<T>(
+  updates: readonly ClientUpdate[],
+  combine: (path: string, factors: LoraFactors[], weights: number[]) => Promise<T>,
+): Promise<Map<string, T>> {
+  const out = new Map<string, T>();
+  for (const [path, value] of perModule(updates, (path, factors, weights) => ({ path, factors, weights }))) {
+    out.set(path, await combine(path, value.factors, value.weights));
+  }
+  return out;
+}
+
 function mapModules(adapter: LoraAdapter, change: (f: LoraFactors) => LoraFactors): LoraAdapter {
   return { alpha: adapter.alpha, modules: new Map([...adapter.modules].map(([path, f]) => [path, change(f)])) };
 }
@@ -101,7 +122,8 @@ function prefixRank(f: LoraFactors, rank: number): LoraFactors {
 /** FedAvg: every client at the same rank; the weighted mean of A and of B. */
 export const fedavg: Strategy = {
   name: 'fedavg',
-  aggregate(updates, alpha, robust = MEAN) {
+  async aggregate(updates, alpha, { robust = MEAN } = {}) {
+    await Promise.resolve();
     const modules = perModule(updates, (path, all, weights) => {
       const rank = all[0]?.rank as number;
       if (all.some((f) => f.rank !== rank)) {
@@ -132,7 +154,8 @@ export const fedavg: Strategy = {
 /** HetLoRA: zero-pad every client to the largest rank, weighted mean, truncate back to each client's rank. */
 export const hetlora: Strategy = {
   name: 'hetlora',
-  aggregate(updates, alpha, robust = MEAN) {
+  async aggregate(updates, alpha, { robust = MEAN } = {}) {
+    await Promise.resolve();
     const modules = perModule(updates, (_path, all, weights) => {
       const maxRank = Math.max(...all.map((f) => f.rank));
       return meanFactors(
@@ -155,12 +178,14 @@ export const hetlora: Strategy = {
  */
 export const flexlora: Strategy = {
   name: 'flexlora',
-  aggregate(updates, alpha, robust = MEAN) {
-    // One SVD per module, at full rank; each client rank is a rescaled prefix (see resize).
-    const full = perModule(updates, (_path, all, weights) => {
+  async aggregate(updates, alpha, { robust = MEAN, maxRank, kernels } = {}) {
+    // One SVD per module, at the largest rank asked for; each client rank is a rescaled prefix (see resize).
+    const full = await perModuleAsync(updates, async (_path, all, weights) => {
       const { outFeatures, inFeatures } = all[0] as LoraFactors;
-      const rank = Math.min(outFeatures, inFeatures);
-      if (robust.combiner === 'mean') return factorizeSum(all, normalizedWeights(weights), rank, alpha).factors;
+      const rank = Math.min(outFeatures, inFeatures, maxRank ?? Infinity);
+      if (robust.combiner === 'mean') {
+        return (await factorizeLargeSum(all, normalizedWeights(weights), rank, alpha, kernels)).factors;
+      }
       // a coordinate-wise rule needs every product's entries: dense, O(clients x out x in)
       const products = all.map((f) => loraProduct(f, alpha).data);
       const data = combineVectors(products, weights, robust);

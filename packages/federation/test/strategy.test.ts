@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import {
   type LoraAdapter,
   type LoraFactors,
@@ -7,7 +7,7 @@ import {
   relativeFrobeniusError,
   weightedMean,
 } from '@floe/shared';
-import { type ClientUpdate, fedavg, flexlora, hetlora, updateProblems } from '../src/index.js';
+import { type Aggregate, type ClientUpdate, fedavg, flexlora, hetlora, updateProblems } from '../src/index.js';
 
 const MODULES: Record<string, [number, number]> = {
   'model.layers.0.self_attn.q_proj': [24, 16],
@@ -47,9 +47,9 @@ function meanProduct(updates: ClientUpdate[], path: string): Float32Array {
 }
 
 describe('fedavg', () => {
-  it('takes the sample-weighted mean of A and of B at the common rank', () => {
+  it('takes the sample-weighted mean of A and of B at the common rank', async () => {
     const updates = [client('a', 4, 10), client('b', 4, 30)];
-    const result = fedavg.aggregate(updates, 8).forRank(4);
+    const result = (await fedavg.aggregate(updates, 8)).forRank(4);
     for (const path of Object.keys(MODULES)) {
       const f = result.modules.get(path)!;
       const [a, b] = updates.map((u) => u.adapter.modules.get(path)!);
@@ -58,15 +58,15 @@ describe('fedavg', () => {
     }
   });
 
-  it('refuses clients of different ranks', () => {
-    expect(() => fedavg.aggregate([client('a', 2, 1), client('b', 4, 1)], 8)).toThrow(/one rank/);
+  it('refuses clients of different ranks', async () => {
+    await expect(fedavg.aggregate([client('a', 2, 1), client('b', 4, 1)], 8)).rejects.toThrow(/one rank/);
   });
 });
 
 describe('hetlora', () => {
-  it('zero-pads to the largest rank, averages, and truncates back per client', () => {
+  it('zero-pads to the largest rank, averages, and truncates back per client', async () => {
     const updates = [client('weak', 2, 1), client('strong', 6, 1)];
-    const agg = hetlora.aggregate(updates, 8);
+    const agg = await hetlora.aggregate(updates, 8);
     const path = 'model.layers.0.self_attn.q_proj';
     const strong = agg.forRank(6).modules.get(path)!;
     const weakB = updates[0]!.adapter.modules.get(path)!.B;
@@ -79,7 +79,10 @@ describe('hetlora', () => {
 
 describe('flexlora', () => {
   const updates = [client('weak', 2, 50), client('medium', 4, 30), client('strong', 8, 20)];
-  const agg = flexlora.aggregate(updates, 8);
+  let agg: Aggregate;
+  beforeAll(async () => {
+    agg = await flexlora.aggregate(updates, 8);
+  });
 
   it('at enough rank, reproduces the weighted mean of the products exactly', () => {
     for (const path of Object.keys(MODULES)) {
@@ -89,8 +92,8 @@ describe('flexlora', () => {
     }
   });
 
-  it('gives each client the best approximation at its own rank, better than hetlora', () => {
-    const het = hetlora.aggregate(updates, 8);
+  it('gives each client the best approximation at its own rank, better than hetlora', async () => {
+    const het = await hetlora.aggregate(updates, 8);
     for (const rank of [2, 4, 8]) {
       for (const path of Object.keys(MODULES)) {
         const exact = meanProduct(updates, path);

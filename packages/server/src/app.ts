@@ -16,6 +16,7 @@ import { DEFAULT_CONFIG, type ServerConfig } from './config.js';
 import { registerApi, HttpError } from './http/api.js';
 import { registerDashboard } from './http/dashboard.js';
 import { ServerMetrics } from './metrics.js';
+import { AggregationPool } from './aggregation/pool.js';
 import { Coordinator } from './rounds/coordinator.js';
 import { Store } from './store/store.js';
 import { BOUNDED_PARSER, Gateway, authenticateHandshake } from './transport/gateway.js';
@@ -31,9 +32,17 @@ export interface FloeServer {
   close(): Promise<void>;
 }
 
+export interface StartOptions {
+  /** Where the log lines (pino JSON, one per write) go instead of stdout. */
+  logStream?: { write(line: string): void };
+}
+
 registerAjvFormats();
 
-export async function startServer(overrides: Partial<ServerConfig> = {}): Promise<FloeServer> {
+export async function startServer(
+  overrides: Partial<ServerConfig> = {},
+  options: StartOptions = {},
+): Promise<FloeServer> {
   const config: ServerConfig = { ...DEFAULT_CONFIG, ...overrides };
   const store = new Store(config.dataDir);
   let secret = config.credentialSecret || store.meta('credential_secret');
@@ -44,9 +53,19 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   const credentials = new Credentials(secret, config.credentialTtlSec);
   const metrics = new ServerMetrics();
 
+  const timeoutMs = config.requestTimeoutMs;
   const app = Fastify({
-    logger: { level: config.logLevel },
+    logger: { level: config.logLevel, ...(options.logStream ? { stream: options.logStream } : {}) },
     bodyLimit: 1024 * 1024,
+    trustProxy: config.trustProxy,
+    // a request whose headers and body are not all in by then gets 408 and its connection closed
+    requestTimeout: timeoutMs,
+    http: {
+      requestTimeout: timeoutMs,
+      headersTimeout: timeoutMs > 0 ? Math.min(timeoutMs, 60_000) : 60_000,
+      // node looks for expired requests this often (30 s by default, which would dwarf a 10 s timeout)
+      connectionsCheckingInterval: timeoutMs > 0 ? Math.min(1000, Math.max(100, Math.floor(timeoutMs / 4))) : 30_000,
+    },
   });
   app.setValidatorCompiler(TypeBoxValidatorCompiler);
   // response schemas document the API; JSON.stringify writes it (TypeBox refinements are not JSON Schema)
@@ -93,7 +112,10 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
   const io = new SocketServer(app.server, {
-    allowRequest: authenticateHandshake(credentials, store, metrics),
+    allowRequest: authenticateHandshake(credentials, store, metrics, {
+      maxConnectionsPerIp: config.maxConnectionsPerIp,
+      trustProxy: config.trustProxy,
+    }),
     transports: ['websocket'],
     parser: BOUNDED_PARSER,
     // one websocket message carries one frame (socket.io sends a binary attachment as its own message)
@@ -109,11 +131,20 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
     rateLimitMessages: config.rateLimitMessages,
     rateWindowSec: config.rateWindowSec,
   });
-  const coordinator = new Coordinator(store, metrics, gateway, app.log, {
-    gatherMs: config.gatherMs,
-    restartGraceMs: config.restartGraceMs,
-    maxFrameBytes: config.maxFrameBytes,
-  });
+  const aggregation = new AggregationPool(config.aggregationThreads);
+  const coordinator = new Coordinator(
+    store,
+    metrics,
+    gateway,
+    app.log,
+    {
+      gatherMs: config.gatherMs,
+      restartGraceMs: config.restartGraceMs,
+      maxFrameBytes: config.maxFrameBytes,
+      dataDir: config.dataDir,
+    },
+    aggregation,
+  );
   gateway.attach(coordinator);
 
   registerApi(app, { config, store, credentials, coordinator, gateway, metrics });
@@ -135,8 +166,9 @@ export async function startServer(overrides: Partial<ServerConfig> = {}): Promis
     close() {
       closing ??= (async () => {
         coordinator.close();
-        await io.close();
+        await gateway.close();
         await app.close();
+        await aggregation.close();
         store.close();
       })();
       return closing;

@@ -31,6 +31,27 @@ export interface ServerConfig {
   restartGraceMs: number;
   /** A device connection that has not said hello within this time is closed. */
   helloTimeoutMs: number;
+  /** Worker threads that aggregate rounds (off the event loop). */
+  aggregationThreads: number;
+  /**
+   * An HTTP request whose headers and body have not all arrived within this time is answered 408 and
+   * its connection closed (node's `requestTimeout`/`headersTimeout`); 0 turns the limit off.
+   */
+  requestTimeoutMs: number;
+  /**
+   * Open device connections (websockets, and upgrades being checked) per client address; 0: no cap.
+   * Generous by default: devices behind one carrier-grade NAT share an address (and `pnpm bench server`
+   * connects 200 from loopback).
+   */
+  maxConnectionsPerIp: number;
+  /**
+   * Which peers are trusted proxies, whose `X-Forwarded-For` names the client (fastify's `trustProxy`):
+   * false, none (the client is the socket's peer); true, every peer and hop (the leftmost forwarded
+   * address counts, right only behind a proxy that overwrites the header); or a comma-separated list of
+   * proxy addresses, CIDR ranges and `loopback`/`linklocal`/`uniquelocal` (the nearest address not on
+   * it counts). It decides the address of the HTTP rate limit and of the connection cap.
+   */
+  trustProxy: boolean | string;
   logLevel: string;
 }
 
@@ -49,6 +70,10 @@ export const DEFAULT_CONFIG: ServerConfig = {
   gatherMs: 2000,
   restartGraceMs: 15_000,
   helloTimeoutMs: 10_000,
+  aggregationThreads: 1,
+  requestTimeoutMs: 10_000,
+  maxConnectionsPerIp: 256,
+  trustProxy: false,
   logLevel: 'info',
 };
 
@@ -68,6 +93,10 @@ export const ENV_NAMES: Readonly<Record<keyof ServerConfig, string>> = {
   gatherMs: 'FLOE_GATHER_MS',
   restartGraceMs: 'FLOE_RESTART_GRACE_MS',
   helloTimeoutMs: 'FLOE_HELLO_TIMEOUT_MS',
+  aggregationThreads: 'FLOE_AGGREGATION_THREADS',
+  requestTimeoutMs: 'FLOE_REQUEST_TIMEOUT_MS',
+  maxConnectionsPerIp: 'FLOE_MAX_CONNECTIONS_PER_IP',
+  trustProxy: 'FLOE_TRUST_PROXY',
   logLevel: 'FLOE_LOG_LEVEL',
 };
 
@@ -77,7 +106,9 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ServerConfi
   for (const [key, name] of Object.entries(ENV_NAMES) as [keyof ServerConfig, string][]) {
     const raw = env[name];
     if (raw === undefined || raw === '') continue;
-    if (typeof DEFAULT_CONFIG[key] === 'number') {
+    if (key === 'trustProxy') {
+      config.trustProxy = parseTrustProxy(raw);
+    } else if (typeof DEFAULT_CONFIG[key] === 'number') {
       const value = Number(raw);
       if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number, got "${raw}"`);
       (config as unknown as Record<string, number>)[key] = value;
@@ -86,4 +117,12 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ServerConfi
     }
   }
   return config;
+}
+
+/** `true`, `false`, or the list of trusted proxies (checked when the server starts). */
+function parseTrustProxy(raw: string): boolean | string {
+  const value = raw.trim();
+  if (/^true$/i.test(value)) return true;
+  if (/^false$/i.test(value)) return false;
+  return value;
 }

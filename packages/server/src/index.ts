@@ -4,3 +4,6 @@ export * from './config.js';
 export * from './store/store.js';
 export * from './rounds/coordinator.js';
 export * from './process.js';
+export * from './aggregation/round-aggregation.js';
+export * from './aggregation/ort-kernels.js';
+export * from './aggregation/pool.js';

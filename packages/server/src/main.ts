@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { startServer } from './app.js';
 import { DEFAULT_CONFIG, ENV_NAMES, type ServerConfig, configFromEnv } from './config.js';
+import { trustedProxy } from './transport/gateway.js';
 
 function fail(message: string): never {
   console.error(`floe-server: ${message}`);
@@ -20,6 +21,9 @@ const USAGE = [
   '',
   'Settings come from these environment variables (defaults in brackets); the flags override the first three.',
   'The join and admin tokens are required; FLOE_DEV=1 generates and prints missing ones (local use only).',
+  'FLOE_TRUST_PROXY is false, true or the trusted proxies (comma-separated addresses, CIDR ranges, loopback,',
+  'linklocal, uniquelocal) whose X-Forwarded-For names the client; 0 turns FLOE_REQUEST_TIMEOUT_MS and',
+  'FLOE_MAX_CONNECTIONS_PER_IP off.',
   '',
   ...Object.entries(ENV_NAMES).map(
     ([key, name]) => `  ${name.padEnd(34)} [${String(DEFAULT_CONFIG[key as keyof ServerConfig] ?? '')}]`,
@@ -54,6 +58,11 @@ try {
   });
 } catch (error) {
   fail(error instanceof Error ? error.message : String(error));
+}
+try {
+  trustedProxy(config.trustProxy);
+} catch (error) {
+  fail(`FLOE_TRUST_PROXY: ${error instanceof Error ? error.message : String(error)}`);
 }
 
 const dev = process.env.FLOE_DEV === '1';

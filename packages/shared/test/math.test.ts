@@ -4,8 +4,11 @@ import {
   adapterFromTensors,
   adapterToTensors,
   factorize,
+  factorizeLargeSum,
   factorizeSum,
+  factorizeTop,
   frobeniusNorm,
+  jsMatMul,
   loraProductNorm,
   loraProduct,
   matrix,
@@ -228,6 +231,70 @@ describe('factorizeSum: the SVD of a weighted sum of LoRA products from their fa
     const b = randomFactors(2, 11, 12, rng(2));
     expect(() => factorizeSum([a, b], [1, 1], 2, 4)).toThrow(AdapterMathError);
     expect(() => factorizeSum([a], [], 2, 4)).toThrow(/one weight per term/);
+  });
+});
+
+describe('factorizeLargeSum: many updates through one stacked product', () => {
+  // 60 clients of rank 4 on a 48 x 40 module share a rank-3 direction, plus their own noise
+  const shared = randomFactors(3, 40, 48, rng(7));
+  const terms = Array.from({ length: 60 }, (_, k) => {
+    const own = randomFactors(4, 40, 48, rng(1000 + k));
+    own.B = own.B.map((x, i) => 0.05 * x + (i % 4 < 3 ? (shared.B[Math.floor(i / 4) * 3 + (i % 4)] as number) : 0));
+    own.A = own.A.map((x, i) => 0.05 * x + (i < 3 * 40 ? (shared.A[i] as number) : 0));
+    return own;
+  });
+  const weights = terms.map((_, k) => 1 + (k % 3));
+  const shares = weights.map((w) => w / weights.reduce((a, b) => a + b, 0));
+  const exact = () => {
+    const sum = new Float32Array(48 * 40);
+    terms.forEach((t, k) => loraProduct(t, 16).data.forEach((x, i) => (sum[i] = sum[i]! + shares[k]! * x)));
+    return matrix(48, 40, sum);
+  };
+
+  it('matches the full SVD of the formed sum at full rank, and its leading components at low rank', async () => {
+    const full = await factorizeLargeSum(terms, shares, 40, 16);
+    const reference = factorize(exact(), 40, 16);
+    expect(relativeFrobeniusError(loraProduct(full.factors, 16).data, exact().data)).toBeLessThan(1e-5);
+    const top = await factorizeLargeSum(terms, shares, 8, 16);
+    const best = factorize(exact(), 8, 16);
+    for (let i = 0; i < 8; i++) {
+      expect(
+        Math.abs(top.singularValues[i]! - reference.singularValues[i]!) / reference.singularValues[0]!,
+      ).toBeLessThan(1e-4);
+    }
+    expect(relativeFrobeniusError(loraProduct(top.factors, 16).data, loraProduct(best.factors, 16).data)).toBeLessThan(
+      1e-3,
+    );
+  });
+
+  it('forms the sum with the kernel it is given', async () => {
+    let calls = 0;
+    const counting = (...args: Parameters<typeof jsMatMul>) => {
+      calls++;
+      return jsMatMul(...args);
+    };
+    await factorizeLargeSum(terms, shares, 8, 16, { matmul: counting });
+    // the stacked product, then the sketch, three power iterations (two products each) and the projection
+    expect(calls).toBe(1 + 1 + 6 + 1);
+    // below the stacked rank of min(out, in), the exact QR route needs no kernel
+    await factorizeLargeSum(terms.slice(0, 5), shares.slice(0, 5), 8, 16, { matmul: counting });
+    expect(calls).toBe(9);
+    // both layouts of the kernel agree with each other
+    const a = Float32Array.from({ length: 6 }, (_, i) => i + 1);
+    const b = Float32Array.from({ length: 6 }, (_, i) => 6 - i);
+    const at = Float32Array.from([1, 4, 2, 5, 3, 6]); // a [2 x 3] stored as [3 x 2]
+    expect([...(jsMatMul(at, 2, 3, b, 2, true) as Float32Array)]).toEqual([
+      ...(jsMatMul(a, 2, 3, b, 2) as Float32Array),
+    ]);
+  });
+
+  it('finds the leading components of a matrix by subspace iteration', async () => {
+    const dW = exact();
+    const top = await factorizeTop(dW, 3, 16);
+    const reference = factorize(dW, 3, 16);
+    expect(
+      relativeFrobeniusError(loraProduct(top.factors, 16).data, loraProduct(reference.factors, 16).data),
+    ).toBeLessThan(1e-4);
   });
 });
 

@@ -147,7 +147,7 @@ function poison(
 }
 
 /** Every attack against every strategy, with the defenses on and off. */
-export function runAttackSuite(options: AttackSuiteOptions): AttackRow[] {
+export async function runAttackSuite(options: AttackSuiteOptions): Promise<AttackRow[]> {
   const rank = options.rank;
   const start: RoundStart = {
     type: 'round_start',
@@ -181,12 +181,12 @@ export function runAttackSuite(options: AttackSuiteOptions): AttackRow[] {
       baseModel: start.config.baseModel,
       clientsPerRound: options.clients,
     };
-    const honestOnly = STRATEGIES[strategy]
-      .aggregate(
+    const honestOnly = (
+      await STRATEGIES[strategy].aggregate(
         honest.slice(attackerCount).map((adapter, i) => ({ clientId: `h${i}`, numSamples: 100, adapter })),
         16,
       )
-      .forRank(rank);
+    ).forRank(rank);
     for (const attack of ATTACKS) {
       for (const defenses of ['off', 'on'] as const) {
         // "off" is the server before these defenses: a product bound only, sample weights, the mean
@@ -206,7 +206,7 @@ export function runAttackSuite(options: AttackSuiteOptions): AttackRow[] {
           }
           updates.push({ clientId: assignment.clientId, assignment, ...update });
         });
-        const result = aggregateRound(spec, INITIAL_STATE, () => undefined, updates, 0);
+        const result = await aggregateRound(spec, INITIAL_STATE, () => undefined, updates, 0);
         rows.push({
           strategy,
           attack,

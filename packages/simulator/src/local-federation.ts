@@ -155,7 +155,7 @@ export async function runLocalFederation(
         });
         losses.set(client.id, update.metrics['loss'] ?? Number.NaN);
       }
-      const aggregate = aggregateRound(spec, state, (id) => stored.get(id), updates, round);
+      const aggregate = await aggregateRound(spec, state, (id) => stored.get(id), updates, round);
       for (const [clusterId, adapter] of aggregate.adapters) stored.set(clusterId, adapter);
       state = aggregate.state;
       const result: RoundResult = {

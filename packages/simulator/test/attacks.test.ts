@@ -1,15 +1,18 @@
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { MODEL_PRESETS, architectureOf } from '@floe/model';
 import { ATTACKS, type AttackRow, runAttackSuite } from '../src/index.js';
 
 describe('poisoning by 20% of a round', () => {
-  const rows = runAttackSuite({
-    architecture: architectureOf(MODEL_PRESETS['edge-small']),
-    targetModules: ['q_proj', 'v_proj'],
-    clients: 40,
-    attackers: 0.2,
-    rank: 8,
-  });
+  let rows: AttackRow[] = [];
+  beforeAll(async () => {
+    rows = await runAttackSuite({
+      architecture: architectureOf(MODEL_PRESETS['edge-small']),
+      targetModules: ['q_proj', 'v_proj'],
+      clients: 40,
+      attackers: 0.2,
+      rank: 8,
+    });
+  }, 120_000);
   const row = (strategy: string, attack: string, defenses: string) =>
     rows.find((r) => r.strategy === strategy && r.attack === attack && r.defenses === defenses) as AttackRow;
 

@@ -122,6 +122,8 @@ const admin = [{ adminToken: [] }];
 export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   const { config, store, credentials, coordinator, gateway, metrics } = deps;
 
+  // both are onRequest hooks: they run before the body is read, so an unauthenticated caller gets 401
+  // without the server parsing or validating anything it sent
   const requireAdmin = (request: FastifyRequest, _reply: FastifyReply, done: (error?: Error) => void): void => {
     const token = bearer(request.headers.authorization);
     if (!token || !config.adminToken || !safeEqual(token, config.adminToken)) {
@@ -209,7 +211,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         body: JobSpec,
         response: { 201: JobSummary, ...errors },
       },
-      preHandler: requireAdmin,
+      onRequest: requireAdmin,
       bodyLimit: 64 * 1024,
     },
     async (request, reply) => {
@@ -232,7 +234,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     '/v1/jobs',
     {
       schema: { tags: ['jobs'], summary: 'List jobs', security: admin, response: { 200: Type.Array(JobSummary) } },
-      preHandler: requireAdmin,
+      onRequest: requireAdmin,
     },
     () => store.jobs().map((job) => jobSummary(store, job)),
   );
@@ -246,7 +248,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         security: [...admin, { clientCredential: [] }],
         response: { 200: Type.Array(OpenJob) },
       },
-      preHandler: requireAdminOrClient,
+      onRequest: requireAdminOrClient,
     },
     () =>
       store
@@ -265,7 +267,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         params: JobParams,
         response: { 200: JobSummary, ...errors },
       },
-      preHandler: requireAdmin,
+      onRequest: requireAdmin,
     },
     (request) => jobSummary(store, jobOr404((request.params as { id: string }).id)),
   );
@@ -280,7 +282,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         params: JobParams,
         response: { 200: JobSummary, ...errors },
       },
-      preHandler: requireAdmin,
+      onRequest: requireAdmin,
     },
     (request) => {
       const job = jobOr404((request.params as { id: string }).id);
@@ -298,7 +300,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         params: JobParams,
         response: { 200: Type.Array(RoundRecordSchema), ...errors },
       },
-      preHandler: requireAdmin,
+      onRequest: requireAdmin,
     },
     (request) => store.rounds(jobOr404((request.params as { id: string }).id).id).map(roundRecord),
   );
@@ -314,7 +316,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         params: RoundParams,
         response: { 200: Type.Array(UpdateInfo), ...errors },
       },
-      preHandler: requireAdmin,
+      onRequest: requireAdmin,
     },
     (request) => {
       const { id, round } = request.params as { id: string; round: number };
@@ -339,7 +341,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         params: JobParams,
         response: { 200: Type.Array(ClusterInfo), ...errors },
       },
-      preHandler: requireAdmin,
+      onRequest: requireAdmin,
     },
     (request) => {
       const job = jobOr404((request.params as { id: string }).id);
@@ -393,7 +395,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         params: ClusterParams,
         querystring: AdapterQuery,
       },
-      preHandler: requireAdminOrClient,
+      onRequest: requireAdminOrClient,
     },
     (request) => {
       const { job, adapter } = adapterOf(request);
@@ -411,7 +413,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         params: ClusterParams,
         querystring: AdapterQuery,
       },
-      preHandler: requireAdminOrClient,
+      onRequest: requireAdminOrClient,
     },
     (request, reply: FastifyReply) => {
       const { stored, adapter, resized } = adapterOf(request);
@@ -453,7 +455,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         security: admin,
         response: { 200: Type.Array(ClientInfo) },
       },
-      preHandler: requireAdmin,
+      onRequest: requireAdmin,
     },
     () => store.clients().map((c) => ({ ...c, connected: gateway.isConnected(c.id) })),
   );

@@ -8,8 +8,6 @@
  */
 import {
   type Assignment,
-  type RoundUpdate,
-  aggregateRound,
   checkAdapter,
   checkPlan,
   configureRound,
@@ -31,16 +29,14 @@ import {
   type UpdateAck,
   adapterFromTensors,
   adapterModuleShapes,
-  adapterToTensors,
-  decodeMessageOf,
   fromWireAdapter,
   ownWireTensor,
   parseSafetensors,
-  serializeSafetensors,
   toWireAdapter,
 } from '@floe/shared';
 import type { ServerMetrics } from '../metrics.js';
 import type { JobRow, RoundRow, Store } from '../store/store.js';
+import type { AggregationInput, AggregationOutput, RoundAggregator } from '../aggregation/round-aggregation.js';
 
 /** Delivers server messages to connected clients; false when the client is not connected. */
 export interface RoundTransport {
@@ -59,6 +55,8 @@ export interface CoordinatorOptions {
   /** After a restart, an open round's deadline is moved to at least now + this, so clients can reconnect. */
   restartGraceMs: number;
   maxFrameBytes: number;
+  /** The store's directory, where aggregation workers read a round's updates (':memory:': handed over). */
+  dataDir: string;
 }
 
 interface Session {
@@ -76,6 +74,8 @@ export class Coordinator {
   /** Clients refused in the current round of a job (they may still retry until it closes). */
   private readonly refused = new Map<string, Set<string>>();
   private closed = false;
+  /** Jobs whose open round is being aggregated. */
+  private readonly closing = new Set<string>();
 
   constructor(
     private readonly store: Store,
@@ -83,6 +83,7 @@ export class Coordinator {
     private readonly transport: RoundTransport,
     private readonly log: Logger,
     private readonly options: CoordinatorOptions,
+    private readonly aggregator: RoundAggregator,
   ) {}
 
   /** Picks up rounds left open by a previous process. */
@@ -226,7 +227,7 @@ export class Coordinator {
     if (!job) return refuse('unknown_job', `no job ${update.jobId}`);
     if (job.status !== 'running') return refuse('job_not_running', `job ${job.id} is ${job.status}`);
     const round = this.store.round(job.id, job.currentRound);
-    if (!round || round.status !== 'open' || round.round !== update.round) {
+    if (!round || round.status !== 'open' || round.round !== update.round || this.closing.has(job.id)) {
       return refuse('wrong_round', `job ${job.id} is not collecting round ${update.round}`);
     }
     const assignment = round.sampled.find((a) => a.clientId === clientId);
@@ -380,54 +381,76 @@ export class Coordinator {
 
   /** Aggregates (or fails) the open round `round` of `jobId`; a no-op if it is already closed. */
   closeRound(jobId: string, roundIndex: number): void {
-    if (this.closed) return;
+    if (this.closed || this.closing.has(jobId)) return;
     const job = this.store.job(jobId);
     const round = job && this.store.round(jobId, roundIndex);
     if (!job || !round || round.status !== 'open' || job.currentRound !== roundIndex) return;
     this.clearTimers(jobId);
     const started = performance.now();
-    const updates = this.store.updates(jobId, roundIndex);
+    const acceptedIds = this.store.acceptedClients(jobId, roundIndex);
     const refused = this.refused.get(jobId) ?? new Set();
-    const acceptedIds = new Set(updates.map((u) => u.clientId));
     const dropped = round.sampled.filter((a) => !acceptedIds.has(a.clientId) && !refused.has(a.clientId)).length;
     const { spec } = job;
-    const nextRound = roundIndex + 1;
-    const finished = nextRound >= spec.rounds;
 
-    if (updates.length < spec.quorum) {
+    if (acceptedIds.size < spec.quorum) {
       this.log.warn(
-        { jobId, round: roundIndex, accepted: updates.length, quorum: spec.quorum, dropped },
+        { jobId, round: roundIndex, accepted: acceptedIds.size, quorum: spec.quorum, dropped },
         'round failed',
       );
       this.failRound(job, round, { dropped });
       return;
     }
 
-    const roundUpdates: RoundUpdate[] = updates.map((u) => ({
-      clientId: u.clientId,
-      numSamples: u.numSamples,
-      adapter: fromWireAdapter(decodeMessageOf(u.frame, 'update', { maxBytes: this.options.maxFrameBytes }).adapter),
-      metrics: u.metrics,
-      assignment: round.sampled.find((a) => a.clientId === u.clientId) as Assignment,
-    }));
-    const result = aggregateRound(
+    const input: AggregationInput = {
+      jobId,
       spec,
-      job.state,
-      (clusterId) => this.clusterAdapter(job, clusterId),
-      roundUpdates,
-      roundIndex,
-    );
-    const adapters = [...result.adapters].map(([clusterId, adapter]) => ({
-      clusterId,
-      safetensors: serializeSafetensors(adapterToTensors(adapter), 'F32', {
-        job: jobId,
-        round: String(roundIndex),
-        cluster: String(clusterId),
-        strategy: spec.strategy,
-        alpha: String(spec.alpha),
-        rank: String(spec.maxRank),
+      state: job.state,
+      round: roundIndex,
+      maxFrameBytes: this.options.maxFrameBytes,
+      clusters: this.store.adapters(jobId).flatMap((a) => {
+        const stored = this.store.adapter(jobId, a.clusterId);
+        return stored ? [{ clusterId: a.clusterId, safetensors: stored.safetensors }] : [];
       }),
-    }));
+      assignments: round.sampled,
+      updates:
+        this.options.dataDir === ':memory:'
+          ? { frames: this.store.updates(jobId, roundIndex) }
+          : { dataDir: this.options.dataDir },
+    };
+    // updates that arrive while the aggregate is computed are refused (the round is closing)
+    this.closing.add(jobId);
+    void this.aggregator
+      .aggregate(input)
+      .then(
+        (result) => this.safely(jobId, () => this.commitRound(jobId, roundIndex, result, started, dropped)),
+        (error: unknown) =>
+          this.safely(jobId, () => {
+            throw error;
+          }),
+      )
+      .finally(() => this.closing.delete(jobId));
+  }
+
+  /** Stores a round's aggregate, if the round is still the job's open one, and moves the job on. */
+  private commitRound(
+    jobId: string,
+    roundIndex: number,
+    result: AggregationOutput,
+    started: number,
+    dropped: number,
+  ): void {
+    if (this.closed) return;
+    const job = this.store.job(jobId);
+    const round = job && this.store.round(jobId, roundIndex);
+    if (!job || !round || job.status !== 'running' || round.status !== 'open' || job.currentRound !== roundIndex) {
+      this.log.info({ jobId, round: roundIndex }, 'aggregate dropped: the round was closed meanwhile');
+      return;
+    }
+    const { spec } = job;
+    const nextRound = roundIndex + 1;
+    const finished = nextRound >= spec.rounds;
+    const { adapters } = result;
+    const accepted = this.store.acceptedClients(jobId, roundIndex).size;
     const aggregationSeconds = (performance.now() - started) / 1000;
     const { clusterOf } = result.state;
     const metrics: Metrics = { ...result.metrics, aggregation_seconds: aggregationSeconds };
@@ -445,7 +468,7 @@ export class Coordinator {
         status: 'aggregated',
         endedAt: new Date().toISOString(),
         dropped,
-        clusters: result.adapters.size,
+        clusters: adapters.length,
         metrics,
       });
       this.store.updateJob(jobId, {
@@ -460,14 +483,14 @@ export class Coordinator {
       {
         jobId,
         round: roundIndex,
-        accepted: updates.length,
-        clusters: result.adapters.size,
+        accepted,
+        clusters: adapters.length,
         dropped,
         aggregationSeconds,
       },
       'round aggregated',
     );
-    this.finishRound(job, round, finished, clusterOf, metrics, updates.length);
+    this.finishRound(job, round, finished, clusterOf, metrics, accepted);
   }
 
   private finishRound(

@@ -7,6 +7,7 @@
  * gets an `error` (or a refusing `update_ack`) and is dropped. No client input can throw out of a handler.
  */
 import type { IncomingMessage } from 'node:http';
+import { BlockList, isIP } from 'node:net';
 import type { Server, Socket } from 'socket.io';
 import { Decoder, Encoder } from 'socket.io-parser';
 import { RateLimiterMemory } from 'rate-limiter-flexible';
@@ -33,6 +34,8 @@ export interface GatewayOptions {
   /** Messages a client may send per `rateWindowSec`. */
   rateLimitMessages: number;
   rateWindowSec: number;
+  /** Refusals are logged once per client, code and window of this length (default 10 s). */
+  refusalLogWindowMs?: number;
 }
 
 interface ClientSocketData {
@@ -46,13 +49,121 @@ type ClientSocket = Socket<Record<string, never>, Record<string, never>, Record<
 const CLIENT_ID = Symbol('floe client id');
 type AuthenticatedRequest = IncomingMessage & { [CLIENT_ID]?: string };
 
+const NAMED_RANGES: Readonly<Record<string, readonly string[]>> = {
+  loopback: ['127.0.0.1/8', '::1/128'],
+  linklocal: ['169.254.0.0/16', 'fe80::/10'],
+  uniquelocal: ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7'],
+};
+
 /**
- * engine.io's `allowRequest`: the credential in the upgrade request's `Authorization` header must name
- * an enrolled client, or the request is answered 403 before a websocket exists. Devices reach the
- * server over websocket only, so no packet of an unauthenticated peer is ever read.
+ * Whether a peer is a trusted proxy, for a `trustProxy` setting as fastify takes it: a boolean, or a
+ * comma-separated list of addresses, CIDR ranges and proxy-addr's range names. Throws on a bad entry.
  */
-export function authenticateHandshake(credentials: Credentials, store: Store, metrics: ServerMetrics) {
+export function trustedProxy(setting: boolean | string): (address: string) => boolean {
+  if (typeof setting === 'boolean') return () => setting;
+  const trusted = new BlockList();
+  for (const entry of setting.split(',').map((item) => item.trim())) {
+    for (const range of NAMED_RANGES[entry] ?? [entry]) {
+      const [address = '', prefix, ...rest] = range.split('/');
+      const family = isIP(address);
+      const bits = prefix === undefined ? undefined : Number(prefix);
+      if (
+        family === 0 ||
+        rest.length > 0 ||
+        (bits !== undefined && (!/^[0-9]+$/.test(prefix ?? '') || bits > (family === 4 ? 32 : 128)))
+      ) {
+        throw new Error(`"${entry}" is neither an address, a CIDR range nor loopback, linklocal or uniquelocal`);
+      }
+      const type = family === 4 ? 'ipv4' : 'ipv6';
+      if (bits === undefined) trusted.addAddress(address, type);
+      else trusted.addSubnet(address, bits, type);
+    }
+  }
+  return (address) => {
+    const family = isIP(address);
+    return family !== 0 && trusted.check(address, family === 4 ? 'ipv4' : 'ipv6');
+  };
+}
+
+/**
+ * The address a request comes from, as fastify (proxy-addr) derives `request.ip`: walking from the
+ * socket's peer back through `X-Forwarded-For`, the first address that is not a trusted proxy (or the
+ * furthest one, when all are).
+ */
+export function clientAddress(request: IncomingMessage, isTrusted: (address: string) => boolean): string {
+  let address = request.socket.remoteAddress ?? '';
+  if (!isTrusted(address)) return address;
+  const header = request.headers['x-forwarded-for'];
+  const forwarded = (Array.isArray(header) ? header.join(',') : (header ?? '')).split(',');
+  for (let i = forwarded.length - 1; i >= 0; i--) {
+    const hop = (forwarded[i] as string).trim();
+    if (hop === '') continue;
+    address = hop;
+    if (!isTrusted(address)) break;
+  }
+  return address;
+}
+
+/** Connections held per address, each until its TCP connection closes. */
+export class ConnectionsPerAddress {
+  private readonly open = new Map<string, number>();
+
+  /** `max` 0: no cap. */
+  constructor(private readonly max: number) {}
+
+  count(address: string): number {
+    return this.open.get(address) ?? 0;
+  }
+
+  /** Takes a slot of `address`: its release (idempotent), or undefined when the address is at the cap. */
+  acquire(address: string): (() => void) | undefined {
+    const held = this.count(address);
+    if (this.max > 0 && held >= this.max) return undefined;
+    this.open.set(address, held + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = this.count(address) - 1;
+      if (left > 0) this.open.set(address, left);
+      else this.open.delete(address);
+    };
+  }
+}
+
+export interface HandshakeOptions {
+  /** Connections (open, or being checked) per client address; 0: no cap. */
+  maxConnectionsPerIp: number;
+  /** As fastify's `trustProxy`: whose `X-Forwarded-For` names the client. */
+  trustProxy: boolean | string;
+}
+
+/**
+ * engine.io's `allowRequest`: the client address must be under its connection cap, and the credential
+ * in the upgrade request's `Authorization` header must name an enrolled client, or the request is
+ * answered 400 before a websocket exists. Devices reach the server over websocket only, so no packet of
+ * an unauthenticated peer is ever read.
+ */
+export function authenticateHandshake(
+  credentials: Credentials,
+  store: Store,
+  metrics: ServerMetrics,
+  options: HandshakeOptions = { maxConnectionsPerIp: 0, trustProxy: false },
+) {
+  const connections = new ConnectionsPerAddress(options.maxConnectionsPerIp);
+  const isTrusted = trustedProxy(options.trustProxy);
   return (request: IncomingMessage, callback: (error: string | null | undefined, success: boolean) => void) => {
+    const address = clientAddress(request, isTrusted);
+    const release = connections.acquire(address);
+    if (!release) {
+      metrics.refusedMessages.inc({ code: 'too_many_connections' });
+      callback(`too_many_connections: ${address} is at its cap of ${options.maxConnectionsPerIp} connections`, false);
+      return;
+    }
+    // the slot is taken before the credential is checked (so parallel upgrades cannot overshoot the cap)
+    // and held by the TCP connection, which after the upgrade is the websocket's
+    if (request.socket.destroyed) release();
+    else request.socket.once('close', release);
     void credentials
       .verify(bearer(request.headers.authorization))
       .then((clientId) => {
@@ -61,6 +172,7 @@ export function authenticateHandshake(credentials: Credentials, store: Store, me
         callback(null, true);
       })
       .catch((error: unknown) => {
+        release();
         const code = error instanceof FloeError ? error.code : 'bad_credential';
         metrics.refusedMessages.inc({ code });
         callback(`${code}: ${error instanceof Error ? error.message : 'refused'}`, false);
@@ -88,9 +200,81 @@ class BoundedDecoder extends Decoder {
 }
 export const BOUNDED_PARSER = { Encoder, Decoder: BoundedDecoder };
 
+interface RefusalWindow {
+  since: number;
+  codes: Set<string>;
+  suppressed: number;
+}
+
+/**
+ * Which refusals reach the log: per client and window, the first of each code; the others are only
+ * counted, and one summary line gives their number when the window is over (at the client's next
+ * refusal or the next `sweep`). A client sending junk as fast as it can thus costs a few lines per
+ * window. At most `maxClients` clients are remembered; the least recently refused is dropped first
+ * (its summary written), so many identities cannot grow it.
+ */
+export class RefusalLog {
+  private readonly windows = new Map<string, RefusalWindow>();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly windowMs = 10_000,
+    private readonly maxClients = 4096,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  get trackedClients(): number {
+    return this.windows.size;
+  }
+
+  refused(clientId: string, code: string, message: string): void {
+    const now = this.now();
+    let window = this.windows.get(clientId);
+    if (window) {
+      this.windows.delete(clientId); // re-inserted below: the map's order is recency
+      if (now - window.since >= this.windowMs) {
+        this.summarize(clientId, window);
+        window = undefined;
+      }
+    }
+    window ??= { since: now, codes: new Set(), suppressed: 0 };
+    this.windows.set(clientId, window);
+    if (window.codes.has(code)) window.suppressed++;
+    else {
+      window.codes.add(code);
+      this.log.warn({ clientId, code }, `message refused: ${message}`);
+    }
+    if (this.windows.size > this.maxClients) {
+      const [oldest, oldestWindow] = this.windows.entries().next().value as [string, RefusalWindow];
+      this.windows.delete(oldest);
+      this.summarize(oldest, oldestWindow);
+    }
+  }
+
+  /** Summarizes and forgets every window that is over. */
+  sweep(): void {
+    const now = this.now();
+    for (const [clientId, window] of this.windows) {
+      if (now - window.since < this.windowMs) continue;
+      this.windows.delete(clientId);
+      this.summarize(clientId, window);
+    }
+  }
+
+  private summarize(clientId: string, window: RefusalWindow): void {
+    if (window.suppressed === 0) return;
+    this.log.warn(
+      { clientId, suppressed: window.suppressed, codes: [...window.codes] },
+      `suppressed ${window.suppressed} refusals of this client (logged: one per code per ${Math.round(this.windowMs / 1000)} s)`,
+    );
+  }
+}
+
 export class Gateway implements RoundTransport {
   private readonly sockets = new Map<string, ClientSocket>();
   private readonly limiter: RateLimiterMemory;
+  private readonly refusals: RefusalLog;
+  private readonly sweeper: NodeJS.Timeout;
   private coordinator: Coordinator | undefined;
 
   constructor(
@@ -100,6 +284,9 @@ export class Gateway implements RoundTransport {
     private readonly options: GatewayOptions,
   ) {
     this.limiter = new RateLimiterMemory({ points: options.rateLimitMessages, duration: options.rateWindowSec });
+    const refusalLogWindowMs = options.refusalLogWindowMs ?? 10_000;
+    this.refusals = new RefusalLog(log, refusalLogWindowMs);
+    this.sweeper = setInterval(() => this.refusals.sweep(), refusalLogWindowMs).unref();
     io.use((socket, next) => {
       const clientId = (socket.request as AuthenticatedRequest)[CLIENT_ID];
       if (clientId === undefined) {
@@ -140,7 +327,7 @@ export class Gateway implements RoundTransport {
 
   private refuse(socket: ClientSocket, code: string, message: string): void {
     this.metrics.refusedMessages.inc({ code });
-    this.log.warn({ clientId: socket.data.clientId, code }, `message refused: ${message}`);
+    this.refusals.refused(socket.data.clientId, code, message);
     const reply: ErrorMessage = { type: 'error', code, message: message.slice(0, 2048) };
     this.emit(socket, reply);
   }
@@ -164,7 +351,7 @@ export class Gateway implements RoundTransport {
     }, this.options.helloTimeoutMs);
     socket.on('disconnect', () => clearTimeout(helloTimer));
 
-    socket.onAny((event: string, payload: unknown) => {
+    socket.onAny((event: unknown, payload: unknown) => {
       void this.handle(socket, event, payload);
     });
     socket.on('disconnect', (reason) => {
@@ -177,7 +364,8 @@ export class Gateway implements RoundTransport {
     });
   }
 
-  private async handle(socket: ClientSocket, event: string, payload: unknown): Promise<void> {
+  /** `event` is whatever the client named it: socket.io also passes numbers through. */
+  private async handle(socket: ClientSocket, event: unknown, payload: unknown): Promise<void> {
     const { clientId } = socket.data;
     try {
       await this.limiter.consume(clientId);
@@ -213,7 +401,7 @@ export class Gateway implements RoundTransport {
         const ack = this.coordinator?.receiveUpdate(clientId, payload as Uint8Array, update);
         if (ack) this.emit(socket, ack);
       } else {
-        this.refuse(socket, 'unknown_event', `clients may send hello and update, not ${event.slice(0, 64)}`);
+        this.refuse(socket, 'unknown_event', `clients may send hello and update, not ${String(event).slice(0, 64)}`);
       }
     } catch (error) {
       if (error instanceof FloeError) {
@@ -226,7 +414,10 @@ export class Gateway implements RoundTransport {
     }
   }
 
-  close(): void {
-    void this.io.close();
+  /** Closes every connection and the socket.io server. */
+  async close(): Promise<void> {
+    clearInterval(this.sweeper);
+    this.refusals.sweep();
+    await this.io.close();
   }
 }

@@ -7,6 +7,7 @@
  */
 import { Matrix as MlMatrix, QrDecomposition, SingularValueDecomposition } from 'ml-matrix';
 import { AdapterMathError } from '../errors.js';
+import { Random } from '../random.js';
 
 export interface Matrix {
   rows: number;
@@ -218,6 +219,185 @@ export function factorizeSum(
   const values = new Float64Array(Math.min(rows, cols));
   values.set(svd.diagonal.map((v) => Math.max(0, v)));
   return loraFromSvd(U, values, V, rank, alpha);
+}
+
+/**
+ * C = A B for row-major f32 B [inner, cols] and A [rows, inner], or A^T B when `transposeA` (A given as
+ * [inner, rows]); a fast kernel may stand in (ORT, a BLAS).
+ */
+export type MatMul = (
+  a: Float32Array,
+  rows: number,
+  inner: number,
+  b: Float32Array,
+  cols: number,
+  transposeA?: boolean,
+) => Float32Array | Promise<Float32Array>;
+
+/** The reference kernel: f64 accumulation, row by row. */
+export const jsMatMul: MatMul = (a, rows, inner, b, cols, transposeA = false) => {
+  const out = new Float32Array(rows * cols);
+  const row = new Float64Array(cols);
+  for (let i = 0; i < rows; i++) {
+    row.fill(0);
+    for (let k = 0; k < inner; k++) {
+      const x = (transposeA ? a[k * rows + i] : a[i * inner + k]) as number;
+      if (x === 0) continue;
+      const offset = k * cols;
+      for (let j = 0; j < cols; j++) row[j] = (row[j] as number) + x * (b[offset + j] as number);
+    }
+    out.set(row, i * cols);
+  }
+  return out;
+};
+
+/**
+ * sum_k scales[k] B_k A_k over `terms` factor pairs of one rank, each term's factors laid end to end:
+ * B [terms, rows, rank] and A [terms, rank, cols]. A native kernel transposes and multiplies in one go.
+ */
+export type StackedProduct = (
+  B: Float32Array,
+  A: Float32Array,
+  scales: Float32Array,
+  terms: number,
+  rows: number,
+  rank: number,
+  cols: number,
+) => Float32Array | Promise<Float32Array>;
+
+/** Fast kernels for the heavy products of aggregation; JavaScript loops stand in for the absent ones. */
+export interface Kernels {
+  matmul?: MatMul;
+  stackedProduct?: StackedProduct;
+}
+
+/**
+ * sum_k weights[k] (alpha / r_k) B_k A_k as one product of stacked factors, Bt^T A: Bt [R, rows] stacks
+ * each B_k^T scaled by its weight and alpha / r_k, A [R, cols] stacks the A_k, R = sum r_k. (Stacking the
+ * transposes keeps every write in order: a round of 1,000 rank-8 clients stacks 8,000 rows.)
+ */
+export function stackedFactors(
+  terms: readonly LoraFactors[],
+  weights: readonly number[],
+  alpha: number,
+): { Bt: Float32Array; A: Float32Array; stacked: number } {
+  const { outFeatures: rows, inFeatures: cols } = terms[0] as LoraFactors;
+  const stacked = terms.reduce((n, t) => n + t.rank, 0);
+  const Bt = new Float32Array(stacked * rows);
+  const A = new Float32Array(stacked * cols);
+  let offset = 0;
+  terms.forEach((t, k) => {
+    const scale = ((weights[k] as number) * alpha) / t.rank;
+    const r = t.rank;
+    for (let j = 0; j < r; j++) {
+      const at = (offset + j) * rows;
+      for (let i = 0; i < rows; i++) Bt[at + i] = scale * (t.B[i * r + j] as number);
+    }
+    A.set(t.A, offset * cols);
+    offset += r;
+  });
+  return { Bt, A, stacked };
+}
+
+/**
+ * `factorizeSum` for sums whose stacked rank reaches min(out, in) (a round of many clients): the sum is
+ * formed as one product of the stacked factors by `matmul` (a native kernel does 1,000 rank-8 edge-small
+ * updates in ~0.1 s where the JavaScript loop takes seconds), then factorized; when only a few leading
+ * components are wanted (rank <= min(out, in) / 4), by randomized subspace iteration instead of a full SVD.
+ * Below that stacked rank, the exact QR route of `factorizeSum`.
+ */
+export async function factorizeLargeSum(
+  terms: readonly LoraFactors[],
+  weights: readonly number[],
+  rank: number,
+  alpha: number,
+  kernels: Kernels = {},
+): Promise<Factorization> {
+  const first = terms[0];
+  if (!first) throw new AdapterMathError('invalid_argument', 'nothing to factorize: no terms');
+  const { outFeatures: rows, inFeatures: cols } = first;
+  const smaller = Math.min(rows, cols);
+  if (terms.reduce((n, t) => n + t.rank, 0) < smaller) return factorizeSum(terms, weights, rank, alpha);
+  checkFactorization(rank, alpha);
+  if (terms.length !== weights.length || weights.some((w) => !Number.isFinite(w))) {
+    throw new AdapterMathError('invalid_argument', 'factorizeLargeSum needs one finite weight per term');
+  }
+  if (terms.some((t) => t.outFeatures !== rows || t.inFeatures !== cols)) {
+    throw new AdapterMathError('shape_mismatch', 'the terms of a sum must adapt the same shape');
+  }
+  const matmul = kernels.matmul ?? jsMatMul;
+  let sum: Float32Array;
+  if (kernels.stackedProduct) {
+    // one rank for all (zero-padded): the factors are copied end to end, no element-wise stacking in JavaScript
+    const r = Math.max(...terms.map((t) => t.rank));
+    const B = new Float32Array(terms.length * rows * r);
+    const A = new Float32Array(terms.length * r * cols);
+    terms.forEach((t, k) => {
+      const padded = t.rank === r ? t : padRank(t, r);
+      B.set(padded.B, k * rows * r);
+      A.set(padded.A, k * r * cols);
+    });
+    const scales = Float32Array.from(terms, (t, k) => ((weights[k] as number) * alpha) / t.rank);
+    sum = await kernels.stackedProduct(B, A, scales, terms.length, rows, r, cols);
+  } else {
+    const { Bt, A, stacked } = stackedFactors(terms, weights, alpha);
+    sum = await matmul(Bt, rows, stacked, A, cols, true);
+  }
+  const dense = matrix(rows, cols, sum);
+  return 4 * rank <= smaller ? factorizeTop(dense, rank, alpha, matmul) : factorize(dense, rank, alpha);
+}
+
+/**
+ * The leading `rank` components of dW by randomized subspace iteration (Halko, Martinsson and Tropp):
+ * a seeded Gaussian sketch of rank + 8 columns, three power iterations re-orthonormalized (Gram-Schmidt,
+ * twice), then the SVD of the small projected matrix. The products with dW go through `matmul`.
+ * Singular values past `rank + 8` are reported as zero.
+ */
+export async function factorizeTop(
+  dW: Matrix,
+  rank: number,
+  alpha: number,
+  matmul: MatMul = jsMatMul,
+): Promise<Factorization> {
+  checkFactorization(rank, alpha);
+  const { rows, cols, data } = dW;
+  const width = Math.min(rank + 8, rows, cols);
+  const random = new Random(0x5eed);
+  const transposed = new Float32Array(cols * rows);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) transposed[j * rows + i] = data[i * cols + j] as number;
+  const omega = Float32Array.from({ length: cols * width }, () => random.normal());
+  let Q = orthonormalColumns(await matmul(data, rows, cols, omega, width), rows, width);
+  for (let q = 0; q < 3; q++) {
+    const Z = orthonormalColumns(await matmul(transposed, cols, rows, Q, width), cols, width);
+    Q = orthonormalColumns(await matmul(data, rows, cols, Z, width), rows, width);
+  }
+  // Q^T dW [width, cols]: (Q^T) given as Q [rows, width], transposed inside the kernel
+  const projected = await matmul(Q, width, rows, data, cols, true);
+  const small = new SingularValueDecomposition(MlMatrix.from1DArray(width, cols, projected), { autoTranspose: true });
+  const U = MlMatrix.from1DArray(rows, width, Q).mmul(small.leftSingularVectors);
+  const values = new Float64Array(Math.min(rows, cols));
+  values.set(small.diagonal.slice(0, width).map((v) => Math.max(0, v)));
+  return loraFromSvd(U, values, small.rightSingularVectors, rank, alpha);
+}
+
+/** The columns of `m` [rows, width] made orthonormal by modified Gram-Schmidt, run twice ("twice is enough"). */
+function orthonormalColumns(m: Float32Array, rows: number, width: number): Float32Array {
+  const q = Float64Array.from(m);
+  for (let pass = 0; pass < 2; pass++) {
+    for (let j = 0; j < width; j++) {
+      for (let k = 0; k < j; k++) {
+        let dot = 0;
+        for (let i = 0; i < rows; i++) dot += (q[i * width + j] as number) * (q[i * width + k] as number);
+        for (let i = 0; i < rows; i++)
+          q[i * width + j] = (q[i * width + j] as number) - dot * (q[i * width + k] as number);
+      }
+      let norm = 0;
+      for (let i = 0; i < rows; i++) norm += (q[i * width + j] as number) ** 2;
+      norm = Math.sqrt(norm) || 1;
+      for (let i = 0; i < rows; i++) q[i * width + j] = (q[i * width + j] as number) / norm;
+    }
+  }
+  return Float32Array.from(q);
 }
 
 function checkFactorization(rank: number, alpha: number): void {
