@@ -73,7 +73,7 @@ describe('attacks on the coordination server', () => {
   });
 
   afterAll(async () => {
-    const watched = await health.stop();
+    const watched = (await health.stop()).summary();
     const peak = await peakRssMiB(server.child.pid as number);
     console.log(
       `server under attack: /healthz p99 ${watched.p99Ms.toFixed(1)} ms (max ${watched.maxMs.toFixed(1)}, ` +

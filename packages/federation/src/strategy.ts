@@ -10,6 +10,7 @@ import {
   type LoraFactors,
   type StrategyName,
   type Kernels,
+  type StackScratch,
   factorize,
   factorizeLargeSum,
   loraProduct,
@@ -180,11 +181,12 @@ export const flexlora: Strategy = {
   name: 'flexlora',
   async aggregate(updates, alpha, { robust = MEAN, maxRank, kernels } = {}) {
     // One SVD per module, at the largest rank asked for; each client rank is a rescaled prefix (see resize).
+    const scratch: StackScratch = {};
     const full = await perModuleAsync(updates, async (_path, all, weights) => {
       const { outFeatures, inFeatures } = all[0] as LoraFactors;
       const rank = Math.min(outFeatures, inFeatures, maxRank ?? Infinity);
       if (robust.combiner === 'mean') {
-        return (await factorizeLargeSum(all, normalizedWeights(weights), rank, alpha, kernels)).factors;
+        return (await factorizeLargeSum(all, normalizedWeights(weights), rank, alpha, kernels, scratch)).factors;
       }
       // a coordinate-wise rule needs every product's entries: dense, O(clients x out x in)
       const products = all.map((f) => loraProduct(f, alpha).data);
