@@ -2,6 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { MODEL_PRESETS, architectureOf } from '@floe/model';
+import { request } from '@floe/edge-client';
 import { type FloeServer, type ServerConfig, startServer } from '@floe/server';
 import type { JobSpec, JobSummary } from '@floe/shared';
 import { type SyntheticDevice, type SyntheticDeviceOptions, startSyntheticDevice } from '@floe/simulator';
@@ -40,7 +41,8 @@ export interface TestServer {
 /** Admin REST calls against the server at `url`. */
 export function adminClient(url: string): TestServer['admin'] {
   return async <T>(method: 'GET' | 'POST', route: string, body?: unknown) => {
-    const response = await fetch(`${url}${route}`, {
+    // through the edge client's request: it honours a trusted certificate authority (the TLS test)
+    const response = await request(url, route, {
       method,
       headers: {
         authorization: `Bearer ${ADMIN_TOKEN}`,

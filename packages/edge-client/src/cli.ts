@@ -15,6 +15,7 @@ import { architectureOf, checkpointSha256, loadAdapter, loadCheckpoint, saveAdap
 import Type from 'typebox';
 import { DeviceProfile, LORA_MODULES, isLoraModuleKind, parse } from '@floe/shared';
 import { type Score, readDataDir } from '@floe/tasks';
+import { trustCertificateAuthority } from './connection.js';
 import { startDevice, measuredTrainingCost } from './device.js';
 import { DeviceStore } from './device-store.js';
 import { ensureIdentity } from './federation-client.js';
@@ -526,6 +527,11 @@ function buildProgram(): Command {
     program.commands.flatMap((command) => command.options.map((option) => option.attributeName())),
   );
   program.hook('preAction', (_program, action) => applyConfigFile(action as unknown as Command, allKeys));
+  program.hook('preAction', () => {
+    // a deployment with its own certificate authority (FLOE_EDGE_CA_FILE): trusted for HTTPS and WSS
+    const caFile = process.env['FLOE_EDGE_CA_FILE'];
+    if (caFile) trustCertificateAuthority(readFileSync(caFile, 'utf8'));
+  });
   return program;
 }
 

@@ -7,6 +7,8 @@
  * exponential backoff and jitter (socket.io's manager) unless the server itself closed it.
  */
 import { EventEmitter } from 'node:events';
+import { rootCertificates } from 'node:tls';
+import { Agent, type RequestInit as UndiciRequestInit, fetch as undiciFetch } from 'undici';
 import { io, type Socket } from 'socket.io-client';
 import {
   type DeviceProfile,
@@ -30,10 +32,29 @@ import {
 
 export class ConnectionError extends FloeError {}
 
+/** A private certificate authority the server's TLS certificate must chain to (besides the system's). */
+let trusted: { pem: string; dispatcher: Agent } | undefined;
+
+/**
+ * Trust `pem` (one or more CA certificates) for every HTTPS request and WSS connection to the server
+ * from now on, in addition to the system's authorities: a deployment with its own CA.
+ */
+export function trustCertificateAuthority(pem: string): void {
+  const ca = [...rootCertificates, pem];
+  trusted = { pem, dispatcher: new Agent({ connect: { ca } }) };
+}
+
 /** An HTTP request to the server; an unreachable server is a ConnectionError that names it. */
 export async function request(serverUrl: string, route: string, init: RequestInit = {}): Promise<Response> {
   const url = new URL(route, serverUrl);
   try {
+    if (trusted) {
+      return (await undiciFetch(url, {
+        signal: AbortSignal.timeout(30_000),
+        ...(init as UndiciRequestInit),
+        dispatcher: trusted.dispatcher,
+      })) as unknown as Response;
+    }
     return await fetch(url, { signal: AbortSignal.timeout(30_000), ...init });
   } catch (error) {
     const cause = (error as { cause?: { code?: string; message?: string } }).cause;
@@ -71,6 +92,33 @@ export async function credentialRefusal(serverUrl: string, credential: string): 
   const body = (await response.json().catch(() => ({}))) as { code?: string; message?: string };
   if (response.status !== 401) return undefined; // not about the credential (rate limit, server trouble)
   return new ConnectionError(body.code ?? 'bad_credential', body.message ?? 'credential refused');
+}
+
+/** POST /v1/credentials/refresh: a fresh credential for one that is still valid. */
+export async function refreshCredential(serverUrl: string, credential: string): Promise<string> {
+  const response = await request(serverUrl, '/v1/credentials/refresh', {
+    method: 'POST',
+    headers: { authorization: `Bearer ${credential}` },
+  });
+  const body = (await response.json().catch(() => ({}))) as { credential?: string; code?: string; message?: string };
+  if (!response.ok || !body.credential) {
+    throw new ConnectionError(body.code ?? 'refresh_failed', `refresh refused: ${body.message ?? response.status}`);
+  }
+  return body.credential;
+}
+
+/** Whether a credential (a JWT) has lived more than half its life; false when it cannot be read. */
+export function pastHalfLife(credential: string, now = Date.now()): boolean {
+  try {
+    const payload = JSON.parse(Buffer.from(credential.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
+      iat?: number;
+      exp?: number;
+    };
+    if (typeof payload.iat !== 'number' || typeof payload.exp !== 'number') return false;
+    return now / 1000 > (payload.iat + payload.exp) / 2;
+  } catch {
+    return false;
+  }
 }
 
 /** A refused websocket upgrade, as engine.io-client reports it. */
@@ -170,6 +218,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
     const socket = io(serverUrl, {
       // checked on the upgrade request itself, before the server reads any packet
       extraHeaders: { authorization: `Bearer ${credential}` },
+      ...(trusted ? { ca: [...rootCertificates, trusted.pem] } : {}),
       transports: ['websocket'],
       reconnection: options.reconnect ?? true,
       reconnectionDelay: 200,

@@ -16,7 +16,7 @@ import {
   type UpdateAck,
   encodeMessage,
 } from '@floe/shared';
-import { ConnectionError, ServerConnection, enroll } from './connection.js';
+import { ConnectionError, ServerConnection, enroll, pastHalfLife, refreshCredential } from './connection.js';
 import { FederationError } from './errors.js';
 import type { DeviceStore } from './device-store.js';
 import type { RoundParticipant, UpdateBody } from './participant.js';
@@ -66,6 +66,12 @@ export async function ensureIdentity(
   profile: DeviceProfile,
 ): Promise<{ credential: string; clientId: string; enrolled: boolean }> {
   const known = store.identity(serverUrl);
+  if (known && pastHalfLife(known.credential)) {
+    // short-lived credentials: a device trades one past half its life for a fresh one when it starts
+    const credential = await refreshCredential(serverUrl, known.credential).catch(() => known.credential);
+    if (credential !== known.credential) store.saveIdentity({ ...known, credential });
+    return { credential, clientId: known.clientId, enrolled: false };
+  }
   if (known) return { credential: known.credential, clientId: known.clientId, enrolled: false };
   if (!joinToken) {
     throw new FederationError('not_enrolled', `this device is not enrolled at ${serverUrl}: give a join token`);

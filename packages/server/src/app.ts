@@ -54,19 +54,29 @@ export async function startServer(
   const metrics = new ServerMetrics();
 
   const timeoutMs = config.requestTimeoutMs;
-  const app = Fastify({
+  if ((config.tlsCert === '') !== (config.tlsKey === '')) {
+    throw new Error('TLS needs both a certificate and a key (FLOE_TLS_CERT and FLOE_TLS_KEY, or their _FILE forms)');
+  }
+  const serverOptions = {
+    requestTimeout: timeoutMs,
+    headersTimeout: timeoutMs > 0 ? Math.min(timeoutMs, 60_000) : 60_000,
+    // node looks for expired requests this often (30 s by default, which would dwarf a 10 s timeout)
+    connectionsCheckingInterval: timeoutMs > 0 ? Math.min(1000, Math.max(100, Math.floor(timeoutMs / 4))) : 30_000,
+  };
+  const common = {
     logger: { level: config.logLevel, ...(options.logStream ? { stream: options.logStream } : {}) },
     bodyLimit: 1024 * 1024,
     trustProxy: config.trustProxy,
     // a request whose headers and body are not all in by then gets 408 and its connection closed
     requestTimeout: timeoutMs,
-    http: {
-      requestTimeout: timeoutMs,
-      headersTimeout: timeoutMs > 0 ? Math.min(timeoutMs, 60_000) : 60_000,
-      // node looks for expired requests this often (30 s by default, which would dwarf a 10 s timeout)
-      connectionsCheckingInterval: timeoutMs > 0 ? Math.min(1000, Math.max(100, Math.floor(timeoutMs / 4))) : 30_000,
-    },
-  });
+  };
+  const tls = config.tlsCert !== '';
+  // with a certificate, HTTPS and WSS only (the same routes; socket.io attaches to the TLS server)
+  const app = (
+    tls
+      ? Fastify({ ...common, https: { cert: config.tlsCert, key: config.tlsKey, ...serverOptions } })
+      : Fastify({ ...common, http: serverOptions })
+  ) as FastifyInstance;
   app.setValidatorCompiler(TypeBoxValidatorCompiler);
   // response schemas document the API; JSON.stringify writes it (TypeBox refinements are not JSON Schema)
   app.setSerializerCompiler(() => (data) => JSON.stringify(data));
@@ -162,7 +172,7 @@ export async function startServer(
     coordinator,
     gateway,
     config,
-    url: `http://${host}:${address.port}`,
+    url: `${tls ? 'https' : 'http'}://${host}:${address.port}`,
     close() {
       closing ??= (async () => {
         coordinator.close();

@@ -48,6 +48,11 @@ export class Credentials {
 
   /** The client id a credential names, or AuthError('bad_credential'). */
   async verify(token: unknown): Promise<string> {
+    return (await this.inspect(token)).clientId;
+  }
+
+  /** The client id a credential names and when it expires (epoch ms), or AuthError('bad_credential'). */
+  async inspect(token: unknown): Promise<{ clientId: string; expiresAt: number }> {
     if (typeof token !== 'string' || token.length === 0 || token.length > 4096) {
       throw new AuthError('bad_credential', 'missing credential');
     }
@@ -58,7 +63,8 @@ export class Credentials {
         algorithms: ['HS256'],
       });
       if (typeof payload.sub !== 'string') throw new Error('no subject');
-      return payload.sub;
+      if (typeof payload.exp !== 'number') throw new Error('no expiry');
+      return { clientId: payload.sub, expiresAt: payload.exp * 1000 };
     } catch (error) {
       throw new AuthError(
         'bad_credential',

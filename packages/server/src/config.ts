@@ -3,6 +3,7 @@
  * the simulator). Secrets have no default outside development: `main.ts` refuses to start without
  * them unless FLOE_DEV=1.
  */
+import { readFileSync } from 'node:fs';
 
 export interface ServerConfig {
   host: string;
@@ -52,6 +53,9 @@ export interface ServerConfig {
    * it counts). It decides the address of the HTTP rate limit and of the connection cap.
    */
   trustProxy: boolean | string;
+  /** PEM certificate chain and key: set both and the server speaks HTTPS and WSS only. */
+  tlsCert: string;
+  tlsKey: string;
   logLevel: string;
 }
 
@@ -74,6 +78,8 @@ export const DEFAULT_CONFIG: ServerConfig = {
   requestTimeoutMs: 10_000,
   maxConnectionsPerIp: 256,
   trustProxy: false,
+  tlsCert: '',
+  tlsKey: '',
   logLevel: 'info',
 };
 
@@ -97,14 +103,22 @@ export const ENV_NAMES: Readonly<Record<keyof ServerConfig, string>> = {
   requestTimeoutMs: 'FLOE_REQUEST_TIMEOUT_MS',
   maxConnectionsPerIp: 'FLOE_MAX_CONNECTIONS_PER_IP',
   trustProxy: 'FLOE_TRUST_PROXY',
+  tlsCert: 'FLOE_TLS_CERT',
+  tlsKey: 'FLOE_TLS_KEY',
   logLevel: 'FLOE_LOG_LEVEL',
 };
 
-/** DEFAULT_CONFIG with every FLOE_* variable set in `env` applied; numbers are checked. */
+/**
+ * DEFAULT_CONFIG with every FLOE_* variable set in `env` applied; numbers are checked. Each variable may
+ * instead name a file as `<NAME>_FILE` (Docker and Kubernetes secrets): its content is the value.
+ */
 export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ServerConfig {
   const config: ServerConfig = { ...DEFAULT_CONFIG };
   for (const [key, name] of Object.entries(ENV_NAMES) as [keyof ServerConfig, string][]) {
-    const raw = env[name];
+    const file = env[`${name}_FILE`];
+    if (file && env[name]) throw new Error(`set ${name} or ${name}_FILE, not both`);
+    const fromFile = file ? readSecret(`${name}_FILE`, file) : undefined;
+    const raw = fromFile ?? env[name];
     if (raw === undefined || raw === '') continue;
     if (key === 'trustProxy') {
       config.trustProxy = parseTrustProxy(raw);
@@ -117,6 +131,16 @@ export function configFromEnv(env: NodeJS.ProcessEnv = process.env): ServerConfi
     }
   }
   return config;
+}
+
+function readSecret(variable: string, file: string): string {
+  try {
+    const content = readFileSync(file, 'utf8');
+    // PEM keeps its newlines; a one-line secret loses the one an editor adds
+    return content.includes('-----BEGIN') ? content : content.trim();
+  } catch (error) {
+    throw new Error(`${variable}: cannot read ${file} (${error instanceof Error ? error.message : String(error)})`);
+  }
 }
 
 /** `true`, `false`, or the list of trusted proxies (checked when the server starts). */

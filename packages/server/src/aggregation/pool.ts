@@ -14,7 +14,8 @@ export class AggregationPool {
   constructor(threads = 1) {
     this.pool = new Piscina({
       filename: new URL(fromSource ? './worker-from-source.mjs' : './worker.js', import.meta.url).href,
-      minThreads: 0,
+      // one worker from the start: loading it (and ONNX Runtime) is not paid by the first round
+      minThreads: 1,
       maxThreads: Math.max(1, threads),
       idleTimeout: 60_000,
       ...(fromSource ? { execArgv: ['--conditions=floe-source'] } : {}),

@@ -30,7 +30,7 @@ import { type Credentials, bearer, newClientId, safeEqual } from '../auth.js';
 import type { ServerConfig } from '../config.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { Coordinator } from '../rounds/coordinator.js';
-import type { JobRow, RoundRow, Store } from '../store/store.js';
+import { type JobRow, type RoundRow, type Store, sha256Hex } from '../store/store.js';
 import type { Gateway } from '../transport/gateway.js';
 
 export class HttpError extends FloeError {
@@ -106,6 +106,7 @@ const UpdateInfo = Type.Object({
 const ClientInfo = Type.Object({
   id: Id,
   createdAt: Type.String(),
+  revokedAt: Type.Union([Type.String(), Type.Null()]),
   connected: Type.Boolean(),
   profile: Type.Unknown(),
 });
@@ -140,6 +141,19 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     if (!clientId || !store.hasClient(clientId)) {
       throw new HttpError(401, 'unauthorized', 'an admin token or a client credential is required');
     }
+  };
+  /** The enrolled, unrevoked client a request's credential names, or 401 saying why not. */
+  const activeClient = async (request: FastifyRequest): Promise<{ clientId: string }> => {
+    let clientId: string;
+    try {
+      clientId = await credentials.verify(bearer(request.headers.authorization));
+    } catch (error) {
+      throw new HttpError(401, 'bad_credential', error instanceof Error ? error.message : 'credential refused');
+    }
+    const status = store.clientStatus(clientId);
+    if (status === 'revoked') throw new HttpError(401, 'revoked', `client ${clientId} was revoked`);
+    if (!status) throw new HttpError(401, 'unknown_client', `client ${clientId} is not enrolled`);
+    return { clientId };
   };
   const jobOr404 = (id: string): JobRow => {
     const job = store.job(id);
@@ -185,11 +199,20 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
           `client speaks protocol ${body.protocolVersion}, this server speaks ${PROTOCOL_VERSION}`,
         );
       }
-      if (!config.joinToken || !safeEqual(body.joinToken, config.joinToken)) {
-        throw new HttpError(403, 'bad_join_token', 'the join token is not valid for this deployment');
-      }
       const clientId = newClientId();
-      store.addClient(clientId, body.profile);
+      const joinToken = store.meta('join_token') ?? config.joinToken;
+      const enrolled = store.transaction(() => {
+        const byToken = joinToken !== '' && safeEqual(body.joinToken, joinToken);
+        const byKey =
+          !byToken &&
+          body.joinToken.startsWith('ek-') &&
+          store.useEnrollmentKey(sha256Hex(Buffer.from(body.joinToken)), clientId);
+        if (byToken || byKey) store.addClient(clientId, body.profile);
+        return byToken || byKey;
+      });
+      if (!enrolled) {
+        throw new HttpError(403, 'bad_join_token', 'the join token (or one-time enrollment key) is not valid here');
+      }
       metrics.enrolled.inc();
       request.log.info({ clientId, tier: body.profile.tier }, 'client enrolled');
       const response: EnrollResponse = {
@@ -435,14 +458,104 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
     },
     async (request) => {
-      let clientId: string;
-      try {
-        clientId = await credentials.verify(bearer(request.headers.authorization));
-      } catch (error) {
-        throw new HttpError(401, 'bad_credential', error instanceof Error ? error.message : 'credential refused');
-      }
-      if (!store.hasClient(clientId)) throw new HttpError(401, 'unknown_client', `client ${clientId} is not enrolled`);
+      const { clientId } = await activeClient(request);
       return { clientId, connected: gateway.isConnected(clientId) };
+    },
+  );
+
+  app.post(
+    '/v1/credentials/refresh',
+    {
+      schema: {
+        tags: ['clients'],
+        summary: 'A fresh credential for a client whose current one is still valid (short-lived credentials)',
+        security: [{ clientCredential: [] }],
+        response: {
+          200: Type.Object({ clientId: Id, credential: Type.String(), expiresAt: Type.String() }),
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const { clientId } = await activeClient(request);
+      const credential = await credentials.issue(clientId);
+      const { expiresAt } = await credentials.inspect(credential);
+      return { clientId, credential, expiresAt: new Date(expiresAt).toISOString() };
+    },
+  );
+
+  app.post(
+    '/v1/clients/:id/revoke',
+    {
+      schema: {
+        tags: ['clients'],
+        summary: 'Revoke a client: its connection closes and its credential is refused from now on',
+        security: admin,
+        params: JobParams,
+        response: { 200: Type.Object({ id: Id, revokedAt: Type.String() }), ...errors },
+      },
+      onRequest: requireAdmin,
+    },
+    (request) => {
+      const { id } = request.params as { id: string };
+      const revokedAt = store.revokeClient(id);
+      if (!revokedAt) throw new HttpError(404, 'unknown_client', `no client ${id}`);
+      gateway.disconnectClient(id, 'revoked', 'this client was revoked by the operator');
+      coordinator.clientGone(id);
+      request.log.info({ clientId: id }, 'client revoked');
+      return { id, revokedAt };
+    },
+  );
+
+  app.post(
+    '/v1/join-token',
+    {
+      schema: {
+        tags: ['clients'],
+        summary:
+          'Rotate the join token (the previous one stops working at once): body {} for a random one, or {joinToken}',
+        security: admin,
+        body: Type.Object(
+          { joinToken: Type.Optional(Type.String({ minLength: 16, maxLength: 256 })) },
+          { additionalProperties: false },
+        ),
+        response: { 200: Type.Object({ joinToken: Type.String() }), ...errors },
+      },
+      onRequest: requireAdmin,
+    },
+    (request) => {
+      const joinToken =
+        (request.body as { joinToken?: string } | undefined)?.joinToken ?? randomBytes(24).toString('hex');
+      store.setMeta('join_token', joinToken);
+      request.log.info('join token rotated');
+      return { joinToken };
+    },
+  );
+
+  app.post(
+    '/v1/enrollment-keys',
+    {
+      schema: {
+        tags: ['clients'],
+        summary: 'One-time enrollment keys: each enrolls one device, once, before it expires',
+        security: admin,
+        body: Type.Object(
+          {
+            count: Type.Integer({ minimum: 1, maximum: 1000 }),
+            ttlSec: Type.Optional(Type.Integer({ minimum: 1, maximum: 365 * 24 * 3600 })),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: Type.Object({ keys: Type.Array(Type.String()), expiresAt: Type.String() }), ...errors },
+      },
+      onRequest: requireAdmin,
+    },
+    (request) => {
+      const { count, ttlSec = 7 * 24 * 3600 } = request.body as { count: number; ttlSec?: number };
+      const expiresAt = Date.now() + ttlSec * 1000;
+      const keys = Array.from({ length: count }, () => `ek-${randomBytes(24).toString('hex')}`);
+      store.transaction(() => keys.forEach((key) => store.addEnrollmentKey(sha256Hex(Buffer.from(key)), expiresAt)));
+      return { keys, expiresAt: new Date(expiresAt).toISOString() };
     },
   );
 

@@ -91,6 +91,8 @@ CREATE TABLE IF NOT EXISTS updates (
   job_id TEXT NOT NULL, round INTEGER NOT NULL, client_id TEXT NOT NULL, num_samples INTEGER NOT NULL,
   rank INTEGER NOT NULL, metrics TEXT NOT NULL, frame BLOB NOT NULL, sha256 TEXT NOT NULL, received_at TEXT NOT NULL,
   PRIMARY KEY (job_id, round, client_id));
+CREATE TABLE IF NOT EXISTS enrollment_keys (
+  key_hash TEXT PRIMARY KEY, created_at TEXT NOT NULL, expires_at INTEGER NOT NULL, used_by TEXT);
 CREATE TABLE IF NOT EXISTS adapters (
   job_id TEXT NOT NULL, cluster_id INTEGER NOT NULL, round INTEGER NOT NULL, rank INTEGER NOT NULL,
   safetensors BLOB NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (job_id, cluster_id));
@@ -191,6 +193,9 @@ export class Store {
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');
     this.db.exec(SCHEMA);
+    // stores made before revocation existed
+    const columns = this.db.prepare('PRAGMA table_info(clients)').all() as { name: string }[];
+    if (!columns.some((c) => c.name === 'revoked_at')) this.db.exec('ALTER TABLE clients ADD COLUMN revoked_at TEXT');
   }
 
   close(): void {
@@ -222,17 +227,59 @@ export class Store {
       .run(id, new Date().toISOString(), JSON.stringify(profile));
   }
 
+  /** Whether `id` is enrolled and not revoked. */
   hasClient(id: string): boolean {
-    return this.db.prepare('SELECT 1 FROM clients WHERE id = ?').get(id) !== undefined;
+    return this.clientStatus(id) === 'active';
   }
 
-  clients(): { id: string; createdAt: string; profile: DeviceProfile }[] {
-    const rows = this.db.prepare('SELECT id, created_at, profile FROM clients ORDER BY created_at, id').all() as {
+  clientStatus(id: string): 'active' | 'revoked' | undefined {
+    const row = this.db.prepare('SELECT revoked_at FROM clients WHERE id = ?').get(id) as
+      { revoked_at: string | null } | undefined;
+    if (!row) return undefined;
+    return row.revoked_at === null ? 'active' : 'revoked';
+  }
+
+  /** Marks a client revoked; its credential is refused from then on. False when unknown. */
+  revokeClient(id: string): string | undefined {
+    const at = new Date().toISOString();
+    this.db.prepare('UPDATE clients SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?').run(at, id);
+    const row = this.db.prepare('SELECT revoked_at FROM clients WHERE id = ?').get(id) as
+      { revoked_at: string | null } | undefined;
+    return row?.revoked_at ?? undefined;
+  }
+
+  clients(): { id: string; createdAt: string; revokedAt: string | null; profile: DeviceProfile }[] {
+    const rows = this.db
+      .prepare('SELECT id, created_at, revoked_at, profile FROM clients ORDER BY created_at, id')
+      .all() as {
       id: string;
       created_at: string;
+      revoked_at: string | null;
       profile: string;
     }[];
-    return rows.map((r) => ({ id: r.id, createdAt: r.created_at, profile: JSON.parse(r.profile) as DeviceProfile }));
+    return rows.map((r) => ({
+      id: r.id,
+      createdAt: r.created_at,
+      revokedAt: r.revoked_at,
+      profile: JSON.parse(r.profile) as DeviceProfile,
+    }));
+  }
+
+  // ----------------------------------------------------------------------------- enrollment keys
+
+  /** Stores a one-time enrollment key by its hash (the key itself is only shown to the admin once). */
+  addEnrollmentKey(keyHash: string, expiresAt: number): void {
+    this.db
+      .prepare('INSERT INTO enrollment_keys (key_hash, created_at, expires_at) VALUES (?, ?, ?)')
+      .run(keyHash, new Date().toISOString(), expiresAt);
+  }
+
+  /** Spends a one-time key for `clientId`: true only the first time, before it expires. */
+  useEnrollmentKey(keyHash: string, clientId: string): boolean {
+    const result = this.db
+      .prepare('UPDATE enrollment_keys SET used_by = ? WHERE key_hash = ? AND used_by IS NULL AND expires_at > ?')
+      .run(clientId, keyHash, Date.now());
+    return result.changes === 1;
   }
 
   // ---------------------------------------------------------------------------------------- jobs

@@ -41,13 +41,15 @@ export interface GatewayOptions {
 interface ClientSocketData {
   clientId: string;
   greeted: boolean;
+  /** When the credential it connected with expires (epoch ms): the connection ends then. */
+  expiresAt: number;
 }
 
 type ClientSocket = Socket<Record<string, never>, Record<string, never>, Record<string, never>, ClientSocketData>;
 
 /** Where a handshake's verified client id is kept between engine.io's check and socket.io's. */
 const CLIENT_ID = Symbol('floe client id');
-type AuthenticatedRequest = IncomingMessage & { [CLIENT_ID]?: string };
+type AuthenticatedRequest = IncomingMessage & { [CLIENT_ID]?: { clientId: string; expiresAt: number } };
 
 const NAMED_RANGES: Readonly<Record<string, readonly string[]>> = {
   loopback: ['127.0.0.1/8', '::1/128'],
@@ -165,10 +167,12 @@ export function authenticateHandshake(
     if (request.socket.destroyed) release();
     else request.socket.once('close', release);
     void credentials
-      .verify(bearer(request.headers.authorization))
-      .then((clientId) => {
-        if (!store.hasClient(clientId)) throw new FloeError('unknown_client', `client ${clientId} is not enrolled`);
-        (request as AuthenticatedRequest)[CLIENT_ID] = clientId;
+      .inspect(bearer(request.headers.authorization))
+      .then((identity) => {
+        const status = store.clientStatus(identity.clientId);
+        if (status === 'revoked') throw new FloeError('revoked', `client ${identity.clientId} was revoked`);
+        if (!status) throw new FloeError('unknown_client', `client ${identity.clientId} is not enrolled`);
+        (request as AuthenticatedRequest)[CLIENT_ID] = identity;
         callback(null, true);
       })
       .catch((error: unknown) => {
@@ -288,17 +292,31 @@ export class Gateway implements RoundTransport {
     this.refusals = new RefusalLog(log, refusalLogWindowMs);
     this.sweeper = setInterval(() => this.refusals.sweep(), refusalLogWindowMs).unref();
     io.use((socket, next) => {
-      const clientId = (socket.request as AuthenticatedRequest)[CLIENT_ID];
-      if (clientId === undefined) {
+      const identity = (socket.request as AuthenticatedRequest)[CLIENT_ID];
+      if (identity === undefined) {
         // only reachable if the server was built without authenticateHandshake: refuse rather than trust
         this.metrics.refusedMessages.inc({ code: 'bad_credential' });
         next(Object.assign(new Error('the handshake carried no credential'), { data: { code: 'bad_credential' } }));
         return;
       }
-      (socket as ClientSocket).data = { clientId, greeted: false };
+      (socket as ClientSocket).data = { ...identity, greeted: false };
       next();
     });
     io.on('connection', (socket) => this.connected(socket as ClientSocket));
+  }
+
+  /** Ends a client's connection with a reason (revoked, credential expired); false when not connected. */
+  disconnectClient(clientId: string, code: string, message: string): boolean {
+    const socket = this.sockets.get(clientId);
+    if (!socket) return false;
+    this.end(socket, code, message);
+    return true;
+  }
+
+  private end(socket: ClientSocket, code: string, message: string): void {
+    if (!socket.connected) return;
+    this.refuse(socket, code, message);
+    socket.disconnect(true);
   }
 
   /** The coordinator is created after the gateway (it sends through it). */
@@ -349,7 +367,15 @@ export class Gateway implements RoundTransport {
       this.refuse(socket, 'hello_timeout', `no hello within ${this.options.helloTimeoutMs} ms`);
       socket.disconnect(true);
     }, this.options.helloTimeoutMs);
-    socket.on('disconnect', () => clearTimeout(helloTimer));
+    // a credential is checked once, at the upgrade: an open connection ends when it expires
+    const expiryTimer = setTimeout(
+      () => this.end(socket, 'credential_expired', 'the credential expired: refresh it and reconnect'),
+      Math.min(Math.max(0, socket.data.expiresAt - Date.now()), 2 ** 31 - 1),
+    );
+    socket.on('disconnect', () => {
+      clearTimeout(helloTimer);
+      clearTimeout(expiryTimer);
+    });
 
     socket.onAny((event: unknown, payload: unknown) => {
       void this.handle(socket, event, payload);

@@ -307,7 +307,7 @@ export type EnrollRequest = Static<typeof EnrollRequest>;
 export const EnrollResponse = Type.Object(
   {
     clientId: Id,
-    /** Signed token; present it as socket.io `auth.token` and HTTP `Authorization: Bearer`. */
+    /** Signed token; present it as `Authorization: Bearer` on the websocket upgrade and on HTTP requests. */
     credential: Type.String({ minLength: 1, maxLength: 4096 }),
     protocolVersion: Type.Integer({ minimum: 0 }),
   },
