@@ -51,7 +51,7 @@ export async function request(serverUrl: string, route: string, init: RequestIni
     if (trusted) {
       return (await undiciFetch(url, {
         signal: AbortSignal.timeout(30_000),
-        ...(init as UndiciRequestInit),
+        ...(init as unknown as UndiciRequestInit),
         dispatcher: trusted.dispatcher,
       })) as unknown as Response;
     }
