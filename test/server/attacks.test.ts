@@ -83,7 +83,9 @@ describe('attacks on the coordination server', () => {
     server.child.kill('SIGKILL');
     await rm(dataDir, { recursive: true, force: true });
     expect(watched.failures).toBe(0);
-    expect(watched.p99Ms).toBeLessThan(100);
+    // the attacks froze the server for 22.7 s; p99 (29-64 ms here, printed above) is a figure, not a
+    // bound that other test files sharing the two cores could break
+    expect(watched.maxMs).toBeLessThan(2000);
     expect(peak).toBeLessThan(500);
   });
 
