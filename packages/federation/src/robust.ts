@@ -5,7 +5,14 @@
  * far. Coordinates are the entries of whatever the strategy averages: the factors under fedavg and
  * hetlora, the products under flexlora.
  */
-import { AdapterMathError, type JobSpec, type LoraAdapter, type LoraFactors, weightedMean } from '@floe/shared';
+import {
+  AdapterMathError,
+  type JobSpec,
+  type LoraAdapter,
+  type LoraFactors,
+  frobeniusNorm,
+  weightedMean,
+} from '@floe/shared';
 
 export type Combiner = 'mean' | 'trimmed_mean' | 'median' | 'near_median';
 
@@ -85,16 +92,11 @@ export function combineVectors(
   return out;
 }
 
-function median(values: readonly number[]): number {
+/** The median of `values`; the two middle values are halved before adding, so 1e308s do not overflow. */
+export function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const n = sorted.length;
-  return n % 2 === 1 ? (sorted[n >> 1] as number) : 0.5 * ((sorted[n / 2 - 1] as number) + (sorted[n / 2] as number));
-}
-
-function norm(values: Float32Array): number {
-  let sum = 0;
-  for (const v of values) sum += v * v;
-  return Math.sqrt(sum);
+  return n % 2 === 1 ? (sorted[n >> 1] as number) : (sorted[n / 2 - 1] as number) / 2 + (sorted[n / 2] as number) / 2;
 }
 
 function scaled(values: Float32Array, factor: number): Float32Array {
@@ -115,8 +117,8 @@ export function clipToMedian(
   for (const path of paths) {
     const held = adapters.map((a) => a.modules.get(path)).filter((f): f is LoraFactors => f !== undefined);
     limits.set(path, {
-      a: median(held.map((f) => norm(f.A))),
-      b: median(held.map((f) => norm(f.B))),
+      a: median(held.map((f) => frobeniusNorm(f.A))),
+      b: median(held.map((f) => frobeniusNorm(f.B))),
       product: space === 'product' ? median(held.map(productNorm)) : Infinity,
     });
   }
@@ -127,7 +129,10 @@ export function clipToMedian(
       [...adapter.modules].map(([path, f]) => {
         const limit = limits.get(path) as { a: number; b: number; product: number };
         if (space === 'product') return [path, { ...f, B: scaled(f.B, cap(productNorm(f), limit.product)) }];
-        return [path, { ...f, A: scaled(f.A, cap(norm(f.A), limit.a)), B: scaled(f.B, cap(norm(f.B), limit.b)) }];
+        return [
+          path,
+          { ...f, A: scaled(f.A, cap(frobeniusNorm(f.A), limit.a)), B: scaled(f.B, cap(frobeniusNorm(f.B), limit.b)) },
+        ];
       }),
     ),
   }));

@@ -29,7 +29,14 @@ import { refineClusters } from './refinement.js';
 import { UpdateSketch, updateSignature } from './sketch.js';
 import { sampleClients } from './sampling.js';
 import { STRATEGIES } from './strategy.js';
-import { DEFAULT_MAX_FACTOR_NORM, type RobustSpec, clipToMedian, robustOptions, updateWeight } from './robust.js';
+import {
+  DEFAULT_MAX_FACTOR_NORM,
+  type RobustSpec,
+  clipToMedian,
+  median,
+  robustOptions,
+  updateWeight,
+} from './robust.js';
 import { updateProblems } from './validate.js';
 
 /** The parts of a job the round logic reads. */
@@ -358,12 +365,6 @@ function medianMetrics(updates: readonly { metrics: Metrics }[]): Metrics {
     for (const [name, value] of Object.entries(u.metrics)) values.set(name, [...(values.get(name) ?? []), value]);
   }
   return Object.fromEntries(
-    [...values].slice(0, 24).map(([name, all]) => {
-      const sorted = all.sort((a, b) => a - b);
-      const n = sorted.length;
-      const mid =
-        n % 2 === 1 ? (sorted[n >> 1] as number) : (sorted[n / 2 - 1] as number) / 2 + (sorted[n / 2] as number) / 2;
-      return [`client.${name}`.slice(0, 64), mid];
-    }),
+    [...values].slice(0, 24).map(([name, all]) => [`client.${name}`.slice(0, 64), median(all)]),
   );
 }

@@ -21,6 +21,7 @@ import {
   type RoundStart,
   type StrategyName,
   Random,
+  frobeniusNorm,
   loraProduct,
 } from '@floe/shared';
 import { sampleAdapter } from './synthetic-devices.js';
@@ -79,18 +80,12 @@ function scaleFactors(adapter: LoraAdapter, scale: { A?: number; B?: number }): 
   };
 }
 
-function norm(values: Float32Array): number {
-  let sum = 0;
-  for (const v of values) sum += v * v;
-  return Math.sqrt(sum);
-}
-
 /** An adapter in an unrelated direction (drawn from another distribution), with `like`'s factor norms. */
 function foreignLike(like: LoraAdapter, seed: number): LoraAdapter {
   const random = new Random(seed);
   const draw = (values: Float32Array) => {
     const noise = Float32Array.from(values, () => random.normal());
-    const factor = norm(values) / (norm(noise) || 1);
+    const factor = frobeniusNorm(values) / (frobeniusNorm(noise) || 1);
     return noise.map((x) => x * factor);
   };
   return {
@@ -132,7 +127,7 @@ function poison(
       return { ...plain, adapter: scaleFactors(honest, { B: -1 }) };
     case 'zero_b_huge_a': {
       // the product is 0, so a product bound passes it; A as large as the job's factor bound allows
-      const aNorm = Math.max(...[...honest.modules.values()].map((f: LoraFactors) => norm(f.A)));
+      const aNorm = Math.max(...[...honest.modules.values()].map((f: LoraFactors) => frobeniusNorm(f.A)));
       const target = defended ? 999 : 1e6;
       return { ...plain, adapter: scaleFactors(honest, { A: target / aNorm, B: 0 }) };
     }
