@@ -1,30 +1,97 @@
 /**
- * No Docker engine runs on the build machines, so each image's build stage is replayed outside
- * Docker: the files its COPY lines name are copied into an empty directory, its pnpm steps run there
- * (install, compile, deploy), and the deployed tree is started as the image's CMD starts it, then asked
- * for /healthz. A workspace package an image needs but its Dockerfile forgets fails here. The compose
- * file is checked by docker-compose's own parser.
+ * No Docker engine runs on the build machines, so docker/Dockerfile is replayed outside Docker: the files
+ * its build stage copies go into an empty directory, its pnpm steps run there (fetch, offline install of
+ * the whole workspace, compile, deploy), and each image's deployed tree is started as its CMD says, with
+ * its ENV, as an unprivileged user when the test runs as root, and with the application files read-only.
+ * The server's tree then runs a federated round (the aggregation worker and ONNX Runtime inside it) and
+ * answers its own HEALTHCHECK over HTTP and HTTPS; the cloud's tree answers a completion. The compose file
+ * is checked by docker-compose's own parser.
  */
-import { execFile, spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { JobSummary } from '@floe/shared';
+import {
+  ADMIN_TOKEN,
+  JOIN_TOKEN,
+  type TestServer,
+  adminClient,
+  jobSpec,
+  startDevices,
+  waitForJob,
+} from './server/helpers.js';
 
 const ROOT = path.join(import.meta.dirname, '..');
+/**
+ * The Node.js that builds and runs the images' trees: FLOE_IMAGE_NODE names the image's own Node line
+ * (.ci/run takes it from npm's node-linux-* package, headers included, so native addons compile for it);
+ * unset, the Node running this test.
+ */
+const IMAGE_NODE = process.env['FLOE_IMAGE_NODE'] ?? process.execPath;
+const imageNodeEnv = (env: NodeJS.ProcessEnv): NodeJS.ProcessEnv =>
+  process.env['FLOE_IMAGE_NODE']
+    ? {
+        ...env,
+        PATH: `${path.dirname(IMAGE_NODE)}${path.delimiter}${env['PATH'] ?? ''}`,
+        npm_config_nodedir: path.join(path.dirname(IMAGE_NODE), '..'),
+      }
+    : env;
+const DOCKERFILE = path.join(ROOT, 'docker', 'Dockerfile');
 const run = promisify(execFile);
 
-/** The instructions of a Dockerfile, continuation lines joined, split at each FROM. */
-function stages(dockerfile: string): string[][] {
-  const lines = readFileSync(path.join(ROOT, 'docker', dockerfile), 'utf8')
+interface Stage {
+  name: string;
+  args: Map<string, string>;
+  lines: string[];
+}
+
+/** Each stage of the Dockerfile: its instructions (continuation lines joined) and the ARGs it sees. */
+function parseDockerfile(): Stage[] {
+  const lines = readFileSync(DOCKERFILE, 'utf8')
     .replace(/\\\n/g, ' ')
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => l && !l.startsWith('#'));
-  const froms = lines.flatMap((l, i) => (l.startsWith('FROM ') ? [i] : []));
-  return froms.map((from, k) => lines.slice(from + 1, froms[k + 1]));
+  const global = new Map<string, string>();
+  const stages: Stage[] = [];
+  for (const line of lines) {
+    const arg = /^ARG (\w+)=(\S+)$/.exec(line);
+    const from = /^FROM \S+(?: AS (\S+))?$/.exec(line);
+    if (from) stages.push({ name: from[1] ?? String(stages.length), args: new Map(global), lines: [] });
+    else if (arg && stages.length === 0) global.set(arg[1]!, arg[2]!);
+    else if (arg) stages.at(-1)!.args.set(arg[1]!, arg[2]!);
+    else stages.at(-1)?.lines.push(line);
+  }
+  return stages;
+}
+
+function stage(name: string): Stage {
+  const found = parseDockerfile().find((s) => s.name === name);
+  if (!found) throw new Error(`docker/Dockerfile has no stage ${name}`);
+  return found;
+}
+
+/** `${NAME}` replaced by the ARG values a stage sees. */
+const expand = (line: string, args: Map<string, string>) =>
+  line.replace(/\$\{(\w+)\}/g, (_, name: string) => args.get(name) ?? `\${${name}}`);
+
+/** The exec-form (JSON array) argument of an instruction such as CMD or HEALTHCHECK ... CMD. */
+function execForm(s: Stage, instruction: RegExp): string[] {
+  const line = s.lines.find((l) => instruction.test(l));
+  if (!line) throw new Error(`stage ${s.name} has no ${instruction.source}`);
+  return JSON.parse(line.slice(line.indexOf('['))) as string[];
+}
+
+function env(s: Stage): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of s.lines.filter((l) => l.startsWith('ENV '))) {
+    for (const [, key, value] of line.matchAll(/(\w+)=(\S+)/g)) out[key!] = value!;
+  }
+  return out;
 }
 
 /** Workspace packages a package needs, transitively. */
@@ -56,69 +123,83 @@ function freePort(): Promise<number> {
   });
 }
 
+/** End of security support of each Node.js LTS line (nodejs.org/en/about/previous-releases). */
+const NODE_LTS_END: Record<number, string> = { 22: '2027-04-30', 24: '2028-04-30', 26: '2029-04-30' };
+
 const IMAGES = [
-  {
-    dockerfile: 'server.Dockerfile',
-    pkg: 'server',
-    env: (port: number, work: string) => ({
-      FLOE_HOST: '127.0.0.1',
-      FLOE_PORT: String(port),
-      FLOE_DATA_DIR: path.join(work, 'data'),
-      FLOE_JOIN_TOKEN: 'join-token-for-the-image-test',
-      FLOE_ADMIN_TOKEN: 'admin-token-for-the-image-test',
-      FLOE_LOG_LEVEL: 'error',
-    }),
-  },
-  {
-    dockerfile: 'cloud-llm.Dockerfile',
-    pkg: 'cloud-llm',
-    env: (port: number) => ({
-      FLOE_CLOUD_HOST: '127.0.0.1',
-      FLOE_CLOUD_PORT: String(port),
-      FLOE_CLOUD_MODEL: path.join(ROOT, 'models', 'cloud'),
-      FLOE_CLOUD_LOG_LEVEL: 'error',
-    }),
-  },
+  { target: 'server', service: 'server', pkg: 'server' },
+  { target: 'cloud-llm', service: 'cloud', pkg: 'cloud-llm' },
 ];
 
 describe('docker/compose.yml', () => {
-  it('parses with docker-compose and builds each service from a Dockerfile here', async () => {
+  it('parses with docker-compose and builds each service from a stage of docker/Dockerfile', async () => {
     const { stdout } = await run('docker-compose', ['-f', path.join(ROOT, 'docker', 'compose.yml'), 'config'], {
       env: { ...process.env, FLOE_JOIN_TOKEN: 'j', FLOE_ADMIN_TOKEN: 'a', FLOE_CLOUD_API_KEYS: 'k' },
     });
-    const dockerfiles = [...stdout.matchAll(/dockerfile: (\S+)/g)].map((m) => path.basename(m[1]!));
-    expect(dockerfiles.sort()).toEqual(IMAGES.map((i) => i.dockerfile).sort());
+    const builds = [...stdout.matchAll(/dockerfile: (\S+)\n\s+target: (\S+)/g)].map((m) => [
+      path.basename(m[1]!),
+      m[2],
+    ]);
+    expect(builds.sort()).toEqual(IMAGES.map((i) => ['Dockerfile', i.target]).sort());
+    for (const { target } of IMAGES) expect(() => stage(target)).not.toThrow();
   });
 });
 
-describe.each(IMAGES)('docker/$dockerfile', ({ dockerfile, pkg, env }) => {
-  const buildStage = () => stages(dockerfile)[0]!;
-  const work = mkdtempSync(path.join(os.tmpdir(), 'floe-image-'));
-  afterAll(() => rmSync(work, { recursive: true, force: true }));
-
-  it('copies every workspace package it depends on, and the runtime files it names exist', () => {
-    const sources = buildStage()
-      .filter((l) => l.startsWith('COPY '))
-      .flatMap((l) => l.split(/\s+/).slice(1, -1));
-    const missing = workspaceDeps(pkg).filter(
-      (dep) => !sources.some((s) => s === 'packages' || s === `packages/${dep}`),
-    );
-    expect(missing).toEqual([]);
-    const runtimeSources = stages(dockerfile)[1]!
-      .filter((l) => l.startsWith('COPY ') && !l.includes('--from='))
-      .flatMap((l) =>
-        l
-          .split(/\s+/)
-          .filter((w) => !w.startsWith('--'))
-          .slice(1, -1),
-      );
-    for (const source of runtimeSources) expect(existsSync(path.join(ROOT, source)), source).toBe(true);
+describe('docker/Dockerfile', () => {
+  it('builds on a Node.js LTS line still supported, with an exact pnpm 10', () => {
+    const build = stage('build');
+    const image = build.args.get('NODE_IMAGE') ?? '';
+    const major = Number(/^node:(\d+)[-.]/.exec(image)?.[1]);
+    if (process.env['FLOE_IMAGE_NODE']) {
+      const version = execFileSync(IMAGE_NODE, ['--version'], { encoding: 'utf8' });
+      expect(version, "FLOE_IMAGE_NODE is not the image's Node line").toMatch(new RegExp(`^v${major}\\.`));
+    }
+    expect(NODE_LTS_END[major], `${image} is not a Node.js LTS line`).toBeDefined();
+    expect(new Date(NODE_LTS_END[major]!).getTime(), `${image} is past its end of life`).toBeGreaterThan(Date.now());
+    for (const name of IMAGES.map((i) => i.target)) expect(parseDockerfile().some((s) => s.name === name)).toBe(true);
+    expect(build.args.get('PNPM_VERSION')).toMatch(/^10\.\d+\.\d+$/);
+    expect(
+      build.lines.some((l) => expand(l, build.args) === `RUN npm install -g pnpm@${build.args.get('PNPM_VERSION')}`),
+    ).toBe(true);
   });
 
-  it('builds outside Docker as its build stage says, and the deployed tree answers /healthz', async () => {
+  it('copies every workspace package an image depends on, and the runtime files it names exist', () => {
+    const sources = stage('build')
+      .lines.filter((l) => l.startsWith('COPY '))
+      .flatMap((l) => l.split(/\s+/).slice(1, -1));
+    for (const { pkg, target } of IMAGES) {
+      const missing = workspaceDeps(pkg).filter(
+        (dep) => !sources.some((s) => s === 'packages' || s === `packages/${dep}`),
+      );
+      expect(missing, target).toEqual([]);
+      const runtimeSources = stage(target)
+        .lines.filter((l) => l.startsWith('COPY ') && !l.includes('--from='))
+        .flatMap((l) =>
+          l
+            .split(/\s+/)
+            .filter((w) => !w.startsWith('--'))
+            .slice(1, -1),
+        );
+      for (const source of runtimeSources) expect(existsSync(path.join(ROOT, source)), source).toBe(true);
+    }
+  });
+});
+
+describe('docker/Dockerfile replayed outside Docker', () => {
+  const work = mkdtempSync(path.join(os.tmpdir(), 'floe-image-'));
+  const out = path.join(work, 'out');
+  const children: ChildProcess[] = [];
+  // root replays the image's USER with nobody's ids; anyone else runs as themselves
+  const nobody = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : undefined;
+  afterAll(() => {
+    for (const child of children) child.kill('SIGKILL');
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  beforeAll(async () => {
+    const build = stage('build');
     const context = path.join(work, 'src');
-    const out = path.join(work, 'out');
-    for (const line of buildStage().filter((l) => l.startsWith('COPY '))) {
+    for (const line of build.lines.filter((l) => l.startsWith('COPY '))) {
       const [, ...parts] = line.split(/\s+/);
       const destination = parts.pop()!;
       for (const source of parts) {
@@ -128,37 +209,177 @@ describe.each(IMAGES)('docker/$dockerfile', ({ dockerfile, pkg, env }) => {
         });
       }
     }
-    const steps = buildStage()
-      .filter((l) => l.startsWith('RUN pnpm '))
-      .map((l) => l.slice('RUN '.length).replace(' /out', ` ${out}`));
-    expect(steps.length).toBeGreaterThanOrEqual(3);
+    // every RUN but those that set up the toolchain this machine already has
+    const steps = build.lines
+      .filter((l) => l.startsWith('RUN ') && !/^RUN (apt-get|npm install -g)/.test(l))
+      .map((l) => expand(l.slice('RUN '.length), build.args).replace(/(^| )\/out\//g, `$1${out}/`));
+    expect(steps.some((s) => s.startsWith('pnpm fetch'))).toBe(true);
     for (const step of steps) {
-      await run('bash', ['-c', step], { cwd: context, env: { ...process.env, CI: '1' }, maxBuffer: 64 << 20 });
+      await run('bash', ['-c', step], {
+        cwd: context,
+        env: imageNodeEnv({ ...process.env, CI: '1' }),
+        maxBuffer: 64 << 20,
+      });
+    }
+    // the image's application files belong to root and its USER cannot change them; here nobody can
+    execFileSync('chmod', ['-R', 'a-w', out]);
+    chmodSync(work, 0o755);
+  }, 900_000);
+
+  /** Starts an image's CMD in its deployed tree with its ENV over `overrides`, resolved once /healthz is 200. */
+  async function start(target: string, overrides: Record<string, string>, scheme = 'http'): Promise<ChildProcess> {
+    const s = stage(target);
+    const [command, ...args] = execForm(s, /^CMD /);
+    const child = spawn(command === 'node' ? IMAGE_NODE : command!, args, {
+      cwd: path.join(out, target),
+      env: { PATH: process.env['PATH'], ...env(s), ...overrides },
+      stdio: ['ignore', 'ignore', 'pipe'],
+      ...nobody,
+    });
+    children.push(child);
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const port = overrides['FLOE_PORT'] ?? overrides['FLOE_CLOUD_PORT'];
+    await expect
+      .poll(
+        async () => {
+          if (child.exitCode !== null) throw new Error(`the deployed ${target} exited: ${stderr}`);
+          // over HTTPS the image's own HEALTHCHECK probes (its certificate is self-signed)
+          if (scheme === 'https') return (await healthcheck(target, overrides)) === 0 ? 200 : 0;
+          return fetch(`http://127.0.0.1:${port}/healthz`).then(
+            (r) => r.status,
+            () => 0,
+          );
+        },
+        { timeout: 30_000, interval: 250 },
+      )
+      .toBe(200);
+    return child;
+  }
+
+  /** The image's HEALTHCHECK command, run in its tree with its ENV over `overrides`: the exit code. */
+  async function healthcheck(target: string, overrides: Record<string, string>): Promise<number> {
+    const s = stage(target);
+    const [command, ...args] = execForm(s, /^HEALTHCHECK .*CMD \[/);
+    return new Promise((resolve) => {
+      const child = spawn(command === 'node' ? IMAGE_NODE : command!, args, {
+        cwd: path.join(out, target),
+        env: { PATH: process.env['PATH'], ...env(s), ...overrides },
+        stdio: 'ignore',
+        ...nobody,
+      });
+      child.on('exit', (code) => resolve(code ?? -1));
+    });
+  }
+
+  it('server: runs a federated round as nobody on read-only files, and answers its HEALTHCHECK', async () => {
+    const data = path.join(work, 'data');
+    mkdirSync(data);
+    if (nobody) chownSync(data, nobody.uid, nobody.gid);
+    const port = await freePort();
+    const settings = {
+      FLOE_HOST: '127.0.0.1',
+      FLOE_PORT: String(port),
+      FLOE_DATA_DIR: data,
+      FLOE_JOIN_TOKEN: JOIN_TOKEN,
+      FLOE_ADMIN_TOKEN: ADMIN_TOKEN,
+      FLOE_LOG_LEVEL: 'error',
+    };
+    const server = await start('server', settings);
+    expect(await healthcheck('server', settings)).toBe(0);
+
+    // two devices, one round: the aggregation runs in the tree's worker thread with its ONNX Runtime
+    const url = `http://127.0.0.1:${port}`;
+    const test = { url, admin: adminClient(url) } as TestServer;
+    const created = await test.admin<JobSummary>(
+      'POST',
+      '/v1/jobs',
+      jobSpec({ rounds: 1, clientsPerRound: 2, quorum: 2 }),
+    );
+    expect(created.status).toBe(201);
+    const devices = await startDevices(url, 2, (i) => ({
+      plan: { rank: 2 + 2 * i, targetModules: ['q_proj', 'v_proj'] },
+      distribution: { seed: 3, scale: 0.05, noise: 0.5 },
+      clientSeed: i,
+    }));
+    try {
+      const job = await waitForJob(test, created.body.id);
+      expect(job.status).toBe('completed');
+      expect(job.rounds.map((r) => [r.status, r.accepted])).toEqual([['aggregated', 2]]);
+    } finally {
+      for (const device of devices) device.stop();
     }
 
+    server.kill('SIGTERM');
+    await new Promise((resolve) => server.once('exit', resolve));
+    expect(await healthcheck('server', settings)).toBe(1);
+  }, 120_000);
+
+  it('server: the HEALTHCHECK follows it onto HTTPS (certificate and key as _FILE secrets)', async () => {
+    const tls = path.join(work, 'tls');
+    mkdirSync(tls);
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-keyout',
+        'key.pem',
+        '-out',
+        'cert.pem',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=floe.example',
+      ],
+      { cwd: tls, stdio: 'pipe' },
+    );
+    execFileSync('chmod', ['a+r', path.join(tls, 'key.pem')]);
+    const data = path.join(work, 'data-tls');
+    mkdirSync(data);
+    if (nobody) chownSync(data, nobody.uid, nobody.gid);
+    const settings = {
+      FLOE_HOST: '127.0.0.1',
+      FLOE_PORT: String(await freePort()),
+      FLOE_DATA_DIR: data,
+      FLOE_JOIN_TOKEN: JOIN_TOKEN,
+      FLOE_ADMIN_TOKEN: ADMIN_TOKEN,
+      FLOE_LOG_LEVEL: 'error',
+      FLOE_TLS_CERT_FILE: path.join(tls, 'cert.pem'),
+      FLOE_TLS_KEY_FILE: path.join(tls, 'key.pem'),
+    };
+    const server = await start('server', settings, 'https');
+    expect(await healthcheck('server', settings)).toBe(0);
+    // the same probe in plain HTTP fails against a TLS listener
+    const { FLOE_TLS_CERT_FILE: _cert, FLOE_TLS_KEY_FILE: _key, ...plain } = settings;
+    expect(await healthcheck('server', plain)).toBe(1);
+    server.kill('SIGTERM');
+  }, 60_000);
+
+  it('cloud-llm: answers a completion from the committed checkpoint, and its HEALTHCHECK', async () => {
     const port = await freePort();
-    const server = spawn(process.execPath, ['dist/main.js'], {
-      cwd: out,
-      env: { PATH: process.env['PATH'], NODE_ENV: 'production', ...env(port, work) },
-      stdio: ['ignore', 'ignore', 'pipe'],
+    const settings = {
+      FLOE_CLOUD_HOST: '127.0.0.1',
+      FLOE_CLOUD_PORT: String(port),
+      FLOE_CLOUD_MODEL: path.join(ROOT, 'models', 'cloud'),
+      FLOE_CLOUD_API_KEYS: 'key-for-the-image-test',
+      FLOE_CLOUD_LOG_LEVEL: 'error',
+    };
+    const cloud = await start('cloud-llm', settings);
+    expect(await healthcheck('cloud-llm', settings)).toBe(0);
+    const response = await fetch(`http://127.0.0.1:${port}/v1/completions`, {
+      method: 'POST',
+      headers: { authorization: 'Bearer key-for-the-image-test', 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'floe-cloud', prompt: 'The weather', max_tokens: 4, temperature: 0 }),
     });
-    let stderr = '';
-    server.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    try {
-      await expect
-        .poll(
-          async () => {
-            if (server.exitCode !== null) throw new Error(`the deployed ${pkg} exited: ${stderr}`);
-            return fetch(`http://127.0.0.1:${port}/healthz`).then(
-              (r) => r.status,
-              () => 0,
-            );
-          },
-          { timeout: 30_000, interval: 250 },
-        )
-        .toBe(200);
-    } finally {
-      server.kill('SIGTERM');
-    }
-  }, 600_000);
+    const body = (await response.json()) as { usage?: { completion_tokens: number } };
+    expect(response.status, JSON.stringify(body)).toBe(200);
+    expect(body.usage?.completion_tokens).toBe(4);
+    cloud.kill('SIGTERM');
+  }, 60_000);
 });
