@@ -3,10 +3,17 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { type ConnectionError, DeviceStore, ServerConnection, enroll, ensureIdentity } from '@floe/edge-client';
-import type { ErrorMessage } from '@floe/shared';
-import { DEFAULT_PROFILE } from '@floe/simulator';
-import { JOIN_TOKEN, type TestServer, startTestServer } from './helpers.js';
+import {
+  type ConnectionError,
+  DeviceStore,
+  FederationClient,
+  ServerConnection,
+  enroll,
+  ensureIdentity,
+} from '@floe/edge-client';
+import { type ErrorMessage, type JobSummary, toWireAdapter } from '@floe/shared';
+import { DEFAULT_PROFILE, sampleAdapter } from '@floe/simulator';
+import { JOIN_TOKEN, type TestServer, jobSpec, startTestServer, waitForJob } from './helpers.js';
 
 const PLAN = { rank: 4, targetModules: ['q_proj', 'v_proj'] };
 
@@ -128,6 +135,59 @@ describe('a credential that expires while connected', () => {
       }
     } finally {
       await test.close();
+    }
+  });
+});
+
+describe('a long-lived device with short-lived credentials', () => {
+  it('refreshes at half-life, reopens its link when the old credential expires, and keeps taking rounds', async () => {
+    const test = await startTestServer({ credentialTtlSec: 3 });
+    const home = await mkdtemp(path.join(os.tmpdir(), 'floe-identity-'));
+    const store = new DeviceStore(home);
+    const client = new FederationClient({
+      serverUrl: test.url,
+      joinToken: JOIN_TOKEN,
+      store,
+      profile: DEFAULT_PROFILE,
+      plan: PLAN,
+      maxReconnectDelayMs: 500,
+      participant: {
+        onRound: (start) =>
+          Promise.resolve({
+            jobId: start.jobId,
+            round: start.round,
+            numSamples: 10,
+            plan: { ...PLAN, rank: start.config.rank },
+            adapter: toWireAdapter(sampleAdapter(start, undefined, { seed: 1, scale: 0.05, noise: 0.5 }, 0)),
+            metrics: { loss: 1 },
+          }),
+      },
+    });
+    const errors: string[] = [];
+    let reconnects = 0;
+    client.on('server_error', (error) => errors.push(error.code));
+    client.on('reconnect', () => reconnects++);
+    try {
+      await client.start();
+      const first = store.identity(test.url)!.credential;
+      // two lifetimes of the first credential
+      await new Promise((resolve) => setTimeout(resolve, 6000));
+      expect(store.identity(test.url)!.credential).not.toBe(first);
+      expect(errors.every((code) => code === 'credential_expired')).toBe(true);
+      expect(reconnects).toBeGreaterThanOrEqual(1);
+      expect(await me(test.url, store.identity(test.url)!.credential)).toMatchObject({ status: 200 });
+
+      const created = await test.admin<JobSummary>(
+        'POST',
+        '/v1/jobs',
+        jobSpec({ rounds: 1, clientsPerRound: 1, quorum: 1, roundDeadlineSec: 20 }),
+      );
+      const job = await waitForJob(test, created.body.id);
+      expect(job.rounds.map((r) => [r.status, r.accepted])).toEqual([['aggregated', 1]]);
+    } finally {
+      await client.stop();
+      await test.close();
+      await rm(home, { recursive: true, force: true });
     }
   });
 });

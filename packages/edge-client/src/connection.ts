@@ -107,18 +107,24 @@ export async function refreshCredential(serverUrl: string, credential: string): 
   return body.credential;
 }
 
-/** Whether a credential (a JWT) has lived more than half its life; false when it cannot be read. */
-export function pastHalfLife(credential: string, now = Date.now()): boolean {
+/** When a credential (a JWT) reaches half its life (epoch ms); undefined when it cannot be read. */
+export function halfLifeAt(credential: string): number | undefined {
   try {
     const payload = JSON.parse(Buffer.from(credential.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
       iat?: number;
       exp?: number;
     };
-    if (typeof payload.iat !== 'number' || typeof payload.exp !== 'number') return false;
-    return now / 1000 > (payload.iat + payload.exp) / 2;
+    if (typeof payload.iat !== 'number' || typeof payload.exp !== 'number') return undefined;
+    return ((payload.iat + payload.exp) / 2) * 1000;
   } catch {
-    return false;
+    return undefined;
   }
+}
+
+/** Whether a credential has lived more than half its life; false when it cannot be read. */
+export function pastHalfLife(credential: string, now = Date.now()): boolean {
+  const at = halfLifeAt(credential);
+  return at !== undefined && now > at;
 }
 
 /** A refused websocket upgrade, as engine.io-client reports it. */
@@ -165,6 +171,10 @@ const MAX_HELD_MESSAGES = 16;
 export class ServerConnection extends EventEmitter<ConnectionEvents> {
   private readonly socket: Socket;
   private welcome: Welcome | undefined;
+  /** The credential the next (re)connection presents, and the one the open link was accepted with. */
+  private credential: string;
+  private connectedWith = '';
+  private expiredWith: string | undefined;
   readonly traffic: Traffic = { framesSent: 0, bytesSent: 0, framesReceived: 0, bytesReceived: 0 };
   private readonly frameListeners: ((event: string, frame: Uint8Array) => void)[] = [];
 
@@ -175,9 +185,10 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
    */
   private readonly held: (RoundStart | RoundEnd)[] = [];
 
-  private constructor(socket: Socket) {
+  private constructor(socket: Socket, credential: string) {
     super();
     this.socket = socket;
+    this.credential = credential;
     (this as EventEmitter).on('newListener', (event: string) => {
       if (event === 'round_start' || event === 'round_end') queueMicrotask(() => this.releaseHeld(event));
     });
@@ -225,7 +236,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
       reconnectionDelayMax: options.maxReconnectDelayMs ?? 5000,
       randomizationFactor: 0.5,
     });
-    const connection = new ServerConnection(socket);
+    const connection = new ServerConnection(socket, credential);
     if (options.onFrameSent) connection.onFrameSent(options.onFrameSent);
     const hello: Hello = {
       type: 'hello',
@@ -238,11 +249,17 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
     }
     let connectedBefore = false;
     socket.on('connect', () => {
+      connection.connectedWith = connection.credential;
       connection.emitFrame('hello', encodeMessage(hello));
       if (connectedBefore) connection.emit('reconnect');
       connectedBefore = true;
     });
-    socket.on('disconnect', (reason) => connection.emit('disconnect', reason));
+    socket.on('disconnect', (reason) => {
+      connection.emit('disconnect', reason);
+      // the server ended a link whose credential expired: one refreshed meanwhile opens it again
+      const expired = reason === 'io server disconnect' && connection.expiredWith === connection.connectedWith;
+      if (expired && connection.credential !== connection.connectedWith) socket.connect();
+    });
     await new Promise<void>((resolve, reject) => {
       const timeoutMs = options.timeoutMs ?? 10_000;
       const timer =
@@ -254,7 +271,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
           : undefined;
       const onError = (error: Error & { data?: { code?: string }; description?: unknown }) => {
         if (isHandshakeRefusal(error)) {
-          void credentialRefusal(serverUrl, credential).then(
+          void credentialRefusal(serverUrl, connection.credential).then(
             (refusal) => {
               if (!refusal) return; // the credential is fine: a passing fault, socket.io retries
               socket.off('connect_error', onError);
@@ -281,7 +298,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
     // later, a reconnection refused for its credential (revoked, expired) ends the link instead of retrying forever
     socket.on('connect_error', (error: Error & { description?: unknown }) => {
       if (!isHandshakeRefusal(error)) return;
-      void credentialRefusal(serverUrl, credential).then(
+      void credentialRefusal(serverUrl, connection.credential).then(
         (refusal) => {
           if (!refusal || !socket.active) return;
           socket.close();
@@ -292,6 +309,15 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
       );
     });
     return connection;
+  }
+
+  /**
+   * Present `credential` (a refreshed one) from the next connection on. The server ends a link when the
+   * credential it was opened with expires; the link then reopens at once with this one.
+   */
+  useCredential(credential: string): void {
+    this.credential = credential;
+    this.socket.io.opts.extraHeaders = { authorization: `Bearer ${credential}` };
   }
 
   get clientId(): string | undefined {
@@ -324,7 +350,10 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
       if (this.listenerCount('round_end') === 0) this.hold(message);
       else this.emit('round_end', message);
     } else if (message.type === 'update_ack') this.emit('update_ack', message);
-    else if (message.type === 'error') this.emit('server_error', message);
+    else if (message.type === 'error') {
+      if (message.code === 'credential_expired') this.expiredWith = this.connectedWith;
+      this.emit('server_error', message);
+    }
   }
 
   /** Sends an update and resolves with its ack (or the error message that refused it, e.g. rate_limited). */

@@ -16,7 +16,14 @@ import {
   type UpdateAck,
   encodeMessage,
 } from '@floe/shared';
-import { ConnectionError, ServerConnection, enroll, pastHalfLife, refreshCredential } from './connection.js';
+import {
+  ConnectionError,
+  ServerConnection,
+  enroll,
+  halfLifeAt,
+  pastHalfLife,
+  refreshCredential,
+} from './connection.js';
 import { FederationError } from './errors.js';
 import type { DeviceStore } from './device-store.js';
 import type { RoundParticipant, UpdateBody } from './participant.js';
@@ -56,6 +63,9 @@ export interface FederationClientEvents {
   reconnect: [];
 }
 
+/** Refusals of a credential itself (`GET /v1/me` codes): refreshing it again cannot help. */
+const CREDENTIAL_REFUSALS = new Set(['bad_credential', 'unknown_client', 'revoked', 'credential_expired']);
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The identity kept in `store` for `serverUrl`, or a new one from enrollment with `joinToken`. */
@@ -86,6 +96,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
   private queue: Promise<void> = Promise.resolve();
   private readonly aborts = new Map<string, AbortController>();
   private stopped = false;
+  private refreshTimer: NodeJS.Timeout | undefined;
   clientId = '';
 
   constructor(readonly options: FederationClientOptions) {
@@ -129,6 +140,42 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     connection.on('disconnect', (reason) => this.emit('disconnect', reason));
     connection.on('reconnect', () => this.emit('reconnect'));
     this.emit('connected', { clientId: this.clientId, enrolled });
+    this.scheduleRefresh(credential);
+  }
+
+  /**
+   * Short-lived credentials on a long-lived link: at half its life the credential is traded for a fresh
+   * one, kept in the store and presented from the next connection on; the server ends the link when the
+   * old one expires and it reopens at once with the new one.
+   */
+  private scheduleRefresh(credential: string, retryMs = 5_000): void {
+    const at = halfLifeAt(credential);
+    if (at === undefined || this.stopped) return;
+    const delay = Math.min(Math.max(0, at - Date.now()), 2 ** 31 - 1);
+    this.refreshTimer = setTimeout(() => {
+      if (!pastHalfLife(credential)) return this.scheduleRefresh(credential); // a timer clamped to 24.8 days
+      const { store, serverUrl } = this.options;
+      refreshCredential(serverUrl, credential).then(
+        (fresh) => {
+          if (this.stopped) return;
+          const known = store.identity(serverUrl);
+          if (known) store.saveIdentity({ ...known, credential: fresh });
+          this.connection?.useCredential(fresh);
+          this.scheduleRefresh(fresh);
+        },
+        (error: unknown) => {
+          // refused (revoked, expired): the server says so on the link; anything else: try again, backing off
+          const refused = error instanceof ConnectionError && CREDENTIAL_REFUSALS.has(error.code);
+          if (refused || this.stopped) return;
+          this.refreshTimer = setTimeout(
+            () => this.scheduleRefresh(credential, Math.min(retryMs * 2, 600_000)),
+            retryMs,
+          );
+          this.refreshTimer.unref();
+        },
+      );
+    }, delay);
+    this.refreshTimer.unref();
   }
 
   get traffic(): ServerConnection['traffic'] | undefined {
@@ -219,6 +266,7 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    clearTimeout(this.refreshTimer);
     for (const abort of this.aborts.values()) abort.abort();
     this.connection?.close();
     await this.queue;
