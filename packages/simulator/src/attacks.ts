@@ -46,6 +46,7 @@ export const DEFENSES = {
 
 export interface AttackRow {
   strategy: StrategyName;
+  ranks: 'uniform' | 'mixed';
   attack: AttackName;
   defenses: 'on' | 'off';
   /** Updates the per-update checks refused (of the attackers'). */
@@ -62,7 +63,10 @@ export interface AttackSuiteOptions {
   clients: number;
   /** Share of the clients that attack. */
   attackers: number;
+  /** The largest rank: with `ranks: 'mixed'`, every other client trains at half of it (not under fedavg). */
   rank: number;
+  /** One rank for every client (default), or the heterogeneous devices hetlora and flexlora exist for. */
+  ranks?: 'uniform' | 'mixed';
   strategies?: readonly StrategyName[];
   /** The job settings of the defended runs (default DEFENSES). */
   defenses?: Partial<FederationSpec>;
@@ -144,7 +148,7 @@ function poison(
 /** Every attack against every strategy, with the defenses on and off. */
 export async function runAttackSuite(options: AttackSuiteOptions): Promise<AttackRow[]> {
   const rank = options.rank;
-  const start: RoundStart = {
+  const template: RoundStart = {
     type: 'round_start',
     jobId: 'attack-suite',
     round: 0,
@@ -161,19 +165,27 @@ export async function runAttackSuite(options: AttackSuiteOptions): Promise<Attac
     },
     adapter: null,
   };
-  const honest = Array.from({ length: options.clients }, (_, i) =>
-    sampleAdapter(start, undefined, { seed: 1, scale: 0.05, noise: 0.5 }, i),
-  );
   const attackerCount = Math.round(options.attackers * options.clients);
   const rows: AttackRow[] = [];
   for (const strategy of options.strategies ?? (['fedavg', 'hetlora', 'flexlora'] as const)) {
+    // heterogeneous devices where the strategy allows them, attackers among both ranks
+    const mixed = options.ranks === 'mixed' && strategy !== 'fedavg';
+    const rankOf = (i: number) => (mixed && i % 2 === 1 ? Math.max(1, rank >> 1) : rank);
+    const honest = Array.from({ length: options.clients }, (_, i) =>
+      sampleAdapter(
+        { ...template, config: { ...template.config, rank: rankOf(i) } },
+        undefined,
+        { seed: 1, scale: 0.05, noise: 0.5 },
+        i,
+      ),
+    );
     const base: FederationSpec = {
       strategy,
       clustering: false,
       maxRank: rank,
       alpha: 16,
       targetModules: options.targetModules,
-      baseModel: start.config.baseModel,
+      baseModel: template.config.baseModel,
       clientsPerRound: options.clients,
     };
     const honestOnly = (
@@ -192,7 +204,7 @@ export async function runAttackSuite(options: AttackSuiteOptions): Promise<Attac
         let refused = 0;
         const updates: RoundUpdate[] = [];
         honest.forEach((adapter, i) => {
-          const assignment: Assignment = { clientId: `c${i}`, rank, clusterId: 0 };
+          const assignment: Assignment = { clientId: `c${i}`, rank: rankOf(i), clusterId: 0 };
           const sent = i < attackerCount ? poison(attack, adapter, i, defenses === 'on') : undefined;
           const update = sent ?? { adapter, numSamples: 100, metrics: { loss: 1 } };
           if (checkAdapter(spec, assignment, update.adapter)) {
@@ -204,6 +216,7 @@ export async function runAttackSuite(options: AttackSuiteOptions): Promise<Attac
         const result = await aggregateRound(spec, INITIAL_STATE, () => undefined, updates, 0);
         rows.push({
           strategy,
+          ranks: mixed ? 'mixed' : 'uniform',
           attack,
           defenses,
           refused,

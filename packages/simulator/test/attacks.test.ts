@@ -35,3 +35,32 @@ describe('poisoning by 20% of a round', () => {
     expect(rows.every((r) => r.finiteMetrics)).toBe(true);
   });
 });
+
+describe('poisoning by 20% of a round of devices at ranks 8 and 4', () => {
+  let rows: AttackRow[] = [];
+  beforeAll(async () => {
+    rows = await runAttackSuite({
+      architecture: architectureOf(MODEL_PRESETS['edge-small']),
+      targetModules: ['q_proj', 'v_proj'],
+      clients: 40,
+      attackers: 0.2,
+      rank: 8,
+      ranks: 'mixed',
+      strategies: ['hetlora', 'flexlora'],
+    });
+  }, 120_000);
+
+  it('keeps hetlora within 10% of the honest-only aggregate with the defenses on', () => {
+    const defended = rows.filter((r) => r.defenses === 'on' && r.strategy === 'hetlora');
+    expect(defended.map((r) => r.ranks)).toEqual(ATTACKS.map(() => 'mixed'));
+    for (const r of defended) expect({ ...r, ok: r.distance < 0.1 }).toMatchObject({ ok: true });
+  });
+
+  it('bounds what each attack does to flexlora (the median rules also cost accuracy there, see decision 0025)', () => {
+    for (const r of rows.filter((r) => r.defenses === 'on' && r.strategy === 'flexlora')) {
+      expect({ ...r, ok: r.distance < 0.5 }).toMatchObject({ ok: true });
+    }
+    const scaled = rows.find((r) => r.strategy === 'flexlora' && r.attack === 'scaled_x1000' && r.defenses === 'off');
+    expect(scaled?.distance).toBeGreaterThan(10);
+  });
+});
