@@ -1,17 +1,22 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { MODEL_PRESETS, architectureOf } from '@floe/model';
-import { ATTACKS, type AttackRow, runAttackSuite } from '../src/index.js';
+import { ATTACKS, type AttackRow, type AttackSuiteOptions, runAttackSuite } from '../src/index.js';
+
+/** 40 clients of an edge-small q/v job at rank 8, 8 of them attackers. */
+const suite = (options: Partial<AttackSuiteOptions> = {}) =>
+  runAttackSuite({
+    architecture: architectureOf(MODEL_PRESETS['edge-small']),
+    targetModules: ['q_proj', 'v_proj'],
+    clients: 40,
+    attackers: 0.2,
+    rank: 8,
+    ...options,
+  });
 
 describe('poisoning by 20% of a round', () => {
   let rows: AttackRow[] = [];
   beforeAll(async () => {
-    rows = await runAttackSuite({
-      architecture: architectureOf(MODEL_PRESETS['edge-small']),
-      targetModules: ['q_proj', 'v_proj'],
-      clients: 40,
-      attackers: 0.2,
-      rank: 8,
-    });
+    rows = await suite();
   }, 120_000);
   const row = (strategy: string, attack: string, defenses: string) =>
     rows.find((r) => r.strategy === strategy && r.attack === attack && r.defenses === defenses) as AttackRow;
@@ -39,15 +44,7 @@ describe('poisoning by 20% of a round', () => {
 describe('poisoning by 20% of a round of devices at ranks 8 and 4', () => {
   let rows: AttackRow[] = [];
   beforeAll(async () => {
-    rows = await runAttackSuite({
-      architecture: architectureOf(MODEL_PRESETS['edge-small']),
-      targetModules: ['q_proj', 'v_proj'],
-      clients: 40,
-      attackers: 0.2,
-      rank: 8,
-      ranks: 'mixed',
-      strategies: ['hetlora', 'flexlora'],
-    });
+    rows = await suite({ ranks: 'mixed', strategies: ['hetlora', 'flexlora'] });
   }, 120_000);
 
   it('keeps hetlora within 10% of the honest-only aggregate with the defenses on', () => {
