@@ -7,7 +7,7 @@
  * answers its own HEALTHCHECK over HTTP and HTTPS; the cloud's tree answers a completion. The compose file
  * is checked by docker-compose's own parser.
  */
-import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import os from 'node:os';
@@ -49,6 +49,17 @@ interface Stage {
   lines: string[];
 }
 
+/** ARGs declared before the first FROM: Docker lets only FROM lines (and a stage's bare `ARG NAME`) see them. */
+function globalArgs(): Map<string, string> {
+  const global = new Map<string, string>();
+  for (const line of readFileSync(DOCKERFILE, 'utf8').split('\n')) {
+    if (line.startsWith('FROM ')) break;
+    const arg = /^ARG (\w+)=(\S+)$/.exec(line.trim());
+    if (arg) global.set(arg[1]!, arg[2]!);
+  }
+  return global;
+}
+
 /** Each stage of the Dockerfile: its instructions (continuation lines joined) and the ARGs it sees. */
 function parseDockerfile(): Stage[] {
   const lines = readFileSync(DOCKERFILE, 'utf8')
@@ -56,15 +67,14 @@ function parseDockerfile(): Stage[] {
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => l && !l.startsWith('#'));
-  const global = new Map<string, string>();
+  const global = globalArgs();
   const stages: Stage[] = [];
   for (const line of lines) {
-    const arg = /^ARG (\w+)=(\S+)$/.exec(line);
+    const arg = /^ARG (\w+)(?:=(\S+))?$/.exec(line);
     const from = /^FROM \S+(?: AS (\S+))?$/.exec(line);
-    if (from) stages.push({ name: from[1] ?? String(stages.length), args: new Map(global), lines: [] });
-    else if (arg && stages.length === 0) global.set(arg[1]!, arg[2]!);
-    else if (arg) stages.at(-1)!.args.set(arg[1]!, arg[2]!);
-    else stages.at(-1)?.lines.push(line);
+    if (from) stages.push({ name: from[1] ?? String(stages.length), args: new Map(), lines: [] });
+    else if (arg && stages.length > 0) stages.at(-1)!.args.set(arg[1]!, arg[2] ?? global.get(arg[1]!) ?? '');
+    else if (!arg) stages.at(-1)?.lines.push(line);
   }
   return stages;
 }
@@ -148,7 +158,7 @@ describe('docker/compose.yml', () => {
 describe('docker/Dockerfile', () => {
   it('builds on a Node.js LTS line still supported, with an exact pnpm 10', () => {
     const build = stage('build');
-    const image = build.args.get('NODE_IMAGE') ?? '';
+    const image = globalArgs().get('NODE_IMAGE') ?? '';
     const major = Number(/^node:(\d+)[-.]/.exec(image)?.[1]);
     if (process.env['FLOE_IMAGE_NODE']) {
       const version = execFileSync(IMAGE_NODE, ['--version'], { encoding: 'utf8' });
@@ -188,6 +198,7 @@ describe('docker/Dockerfile', () => {
 describe('docker/Dockerfile replayed outside Docker', () => {
   const work = mkdtempSync(path.join(os.tmpdir(), 'floe-image-'));
   const out = path.join(work, 'out');
+  const rootfs = path.join(work, 'rootfs');
   const children: ChildProcess[] = [];
   // root replays the image's USER with nobody's ids; anyone else runs as themselves
   const nobody = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : undefined;
@@ -196,34 +207,46 @@ describe('docker/Dockerfile replayed outside Docker', () => {
     rmSync(work, { recursive: true, force: true });
   });
 
-  beforeAll(async () => {
-    const build = stage('build');
-    const context = path.join(work, 'src');
-    for (const line of build.lines.filter((l) => l.startsWith('COPY '))) {
-      const [, ...parts] = line.split(/\s+/);
-      const destination = parts.pop()!;
-      for (const source of parts) {
-        cpSync(path.join(ROOT, source), path.join(context, destination.endsWith('/') ? source : destination), {
-          recursive: true,
-          filter: (file) => !/[/\\](node_modules|dist)([/\\]|$)|tsbuildinfo$/.test(file),
-        });
-      }
-    }
-    // every RUN but those that set up the toolchain this machine already has
-    const steps = build.lines
-      .filter((l) => l.startsWith('RUN ') && !/^RUN (apt-get|npm install -g)/.test(l))
-      .map((l) => expand(l.slice('RUN '.length), build.args).replace(/(^| )\/out\//g, `$1${out}/`));
-    expect(steps.some((s) => s.startsWith('pnpm fetch'))).toBe(true);
-    for (const step of steps) {
-      await run('bash', ['-c', step], {
-        cwd: context,
-        env: imageNodeEnv({ ...process.env, CI: '1' }),
-        maxBuffer: 64 << 20,
+  /** Copies `COPY` sources from the repository: `into(destination)` says where the destination lands. */
+  const copy = (line: string, into: (destination: string, source: string) => string) => {
+    const [, ...parts] = line.split(/\s+/);
+    const destination = parts.pop()!;
+    for (const source of parts) {
+      cpSync(path.join(ROOT, source), into(destination, source), {
+        recursive: true,
+        filter: (file) => !/[/\\](node_modules|dist)([/\\]|$)|tsbuildinfo$/.test(file),
       });
     }
-    // the image's application files belong to root and its USER cannot change them; here nobody can
-    execFileSync('chmod', ['-R', 'a-w', out]);
-    chmodSync(work, 0o755);
+  };
+
+  beforeAll(async () => {
+    chmodSync(work, 0o755); // nobody must reach the trees (mkdtemp makes 0700)
+    const build = stage('build');
+    const context = path.join(work, 'src');
+    // in the Dockerfile's order (pnpm fetch sees the lockfile alone); every RUN but the toolchain's setup
+    let steps = 0;
+    for (const line of build.lines) {
+      if (line.startsWith('COPY ')) {
+        copy(line, (destination, source) =>
+          path.join(context, destination.endsWith('/') || destination === '.' ? source : destination),
+        );
+      } else if (line.startsWith('RUN ') && !/^RUN (apt-get|npm install -g)/.test(line)) {
+        const step = expand(line.slice('RUN '.length), build.args).replace(/(^| )\/out\//g, `$1${out}/`);
+        await run('bash', ['-c', step], {
+          cwd: context,
+          env: imageNodeEnv({ ...process.env, CI: '1' }),
+          maxBuffer: 64 << 20,
+        });
+        steps++;
+      }
+    }
+    expect(steps).toBeGreaterThanOrEqual(5);
+    // what the runtime stages copy from the repository (the cloud checkpoint) lands under rootfs
+    for (const { target } of IMAGES) {
+      for (const line of stage(target).lines.filter((l) => l.startsWith('COPY ') && !l.includes('--from='))) {
+        copy(line, (destination) => path.join(rootfs, destination));
+      }
+    }
   }, 900_000);
 
   /** Starts an image's CMD in its deployed tree with its ENV over `overrides`, resolved once /healthz is 200. */
@@ -239,11 +262,13 @@ describe('docker/Dockerfile replayed outside Docker', () => {
     children.push(child);
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once('error', (error) => (stderr += `cannot start ${command}: ${error.message}`));
     const port = overrides['FLOE_PORT'] ?? overrides['FLOE_CLOUD_PORT'];
     await expect
       .poll(
         async () => {
-          if (child.exitCode !== null) throw new Error(`the deployed ${target} exited: ${stderr}`);
+          if (child.exitCode !== null || stderr.startsWith('cannot start'))
+            throw new Error(`the deployed ${target} exited: ${stderr}`);
           // over HTTPS the image's own HEALTHCHECK probes (its certificate is self-signed)
           if (scheme === 'https') return (await healthcheck(target, overrides)) === 0 ? 200 : 0;
           return fetch(`http://127.0.0.1:${port}/healthz`).then(
@@ -268,11 +293,20 @@ describe('docker/Dockerfile replayed outside Docker', () => {
         stdio: 'ignore',
         ...nobody,
       });
+      child.once('error', () => resolve(-1));
       child.on('exit', (code) => resolve(code ?? -1));
     });
   }
 
   it('server: runs a federated round as nobody on read-only files, and answers its HEALTHCHECK', async () => {
+    if (nobody) {
+      // the tree belongs to root, as the image's does: its USER cannot change it
+      const probe = spawnSync(IMAGE_NODE, ['-e', "require('node:fs').writeFileSync('dist/probe.js', '')"], {
+        cwd: path.join(out, 'server'),
+        ...nobody,
+      });
+      expect(probe.stderr.toString()).toContain('EACCES');
+    }
     const data = path.join(work, 'data');
     mkdirSync(data);
     if (nobody) chownSync(data, nobody.uid, nobody.gid);
@@ -366,7 +400,7 @@ describe('docker/Dockerfile replayed outside Docker', () => {
     const settings = {
       FLOE_CLOUD_HOST: '127.0.0.1',
       FLOE_CLOUD_PORT: String(port),
-      FLOE_CLOUD_MODEL: path.join(ROOT, 'models', 'cloud'),
+      FLOE_CLOUD_MODEL: path.join(rootfs, env(stage('cloud-llm'))['FLOE_CLOUD_MODEL'] ?? ''),
       FLOE_CLOUD_API_KEYS: 'key-for-the-image-test',
       FLOE_CLOUD_LOG_LEVEL: 'error',
     };
