@@ -107,24 +107,25 @@ export async function refreshCredential(serverUrl: string, credential: string): 
   return body.credential;
 }
 
-/** When a credential (a JWT) reaches half its life (epoch ms); undefined when it cannot be read. */
-export function halfLifeAt(credential: string): number | undefined {
+/** When a credential (a JWT) was issued and expires, epoch ms by the server's clock; undefined when unreadable. */
+export function credentialTimes(credential: string): { issuedAt: number; expiresAt: number } | undefined {
   try {
     const payload = JSON.parse(Buffer.from(credential.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
       iat?: number;
       exp?: number;
     };
-    if (typeof payload.iat !== 'number' || typeof payload.exp !== 'number') return undefined;
-    return ((payload.iat + payload.exp) / 2) * 1000;
+    if (typeof payload.iat !== 'number' || typeof payload.exp !== 'number' || payload.exp <= payload.iat)
+      return undefined;
+    return { issuedAt: payload.iat * 1000, expiresAt: payload.exp * 1000 };
   } catch {
     return undefined;
   }
 }
 
-/** Whether a credential has lived more than half its life; false when it cannot be read. */
+/** Whether a credential has lived more than half its life by this device's clock; false when unreadable. */
 export function pastHalfLife(credential: string, now = Date.now()): boolean {
-  const at = halfLifeAt(credential);
-  return at !== undefined && now > at;
+  const times = credentialTimes(credential);
+  return times !== undefined && now > (times.issuedAt + times.expiresAt) / 2;
 }
 
 /** A refused websocket upgrade, as engine.io-client reports it. */
@@ -171,10 +172,17 @@ const MAX_HELD_MESSAGES = 16;
 export class ServerConnection extends EventEmitter<ConnectionEvents> {
   private readonly socket: Socket;
   private welcome: Welcome | undefined;
-  /** The credential the next (re)connection presents, and the one the open link was accepted with. */
+  /**
+   * The credential the next connection attempt presents; the one the attempt under way presents (socket.io
+   * reads the header when an attempt starts); the one the open link was accepted with; and the one whose
+   * expiry the server announced. A link the server ended at expiry waits for a fresher one when needed.
+   */
   private credential: string;
+  private attemptWith: string;
   private connectedWith = '';
   private expiredWith: string | undefined;
+  private awaitingCredential = false;
+  private closed = false;
   readonly traffic: Traffic = { framesSent: 0, bytesSent: 0, framesReceived: 0, bytesReceived: 0 };
   private readonly frameListeners: ((event: string, frame: Uint8Array) => void)[] = [];
 
@@ -189,6 +197,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
     super();
     this.socket = socket;
     this.credential = credential;
+    this.attemptWith = credential;
     (this as EventEmitter).on('newListener', (event: string) => {
       if (event === 'round_start' || event === 'round_end') queueMicrotask(() => this.releaseHeld(event));
     });
@@ -248,17 +257,17 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
       socket.on(type, (payload: unknown) => connection.receive(payload));
     }
     let connectedBefore = false;
+    socket.io.on('reconnect_attempt', () => (connection.attemptWith = connection.credential));
     socket.on('connect', () => {
-      connection.connectedWith = connection.credential;
+      connection.connectedWith = connection.attemptWith;
       connection.emitFrame('hello', encodeMessage(hello));
       if (connectedBefore) connection.emit('reconnect');
       connectedBefore = true;
     });
     socket.on('disconnect', (reason) => {
       connection.emit('disconnect', reason);
-      // the server ended a link whose credential expired: one refreshed meanwhile opens it again
-      const expired = reason === 'io server disconnect' && connection.expiredWith === connection.connectedWith;
-      if (expired && connection.credential !== connection.connectedWith) socket.connect();
+      // the server ended a link whose credential expired: a refreshed one opens it again
+      if (reason === 'io server disconnect' && connection.expiredWith === connection.connectedWith) connection.reopen();
     });
     await new Promise<void>((resolve, reject) => {
       const timeoutMs = options.timeoutMs ?? 10_000;
@@ -318,6 +327,15 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
   useCredential(credential: string): void {
     this.credential = credential;
     this.socket.io.opts.extraHeaders = { authorization: `Bearer ${credential}` };
+    if (this.awaitingCredential) this.reopen();
+  }
+
+  /** Opens a link the server ended at expiry, with a credential other than the expired one (or waits for one). */
+  private reopen(): void {
+    this.awaitingCredential = this.credential === this.connectedWith;
+    if (this.awaitingCredential || this.closed || this.socket.connected) return;
+    this.attemptWith = this.credential;
+    this.socket.connect();
   }
 
   get clientId(): string | undefined {
@@ -430,6 +448,7 @@ export class ServerConnection extends EventEmitter<ConnectionEvents> {
   }
 
   close(): void {
+    this.closed = true;
     this.socket.close();
   }
 }

@@ -19,8 +19,8 @@ import {
 import {
   ConnectionError,
   ServerConnection,
+  credentialTimes,
   enroll,
-  halfLifeAt,
   pastHalfLife,
   refreshCredential,
 } from './connection.js';
@@ -140,41 +140,48 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
     connection.on('disconnect', (reason) => this.emit('disconnect', reason));
     connection.on('reconnect', () => this.emit('reconnect'));
     this.emit('connected', { clientId: this.clientId, enrolled });
-    this.scheduleRefresh(credential);
+    this.scheduleRefresh(credential, false);
   }
 
   /**
-   * Short-lived credentials on a long-lived link: at half its life the credential is traded for a fresh
+   * Short-lived credentials on a long-lived link: near half its life the credential is traded for a fresh
    * one, kept in the store and presented from the next connection on; the server ends the link when the
-   * old one expires and it reopens at once with the new one.
+   * old one expires and it reopens at once with the new one. A fresh credential's refresh is timed from
+   * its receipt (40-50% of its lifetime, jittered off the server's expiry timers), not by comparing the
+   * server's timestamps with this device's clock, so a skewed clock neither loops nor misses it.
    */
-  private scheduleRefresh(credential: string, retryMs = 5_000): void {
-    const at = halfLifeAt(credential);
-    if (at === undefined || this.stopped) return;
-    const delay = Math.min(Math.max(0, at - Date.now()), 2 ** 31 - 1);
-    this.refreshTimer = setTimeout(() => {
-      if (!pastHalfLife(credential)) return this.scheduleRefresh(credential); // a timer clamped to 24.8 days
-      const { store, serverUrl } = this.options;
-      refreshCredential(serverUrl, credential).then(
-        (fresh) => {
-          if (this.stopped) return;
-          const known = store.identity(serverUrl);
-          if (known) store.saveIdentity({ ...known, credential: fresh });
-          this.connection?.useCredential(fresh);
-          this.scheduleRefresh(fresh);
-        },
-        (error: unknown) => {
-          // refused (revoked, expired): the server says so on the link; anything else: try again, backing off
-          const refused = error instanceof ConnectionError && CREDENTIAL_REFUSALS.has(error.code);
-          if (refused || this.stopped) return;
-          this.refreshTimer = setTimeout(
-            () => this.scheduleRefresh(credential, Math.min(retryMs * 2, 600_000)),
-            retryMs,
-          );
-          this.refreshTimer.unref();
-        },
-      );
-    }, delay);
+  private scheduleRefresh(credential: string, fresh: boolean, retryMs = 5_000): void {
+    const times = credentialTimes(credential);
+    if (!times || this.stopped) return;
+    const lifetime = times.expiresAt - times.issuedAt;
+    const delay = fresh
+      ? lifetime * (0.4 + 0.1 * Math.random())
+      : Math.min(Math.max(0, (times.issuedAt + times.expiresAt) / 2 - Date.now()), lifetime / 2);
+    this.refreshTimer = setTimeout(
+      () => {
+        const { store, serverUrl } = this.options;
+        refreshCredential(serverUrl, credential).then(
+          (next) => {
+            if (this.stopped) return;
+            const known = store.identity(serverUrl);
+            if (known) store.saveIdentity({ ...known, credential: next });
+            this.connection?.useCredential(next);
+            this.scheduleRefresh(next, true);
+          },
+          (error: unknown) => {
+            // refused (revoked, expired): the server says so on the link; anything else: try again, backing off
+            const refused = error instanceof ConnectionError && CREDENTIAL_REFUSALS.has(error.code);
+            if (refused || this.stopped) return;
+            this.refreshTimer = setTimeout(
+              () => this.scheduleRefresh(credential, false, Math.min(retryMs * 2, 600_000)),
+              retryMs,
+            );
+            this.refreshTimer.unref();
+          },
+        );
+      },
+      Math.min(delay, 2 ** 31 - 1),
+    );
     this.refreshTimer.unref();
   }
 
@@ -224,6 +231,11 @@ export class FederationClient extends EventEmitter<FederationClientEvents> {
         const reply = await connection.sendUpdate(update, Math.max(1000, Math.min(30_000, deadline - Date.now())));
         if (reply.type === 'error' && reply.code === 'rate_limited' && Date.now() < deadline) {
           await sleep(1000 + Math.random() * 1000);
+          continue;
+        }
+        if (reply.type === 'error' && reply.code === 'credential_expired' && Date.now() < deadline) {
+          // the link is ending at its credential's expiry and reopens with a fresh one: send again then
+          await sleep(200);
           continue;
         }
         return reply;
