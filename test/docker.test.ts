@@ -7,7 +7,7 @@
  * answers its own HEALTHCHECK over HTTP and HTTPS; the cloud's tree answers a completion. The compose file
  * is checked by docker-compose's own parser.
  */
-import { type ChildProcess, execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, type StdioOptions, execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import os from 'node:os';
@@ -249,19 +249,30 @@ describe('docker/Dockerfile replayed outside Docker', () => {
     }
   }, 900_000);
 
-  /** Starts an image's CMD in its deployed tree with its ENV over `overrides`, resolved once /healthz is 200. */
-  async function start(target: string, overrides: Record<string, string>, scheme = 'http'): Promise<ChildProcess> {
+  /** Runs an image's exec-form instruction (CMD, HEALTHCHECK) as the image would: in its tree, with its ENV over `overrides`, as its USER. */
+  function spawnInstruction(
+    target: string,
+    instruction: RegExp,
+    overrides: Record<string, string>,
+    stdio: StdioOptions,
+  ): { command: string; child: ChildProcess } {
     const s = stage(target);
-    const [command, ...args] = execForm(s, /^CMD /);
+    const [command, ...args] = execForm(s, instruction);
     const child = spawn(command === 'node' ? IMAGE_NODE : command!, args, {
       cwd: path.join(out, target),
       env: { PATH: process.env['PATH'], ...env(s), ...overrides },
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio,
       ...nobody,
     });
+    return { command: command!, child };
+  }
+
+  /** Starts an image's CMD, resolved once /healthz is 200. */
+  async function start(target: string, overrides: Record<string, string>, scheme = 'http'): Promise<ChildProcess> {
+    const { command, child } = spawnInstruction(target, /^CMD /, overrides, ['ignore', 'ignore', 'pipe']);
     children.push(child);
     let stderr = '';
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     child.once('error', (error) => (stderr += `cannot start ${command}: ${error.message}`));
     const port = overrides['FLOE_PORT'] ?? overrides['FLOE_CLOUD_PORT'];
     await expect
@@ -282,17 +293,10 @@ describe('docker/Dockerfile replayed outside Docker', () => {
     return child;
   }
 
-  /** The image's HEALTHCHECK command, run in its tree with its ENV over `overrides`: the exit code. */
+  /** The image's HEALTHCHECK command: its exit code. */
   async function healthcheck(target: string, overrides: Record<string, string>): Promise<number> {
-    const s = stage(target);
-    const [command, ...args] = execForm(s, /^HEALTHCHECK .*CMD \[/);
     return new Promise((resolve) => {
-      const child = spawn(command === 'node' ? IMAGE_NODE : command!, args, {
-        cwd: path.join(out, target),
-        env: { PATH: process.env['PATH'], ...env(s), ...overrides },
-        stdio: 'ignore',
-        ...nobody,
-      });
+      const { child } = spawnInstruction(target, /^HEALTHCHECK .*CMD \[/, overrides, 'ignore');
       child.once('error', () => resolve(-1));
       child.on('exit', (code) => resolve(code ?? -1));
     });
