@@ -79,6 +79,23 @@ export default tseslint.config(
     },
   },
   {
+    // ...except its own local endpoint for apps (`floe-edge serve`), an HTTP server on the device.
+    files: ['packages/edge-client/src/serving/openai-server.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              group: ['@floe/server', '@floe/simulator', 'socket.io', 'better-sqlite3'],
+              message: 'the device side never imports the coordination server side',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
     files: ['packages/*/test/**/*.ts', 'test/**/*.ts'],
     rules: {
       '@typescript-eslint/no-non-null-assertion': 'off',

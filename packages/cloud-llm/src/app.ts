@@ -3,6 +3,7 @@
  * engine, OpenAI-compatible routes, API-key auth, fault injection, /healthz and /metrics.
  */
 import { timingSafeEqual } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
@@ -29,7 +30,20 @@ export interface CloudConfig {
   requestTimeoutMs: number;
   faults: Partial<FaultOptions>;
   logLevel: string;
+  /** A JSON-lines file that gets every request's prompt or messages, as received (for audits and tests). */
+  requestLog?: string | undefined;
 }
+
+/** What a request asked the stand-in, as received. */
+export interface ReceivedRequest {
+  at: string;
+  route: string;
+  prompt?: unknown;
+  messages?: unknown;
+}
+
+/** Requests kept in memory (`CloudServer.received`), newest last. */
+const RECEIVED_KEPT = 1000;
 
 export const DEFAULT_CLOUD_CONFIG: CloudConfig = {
   modelDir: 'models/cloud',
@@ -52,6 +66,8 @@ export interface CloudServer {
   faults: Faults;
   metrics: CloudMetrics;
   config: CloudConfig;
+  /** The latest requests' prompts and messages, as received, oldest first. */
+  received: ReceivedRequest[];
   /** http://host:port once listening. */
   url: string;
   close(): Promise<void>;
@@ -121,6 +137,23 @@ export async function startCloud(overrides: Partial<CloudConfig> = {}): Promise<
       );
     }
   });
+  const received: ReceivedRequest[] = [];
+  const requestLog = config.requestLog ? createWriteStream(config.requestLog, { flags: 'a', mode: 0o600 }) : undefined;
+  // once parsed, before validation: whatever body arrived, well-formed or not
+  app.addHook('preValidation', (request, _reply, done) => {
+    if (request.method !== 'POST' || !request.url.startsWith('/v1/')) return done();
+    const body = (request.body ?? {}) as { prompt?: unknown; messages?: unknown };
+    const entry: ReceivedRequest = {
+      at: new Date().toISOString(),
+      route: request.routeOptions.url ?? request.url,
+      ...(body.prompt !== undefined ? { prompt: body.prompt } : {}),
+      ...(body.messages !== undefined ? { messages: body.messages } : {}),
+    };
+    received.push(entry);
+    if (received.length > RECEIVED_KEPT) received.splice(0, received.length - RECEIVED_KEPT);
+    requestLog?.write(`${JSON.stringify(entry)}\n`);
+    done();
+  });
   app.addHook('onResponse', async (request, reply) => {
     metrics.requests.inc({ route: request.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
   });
@@ -155,9 +188,11 @@ export async function startCloud(overrides: Partial<CloudConfig> = {}): Promise<
     faults,
     metrics,
     config,
+    received,
     url: `http://${host}:${address.port}`,
     async close() {
       await app.close();
+      await new Promise<void>((resolve) => (requestLog ? requestLog.end(resolve) : resolve()));
       await model.release();
     },
   };

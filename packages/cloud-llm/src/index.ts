@@ -2,5 +2,5 @@ export * from './app.js';
 export * from './engine.js';
 export * from './faults.js';
 export * from './choice.js';
-export { chatPrompt } from './openai.js';
+export { chatPrompt } from '@floe/shared';
 export * from './process.js';

@@ -93,6 +93,11 @@ const program = new Command('floe-cloud')
       .argParser(number(400, 599, true)),
   )
   .addOption(
+    new Option('--request-log <file>', "append every request's prompt or messages to this JSON-lines file").env(
+      'FLOE_CLOUD_REQUEST_LOG',
+    ),
+  )
+  .addOption(
     new Option('--log-level <level>', 'fastify log level')
       .env('FLOE_CLOUD_LOG_LEVEL')
       .default(d.logLevel)
@@ -113,6 +118,7 @@ const program = new Command('floe-cloud')
       maxWaiting: options.maxWaiting,
       threads: options.threads,
       logLevel: options.logLevel,
+      requestLog: options.requestLog,
       faults: {
         latencyMs: options.latencyMs,
         jitterMs: options.jitterMs,

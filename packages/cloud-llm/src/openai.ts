@@ -9,7 +9,7 @@ import type { TextTokenizer } from '@floe/model';
 import { type ChoiceEvent, type ChoiceFinish, CloudError, type ReportedToken, runChoice } from './choice.js';
 import { type BatchEngine, QueueFullError, RequestTooLargeError, type Sequence, type SequenceSpec } from './engine.js';
 import type { CloudMetrics } from './metrics.js';
-import { type ChatMessage, ChatRequest, CompletionRequest } from './schemas.js';
+import { CHAT_STOPS, ChatRequest, CompletionRequest, chatPrompt, openEventStream } from '@floe/shared';
 
 export interface OpenAiDeps {
   engine: BatchEngine;
@@ -23,13 +23,6 @@ export interface OpenAiDeps {
 }
 
 const DEFAULT_MAX_TOKENS = 16;
-
-/** Renders chat messages for a base model: `Role: content` lines, then `Assistant:` to continue. */
-export function chatPrompt(messages: readonly ChatMessage[]): string {
-  const text = (m: ChatMessage) => (typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''));
-  const role = (m: ChatMessage) => (m.role === 'developer' ? 'System' : m.role[0]!.toUpperCase() + m.role.slice(1));
-  return `${messages.map((m) => `${role(m)}: ${text(m)}\n`).join('')}Assistant:`;
-}
 
 interface Job {
   prompts: number[][];
@@ -272,7 +265,7 @@ export function registerOpenAi(app: FastifyInstance, deps: OpenAiDeps): void {
       maxTokens: body.max_completion_tokens,
       chat: true,
     });
-    const stop = ['\nUser:', '\nSystem:', ...job.stop];
+    const stop = [...CHAT_STOPS, ...job.stop];
     const sequences = start({ ...job, stop }, request, reply);
     const id = `chatcmpl-${randomBytes(12).toString('hex')}`;
     const created = Math.floor(Date.now() / 1000);
@@ -375,29 +368,15 @@ function modelNotFound(model: string): CloudError {
   );
 }
 
-/** Server-sent events on the raw response: `data: JSON` per chunk, `data: [DONE]` at the end. */
+/** Server-sent events on the raw response (fastify hands it over). */
 function openStream(reply: FastifyReply) {
   reply.hijack();
-  reply.raw.writeHead(200, {
-    'content-type': 'text/event-stream; charset=utf-8',
-    'cache-control': 'no-cache',
-    connection: 'keep-alive',
-  });
-  // the status reaches the client now, not with the first token
-  reply.raw.flushHeaders();
+  const sse = openEventStream(reply.raw);
   return {
-    send(data: object) {
-      if (!reply.raw.writableEnded) reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
-    },
+    send: (data: object) => sse.send(data),
+    end: () => sse.end(),
     fail(error: unknown) {
-      const message = error instanceof CloudError ? error.message : 'the model failed while generating';
-      if (!reply.raw.writableEnded)
-        reply.raw.write(
-          `data: ${JSON.stringify({ error: { message, type: 'server_error', param: null, code: null } })}\n\n`,
-        );
-    },
-    end() {
-      if (!reply.raw.writableEnded) reply.raw.end('data: [DONE]\n\n');
+      sse.fail(error instanceof CloudError ? error.message : 'the model failed while generating');
     },
   };
 }

@@ -7,210 +7,53 @@
  * camelCase; flags win over the environment, the environment over the file. A wrong value is a usage
  * error: one line on stderr and exit code 2. A failure while running is one line and exit code 1.
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import os from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { Command, CommanderError, InvalidArgumentError, Option } from '@commander-js/extra-typings';
+import { Command, CommanderError, Option } from '@commander-js/extra-typings';
 import { architectureOf, checkpointSha256, loadAdapter, loadCheckpoint, saveAdapter } from '@floe/model';
-import Type from 'typebox';
-import { DeviceProfile, LORA_MODULES, isLoraModuleKind, parse } from '@floe/shared';
-import { type Score, readDataDir } from '@floe/tasks';
+import { readDataDir } from '@floe/tasks';
+import { cloudCallLogFile, addInferenceCommands } from './cli/inference.js';
+import {
+  DEFAULT_MODULES,
+  UsageError,
+  adapterDir,
+  applyConfigFile,
+  configOption,
+  dataOption,
+  describeScore,
+  homeOption,
+  integer,
+  joinTokenOption,
+  jsonOption,
+  layerList,
+  modelOption,
+  moduleList,
+  positiveNumber,
+  profileFor,
+  profileOption,
+  required,
+  say,
+  seqLenOption,
+  serverOption,
+  stamp,
+  threadsOption,
+  tierOption,
+} from './cli/options.js';
 import { trustCertificateAuthority } from './connection.js';
 import { startDevice, measuredTrainingCost } from './device.js';
 import { DeviceStore } from './device-store.js';
 import { ensureIdentity } from './federation-client.js';
 import { LocalTrainer, initialAdapter } from './local-trainer.js';
 import { planRound } from './planner.js';
-import { type ProfileOverrides, TIERS, deviceProfile } from './profile.js';
-
-/** A wrong flag, file or value: reported on one line with exit code 2. */
-class UsageError extends Error {}
-
-const DEFAULT_MODULES = 'q_proj,v_proj,up_proj,down_proj';
-
-// ---- argument parsers: each throws InvalidArgumentError, which commander reports as a usage error
-
-function integer(min: number, max = Number.MAX_SAFE_INTEGER) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!/^\s*-?\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) {
-      throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
-    }
-    return n;
-  };
-}
-
-function positiveNumber(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n <= 0)
-    throw new InvalidArgumentError('expected a positive number');
-  return n;
-}
-
-function directory(what: string, required: string[] = []) {
-  return (value: string): string => {
-    const dir = path.resolve(value);
-    if (!existsSync(dir) || !statSync(dir).isDirectory())
-      throw new InvalidArgumentError(`${what} ${dir} is not a directory`);
-    for (const file of required) {
-      if (!existsSync(path.join(dir, file))) throw new InvalidArgumentError(`${what} ${dir} has no ${file}`);
-    }
-    return dir;
-  };
-}
-
-const modelDir = directory('model directory', ['config.json', 'model.safetensors']);
-const dataDir = directory('data directory', ['train']);
-const adapterDir = directory('adapter directory', ['adapter_config.json']);
-
-function serverUrl(value: string): string {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw new InvalidArgumentError('expected an http(s) URL such as http://localhost:8080');
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new InvalidArgumentError('expected an http(s) URL');
-  return url.origin;
-}
-
-function moduleList(value: string): string[] {
-  const modules = value.split(',').map((m) => m.trim());
-  const unknown = modules.filter((m) => !isLoraModuleKind(m));
-  if (modules.length === 0 || unknown.length > 0) {
-    throw new InvalidArgumentError(
-      `unknown module ${unknown.join(',') || '(none)'}; known: ${LORA_MODULES.join(', ')}`,
-    );
-  }
-  return modules;
-}
-
-function layerList(value: string): number[] {
-  const layers = value.split(',').map((l) => integer(0, 1023)(l));
-  if (new Set(layers).size !== layers.length) throw new InvalidArgumentError('layers repeat');
-  return layers.sort((a, b) => a - b);
-}
-
-function readProfileFile(file: string): ProfileOverrides {
-  let value: unknown;
-  try {
-    value = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (error) {
-    throw new UsageError(`profile ${file}: ${(error as Error).message}`);
-  }
-  try {
-    return parse(
-      Type.Partial(Type.Omit(DeviceProfile, ['tier']), { additionalProperties: false }),
-      value,
-      `profile ${file}`,
-    );
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
-}
-
-// ---- shared options
-
-const homeOption = () =>
-  new Option('--home <dir>', "the device's own directory: identity, state, adapters (kept private)")
-    .env('FLOE_EDGE_HOME')
-    .default(path.join(os.homedir(), '.floe-edge'));
-const configOption = () =>
-  new Option('--config <file>', 'JSON config file of option values (default: HOME/config.json)').env(
-    'FLOE_EDGE_CONFIG',
-  );
-const serverOption = () =>
-  new Option('--server <url>', 'the coordination server').env('FLOE_EDGE_SERVER').argParser(serverUrl);
-const joinTokenOption = () =>
-  new Option('--join-token <token>', 'enrollment token from the server operator').env('FLOE_EDGE_JOIN_TOKEN');
-const modelOption = () =>
-  new Option('--model <dir>', 'base model checkpoint directory').env('FLOE_EDGE_MODEL').argParser(modelDir);
-const dataOption = () =>
-  new Option('--data <dir>', 'local data directory (train/, test/; see the README)')
-    .env('FLOE_EDGE_DATA')
-    .argParser(dataDir);
-const tierOption = () =>
-  new Option('--tier <name>', 'a simulated device class (its compute and link are emulated)')
-    .env('FLOE_EDGE_TIER')
-    .choices(Object.keys(TIERS));
-const profileOption = () =>
-  new Option(
-    '--profile <file>',
-    'JSON profile overrides: memoryMiB, computeGflops, uplinkMbps, downlinkMbps, roundBudgetSec',
-  )
-    .env('FLOE_EDGE_PROFILE')
-    .argParser((file: string) => {
-      if (!existsSync(file)) throw new InvalidArgumentError(`${path.resolve(file)} does not exist`);
-      return path.resolve(file);
-    });
-const threadsOption = () =>
-  new Option('--threads <n>', 'ONNX Runtime threads').env('FLOE_EDGE_THREADS').argParser(integer(1, 256)).default(2);
-const seqLenOption = () =>
-  new Option('--seq-len <n>', 'bytes per training row')
-    .env('FLOE_EDGE_SEQ_LEN')
-    .argParser(integer(8, 65536))
-    .default(128);
-const jsonOption = () => new Option('--json', 'print JSON instead of text');
-
-function required<T>(value: T | undefined, flag: string): T {
-  if (value === undefined) throw new UsageError(`${flag} is required (or its FLOE_EDGE_ variable, or the config file)`);
-  return value;
-}
-
-/**
- * Fills options left at their defaults from the config file, parsed by the same parsers as flags. Keys
- * no command knows are an error; keys another command knows are ignored.
- */
-function applyConfigFile(command: Command, allKeys: Set<string>): void {
-  const options = command.opts() as { config?: string; home?: string };
-  const file = options.config ?? (options.home ? path.join(options.home, 'config.json') : undefined);
-  if (!file || (!options.config && !existsSync(file))) return;
-  let config: unknown;
-  try {
-    config = JSON.parse(readFileSync(file, 'utf8'));
-  } catch (error) {
-    throw new UsageError(`config ${file}: ${(error as Error).message}`);
-  }
-  if (typeof config !== 'object' || config === null || Array.isArray(config)) {
-    throw new UsageError(`config ${file}: expected a JSON object`);
-  }
-  for (const [key, value] of Object.entries(config)) {
-    if (!allKeys.has(key)) throw new UsageError(`config ${file}: unknown option ${key}`);
-    const option = command.options.find((o) => o.attributeName() === key);
-    if (!option) continue;
-    const source = command.getOptionValueSource(key);
-    if (source !== undefined && source !== 'default') continue;
-    const text = Array.isArray(value) ? value.join(',') : String(value);
-    let parsed: unknown = value;
-    try {
-      const parser = (option as unknown as { parseArg?: (value: string, previous: unknown) => unknown }).parseArg;
-      if (option.argChoices && !option.argChoices.includes(text)) {
-        throw new InvalidArgumentError(`expected one of ${option.argChoices.join(', ')}`);
-      }
-      if (parser) parsed = parser(text, undefined);
-    } catch (error) {
-      throw new UsageError(`config ${file}: ${key} ${JSON.stringify(value)}: ${(error as Error).message}`);
-    }
-    command.setOptionValueWithSource(key, parsed, 'config');
-  }
-}
-
-const say = (line: string) => process.stdout.write(`${line}\n`);
-const stamp = () => new Date().toISOString().slice(11, 19);
-
-function describeScore(score: Score | undefined): string {
-  if (!score) return 'no test split';
-  return `${score.metric} ${score.value.toFixed(4)} (${score.count} ${score.metric === 'bits-per-byte' ? 'bytes' : 'examples'})`;
-}
-
-function profileFor(profileFile: string | undefined): ProfileOverrides {
-  return profileFile ? readProfileFile(profileFile) : {};
-}
+import { deviceProfile } from './profile.js';
+import { CloudCallLog } from './privacy/call-log.js';
 
 function buildProgram(): Command {
   const program = new Command()
     .name('floe-edge')
-    .description('A device of a Floe federation: enroll, plan, train on private data, federate, evaluate.')
+    .description(
+      'A device of a Floe federation: enroll, plan, train on private data, federate, evaluate; answer apps on the device, with the cloud behind a privacy guard.',
+    )
     .exitOverride();
   program.configureOutput({ outputError: (text, write) => write(text.split('\n')[0] + '\n') });
 
@@ -283,10 +126,11 @@ function buildProgram(): Command {
 
   program
     .command('status')
-    .description('what this device holds: identity, jobs, personalized adapters, calibrations')
+    .description('what this device holds: identity, jobs, personalized adapters, calibrations, and its cloud calls')
     .addOption(homeOption())
     .addOption(configOption())
     .addOption(jsonOption())
+    .addOption(new Option('--last <n>', 'cloud calls to show').argParser(integer(0, 100_000)).default(10))
     .action((o) => {
       const store = new DeviceStore(o.home);
       const identity = store.anyIdentity();
@@ -298,10 +142,11 @@ function buildProgram(): Command {
           : {}),
       }));
       const calibrations = store.cachedKeys().filter((k) => k.startsWith('calibration:')).length;
+      const cloudCalls = new CloudCallLog(cloudCallLogFile(o.home)).summary(o.last);
       if (o.json) {
         say(
           JSON.stringify(
-            { home: o.home, server: identity?.serverUrl, clientId: identity?.clientId, jobs, calibrations },
+            { home: o.home, server: identity?.serverUrl, clientId: identity?.clientId, jobs, calibrations, cloudCalls },
             null,
             2,
           ),
@@ -322,6 +167,19 @@ function buildProgram(): Command {
             (job.clusterId !== undefined ? ` | cluster ${job.clusterId}` : '') +
             figures +
             (job.adapter ? ` | adapter ${job.adapter}` : ''),
+        );
+      }
+      const verdicts = Object.entries(cloudCalls.byVerdict)
+        .map(([verdict, n]) => `${n} ${verdict}`)
+        .join(', ');
+      say(`cloud calls: ${cloudCalls.records}${verdicts ? ` (${verdicts})` : ''}; log ${cloudCallLogFile(o.home)}`);
+      for (const call of cloudCalls.last) {
+        const sent =
+          call.sent === null
+            ? 'nothing sent'
+            : JSON.stringify(call.sent.length > 120 ? `${call.sent.slice(0, 117)}...` : call.sent);
+        say(
+          `  ${call.at} ${call.route} ${call.verdict} by ${call.policy}${call.kinds.length ? ` [${call.kinds.join(', ')}]` : ''}: ${sent}`,
         );
       }
     });
@@ -522,6 +380,8 @@ function buildProgram(): Command {
         await trainer.dispose();
       }
     });
+
+  addInferenceCommands(program);
 
   const allKeys = new Set(
     program.commands.flatMap((command) => command.options.map((option) => option.attributeName())),

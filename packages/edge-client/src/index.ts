@@ -11,3 +11,5 @@ export * from './calibration-probe.js';
 export * from './profile.js';
 export * from './device.js';
 export * from './inference/index.js';
+export * from './privacy/index.js';
+export * from './serving/index.js';

@@ -166,7 +166,7 @@ export async function generateBytes(
   try {
     while (bytes.length < options.maxBytes) {
       const p = await session.next();
-      const outcome = temperature <= 0 ? argmax(p) : sample(p, temperature, random);
+      const outcome = chooseOutcome(p, { temperature }, random);
       session.push(outcome);
       if (outcome === END_OF_TEXT) {
         finishReason = 'eos';
@@ -193,9 +193,30 @@ function argmax(p: ByteDistribution): number {
   return best;
 }
 
-function sample(p: ByteDistribution, temperature: number, random: Random): number {
+/**
+ * The next outcome from `p`: the most likely at temperature 0, otherwise a draw from `p` sharpened or
+ * flattened by the temperature and cut to its nucleus (the most likely outcomes holding `topP` of the
+ * mass).
+ */
+export function chooseOutcome(
+  p: ByteDistribution,
+  options: { temperature?: number; topP?: number },
+  random: Random,
+): number {
+  const temperature = options.temperature ?? 0;
+  if (temperature <= 0) return argmax(p);
   const w = Array.from(p, (x) => x ** (1 / temperature));
-  let r = random.next() * w.reduce((a, b) => a + b, 0);
-  for (let i = 0; i < w.length; i++) if ((r -= w[i] as number) <= 0) return i;
-  return argmax(p);
+  const total = w.reduce((a, b) => a + b, 0);
+  const topP = options.topP ?? 1;
+  let allowed: number[] = w.map((_, i) => i);
+  if (topP < 1) {
+    allowed = allowed.sort((a, b) => (w[b] as number) - (w[a] as number));
+    let mass = 0;
+    let keep = 0;
+    while (keep < allowed.length && mass < topP * total) mass += w[allowed[keep++] as number] as number;
+    allowed = allowed.slice(0, Math.max(1, keep));
+  }
+  let r = random.next() * allowed.reduce((s, i) => s + (w[i] as number), 0);
+  for (const i of allowed) if ((r -= w[i] as number) <= 0) return i;
+  return allowed[0] as number;
 }

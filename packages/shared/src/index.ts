@@ -13,3 +13,5 @@ export * from './adapter/peft.js';
 export * from './adapter/architecture.js';
 export * from './formats/safetensors.js';
 export * from './random.js';
+export * from './openai/schemas.js';
+export * from './openai/sse.js';

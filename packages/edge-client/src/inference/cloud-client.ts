@@ -4,9 +4,14 @@
  * top-k at each token of a known text (echo, for evaluation). Failures (timeouts, 429, 5xx, refused
  * connections) open a circuit breaker that stops calling the cloud for a cooldown, then lets one probe
  * through; callers see `undefined`, never an exception, and carry on with the edge alone.
+ *
+ * Every text bound for the cloud passes the client's privacy guard (`withGuard` gives a view with
+ * another guard over the same connection, breaker and counts): a blocked text is not sent and the call
+ * answers as a failed one would, without counting against the cloud; a redacted one is sent redacted.
  */
 import OpenAI from 'openai';
 import { tokenTextBytes } from '@floe/model';
+import type { CloudRoute, OutboundDecision, PrivacyGuard } from '../privacy/guard.js';
 import type { CloudPosition, CloudToken, LivePositions } from './alignment.js';
 
 export interface CloudClientOptions {
@@ -80,6 +85,8 @@ export interface CloudStats {
   failures: number;
   /** Calls not made because the breaker was open. */
   skipped: number;
+  /** Calls not made because the privacy guard kept their text on the device. */
+  blocked: number;
   /** Tokens the cloud generated or scored for us. */
   tokens: number;
 }
@@ -93,7 +100,7 @@ function endsText(finish: string | null | undefined, positions: number, maxToken
 }
 
 /** Why a stream ended. */
-export type StreamEnd = 'stop' | 'length' | 'failed' | 'cancelled' | 'skipped';
+export type StreamEnd = 'stop' | 'length' | 'failed' | 'cancelled' | 'skipped' | 'blocked';
 
 /**
  * A continuation streamed by the cloud: positions arrive as it decodes them. `changed()` resolves at
@@ -144,27 +151,69 @@ interface LegacyLogprobs {
   top_logprobs?: (Record<string, number> | null)[] | null;
 }
 
+/** What views of one cloud share: the connection, the breaker and the counts. */
+interface CloudConnection {
+  client: OpenAI;
+  breaker: CircuitBreaker;
+  stats: CloudStats;
+}
+
 export class CloudClient {
   readonly breaker: CircuitBreaker;
-  readonly stats: CloudStats = { calls: 0, failures: 0, skipped: 0, tokens: 0 };
+  readonly stats: CloudStats;
   private readonly client: OpenAI;
   private readonly topK: number;
   private readonly endTokens: Set<string>;
 
-  constructor(private readonly options: CloudClientOptions) {
-    this.client = new OpenAI({
-      baseURL: options.baseURL,
-      apiKey: options.apiKey,
-      maxRetries: 0,
-      timeout: options.timeoutMs ?? 2000,
-    });
+  constructor(
+    private readonly options: CloudClientOptions,
+    /** Checks every text bound for the cloud; none sends everything as it is, unlogged. */
+    readonly guard?: PrivacyGuard,
+    shared?: CloudConnection,
+  ) {
+    this.client =
+      shared?.client ??
+      new OpenAI({
+        baseURL: options.baseURL,
+        apiKey: options.apiKey,
+        maxRetries: 0,
+        timeout: options.timeoutMs ?? 2000,
+      });
     this.topK = options.topK ?? 20;
     this.endTokens = new Set(options.endTokens ?? ['<|eos|>', '<|endoftext|>', '</s>']);
-    this.breaker = new CircuitBreaker(
-      options.failureThreshold ?? 3,
-      options.cooldownMs ?? 5000,
-      options.now ?? (() => Date.now()),
-    );
+    this.breaker =
+      shared?.breaker ??
+      new CircuitBreaker(options.failureThreshold ?? 3, options.cooldownMs ?? 5000, options.now ?? (() => Date.now()));
+    this.stats = shared?.stats ?? { calls: 0, failures: 0, skipped: 0, blocked: 0, tokens: 0 };
+  }
+
+  /** The same cloud (connection, breaker, counts) behind another guard, e.g. one per request. */
+  withGuard(guard: PrivacyGuard): CloudClient {
+    return new CloudClient(this.options, guard, { client: this.client, breaker: this.breaker, stats: this.stats });
+  }
+
+  /** The model id the client asks for. */
+  get model(): string {
+    return this.options.model;
+  }
+
+  /**
+   * What of `text` may go out on `route` (all of it without a guard). `exact` routes need the text as
+   * it is (scoring aligns the answer to its bytes), so a redaction there blocks instead.
+   */
+  private outbound(text: string, route: CloudRoute, exact = false): OutboundDecision {
+    if (!this.guard) return { verdict: 'clean', kinds: [], text };
+    const decision = this.guard.outbound(text, route, { exact });
+    if (decision.text === undefined) this.stats.blocked++;
+    return decision;
+  }
+
+  /**
+   * The largest cut at or before `cut` (a UTF-16 offset) that splits no personal data the guard sees in
+   * `text`: a prefix sent to the cloud never carries half of a value.
+   */
+  safeCut(text: string, cut: number): number {
+    return this.guard ? this.guard.safeCut(text, cut) : cut;
   }
 
   private token(text: string): CloudToken {
@@ -203,7 +252,9 @@ export class CloudClient {
   }
 
   /** The cloud's greedy continuation of `prompt`, `maxTokens` positions with their top-k. */
-  continuation(prompt: string, maxTokens: number): Promise<CloudPosition[] | undefined> {
+  continuation(text: string, maxTokens: number): Promise<CloudPosition[] | undefined> {
+    const prompt = this.outbound(text, 'continuation').text;
+    if (prompt === undefined) return Promise.resolve(undefined);
     return this.guarded(async () => {
       const completion = await this.client.completions.create({
         model: this.options.model,
@@ -224,8 +275,13 @@ export class CloudClient {
    * top-k, each usable as soon as it arrives. A stream that goes quiet for the client's timeout counts
    * as a failure, as do refusals and broken connections; a cancelled one says nothing about the cloud.
    */
-  stream(prompt: string, maxTokens: number): CloudStream {
+  stream(text: string, maxTokens: number): CloudStream {
     const stream = new CloudStream();
+    const prompt = this.outbound(text, 'stream').text;
+    if (prompt === undefined) {
+      stream.end('blocked');
+      return stream;
+    }
     if (!this.breaker.allow()) {
       this.stats.skipped++;
       stream.end('skipped');
@@ -290,10 +346,77 @@ export class CloudClient {
   }
 
   /**
+   * The cloud's own answer to `text`, streamed as text pieces (offloading: the cloud answers, the edge
+   * does not fuse). Returns how it ended; a failure or a refusal ends it early without throwing, so the
+   * caller can go on with the edge from what came. The pieces are the cloud's text as it is: placeholders
+   * of a redacted prompt are the caller's to map back (`PrivacyGuard.restorer`).
+   */
+  async *answer(
+    text: string,
+    options: { maxTokens: number; temperature?: number; stop?: readonly string[]; signal?: AbortSignal | undefined },
+  ): AsyncGenerator<string, StreamEnd> {
+    const prompt = this.outbound(text, 'completion').text;
+    if (prompt === undefined) return 'blocked';
+    if (!this.breaker.allow()) {
+      this.stats.skipped++;
+      return 'skipped';
+    }
+    this.stats.calls++;
+    const controller = new AbortController();
+    const abort = () => controller.abort();
+    options.signal?.addEventListener('abort', abort, { once: true });
+    let quiet: NodeJS.Timeout | undefined;
+    let timedOut = false;
+    const arm = () => {
+      clearTimeout(quiet);
+      quiet = setTimeout(() => {
+        timedOut = true;
+        controller.abort();
+      }, this.options.timeoutMs ?? 2000);
+    };
+    arm();
+    try {
+      const chunks = await this.client.completions.create(
+        {
+          model: this.options.model,
+          prompt,
+          max_tokens: options.maxTokens,
+          temperature: options.temperature ?? 0,
+          stream: true,
+          ...(options.stop && options.stop.length > 0 ? { stop: [...options.stop] } : {}),
+        },
+        { signal: controller.signal },
+      );
+      let finish: string | null | undefined;
+      for await (const chunk of chunks) {
+        arm();
+        const choice = chunk.choices[0];
+        if (choice?.text) yield choice.text;
+        finish = choice?.finish_reason ?? finish;
+      }
+      if (!finish) throw new Error('the stream ended without a finish');
+      this.breaker.success();
+      return finish === 'length' ? 'length' : 'stop';
+    } catch {
+      if (controller.signal.aborted && !timedOut) {
+        this.breaker.abandon();
+        return 'cancelled';
+      }
+      this.stats.failures++;
+      this.breaker.failure();
+      return 'failed';
+    } finally {
+      clearTimeout(quiet);
+      options.signal?.removeEventListener('abort', abort);
+    }
+  }
+
+  /**
    * The top-k at every token of `text` given the tokens before it (echo), and the cloud's own
    * log-likelihood of the text in nats (null where the endpoint gives none, e.g. the first token).
    */
   score(text: string): Promise<{ positions: CloudPosition[]; logprobs: (number | null)[] } | undefined> {
+    if (this.outbound(text, 'score', true).text === undefined) return Promise.resolve(undefined);
     return this.guarded(async () => {
       const completion = await this.client.completions.create({
         model: this.options.model,

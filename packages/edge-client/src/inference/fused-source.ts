@@ -61,12 +61,14 @@ export interface FusedStats {
   gated: number;
   /** Bytes that wanted the cloud but had no answer in time (deadline, speed floor, failure, breaker open). */
   fellBack: number;
+  /** Bytes that wanted the cloud but whose text the privacy guard kept on the device. */
+  blocked: number;
   /** Milliseconds each byte that consulted the cloud waited for it. */
   waits: number[];
 }
 
 export function emptyStats(): FusedStats {
-  return { positions: 0, fused: 0, gated: 0, fellBack: 0, waits: [] };
+  return { positions: 0, fused: 0, gated: 0, fellBack: 0, blocked: 0, waits: [] };
 }
 
 /**
@@ -156,7 +158,10 @@ export class FusedByteSource implements ByteSource {
         ? (ONE_HOT[text[i] as number] as ByteDistribution)
         : (history[i - promptLength] as ByteDistribution);
 
-    /** A call from the last space (at most maxBackup bytes back), replaying the bytes since. */
+    /**
+     * A call from the last space (at most maxBackup bytes back), replaying the bytes since; moved back
+     * before any personal data the cut would split (the guard must see a value whole to catch it).
+     */
     const ask = (): Call => {
       let boundary = text.length;
       for (let i = text.length - 1; i >= Math.max(0, text.length - maxBackup); i--) {
@@ -165,6 +170,7 @@ export class FusedByteSource implements ByteSource {
           break;
         }
       }
+      if (cloud.guard) boundary = privacyCut(boundary);
       const prefix = text.slice(0, boundary);
       const stream = cloud.stream(new TextDecoder().decode(Uint8Array.from(prefix)), lookahead);
       const alignment = new CloudAlignment(stream.positions, stream);
@@ -172,6 +178,18 @@ export class FusedByteSource implements ByteSource {
       // is (an approximation over at most one word, with the top-20 holding nearly all the mass)
       for (let i = boundary; i < text.length; i++) alignment.push(text[i] as number, spread(i));
       return { stream, alignment, boundary, expected: prefix, seen: 0 };
+    };
+
+    const privacyCut = (boundary: number): number => {
+      const decoder = new TextDecoder();
+      const whole = decoder.decode(Uint8Array.from(text));
+      const chars = decoder.decode(Uint8Array.from(text.slice(0, boundary))).length;
+      const safe = cloud.safeCut(whole, chars);
+      if (safe === chars) return boundary;
+      const bytes = new TextEncoder().encode(whole.slice(0, safe)).length;
+      // back to the space before the value, where the cloud's tokens start
+      const space = text.lastIndexOf(0x20, bytes - 1);
+      return space >= 0 ? space : bytes;
     };
 
     /** Extends the call's expected text with the positions that arrived, and tells the drafter. */
@@ -225,9 +243,18 @@ export class FusedByteSource implements ByteSource {
         }
         if (!call || stale(call)) {
           call?.stream.cancel();
+          // a text the guard kept on the device stays there: every later call would carry it too
+          if (call?.stream.endedBy === 'blocked') {
+            stats.blocked++;
+            return finish(e);
+          }
           call = ask();
         }
         const open = call;
+        if (open.stream.endedBy === 'blocked') {
+          stats.blocked++;
+          return finish(e);
+        }
         follow(open);
         const ready = performance.now();
         // wait for the cloud within the deadline (from when the byte was asked for) and the floor

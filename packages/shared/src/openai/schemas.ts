@@ -1,6 +1,7 @@
 /**
- * Request bodies of the OpenAI API subset the stand-in serves. Unknown fields are refused with a
- * clear 400 rather than silently ignored, so a client never believes a setting took effect.
+ * Request bodies of the OpenAI API subset Floe serves (the cloud stand-in, and the edge's local
+ * endpoint with its own extra fields). Unknown fields are refused with a clear 400 rather than silently
+ * ignored, so a client never believes a setting took effect.
  */
 import Type, { type Static } from 'typebox';
 
@@ -10,7 +11,7 @@ const Stop = Type.Union([
   Type.Null(),
 ]);
 
-const Sampling = {
+export const SamplingFields = {
   model: Type.String({ minLength: 1, maxLength: 128 }),
   max_tokens: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 4096 }), Type.Null()])),
   temperature: Type.Optional(Type.Union([Type.Number({ minimum: 0, maximum: 2 }), Type.Null()])),
@@ -31,7 +32,7 @@ const TokenIds = Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1, maxItem
 
 export const CompletionRequest = Type.Object(
   {
-    ...Sampling,
+    ...SamplingFields,
     prompt: Type.Union([
       Type.String({ maxLength: 65536 }),
       Type.Array(Type.String({ maxLength: 65536 }), { minItems: 1, maxItems: 16 }),
@@ -66,7 +67,7 @@ const ChatMessage = Type.Object(
 
 export const ChatRequest = Type.Object(
   {
-    ...Sampling,
+    ...SamplingFields,
     messages: Type.Array(ChatMessage, { minItems: 1, maxItems: 256 }),
     max_completion_tokens: Type.Optional(Type.Union([Type.Integer({ minimum: 0, maximum: 4096 }), Type.Null()])),
     logprobs: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
@@ -76,3 +77,13 @@ export const ChatRequest = Type.Object(
 );
 export type ChatRequest = Static<typeof ChatRequest>;
 export type ChatMessage = Static<typeof ChatMessage>;
+
+/** Renders chat messages for a base model: `Role: content` lines, then `Assistant:` to continue. */
+export function chatPrompt(messages: readonly ChatMessage[]): string {
+  const text = (m: ChatMessage) => (typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''));
+  const role = (m: ChatMessage) => (m.role === 'developer' ? 'System' : m.role[0]!.toUpperCase() + m.role.slice(1));
+  return `${messages.map((m) => `${role(m)}: ${text(m)}\n`).join('')}Assistant:`;
+}
+
+/** Where an answer under `chatPrompt` ends: the model starting the next turn. */
+export const CHAT_STOPS = ['\nUser:', '\nSystem:'] as const;

@@ -1,0 +1,241 @@
+/**
+ * One text answer on the device, streamed as text pieces: from the edge alone, the edge fused with the
+ * cloud (any fusion mode), or the cloud's own answer (offloading) with the edge taking over when the
+ * cloud cannot (down, slow, refused, or the privacy guard kept the prompt on the device). Every cloud
+ * call passes a privacy guard made for this request; placeholders in what the cloud proposed are mapped
+ * back before the text leaves this function. Never throws for the cloud's sake: only a broken edge or
+ * a bad request is an error.
+ */
+import { type ByteSource, END_OF_TEXT, Random, SpeculativeByteSource, chooseOutcome } from '@floe/model';
+import type { CountryCode } from 'libphonenumber-js';
+import { type CloudCallRecorder, PrivacyGuard, type PrivacyPolicy } from '../privacy/guard.js';
+import type { CloudClient, StreamEnd } from '../inference/cloud-client.js';
+import { ContinuationDrafter, FusedByteSource, type FusedStats } from '../inference/fused-source.js';
+import { FUSION_MODES, type FusionMode } from '../inference/fusion.js';
+import type { EdgeModels } from './edge-models.js';
+
+/** `edge`: the device alone; a fusion mode: edge and cloud fused per byte; `cloud`: the cloud answers. */
+export const GENERATION_MODES = ['edge', ...FUSION_MODES, 'cloud'] as const;
+export type GenerationMode = (typeof GENERATION_MODES)[number];
+
+export function isGenerationMode(value: unknown): value is GenerationMode {
+  return (GENERATION_MODES as readonly unknown[]).includes(value);
+}
+
+export interface TextRequest {
+  model: string;
+  prompt: string;
+  /** Bytes of answer at most (the edge's tokens are bytes). */
+  maxTokens: number;
+  temperature: number;
+  topP: number;
+  stop: readonly string[];
+  seed: number;
+  mode: GenerationMode;
+  policy: PrivacyPolicy;
+  /** Longest a byte waits for the cloud in fused modes (ms). */
+  deadlineMs: number;
+  signal?: AbortSignal | undefined;
+}
+
+export interface PrivacySettings {
+  terms?: readonly string[] | undefined;
+  phoneRegions?: readonly CountryCode[] | undefined;
+  log?: CloudCallRecorder | undefined;
+}
+
+export interface TextOutcome {
+  finish: 'stop' | 'length';
+  /** Bytes of the answer. */
+  bytes: number;
+  /** Who wrote it: `cloud` when the cloud's answer was used to the end, `edge+cloud` when the edge took over. */
+  answeredBy: 'edge' | 'fused' | 'cloud' | 'edge+cloud';
+  /** Why the cloud's own answer was not used to the end (mode `cloud`). */
+  cloudEnd?: StreamEnd;
+  fused?: FusedStats;
+  /** Texts bound for the cloud that the guard kept on the device. */
+  blockedCalls: number;
+}
+
+/** The longest start of `text` of at most `bytes` UTF-8 bytes that ends on a whole character. */
+function cutToBytes(text: string, bytes: number): string {
+  let out = '';
+  for (const c of text) {
+    if (Buffer.byteLength(out + c) > bytes) break;
+    out += c;
+  }
+  return out;
+}
+
+/** Text pieces that hold back what may still turn into a stop string, and end at the first one. */
+class StopWatch {
+  private text = '';
+  private sent = 0;
+  private readonly longest: number;
+
+  constructor(private readonly stops: readonly string[]) {
+    this.longest = Math.max(0, ...stops.map((s) => s.length));
+  }
+
+  /** Adds text; returns what may be shown and whether a stop string came. */
+  push(piece: string): { out: string; stopped: boolean } {
+    this.text += piece;
+    const hits = this.stops.map((s) => this.text.indexOf(s, Math.max(0, this.sent - s.length))).filter((i) => i >= 0);
+    if (hits.length > 0) {
+      const cut = Math.min(...hits);
+      const out = this.text.slice(this.sent, Math.max(this.sent, cut));
+      this.sent = this.text.length;
+      return { out, stopped: true };
+    }
+    let hold = 0;
+    for (let k = Math.min(this.longest - 1, this.text.length); k > 0; k--) {
+      const tail = this.text.slice(this.text.length - k);
+      if (this.stops.some((s) => s.startsWith(tail))) {
+        hold = k;
+        break;
+      }
+    }
+    const upTo = Math.max(this.sent, this.text.length - hold);
+    const out = this.text.slice(this.sent, upTo);
+    this.sent = upTo;
+    return { out, stopped: false };
+  }
+
+  flush(): string {
+    const out = this.text.slice(this.sent);
+    this.sent = this.text.length;
+    return out;
+  }
+
+  get all(): string {
+    return this.text;
+  }
+}
+
+export class TextGenerator {
+  constructor(
+    readonly models: EdgeModels,
+    /** The cloud, if the device has one configured. */
+    readonly cloud: CloudClient | undefined,
+    private readonly privacy: PrivacySettings = {},
+  ) {}
+
+  guardFor(policy: PrivacyPolicy): PrivacyGuard {
+    return new PrivacyGuard({ policy, ...this.privacy });
+  }
+
+  async *generate(request: TextRequest): AsyncGenerator<string, TextOutcome> {
+    const guard = this.guardFor(request.policy);
+    const cloud = this.cloud?.withGuard(guard);
+    const restorer = guard.restorer();
+    const stops = new StopWatch(request.stop);
+    let bytes = 0;
+    const blockedBefore = cloud?.stats.blocked ?? 0;
+    const blockedCalls = () => (cloud?.stats.blocked ?? 0) - blockedBefore;
+    let answeredBy: TextOutcome['answeredBy'] = 'edge';
+    let cloudEnd: StreamEnd | undefined;
+    let answer = '';
+
+    if (request.mode === 'cloud' && cloud) {
+      answeredBy = 'cloud';
+      const pieces = cloud.answer(request.prompt, {
+        maxTokens: request.maxTokens,
+        temperature: request.temperature,
+        stop: request.stop,
+        signal: request.signal,
+      });
+      for (;;) {
+        const next = await pieces.next();
+        if (next.done) {
+          cloudEnd = next.value;
+          break;
+        }
+        // the answer's length is counted in bytes, as the edge's, whatever the cloud's tokens are
+        const room = request.maxTokens - bytes;
+        const piece = Buffer.byteLength(next.value) > room ? cutToBytes(next.value, room) : next.value;
+        bytes += Buffer.byteLength(piece);
+        const restored = restorer.push(piece);
+        answer += restored;
+        const { out, stopped } = stops.push(restored);
+        if (out) yield out;
+        if (stopped || piece !== next.value) {
+          await pieces.return('cancelled');
+          if (!stopped) {
+            const rest = stops.push(restorer.flush()).out + stops.flush();
+            if (rest) yield rest;
+          }
+          return { finish: stopped ? 'stop' : 'length', bytes, answeredBy, blockedCalls: blockedCalls() };
+        }
+      }
+      if (cloudEnd === 'stop' || cloudEnd === 'length') {
+        const rest = stops.push(restorer.flush()).out + stops.flush();
+        if (rest) yield rest;
+        return { finish: cloudEnd, bytes, answeredBy, cloudEnd, blockedCalls: blockedCalls() };
+      }
+      // the cloud could not answer (all of it): the edge goes on from what came
+      answer += restorer.flush();
+      answeredBy = answer.length > 0 ? 'edge+cloud' : 'edge';
+    }
+
+    const engine = await this.models.engine(request.model);
+    const fusion = FUSION_MODES.find((m): m is FusionMode => m === request.mode);
+    const drafter = new ContinuationDrafter();
+    const edge = new SpeculativeByteSource(engine, { drafter });
+    let source: ByteSource = edge;
+    let fused: FusedByteSource | undefined;
+    if (fusion && cloud) {
+      const base =
+        fusion === 'proxy' ? new SpeculativeByteSource(await this.models.engine(this.models.baseId)) : undefined;
+      fused = new FusedByteSource(
+        edge,
+        cloud,
+        { fusion: { mode: fusion }, deadlineMs: request.deadlineMs, drafter },
+        base,
+      );
+      source = fused;
+      answeredBy = 'fused';
+    }
+    // what the edge continues: the prompt, and whatever the cloud already answered
+    const session = await source.start(request.prompt + answer);
+    const random = new Random(request.seed);
+    const decoder = new TextDecoder();
+    let finish: TextOutcome['finish'] = 'length';
+    try {
+      while (bytes < request.maxTokens) {
+        if (request.signal?.aborted) break;
+        const p = await session.next();
+        const outcome = chooseOutcome(p, { temperature: request.temperature, topP: request.topP }, random);
+        session.push(outcome);
+        if (outcome === END_OF_TEXT) {
+          finish = 'stop';
+          break;
+        }
+        bytes++;
+        const piece = decoder.decode(Uint8Array.of(outcome), { stream: true });
+        if (!piece) continue;
+        const { out, stopped } = stops.push(fused ? restorer.push(piece) : piece);
+        if (out) yield out;
+        if (stopped) return { finish: 'stop', bytes, answeredBy, blockedCalls: blockedCalls(), ...this.statsOf(fused) };
+      }
+    } finally {
+      session.close();
+    }
+    const tail = decoder.decode();
+    const rest = stops.push(fused ? restorer.push(tail) + restorer.flush() : tail).out;
+    const last = rest + stops.flush();
+    if (last) yield last;
+    if (fused && fused.stats.fused === 0 && answeredBy === 'fused') answeredBy = 'edge';
+    return {
+      finish,
+      bytes,
+      answeredBy,
+      ...(cloudEnd ? { cloudEnd } : {}),
+      blockedCalls: blockedCalls(),
+      ...this.statsOf(fused),
+    };
+  }
+
+  private statsOf(fused: FusedByteSource | undefined): { fused?: FusedStats } {
+    return fused ? { fused: fused.stats } : {};
+  }
+}
