@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ROOT, floeEdgeCommand, floeEdgeEnv } from './floe-edge.js';
 
 const MODEL = path.join(ROOT, 'models', 'edge-small');
-const COMMANDS = ['enroll', 'join', 'status', 'plan', 'train', 'eval', 'describe'];
+const COMMANDS = ['enroll', 'join', 'status', 'plan', 'train', 'eval', 'describe', 'scan', 'generate', 'serve'];
 const home = mkdtempSync(path.join(os.tmpdir(), 'floe-cli-'));
 afterAll(() => rmSync(home, { recursive: true, force: true }));
 
