@@ -23,6 +23,7 @@ const BENCHES: Record<string, () => Promise<{ run: () => Promise<BenchResult> }>
   planner: () => import('./bench/planner.js'),
   inference: () => import('./bench/inference.js'),
   attacks: () => import('./bench/attacks.js'),
+  privacy: () => import('./bench/privacy.js'),
 };
 const NAMES = Object.keys(BENCHES);
 const USAGE = `usage: pnpm bench [${NAMES.join('|')} ...] [--json FILE] [--md FILE]   (no name: every suite)`;
