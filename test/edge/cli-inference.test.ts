@@ -106,7 +106,7 @@ describe('floe-edge inference commands', { timeout: 300_000 }, () => {
     expect(calls.byVerdict['blocked']).toBeGreaterThanOrEqual(1);
     const text = await floeEdge(['status']);
     expect(text.stdout).toMatch(/cloud calls: \d+ \(\d+ clean, \d+ blocked\)/);
-    expect(text.stdout).toMatch(/stream blocked by block \[email\]: nothing sent/);
+    expect(text.stdout).toMatch(/request blocked by block \[email\]: nothing sent/);
 
     const wrong = await floeEdge(['generate', '--model', MODEL, '--prompt', 'x', '--fusion', 'entropy']);
     expect(wrong.code).toBe(2);

@@ -7,6 +7,7 @@
  * is down costs nothing but the fusion; and the refusals an app must be able to act on.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
@@ -173,7 +174,26 @@ describe('floe-edge serve through the openai client', { timeout: 120_000 }, () =
       expect((answer as unknown as { floe: { blocked_calls: number } }).floe.blocked_calls).toBeGreaterThan(0);
     });
     expect(blocked).toEqual([]);
-    expect(records.at(-1)).toMatchObject({ verdict: 'blocked', policy: 'block', sent: null });
+    expect(records.at(-1)).toMatchObject({ route: 'request', verdict: 'blocked', policy: 'block', sent: null });
+
+    // a request may tighten the device's policy (redact here), never loosen it
+    const loosened = await receivedDuring(() => fused('allow', PRIVATE));
+    expect(loosened.length).toBeGreaterThan(0);
+    for (const text of loosened) expect(text).not.toContain(EMAIL);
+
+    // stop strings go out too: one that holds personal data stays on the device
+    const stopped = await receivedDuring(() =>
+      app.completions.create({
+        model: 'edge-small',
+        prompt: PROMPT,
+        max_tokens: 24,
+        temperature: 0,
+        stop: [EMAIL, 'zz'],
+        ...({ fusion: 'cloud' } as object),
+      }),
+    );
+    expect(stopped).toHaveLength(1);
+    expect(cloud.received.at(-1)).toMatchObject({ prompt: PROMPT, stop: ['zz'] });
   });
 
   it('redacts: the cloud receives placeholders, never the values, and the log says what was sent', async () => {
@@ -261,6 +281,20 @@ describe('a cloud that is down', { timeout: 120_000 }, () => {
       defaults: { mode: 'entropy', policy: 'redact', deadlineMs: 50 },
     });
     try {
+      // without keys it answers this machine's own names only (a page that rebinds its DNS name to
+      // 127.0.0.1 sends its own name)
+      const status = (host: string) =>
+        new Promise<number | undefined>((resolve, reject) => {
+          const url = new URL(`${server.url}/v1/models`);
+          http
+            .get({ hostname: url.hostname, port: url.port, path: url.pathname, headers: { host } }, (res) => {
+              res.resume();
+              resolve(res.statusCode);
+            })
+            .on('error', reject);
+        });
+      expect(await status('evil.example:80')).toBe(403);
+      expect(await status(`localhost:${new URL(server.url).port}`)).toBe(200);
       const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'none', maxRetries: 0 });
       for (const fusion of ['entropy', 'cloud']) {
         const answer = await client.completions.create({

@@ -30,7 +30,7 @@ export interface CloudConfig {
   requestTimeoutMs: number;
   faults: Partial<FaultOptions>;
   logLevel: string;
-  /** A JSON-lines file that gets every request's prompt or messages, as received (for audits and tests). */
+  /** A JSON-lines file that gets every request's text (prompt or messages, stop strings), as received (for audits and tests). */
   requestLog?: string | undefined;
 }
 
@@ -40,6 +40,7 @@ export interface ReceivedRequest {
   route: string;
   prompt?: unknown;
   messages?: unknown;
+  stop?: unknown;
 }
 
 /** Requests kept in memory (`CloudServer.received`), newest last. */
@@ -142,12 +143,13 @@ export async function startCloud(overrides: Partial<CloudConfig> = {}): Promise<
   // once parsed, before validation: whatever body arrived, well-formed or not
   app.addHook('preValidation', (request, _reply, done) => {
     if (request.method !== 'POST' || !request.url.startsWith('/v1/')) return done();
-    const body = (request.body ?? {}) as { prompt?: unknown; messages?: unknown };
+    const body = (request.body ?? {}) as { prompt?: unknown; messages?: unknown; stop?: unknown };
     const entry: ReceivedRequest = {
       at: new Date().toISOString(),
       route: request.routeOptions.url ?? request.url,
       ...(body.prompt !== undefined ? { prompt: body.prompt } : {}),
       ...(body.messages !== undefined ? { messages: body.messages } : {}),
+      ...(body.stop !== undefined ? { stop: body.stop } : {}),
     };
     received.push(entry);
     if (received.length > RECEIVED_KEPT) received.splice(0, received.length - RECEIVED_KEPT);

@@ -76,6 +76,12 @@ describe('labelled sets', () => {
 });
 
 describe('detectors', () => {
+  it('finds a number followed by more digits in its run: a card with its expiry, an SSN with a year', () => {
+    expect(detect('card 4242 4242 4242 4242 12/27 cvv 123').map((f) => f.text)).toEqual(['4242 4242 4242 4242']);
+    expect(detect('card 4242424242424242 12/27').map((f) => f.text)).toEqual(['4242424242424242']);
+    expect(detect('SSN 123-45-6789 1990').map((f) => f.text)).toEqual(['123-45-6789']);
+  });
+
   it('checks checksums: a card failing Luhn, an IBAN failing mod 97 and an Aadhaar failing Verhoeff are not data', () => {
     expect(detect('card 4111 1111 1111 1111').map((f) => f.kind)).toEqual(['card']);
     expect(detect('card 4111 1111 1111 1112')).toEqual([]);
@@ -113,6 +119,9 @@ describe('detectors', () => {
         'Ab1+'.repeat(n / 4),
         'a@b.'.repeat(n / 4),
         '+1 '.repeat(n / 3),
+        `password is${' '.repeat(n)},`,
+        'eyJab-'.repeat(n / 6),
+        'a@b.co '.repeat(n / 7),
       ]) {
         expect(detect(text)).toBeInstanceOf(Array);
       }
@@ -151,6 +160,22 @@ describe('policies', () => {
     expect(out).toBe('Dear bob@example.com, re: +1 202 555 0143 ok <b>');
     // a call that needs the exact text (echo scoring) is blocked rather than redacted
     expect(guard.outbound(text, 'score', { exact: true }).verdict).toBe('blocked');
+  });
+
+  it('a value found once stays personal when its context changes, and a block holds for the request', () => {
+    const records: CloudCallRecord[] = [];
+    const guard = new PrivacyGuard({ policy: 'redact', log: { record: (r) => records.push(r) } });
+    // glued to a reference, the card number alone is no longer recognised
+    expect(detect('ref-4111 1111 1111 1111 charged')).toEqual([]);
+    expect(guard.outbound('Pay with 4111 1111 1111 1111', 'stream').text).toBe('Pay with <CARD_1>');
+    expect(guard.outbound('ref-4111 1111 1111 1111 charged', 'stream').text).toBe('ref-<CARD_1> charged');
+    // a placeholder the user wrote is never reused for a value
+    expect(guard.outbound('Note: <EMAIL_1> is a placeholder; mine is ada@example.com', 'stream').text).toBe(
+      'Note: <EMAIL_1> is a placeholder; mine is <EMAIL_2>',
+    );
+    const block = new PrivacyGuard({ policy: 'block' });
+    expect(block.outbound('My card is 4242 4242 4242 4242', 'stream').text).toBeUndefined();
+    expect(block.outbound('The weather is fine', 'stream').text).toBeUndefined();
   });
 
   it('allow sends the text as it is, logged with the kinds it held', () => {

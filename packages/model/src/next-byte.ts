@@ -205,7 +205,10 @@ export function chooseOutcome(
 ): number {
   const temperature = options.temperature ?? 0;
   if (temperature <= 0) return argmax(p);
-  const w = Array.from(p, (x) => x ** (1 / temperature));
+  // relative to the most likely outcome, in log space: p^(1/T) underflows to 0 everywhere at small T
+  const best = argmax(p);
+  const top = Math.log(p[best] as number);
+  const w = Array.from(p, (x) => (x > 0 ? Math.exp((Math.log(x) - top) / temperature) : 0));
   const total = w.reduce((a, b) => a + b, 0);
   const topP = options.topP ?? 1;
   let allowed: number[] = w.map((_, i) => i);

@@ -209,6 +209,41 @@ export class CloudClient {
   }
 
   /**
+   * Whether a call may go out: the breaker first (a call it skips sends nothing and is not logged),
+   * then the guard. Returns the text to send, or why not.
+   */
+  private admit(
+    text: string,
+    route: CloudRoute,
+    exact = false,
+  ): { prompt: string } | { refused: 'skipped' | 'blocked' } {
+    if (!this.breaker.allow()) {
+      this.stats.skipped++;
+      return { refused: 'skipped' };
+    }
+    const prompt = this.outbound(text, route, exact).text;
+    if (prompt === undefined) {
+      // a probe slot the breaker gave is free again: nothing was asked of the cloud
+      this.breaker.abandon();
+      return { refused: 'blocked' };
+    }
+    return { prompt };
+  }
+
+  /** A failure that says something about the cloud (not about our request): network, timeout, 408, 429, 5xx. */
+  private static cloudFault(error: unknown): boolean {
+    const status = (error as { status?: unknown }).status;
+    return typeof status !== 'number' || status === 408 || status === 429 || status >= 500;
+  }
+
+  /** A failed call: counted, and held against the cloud only when it was the cloud's fault. */
+  private failed(error: unknown): void {
+    this.stats.failures++;
+    if (CloudClient.cloudFault(error)) this.breaker.failure();
+    else this.breaker.abandon();
+  }
+
+  /**
    * The largest cut at or before `cut` (a UTF-16 offset) that splits no personal data the guard sees in
    * `text`: a prefix sent to the cloud never carries half of a value.
    */
@@ -233,28 +268,24 @@ export class CloudClient {
     });
   }
 
-  /** Runs one call through the breaker; undefined when it is open or the call fails. */
+  /** Runs one admitted call; undefined when it fails. */
   private async guarded<T>(call: () => Promise<T>): Promise<T | undefined> {
-    if (!this.breaker.allow()) {
-      this.stats.skipped++;
-      return undefined;
-    }
     this.stats.calls++;
     try {
       const result = await call();
       this.breaker.success();
       return result;
-    } catch {
-      this.stats.failures++;
-      this.breaker.failure();
+    } catch (error) {
+      this.failed(error);
       return undefined;
     }
   }
 
   /** The cloud's greedy continuation of `prompt`, `maxTokens` positions with their top-k. */
   continuation(text: string, maxTokens: number): Promise<CloudPosition[] | undefined> {
-    const prompt = this.outbound(text, 'continuation').text;
-    if (prompt === undefined) return Promise.resolve(undefined);
+    const admitted = this.admit(text, 'continuation');
+    if (!('prompt' in admitted)) return Promise.resolve(undefined);
+    const { prompt } = admitted;
     return this.guarded(async () => {
       const completion = await this.client.completions.create({
         model: this.options.model,
@@ -277,16 +308,12 @@ export class CloudClient {
    */
   stream(text: string, maxTokens: number): CloudStream {
     const stream = new CloudStream();
-    const prompt = this.outbound(text, 'stream').text;
-    if (prompt === undefined) {
-      stream.end('blocked');
+    const admitted = this.admit(text, 'stream');
+    if (!('prompt' in admitted)) {
+      stream.end(admitted.refused);
       return stream;
     }
-    if (!this.breaker.allow()) {
-      this.stats.skipped++;
-      stream.end('skipped');
-      return stream;
-    }
+    const { prompt } = admitted;
     this.stats.calls++;
     const timeoutMs = this.options.timeoutMs ?? 2000;
     let quiet: NodeJS.Timeout | undefined;
@@ -330,15 +357,14 @@ export class CloudClient {
           stream.arrive([END_POSITION]);
           stream.end('stop');
         } else stream.end('length');
-      } catch {
+      } catch (error) {
         clearTimeout(quiet);
         // a stream its caller cancelled says nothing about the cloud, but frees a probe
         if (stream.controller.signal.aborted && !timedOut) {
           this.breaker.abandon();
           return;
         }
-        this.stats.failures++;
-        this.breaker.failure();
+        this.failed(timedOut ? new Error('timed out') : error);
         stream.end('failed');
       }
     })();
@@ -355,13 +381,15 @@ export class CloudClient {
     text: string,
     options: { maxTokens: number; temperature?: number; stop?: readonly string[]; signal?: AbortSignal | undefined },
   ): AsyncGenerator<string, StreamEnd> {
-    const prompt = this.outbound(text, 'completion').text;
-    if (prompt === undefined) return 'blocked';
-    if (!this.breaker.allow()) {
-      this.stats.skipped++;
-      return 'skipped';
-    }
+    if (options.signal?.aborted) return 'cancelled';
+    const admitted = this.admit(text, 'completion');
+    if (!('prompt' in admitted)) return admitted.refused;
+    const { prompt } = admitted;
+    // stop strings go out too: only those the guard finds nothing in, at most the 4 the API takes (the
+    // caller applies every one on the device)
+    const stop = (options.stop ?? []).filter((s) => !this.guard || !this.guard.scan(s).pii).slice(0, 4);
     this.stats.calls++;
+    let verdict: StreamEnd | undefined;
     const controller = new AbortController();
     const abort = () => controller.abort();
     options.signal?.addEventListener('abort', abort, { once: true });
@@ -383,7 +411,7 @@ export class CloudClient {
           max_tokens: options.maxTokens,
           temperature: options.temperature ?? 0,
           stream: true,
-          ...(options.stop && options.stop.length > 0 ? { stop: [...options.stop] } : {}),
+          ...(stop.length > 0 ? { stop } : {}),
         },
         { signal: controller.signal },
       );
@@ -396,18 +424,26 @@ export class CloudClient {
       }
       if (!finish) throw new Error('the stream ended without a finish');
       this.breaker.success();
-      return finish === 'length' ? 'length' : 'stop';
-    } catch {
+      verdict = finish === 'length' ? 'length' : 'stop';
+      return verdict;
+    } catch (error) {
       if (controller.signal.aborted && !timedOut) {
         this.breaker.abandon();
-        return 'cancelled';
+        verdict = 'cancelled';
+        return verdict;
       }
-      this.stats.failures++;
-      this.breaker.failure();
-      return 'failed';
+      this.failed(timedOut ? new Error('timed out') : error);
+      verdict = 'failed';
+      return verdict;
     } finally {
       clearTimeout(quiet);
       options.signal?.removeEventListener('abort', abort);
+      // the caller stopped reading (a stop string, its byte limit): the cloud was answering, and the
+      // rest of its answer is not wanted
+      if (verdict === undefined) {
+        this.breaker.success();
+        controller.abort();
+      }
     }
   }
 
@@ -416,7 +452,7 @@ export class CloudClient {
    * log-likelihood of the text in nats (null where the endpoint gives none, e.g. the first token).
    */
   score(text: string): Promise<{ positions: CloudPosition[]; logprobs: (number | null)[] } | undefined> {
-    if (this.outbound(text, 'score', true).text === undefined) return Promise.resolve(undefined);
+    if (!('prompt' in this.admit(text, 'score', true))) return Promise.resolve(undefined);
     return this.guarded(async () => {
       const completion = await this.client.completions.create({
         model: this.options.model,

@@ -115,16 +115,24 @@ function phones(text: string, regions: readonly CountryCode[]): Candidate[] {
 
 // ---- payment cards
 
-const CARD = /(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-]|[ -]\d)/;
+/** Up to 19 digits in groups, and what may follow in the same run (an expiry, a year): tried below. */
+const CARD = /(?<![\d-])\d(?:[ -]?\d){12,24}(?![\d-])/;
 
 function cards(text: string): Candidate[] {
   const out: Candidate[] = [];
   for (const m of matches(text, CARD)) {
-    const digits = m[0].replace(/[ -]/g, '');
     // one kind of separator, used for grouping (not a list of numbers)
     if (/ /.test(m[0]) && /-/.test(m[0])) continue;
-    if (validator.isCreditCard(digits))
-      out.push({ kind: 'card', start: m.index, end: m.index + m[0].length, rule: 'luhn' });
+    // the longest start of the run that ends a group and passes the checks (`4242 4242 4242 4242 12`)
+    for (let end = m[0].length; end >= 13; end--) {
+      if (end < m[0].length && /\d/.test(m[0][end] as string)) continue;
+      const digits = m[0].slice(0, end).replace(/[ -]/g, '');
+      if (digits.length < 13) break;
+      if (digits.length <= 19 && validator.isCreditCard(digits)) {
+        out.push({ kind: 'card', start: m.index, end: m.index + end, rule: 'luhn' });
+        break;
+      }
+    }
   }
   return out;
 }
@@ -153,7 +161,7 @@ function ibans(text: string): Candidate[] {
 
 // ---- national identifiers
 
-const SSN_US = /(?<![\d-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-]|[ -]\d)/;
+const SSN_US = /(?<![\d-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-]|-\d)/;
 const NINO_UK = /\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b/;
 const SIN_CA = /(?<![\d-])[1-79]\d{2}([- ])\d{3}\1\d{3}(?![\d-]|[ -]\d)/;
 const NIR_FR = /(?<!\d)[12] ?\d{2} ?(?:0[1-9]|1[0-2]|[2-9]\d) ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?(\d{2})(?!\d)/;
@@ -261,12 +269,12 @@ const KEY_PATTERNS: { rule: string; pattern: RegExp; group?: number }[] = [
   // `my password is hunter2`
   {
     rule: 'password-phrase',
-    pattern: /\b(?:password|passcode|passphrase|PIN)\s+(?:is|was)\s*:?\s*([^\s"',;]{4,})/i,
+    pattern: /\b(?:password|passcode|passphrase|PIN)\s+(?:is|was)\s*(?::\s*)?([^\s"',;]{4,})/i,
     group: 1,
   },
 ];
 
-const JWT = /\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{8,}/;
+const JWT = /(?<![\w-])eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{8,}/;
 /** Long strings of mixed letters and digits, as keys are (pure hex is left: hashes and ids look the same). */
 const TOKEN = /(?<![\w+/=-])[A-Za-z0-9+/_=-]{24,}(?![\w+/=-])/;
 
@@ -319,9 +327,12 @@ function secrets(text: string): Candidate[] {
   }
   // paths and ids in links look random too; a key in a link is caught by its shape or its parameter name
   const links = [...matches(text, URL)].map((m) => [m.index, m.index + m[0].length] as const);
+  let link = 0;
   for (const m of matches(text, TOKEN)) {
     const value = m[0];
-    if (links.some(([start, end]) => start <= m.index && m.index < end)) continue;
+    // both in order of position: one pass over the links
+    while (link < links.length && (links[link] as readonly [number, number])[1] <= m.index) link++;
+    if (link < links.length && (links[link] as readonly [number, number])[0] <= m.index) continue;
     // a digest names its algorithm (`sha512-...` in lockfiles, `sha256:...` in image references)
     if (
       /^(?:sha\d{1,3}|md5)[-:_]/i.test(value) ||
@@ -371,9 +382,20 @@ export function detect(text: string, options: DetectOptions = {}): Finding[] {
   candidates.sort(
     (a, b) => PRIORITY[a.kind] - PRIORITY[b.kind] || b.end - b.start - (a.end - a.start) || a.start - b.start,
   );
+  // kept findings in order of position, none overlapping: a binary search finds a candidate's neighbours
   const kept: Candidate[] = [];
   for (const c of candidates) {
-    if (!kept.some((k) => c.start < k.end && k.start < c.end)) kept.push(c);
+    let lo = 0;
+    let hi = kept.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if ((kept[mid] as Candidate).start < c.start) lo = mid + 1;
+      else hi = mid;
+    }
+    const before = kept[lo - 1];
+    const after = kept[lo];
+    if ((before && before.end > c.start) || (after && after.start < c.end)) continue;
+    kept.splice(lo, 0, c);
   }
-  return kept.sort((a, b) => a.start - b.start).map((c) => ({ ...c, text: text.slice(c.start, c.end) }));
+  return kept.map((c) => ({ ...c, text: text.slice(c.start, c.end) }));
 }

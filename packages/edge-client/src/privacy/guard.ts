@@ -6,6 +6,9 @@
  *   same placeholder for the guard's life, so the cloud sees a consistent text), and the cloud's answer
  *   is mapped back on the device (`restore`, `restorer` for streams);
  * - `allow`: sent as it is (still logged, with the kinds it held).
+ * A guard serves one request (or one session): a value it found once stays personal wherever it appears
+ * later (detection depends on context), and once it blocked a text it blocks every later one (they
+ * extend it).
  */
 import { type DetectOptions, type Finding, type PiiKind, detect } from './detectors.js';
 
@@ -16,8 +19,8 @@ export function isPrivacyPolicy(value: unknown): value is PrivacyPolicy {
   return (PRIVACY_POLICIES as readonly unknown[]).includes(value);
 }
 
-/** Which cloud call a text was bound for. */
-export type CloudRoute = 'stream' | 'continuation' | 'score' | 'completion';
+/** Which cloud call a text was bound for; `request`: the decision on a whole request under `block`. */
+export type CloudRoute = 'request' | 'stream' | 'continuation' | 'score' | 'completion';
 
 export type OutboundVerdict = 'clean' | 'allowed' | 'redacted' | 'blocked';
 
@@ -82,6 +85,10 @@ export class PrivacyGuard {
   private readonly placeholders = new Map<string, string>();
   private readonly originals = new Map<string, string>();
   private readonly counts = new Map<PiiKind, number>();
+  /** Values found so far, with their kind. */
+  private readonly seen = new Map<string, PiiKind>();
+  /** Set once a text was blocked (not for `exact` calls): a guard serves one request. */
+  private blocked = false;
 
   constructor(options: GuardOptions) {
     this.policy = options.policy;
@@ -91,15 +98,35 @@ export class PrivacyGuard {
 
   /** The findings in `text` and the text with each replaced by its placeholder. */
   scan(text: string): Scan {
-    const findings = detect(text, this.detectOptions);
+    const findings = this.findings(text);
     let redacted = '';
     let at = 0;
     for (const f of findings) {
-      redacted += text.slice(at, f.start) + this.placeholder(f);
+      redacted += text.slice(at, f.start) + this.placeholder(f, text);
       at = f.end;
     }
     redacted += text.slice(at);
     return { pii: findings.length > 0, kinds: kindsOf(findings), findings, redacted };
+  }
+
+  /**
+   * The detectors' findings, and every other occurrence of a value this guard found before: what a
+   * detector recognises depends on what follows it (a card number followed by more digits is not one),
+   * and a value once found stays personal for the guard's life.
+   */
+  private findings(text: string): Finding[] {
+    const found = detect(text, this.detectOptions);
+    const extra: Finding[] = [];
+    for (const [value, kind] of this.seen) {
+      for (let at = text.indexOf(value); at >= 0; at = text.indexOf(value, at + value.length)) {
+        const end = at + value.length;
+        if (![...found, ...extra].some((f) => at < f.end && f.start < end)) {
+          extra.push({ kind, start: at, end, text: value, rule: 'seen-before' });
+        }
+      }
+    }
+    for (const f of found) if (!this.seen.has(f.text)) this.seen.set(f.text, f.kind);
+    return extra.length === 0 ? found : [...found, ...extra].sort((a, b) => a.start - b.start);
   }
 
   /**
@@ -110,11 +137,14 @@ export class PrivacyGuard {
   outbound(text: string, route: CloudRoute, options: { exact?: boolean } = {}): OutboundDecision {
     const scan = this.scan(text);
     let decision: OutboundDecision;
-    if (!scan.pii) decision = { verdict: 'clean', kinds: [], text };
+    if (this.blocked) decision = { verdict: 'blocked', kinds: scan.kinds, text: undefined };
+    else if (!scan.pii) decision = { verdict: 'clean', kinds: [], text };
     else if (this.policy === 'allow') decision = { verdict: 'allowed', kinds: scan.kinds, text };
     else if (this.policy === 'redact' && !options.exact) {
       decision = { verdict: 'redacted', kinds: scan.kinds, text: scan.redacted };
     } else decision = { verdict: 'blocked', kinds: scan.kinds, text: undefined };
+    // a text kept on the device once keeps the rest of the request there: later texts extend it
+    if (decision.verdict === 'blocked' && !options.exact) this.blocked = true;
     this.log?.record({
       at: new Date().toISOString(),
       route,
@@ -132,7 +162,7 @@ export class PrivacyGuard {
    */
   safeCut(text: string, cut: number): number {
     let safe = cut;
-    for (const f of detect(text, this.detectOptions)) if (f.start < safe && safe < f.end) safe = f.start;
+    for (const f of this.findings(text)) if (f.start < safe && safe < f.end) safe = f.start;
     return safe;
   }
 
@@ -165,12 +195,15 @@ export class PrivacyGuard {
     };
   }
 
-  private placeholder(finding: Finding): string {
+  /** The value's placeholder; a new one never equals text the user wrote (it would be mapped back). */
+  private placeholder(finding: Finding, text: string): string {
     const known = this.placeholders.get(finding.text);
     if (known) return known;
-    const n = (this.counts.get(finding.kind) ?? 0) + 1;
+    let n = this.counts.get(finding.kind) ?? 0;
+    let placeholder: string;
+    do placeholder = `<${LABELS[finding.kind]}_${++n}>`;
+    while (text.includes(placeholder) || this.originals.has(placeholder));
     this.counts.set(finding.kind, n);
-    const placeholder = `<${LABELS[finding.kind]}_${n}>`;
     this.placeholders.set(finding.text, placeholder);
     this.originals.set(placeholder, finding.text);
     return placeholder;

@@ -81,6 +81,15 @@ class ApiError extends Error {
   }
 }
 
+const STRICTNESS: Record<PrivacyPolicy, number> = { allow: 0, redact: 1, block: 2 };
+
+/** A request may tighten the device's privacy policy, never loosen it: the device decides what leaves it. */
+function stricter(asked: PrivacyPolicy | undefined, device: PrivacyPolicy): PrivacyPolicy {
+  return asked !== undefined && STRICTNESS[asked] > STRICTNESS[device] ? asked : device;
+}
+
+const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '[::1]', '::1']);
+
 function errorBody(message: string, type: string, code: string | null = null, param: string | null = null) {
   return { error: { message, type, param, code } };
 }
@@ -167,7 +176,18 @@ export async function startEdgeServer(generator: TextGenerator, options: EdgeSer
     request.log.error({ err: error }, 'request failed');
     return reply.code(500).send(errorBody('internal server error', 'server_error'));
   });
+  // without keys, only this machine's own names: a web page that rebinds its DNS name to 127.0.0.1
+  // reaches the port but sends its own name in Host
+  const openOnLoopback = options.apiKeys.length === 0;
   app.addHook('onRequest', (request, _reply, done) => {
+    if (openOnLoopback) {
+      const host = (request.headers.host ?? '').replace(/:\d+$/, '').toLowerCase();
+      if (!LOOPBACK_NAMES.has(host) && host !== options.host.toLowerCase()) {
+        return done(
+          new ApiError(403, `Host ${host || '(none)'} is not this device; set --api-keys to serve other names.`),
+        );
+      }
+    }
     if (!request.url.startsWith('/v1/') || options.apiKeys.length === 0) return done();
     const header = request.headers.authorization ?? '';
     if (!keyMatches(header.startsWith('Bearer ') ? header.slice(7) : '', options.apiKeys)) {
@@ -227,7 +247,7 @@ export async function startEdgeServer(generator: TextGenerator, options: EdgeSer
       stop: chat ? [...CHAT_STOPS, ...stop] : stop,
       seed: body.seed ?? randomBytes(4).readUInt32LE(),
       mode: body.fusion ?? options.defaults.mode,
-      policy: body.privacy ?? options.defaults.policy,
+      policy: stricter(body.privacy, options.defaults.policy),
       deadlineMs: body.deadline_ms ?? options.defaults.deadlineMs,
       stream: body.stream ?? false,
       includeUsage: body.stream_options?.include_usage ?? false,
@@ -243,15 +263,19 @@ export async function startEdgeServer(generator: TextGenerator, options: EdgeSer
     reply: FastifyReply,
     onPiece: (index: number, piece: string) => void,
   ): Promise<{ outcomes: TextOutcome[]; promptTokens: number }> {
-    const release = await turns.take();
+    // listening before the queue: a client that leaves while waiting is not answered
     const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), requestTimeoutMs);
     const leave = () => controller.abort();
     reply.raw.on('close', leave);
+    let release: (() => void) | undefined;
+    let timer: NodeJS.Timeout | undefined;
     try {
+      release = await turns.take();
+      timer = setTimeout(() => controller.abort(), requestTimeoutMs);
       const outcomes: TextOutcome[] = [];
       for (const [p, prompt] of plan.prompts.entries()) {
         for (let j = 0; j < plan.n; j++) {
+          if (controller.signal.aborted) break;
           const index = p * plan.n + j;
           const pieces = generator.generate({
             model: plan.model,
@@ -281,7 +305,7 @@ export async function startEdgeServer(generator: TextGenerator, options: EdgeSer
     } finally {
       clearTimeout(timer);
       reply.raw.off('close', leave);
-      release();
+      release?.();
     }
   }
 
@@ -354,10 +378,9 @@ export async function startEdgeServer(generator: TextGenerator, options: EdgeSer
     // the space after `Assistant:` belongs to the template, not the answer
     const begun = new Set<number>();
     const trimFirst = (index: number, text: string) => {
-      if (begun.has(index)) return text;
-      const trimmed = text.replace(/^ /, '');
-      if (trimmed !== '') begun.add(index);
-      return trimmed;
+      if (begun.has(index) || text === '') return text;
+      begun.add(index);
+      return text.replace(/^ /, '');
     };
     if (job.stream) {
       turns.admit();

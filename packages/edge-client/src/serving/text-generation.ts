@@ -126,12 +126,20 @@ export class TextGenerator {
 
   async *generate(request: TextRequest): AsyncGenerator<string, TextOutcome> {
     const guard = this.guardFor(request.policy);
-    const cloud = this.cloud?.withGuard(guard);
+    // under `block`, a prompt with personal data is answered by the edge alone: not one call, not even
+    // for its clean start
+    const keptOnDevice =
+      request.policy === 'block' &&
+      this.cloud !== undefined &&
+      request.mode !== 'edge' &&
+      guard.scan(request.prompt).pii &&
+      guard.outbound(request.prompt, 'request').verdict === 'blocked';
+    const cloud = keptOnDevice ? undefined : this.cloud?.withGuard(guard);
     const restorer = guard.restorer();
     const stops = new StopWatch(request.stop);
     let bytes = 0;
     const blockedBefore = cloud?.stats.blocked ?? 0;
-    const blockedCalls = () => (cloud?.stats.blocked ?? 0) - blockedBefore;
+    const blockedCalls = () => (keptOnDevice ? 1 : (cloud?.stats.blocked ?? 0) - blockedBefore);
     let answeredBy: TextOutcome['answeredBy'] = 'edge';
     let cloudEnd: StreamEnd | undefined;
     let answer = '';
@@ -172,8 +180,12 @@ export class TextGenerator {
         if (rest) yield rest;
         return { finish: cloudEnd, bytes, answeredBy, cloudEnd, blockedCalls: blockedCalls() };
       }
-      // the cloud could not answer (all of it): the edge goes on from what came
-      answer += restorer.flush();
+      // the cloud could not answer (all of it): the edge goes on from what came, shown first
+      const held = restorer.flush();
+      answer += held;
+      const shown = stops.push(held);
+      if (shown.out) yield shown.out;
+      if (shown.stopped) return { finish: 'stop', bytes, answeredBy, cloudEnd, blockedCalls: blockedCalls() };
       answeredBy = answer.length > 0 ? 'edge+cloud' : 'edge';
     }
 
@@ -201,7 +213,10 @@ export class TextGenerator {
     const decoder = new TextDecoder();
     let finish: TextOutcome['finish'] = 'length';
     try {
-      while (bytes < request.maxTokens) {
+      // restored values are longer than their placeholders: the edge's context bounds the rest too
+      const context = this.models.checkpoint.config.max_position_embeddings;
+      const limit = Math.min(request.maxTokens, bytes + context - 1 - Buffer.byteLength(request.prompt + answer));
+      while (bytes < limit) {
         if (request.signal?.aborted) break;
         const p = await session.next();
         const outcome = chooseOutcome(p, { temperature: request.temperature, topP: request.topP }, random);
