@@ -5,7 +5,7 @@
  * adapter (PEFT layout, in its store) with its held-out figure beside the base model's.
  */
 import { type Checkpoint, architectureOf, checkpointSha256, loadCheckpoint } from '@floe/model';
-import { type OpenJob, type RoundEnd, type RoundStart, fromWireAdapter } from '@floe/shared';
+import { type LoraAdapter, type OpenJob, type RoundEnd, type RoundStart, fromWireAdapter } from '@floe/shared';
 import { type LocalData, type Score, readDataDir } from '@floe/tasks';
 import { calibrate } from './calibration.js';
 import { request } from './connection.js';
@@ -261,10 +261,20 @@ export async function startDevice(options: DeviceOptions): Promise<Device> {
     const rank =
       lastLocal?.start.config.rank ??
       (spec.strategy === 'fedavg' ? spec.maxRank : Math.min(plan.plan.rank, spec.maxRank));
-    const cluster = await downloadClusterAdapter(options.serverUrl, credential, jobId, end.clusterId, {
-      rank,
-      ...(plan.plan.layers ? { layers: plan.plan.layers } : {}),
-    });
+    let cluster: LoraAdapter;
+    try {
+      cluster = await downloadClusterAdapter(options.serverUrl, credential, jobId, end.clusterId, {
+        rank,
+        ...(plan.plan.layers ? { layers: plan.plan.layers } : {}),
+      });
+    } catch (error) {
+      // the job's adapters go to the devices that took part in it; one never sampled keeps the base model
+      if (error instanceof FederationError && error.code === 'not_a_participant') {
+        log('this device took no part in the job: no cluster adapter for it; the base model stays');
+        return outcome;
+      }
+      throw error;
+    }
     const personalization: Personalization =
       options.personalize === false
         ? { adapter: cluster, rule: 'cluster' }

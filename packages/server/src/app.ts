@@ -10,7 +10,7 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { TypeBoxValidatorCompiler, registerAjvFormats } from '@fastify/type-provider-typebox';
 import { Server as SocketServer } from 'socket.io';
-import { PROTOCOL_VERSION } from '@floe/shared';
+import { PROTOCOL_VERSION, asyncApiDocument } from '@floe/shared';
 import { Credentials } from './auth.js';
 import { DEFAULT_CONFIG, type ServerConfig } from './config.js';
 import { registerApi, HttpError } from './http/api.js';
@@ -109,7 +109,7 @@ export async function startServer(
         description:
           'Enrollment, federated fine-tuning jobs, round history and aggregated LoRA adapters. Devices then talk ' +
           'socket.io on the same port (events hello/update from clients; welcome/round_start/update_ack/round_end/error ' +
-          'from the server), each event one framed msgpack message.',
+          'from the server), each event one framed msgpack message: AsyncAPI document at /docs/asyncapi.json.',
       },
       components: {
         securitySchemes: {
@@ -120,6 +120,11 @@ export async function startServer(
     },
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
+  // the socket.io protocol beside the HTTP one, from the same schemas
+  const asyncApi = JSON.stringify(asyncApiDocument(), null, 2);
+  app.get('/docs/asyncapi.json', { schema: { hide: true } }, (_request, reply) =>
+    reply.type('application/json').send(asyncApi),
+  );
 
   const io = new SocketServer(app.server, {
     allowRequest: authenticateHandshake(credentials, store, metrics, {

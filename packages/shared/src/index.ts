@@ -15,3 +15,5 @@ export * from './formats/safetensors.js';
 export * from './random.js';
 export * from './openai/schemas.js';
 export * from './openai/sse.js';
+export * from './protocol/error-codes.js';
+export * from './protocol/asyncapi.js';

@@ -3,7 +3,7 @@
  * current adapter of each cluster in PEFT layout. Bodies are validated against the TypeBox schemas of
  * @floe/shared, which also document the routes at /docs.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import Type from 'typebox';
 import {
@@ -120,6 +120,15 @@ const ClusterInfo = Type.Object({
 const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 429: ErrorBody };
 const admin = [{ adminToken: [] }];
 
+/** Whether an If-None-Match header names `etag` (a list, weak forms, or `*`). */
+function matchesEtag(header: string | undefined, etag: string): boolean {
+  if (!header) return false;
+  return header.split(',').some((tag) => {
+    const t = tag.trim();
+    return t === '*' || t === etag || t === `W/${etag}`;
+  });
+}
+
 export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   const { config, store, credentials, coordinator, gateway, metrics } = deps;
 
@@ -154,6 +163,19 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     if (status === 'revoked') throw new HttpError(401, 'revoked', `client ${clientId} was revoked`);
     if (!status) throw new HttpError(401, 'unknown_client', `client ${clientId} is not enrolled`);
     return { clientId };
+  };
+  /**
+   * Admins, and the clients that took part in the job of the request's `:id` (sampled in one of its
+   * rounds): a cluster adapter carries information about its clients' data.
+   */
+  const requireJobParticipant = async (request: FastifyRequest): Promise<void> => {
+    const token = bearer(request.headers.authorization);
+    if (token && config.adminToken && safeEqual(token, config.adminToken)) return;
+    const { clientId } = await activeClient(request);
+    const jobId = (request.params as { id: string }).id;
+    if (!store.tookPart(jobId, clientId)) {
+      throw new HttpError(403, 'not_a_participant', `client ${clientId} took no part in job ${jobId}`);
+    }
   };
   const jobOr404 = (id: string): JobRow => {
     const job = store.job(id);
@@ -413,12 +435,12 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     {
       schema: {
         tags: ['adapters'],
-        summary: 'PEFT adapter_config.json of a cluster adapter',
+        summary: "PEFT adapter_config.json of a cluster adapter (admins and the job's participants)",
         security: [...admin, { clientCredential: [] }],
         params: ClusterParams,
         querystring: AdapterQuery,
       },
-      onRequest: requireAdminOrClient,
+      onRequest: requireJobParticipant,
     },
     (request) => {
       const { job, adapter } = adapterOf(request);
@@ -431,18 +453,24 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     {
       schema: {
         tags: ['adapters'],
-        summary: 'PEFT adapter_model.safetensors of a cluster adapter (ETag: its SHA-256)',
+        summary:
+          "PEFT adapter_model.safetensors of a cluster adapter (admins and the job's participants; ETag: the SHA-256 of the bytes, If-None-Match answered by 304)",
         security: [...admin, { clientCredential: [] }],
         params: ClusterParams,
         querystring: AdapterQuery,
       },
-      onRequest: requireAdminOrClient,
+      onRequest: requireJobParticipant,
     },
     (request, reply: FastifyReply) => {
       const { stored, adapter, resized } = adapterOf(request);
       const bytes = resized ? serializeSafetensors(adapterToTensors(adapter), 'F32') : stored.safetensors;
-      void reply.header('content-type', 'application/octet-stream').header('x-floe-round', String(stored.round));
-      if (!resized) void reply.header('etag', `"${stored.sha256}"`);
+      const etag = `"${resized ? createHash('sha256').update(bytes).digest('hex') : stored.sha256}"`;
+      void reply
+        .header('content-type', 'application/octet-stream')
+        .header('x-floe-round', String(stored.round))
+        .header('etag', etag)
+        .header('cache-control', 'private, no-cache');
+      if (matchesEtag(request.headers['if-none-match'], etag)) return reply.code(304).send();
       return reply.send(Buffer.from(bytes));
     },
   );

@@ -158,7 +158,11 @@ export class Coordinator {
     });
     const ended = open?.status === 'open' ? open : this.store.round(id, job.currentRound - 1);
     if (open?.status === 'open') this.release(open);
-    if (ended) this.sendRoundEnd(job, ended, 'stopped', {}, {}, 0);
+    // the round the stop ended failed; with none open, the last round's end is told again with its status
+    if (ended) {
+      const status = open?.status === 'open' || ended.status !== 'aggregated' ? 'failed' : 'aggregated';
+      this.sendRoundEnd(job, ended, 'stopped', status, {}, {}, 0);
+    }
     this.clearTimers(id);
     this.metrics.activeJobs.dec();
     this.log.info({ jobId: id }, 'job stopped');
@@ -203,15 +207,21 @@ export class Coordinator {
    * NaN update gets an ack naming its round.
    */
   receiveUpdate(clientId: string, frame: Uint8Array, update: Update): UpdateAck {
+    // A refused update is not the client's answer: it may send a corrected one until the deadline (the
+    // round closes early only once every sampled client has an accepted update). `rejected` counts
+    // refused attempts of sampled clients in the open round; a repeat of an accepted update is not one.
     const refuse = (code: string, message: string): UpdateAck => {
       this.metrics.updates.inc({ outcome: code });
       const round = this.store.round(update.jobId, update.round);
-      if (round?.status === 'open' && round.sampled.some((a) => a.clientId === clientId)) {
+      if (
+        code !== 'duplicate_update' &&
+        round?.status === 'open' &&
+        round.sampled.some((a) => a.clientId === clientId)
+      ) {
         this.store.countRejected(update.jobId, update.round);
         let set = this.refused.get(update.jobId);
         if (!set) this.refused.set(update.jobId, (set = new Set()));
         set.add(clientId);
-        this.closeIfComplete(update.jobId);
       }
       this.log.warn({ clientId, jobId: update.jobId, round: update.round, code }, `update refused: ${message}`);
       return {
@@ -372,8 +382,7 @@ export class Coordinator {
     const round = job && this.store.round(jobId, job.currentRound);
     if (!round || round.status !== 'open') return;
     const accepted = this.store.acceptedClients(jobId, round.round);
-    const refused = this.refused.get(jobId) ?? new Set();
-    if (round.sampled.every((a) => accepted.has(a.clientId) || refused.has(a.clientId))) {
+    if (round.sampled.every((a) => accepted.has(a.clientId))) {
       // after the ack that completed the round has been sent
       setImmediate(() => this.safely(jobId, () => this.closeRound(jobId, round.round)));
     }
@@ -490,13 +499,14 @@ export class Coordinator {
       },
       'round aggregated',
     );
-    this.finishRound(job, round, finished, clusterOf, metrics, accepted);
+    this.finishRound(job, round, finished, 'aggregated', clusterOf, metrics, accepted);
   }
 
   private finishRound(
     job: JobRow,
     round: RoundRow,
     finished: boolean,
+    status: RoundEnd['status'],
     clusterOf: Record<string, number>,
     metrics: Metrics = {},
     accepted = 0,
@@ -507,7 +517,7 @@ export class Coordinator {
       this.log.info({ jobId: job.id, rounds: job.spec.rounds }, 'job completed');
     }
     this.release(round);
-    this.sendRoundEnd(job, round, finished ? 'completed' : 'running', clusterOf, metrics, accepted);
+    this.sendRoundEnd(job, round, finished ? 'completed' : 'running', status, clusterOf, metrics, accepted);
     this.refused.delete(job.id);
     this.schedule();
   }
@@ -518,6 +528,7 @@ export class Coordinator {
     job: JobRow,
     round: RoundRow,
     jobStatus: RoundEnd['jobStatus'],
+    status: RoundEnd['status'],
     clusterOf: Record<string, number>,
     metrics: Metrics,
     accepted: number,
@@ -528,6 +539,7 @@ export class Coordinator {
         type: 'round_end',
         jobId: job.id,
         round: round.round,
+        status,
         clusterId:
           clusterOf[clientId] ??
           state.clusterOf[clientId] ??
@@ -590,7 +602,7 @@ export class Coordinator {
       this.store.updateJob(job.id, { currentRound: next, status: finished ? 'completed' : 'running' });
     });
     this.metrics.rounds.inc({ status: 'failed' });
-    this.finishRound(job, round, finished, {});
+    this.finishRound(job, round, finished, 'failed', {});
   }
 
   /**

@@ -238,13 +238,16 @@ export const UpdateAck = Type.Object(
 );
 export type UpdateAck = Static<typeof UpdateAck>;
 
-/** server -> clients of a round: the round is aggregated. */
+/** server -> clients of a round: the round is over, aggregated or failed. */
 export const RoundEnd = Type.Object(
   {
     type: Type.Literal('round_end'),
     jobId: Id,
     round: Type.Integer({ minimum: 0 }),
+    /** `aggregated`: the cluster adapters hold this round's updates; `failed`: fewer than the quorum were accepted by the deadline, or the job was stopped (nothing changed). */
+    status: Type.Union([Type.Literal('aggregated'), Type.Literal('failed')]),
     clusterId: Type.Integer({ minimum: 0 }),
+    /** Updates aggregated (0 for a failed round). */
     accepted: Type.Integer({ minimum: 0 }),
     metrics: Metrics,
     /** Whether the job goes on: a device that joined for one job leaves when it is no longer running. */

@@ -3,8 +3,9 @@ import { ProtocolError } from '../errors.js';
 /**
  * The version of the socket.io and HTTP protocol. Bump it on any change a peer of the previous
  * version would misread; peers of different versions refuse each other with `version_mismatch`.
+ * History: docs/protocol.md ("Versions").
  */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 export function assertCompatibleProtocol(remoteVersion: number, remoteRole = 'peer'): void {
   if (remoteVersion !== PROTOCOL_VERSION) {
