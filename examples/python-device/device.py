@@ -4,8 +4,9 @@
 It enrolls with a join token, connects over socket.io with its credential, says hello with a rank plan,
 and answers every round_start with an update: the start adapter it was sent, its lora_B factors nudged
 by a small deterministic step (a stand-in for local training; this example holds no model and no data).
-A refused update is logged; the round goes on without it. It leaves when a round_end says the job is no
-longer running, with exit code 0 when the job completed.
+It has nothing to correct, so a refused update (or an error event meanwhile, which is the answer to what it
+sent) is logged and not resent; the round goes on without it. It leaves when a round_end says that the job
+it took part in is no longer running, with exit code 0 when that job completed. It does not reconnect.
 
 Dependencies (Debian): python3-socketio, python3-websocket, python3-msgpack. No Floe code.
 """
@@ -102,15 +103,15 @@ def fresh_adapter(config, layers, seed):
     return {"alpha": config["alpha"], "tensors": tensors}
 
 
-def trained(adapter, round_index, seed):
-    """The start adapter with every lora_B factor moved a small, deterministic step."""
+def trained(adapter, alpha, round_index, seed):
+    """The start adapter with every lora_B factor moved a small, deterministic step, at the job's alpha."""
     tensors = []
     for t in adapter["tensors"]:
         values = tensor_values(t)
         if t["name"].endswith(".lora_B.weight"):
             values = [v + 1e-3 * math.sin(0.1 * i + round_index + seed) for i, v in enumerate(values)]
         tensors.append(f32_tensor(t["name"], t["shape"], values))
-    return {"alpha": adapter["alpha"], "tensors": tensors}
+    return {"alpha": alpha, "tensors": tensors}
 
 
 # ---- HTTP (docs/protocol.md, section 1)
@@ -146,7 +147,7 @@ def main():
 
     sio = socketio.Client(reconnection=False)
     done = threading.Event()
-    outcome = {"status": None, "rounds": 0, "accepted": 0}
+    outcome = {"status": None, "rounds": 0, "accepted": 0, "job": None}
 
     def send(event, message):
         sio.emit(event, encode_frame({"type": event, **message}))
@@ -163,6 +164,7 @@ def main():
     @sio.on("round_start")
     def on_round_start(frame):
         start = decode_frame(frame)
+        outcome["job"] = outcome["job"] or start["jobId"]
         config = start["config"]
         adapter = start["adapter"] or fresh_adapter(config, plan.get("layers"), args.seed)
         update_plan = {"rank": config["rank"], "targetModules": config["targetModules"]}
@@ -175,7 +177,7 @@ def main():
                 "round": start["round"],
                 "numSamples": args.num_samples,
                 "plan": update_plan,
-                "adapter": trained(adapter, start["round"], args.seed),
+                "adapter": trained(adapter, config["alpha"], start["round"], args.seed),
                 "metrics": {"loss": 1.0 / (start["round"] + 1)},
             },
         )
@@ -193,8 +195,11 @@ def main():
     @sio.on("round_end")
     def on_round_end(frame):
         end = decode_frame(frame)
+        print(f"{end['jobId']} round {end['round']} {end['status']} ({end['accepted']} updates); job {end['jobStatus']}", flush=True)
+        # the end of a job reaches every connected client: leave on the end of the job this device is in
+        if end["jobId"] != outcome["job"]:
+            return
         outcome["rounds"] += 1
-        print(f"round {end['round']} {end['status']} ({end['accepted']} updates); job {end['jobStatus']}", flush=True)
         if end["jobStatus"] != "running":
             outcome["status"] = end["jobStatus"]
             done.set()

@@ -22,9 +22,9 @@ afterAll(async () => {
 });
 
 /** A client driven by hand, recording its round_start and round_end messages. */
-async function handDriven() {
+async function handDriven(plan: typeof PLAN & { layers?: number[] } = PLAN) {
   const { clientId, credential } = await enroll(test.url, JOIN_TOKEN, DEFAULT_PROFILE);
-  const connection = await ServerConnection.open(test.url, credential, { profile: DEFAULT_PROFILE, plan: PLAN });
+  const connection = await ServerConnection.open(test.url, credential, { profile: DEFAULT_PROFILE, plan });
   const ends: RoundEnd[] = [];
   connection.on('round_end', (end) => ends.push(end));
   const started = new Promise<RoundStart>((resolve) => connection.once('round_start', resolve));
@@ -74,6 +74,23 @@ describe('round semantics', { timeout: 120_000 }, () => {
     } finally {
       device.connection.close();
       other.connection.close();
+    }
+  });
+
+  it('refuses layers the base model does not have with wrong_layers, not an internal error', async () => {
+    const device = await handDriven({ ...PLAN, layers: [40] });
+    try {
+      const created = await test.admin<JobSummary>(
+        'POST',
+        '/v1/jobs',
+        jobSpec({ rounds: 1, clientsPerRound: 1, quorum: 1, roundDeadlineSec: 2 }),
+      );
+      const start = await device.started;
+      const ack = await device.connection.sendUpdate({ ...updateFor(start), plan: { ...PLAN, layers: [40] } });
+      expect(ack).toMatchObject({ accepted: false, error: { code: 'wrong_layers' } });
+      await waitForJob(test, created.body.id);
+    } finally {
+      device.connection.close();
     }
   });
 

@@ -23,7 +23,9 @@ describe('protocol version', () => {
     } catch (error) {
       expect(error).toBeInstanceOf(ProtocolError);
       expect((error as ProtocolError).code).toBe('version_mismatch');
-      expect((error as ProtocolError).message).toMatch(/client speaks Floe protocol v2, this side speaks v1/);
+      expect((error as ProtocolError).message).toContain(
+        `client speaks Floe protocol v${PROTOCOL_VERSION + 1}, this side speaks v${PROTOCOL_VERSION}`,
+      );
     }
   });
 });

@@ -120,6 +120,17 @@ const ClusterInfo = Type.Object({
 const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 429: ErrorBody };
 const admin = [{ adminToken: [] }];
 
+/**
+ * The ETag of a download: the stored adapter's SHA-256 as it is; for a resized one, the SHA-256 of
+ * that hash and the resize (the resize is deterministic, so equal tags mean equal bytes).
+ */
+function adapterEtag(sha256: string, rank: number | undefined, layers: string | undefined): string {
+  if (rank === undefined && layers === undefined) return `"${sha256}"`;
+  return `"${createHash('sha256')
+    .update(`${sha256}:${rank ?? ''}:${layers ?? ''}`)
+    .digest('hex')}"`;
+}
+
 /** Whether an If-None-Match header names `etag` (a list, weak forms, or `*`). */
 function matchesEtag(header: string | undefined, etag: string): boolean {
   if (!header) return false;
@@ -454,7 +465,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       schema: {
         tags: ['adapters'],
         summary:
-          "PEFT adapter_model.safetensors of a cluster adapter (admins and the job's participants; ETag: the SHA-256 of the bytes, If-None-Match answered by 304)",
+          "PEFT adapter_model.safetensors of a cluster adapter (admins and the job's participants; ETag: the stored adapter's SHA-256, or for a resized one the SHA-256 of that hash, rank and layers; If-None-Match answered by 304)",
         security: [...admin, { clientCredential: [] }],
         params: ClusterParams,
         querystring: AdapterQuery,
@@ -462,15 +473,25 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       onRequest: requireJobParticipant,
     },
     (request, reply: FastifyReply) => {
+      // the ETag comes from the stored adapter's hash (and the resize asked for), so a matching
+      // If-None-Match is answered before the adapter is read, checked or resized
+      const { id, cluster } = request.params as { id: string; cluster: number };
+      const { rank, layers } = request.query as { rank?: number; layers?: string };
+      const listed = store.adapters(jobOr404(id).id).find((a) => a.clusterId === cluster);
+      if (listed) {
+        const etag = adapterEtag(listed.sha256, rank, layers);
+        void reply.header('etag', etag).header('cache-control', 'private, no-cache');
+        if (matchesEtag(request.headers['if-none-match'], etag)) {
+          return reply.header('x-floe-round', String(listed.round)).code(304).send();
+        }
+      }
       const { stored, adapter, resized } = adapterOf(request);
       const bytes = resized ? serializeSafetensors(adapterToTensors(adapter), 'F32') : stored.safetensors;
-      const etag = `"${resized ? createHash('sha256').update(bytes).digest('hex') : stored.sha256}"`;
       void reply
         .header('content-type', 'application/octet-stream')
         .header('x-floe-round', String(stored.round))
-        .header('etag', etag)
+        .header('etag', adapterEtag(stored.sha256, rank, layers))
         .header('cache-control', 'private, no-cache');
-      if (matchesEtag(request.headers['if-none-match'], etag)) return reply.code(304).send();
       return reply.send(Buffer.from(bytes));
     },
   );

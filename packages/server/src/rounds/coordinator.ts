@@ -158,11 +158,20 @@ export class Coordinator {
     });
     const ended = open?.status === 'open' ? open : this.store.round(id, job.currentRound - 1);
     if (open?.status === 'open') this.release(open);
-    // the round the stop ended failed; with none open, the last round's end is told again with its status
+    // the round the stop ended failed; with none open, the last round's end is told again as it was
     if (ended) {
-      const status = open?.status === 'open' || ended.status !== 'aggregated' ? 'failed' : 'aggregated';
-      this.sendRoundEnd(job, ended, 'stopped', status, {}, {}, 0);
+      const aggregated = open?.status !== 'open' && ended.status === 'aggregated';
+      this.sendRoundEnd(
+        job,
+        ended,
+        'stopped',
+        aggregated ? 'aggregated' : 'failed',
+        {},
+        {},
+        aggregated ? ended.accepted : 0,
+      );
     }
+    this.refused.delete(id);
     this.clearTimers(id);
     this.metrics.activeJobs.dec();
     this.log.info({ jobId: id }, 'job stopped');
@@ -216,7 +225,9 @@ export class Coordinator {
       if (
         code !== 'duplicate_update' &&
         round?.status === 'open' &&
-        round.sampled.some((a) => a.clientId === clientId)
+        !this.closing.has(update.jobId) &&
+        round.sampled.some((a) => a.clientId === clientId) &&
+        !this.store.acceptedClients(update.jobId, update.round).has(clientId)
       ) {
         this.store.countRejected(update.jobId, update.round);
         let set = this.refused.get(update.jobId);
@@ -261,7 +272,14 @@ export class Coordinator {
       if (error instanceof FloeError) return refuse('bad_adapter', error.message);
       throw error;
     }
-    const wrongAdapter = checkAdapter(spec, assignment, adapter);
+    let wrongAdapter;
+    try {
+      wrongAdapter = checkAdapter(spec, assignment, adapter);
+    } catch (error) {
+      // layers the plan named that the base model does not have
+      if (error instanceof RangeError) return refuse('wrong_layers', error.message);
+      throw error;
+    }
     if (wrongAdapter) return refuse(wrongAdapter.code, wrongAdapter.message);
     this.store.addUpdate({
       jobId: job.id,

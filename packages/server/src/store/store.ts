@@ -429,16 +429,21 @@ export class Store {
   }
 
   /** Client ids with an accepted update in the round (no blobs read). */
-  /** Whether `clientId` took part in `jobId`: sampled in one of its rounds (it was sent the job's adapter). */
-  tookPart(jobId: string, clientId: string): boolean {
-    return this.rounds(jobId).some((round) => round.sampled.some((a) => a.clientId === clientId));
-  }
-
   acceptedClients(jobId: string, round: number): Set<string> {
     const rows = this.db.prepare('SELECT client_id FROM updates WHERE job_id = ? AND round = ?').all(jobId, round) as {
       client_id: string;
     }[];
     return new Set(rows.map((r) => r.client_id));
+  }
+
+  /** Whether `clientId` took part in `jobId`: sampled in one of its rounds (it was sent the job's adapter). */
+  tookPart(jobId: string, clientId: string): boolean {
+    const row = this.db
+      .prepare(
+        "SELECT 1 FROM rounds, json_each(rounds.sampled) WHERE rounds.job_id = ? AND json_extract(json_each.value, '$.clientId') = ? LIMIT 1",
+      )
+      .get(jobId, clientId);
+    return row !== undefined;
   }
 
   // ------------------------------------------------------------------------------------ adapters

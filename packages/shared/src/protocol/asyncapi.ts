@@ -12,14 +12,15 @@ const SUMMARIES: Record<MessageType, string> = {
   hello: 'First message on every connection: protocol version, device profile and, to be sampled, a rank plan.',
   welcome: "The server's answer to a valid hello: the client id and the largest frame it accepts.",
   round_start:
-    'The client is sampled: its assignment (rank, layers through the start adapter, cluster), the deadline in epoch milliseconds and the start adapter (null: start from zeros as PEFT initialises).',
+    "The client is sampled: its assignment (rank, layers through the start adapter, cluster), the deadline in epoch milliseconds on the server's clock and the start adapter (always sent; null would mean PEFT's initialisation).",
   update:
     'The trained adapter of a round, with the rank plan it was trained at, the local example count and scalar metrics.',
   update_ack:
-    'The verdict on an update: accepted (durably stored), or refused with a code; a refused client may send a corrected update until the deadline.',
+    'The verdict on an update, matched to it by jobId and round: accepted (durably stored), or refused with a code; a refused client may send a corrected update until the deadline.',
   round_end:
     "The round is over: aggregated or failed, the client's cluster, and whether the job goes on (sent for failed rounds too).",
-  error: 'Something the client sent was refused; `code` is one of x-floe-error-codes.',
+  error:
+    'Something the client sent was refused; `code` is one of x-floe-error-codes. It names no request: a client waiting for an update_ack takes an error that arrives meanwhile as the answer.',
 };
 
 /** Component names of the messages (the event names in camelCase). */
@@ -63,7 +64,8 @@ export function asyncApiDocument(): Record<string, unknown> {
         "the payload schemas below describe the decoded map, whose `type` equals the event's name. No socket.io acknowledgements are used. " +
         'Enrollment, credentials and adapters are HTTP (OpenAPI at /docs/json).',
     },
-    defaultContentType: 'application/vnd.msgpack',
+    // each event's bytes are a FLOE frame (x-floe-frame) around one msgpack map
+    defaultContentType: 'application/vnd.floe.frame+msgpack',
     servers: {
       coordination: {
         host: 'localhost:8080',

@@ -26,17 +26,20 @@ export const ERROR_CODES = {
   bad_header: { channels: ['event'], meaning: 'reserved bytes 5-7 are not zero' },
   bad_length: { channels: ['event'], meaning: 'the length field is not the frame length minus 16' },
   bad_checksum: { channels: ['event'], meaning: 'the CRC-32 of the payload does not match' },
-  malformed: { channels: ['event'], meaning: 'the payload is not one msgpack value' },
+  malformed: {
+    channels: ['event'],
+    meaning: 'the payload is not exactly one msgpack value, or uses an extension type',
+  },
   too_complex: {
     channels: ['event'],
-    meaning: 'the msgpack is nested deeper than 16, holds more than 100,000 values, or uses an extension type',
+    meaning: 'the msgpack is nested deeper than 16 or holds more than 100,000 values',
   },
   invalid_message: {
     channels: ['event'],
     meaning: "the message fails its schema, or its type is not the event's name",
   },
   bad_tensor: {
-    channels: ['event', 'update_ack'],
+    channels: ['event'],
     meaning: "a tensor's byte count does not match its dtype and shape",
   },
   unknown_event: { channels: ['event'], meaning: 'an event name clients do not send' },
@@ -87,7 +90,10 @@ export const ERROR_CODES = {
     meaning: "the plan's rank is not the assigned rank (or, on a download, above the job's maxRank)",
   },
   wrong_modules: { channels: ['update_ack'], meaning: "the plan's modules are not the job's targetModules" },
-  wrong_layers: { channels: ['update_ack'], meaning: "the plan's layers are not the assigned layers" },
+  wrong_layers: {
+    channels: ['update_ack'],
+    meaning: "the plan's layers are not the assigned layers, or name layers the base model does not have",
+  },
   bad_adapter: { channels: ['update_ack'], meaning: 'tensors that do not pair into lora_A/lora_B of known modules' },
   wrong_alpha: { channels: ['update_ack'], meaning: "the adapter's alpha is not the job's" },
   missing_module: { channels: ['update_ack'], meaning: 'a module of the assignment is missing' },
@@ -95,15 +101,19 @@ export const ERROR_CODES = {
   wrong_shape: { channels: ['update_ack'], meaning: "a factor's shape does not match the base model and rank" },
   norm_too_large: {
     channels: ['update_ack'],
-    meaning: "the update's change exceeds the job's norm bound (or the round's robust bound)",
+    meaning: "a module's change (alpha/rank) B A exceeds the job's maxUpdateNorm (default 1e4)",
   },
-  factor_norm_too_large: { channels: ['update_ack'], meaning: 'a factor exceeds the norm bound (fedavg and hetlora)' },
+  factor_norm_too_large: {
+    channels: ['update_ack'],
+    meaning: "a factor exceeds the job's maxFactorNorm (default 1e3; fedavg and hetlora)",
+  },
   // HTTP only
   bad_join_token: { channels: ['http'], meaning: 'enrollment with a wrong join token or a used or expired key' },
   unauthorized: { channels: ['http'], meaning: 'the route needs an admin token or a client credential' },
   not_a_participant: {
     channels: ['http'],
-    meaning: "a job's adapters go to admins and the clients sampled in one of its rounds",
+    meaning:
+      "a job's adapters go to admins and the clients sampled in one of its rounds (also for a job that does not exist)",
   },
   no_adapter: { channels: ['http'], meaning: 'the cluster has no aggregated adapter yet' },
   invalid_job: { channels: ['http'], meaning: 'a job spec the server cannot run' },
