@@ -127,7 +127,7 @@ describe.skipIf(!PYTHON_READY && !process.env['CI'])(
       for (const outcome of outcomes) expect(outcome.status).toBe('completed');
       expect(python.stdout.match(/update accepted/g)).toHaveLength(3);
       expect(python.stdout).toMatch(/round 2 aggregated \(3 updates\); job completed/);
-    expect(python.stdout).toMatch(/job completed: 3 updates accepted, 3 round ends/);
+      expect(python.stdout).toMatch(/job completed: 3 updates accepted, 3 round ends/);
     });
 
     it('uses no code of this project: only the standard library, socketio and msgpack', async () => {
