@@ -145,6 +145,34 @@ export class CloudStream implements LivePositions {
   }
 }
 
+/**
+ * Aborts a streamed call that goes quiet: armed at the start and again at each chunk; `timedOut` tells
+ * an abort of its own from the caller's.
+ */
+class QuietTimer {
+  timedOut = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly controller: AbortController,
+    private readonly ms: number,
+  ) {
+    this.arm();
+  }
+
+  arm(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timedOut = true;
+      this.controller.abort();
+    }, this.ms);
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+  }
+}
+
 interface LegacyLogprobs {
   tokens?: string[];
   token_logprobs?: (number | null)[];
@@ -315,17 +343,7 @@ export class CloudClient {
     }
     const { prompt } = admitted;
     this.stats.calls++;
-    const timeoutMs = this.options.timeoutMs ?? 2000;
-    let quiet: NodeJS.Timeout | undefined;
-    let timedOut = false;
-    const arm = () => {
-      clearTimeout(quiet);
-      quiet = setTimeout(() => {
-        timedOut = true;
-        stream.controller.abort();
-      }, timeoutMs);
-    };
-    arm();
+    const quiet = new QuietTimer(stream.controller, this.options.timeoutMs ?? 2000);
     void (async () => {
       try {
         const chunks = await this.client.completions.create(
@@ -341,7 +359,7 @@ export class CloudClient {
         );
         let finish: string | null | undefined;
         for await (const chunk of chunks) {
-          arm();
+          quiet.arm();
           const choice = chunk.choices[0];
           const positions = this.positions(choice?.logprobs);
           this.stats.tokens += positions.length;
@@ -351,20 +369,20 @@ export class CloudClient {
         // the client's stream ends quietly when aborted after the headers came (a cancel or our
         // timeout), so an answer without its finish is judged below like any broken one
         if (!finish) throw new Error('the stream ended without a finish');
-        clearTimeout(quiet);
+        quiet.stop();
         this.breaker.success();
         if (endsText(finish, stream.positions.length, maxTokens)) {
           stream.arrive([END_POSITION]);
           stream.end('stop');
         } else stream.end('length');
       } catch (error) {
-        clearTimeout(quiet);
+        quiet.stop();
         // a stream its caller cancelled says nothing about the cloud, but frees a probe
-        if (stream.controller.signal.aborted && !timedOut) {
+        if (stream.controller.signal.aborted && !quiet.timedOut) {
           this.breaker.abandon();
           return;
         }
-        this.failed(timedOut ? new Error('timed out') : error);
+        this.failed(quiet.timedOut ? new Error('timed out') : error);
         stream.end('failed');
       }
     })();
@@ -393,16 +411,7 @@ export class CloudClient {
     const controller = new AbortController();
     const abort = () => controller.abort();
     options.signal?.addEventListener('abort', abort, { once: true });
-    let quiet: NodeJS.Timeout | undefined;
-    let timedOut = false;
-    const arm = () => {
-      clearTimeout(quiet);
-      quiet = setTimeout(() => {
-        timedOut = true;
-        controller.abort();
-      }, this.options.timeoutMs ?? 2000);
-    };
-    arm();
+    const quiet = new QuietTimer(controller, this.options.timeoutMs ?? 2000);
     try {
       const chunks = await this.client.completions.create(
         {
@@ -417,7 +426,7 @@ export class CloudClient {
       );
       let finish: string | null | undefined;
       for await (const chunk of chunks) {
-        arm();
+        quiet.arm();
         const choice = chunk.choices[0];
         if (choice?.text) yield choice.text;
         finish = choice?.finish_reason ?? finish;
@@ -427,16 +436,16 @@ export class CloudClient {
       verdict = finish === 'length' ? 'length' : 'stop';
       return verdict;
     } catch (error) {
-      if (controller.signal.aborted && !timedOut) {
+      if (controller.signal.aborted && !quiet.timedOut) {
         this.breaker.abandon();
         verdict = 'cancelled';
         return verdict;
       }
-      this.failed(timedOut ? new Error('timed out') : error);
+      this.failed(quiet.timedOut ? new Error('timed out') : error);
       verdict = 'failed';
       return verdict;
     } finally {
-      clearTimeout(quiet);
+      quiet.stop();
       options.signal?.removeEventListener('abort', abort);
       // the caller stopped reading (a stop string, its byte limit): the cloud was answering, and the
       // rest of its answer is not wanted

@@ -10,9 +10,9 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { TypeBoxValidatorCompiler } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import Type, { type Static } from 'typebox';
-import { CHAT_STOPS, ChatRequest, SamplingFields, chatPrompt, openEventStream } from '@floe/shared';
+import { CHAT_STOPS, ChatRequest, type EventStream, SamplingFields, chatPrompt, openEventStream } from '@floe/shared';
 import { PRIVACY_POLICIES, type PrivacyPolicy } from '../privacy/guard.js';
 import { UnknownModelError } from './edge-models.js';
 import { GENERATION_MODES, type GenerationMode, type TextGenerator, type TextOutcome } from './text-generation.js';
@@ -309,6 +309,28 @@ export async function startEdgeServer(generator: TextGenerator, options: EdgeSer
     }
   }
 
+  /**
+   * An answer as server-sent events: refused with 429 before the 200 when the queue is full; an error
+   * once the stream has begun goes out as an error chunk.
+   */
+  async function streamed(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    write: (sse: EventStream) => Promise<void>,
+  ): Promise<FastifyReply> {
+    turns.admit();
+    reply.hijack();
+    const sse = openEventStream(reply.raw);
+    try {
+      await write(sse);
+    } catch (error) {
+      request.log.error({ err: error }, 'generation failed');
+      sse.fail(error instanceof Error ? error.message : 'the model failed while generating');
+    }
+    sse.end();
+    return reply;
+  }
+
   const usage = (promptTokens: number, outcomes: TextOutcome[]) => {
     const completion = outcomes.reduce((s, o) => s + o.bytes, 0);
     return { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion };
@@ -328,10 +350,7 @@ export async function startEdgeServer(generator: TextGenerator, options: EdgeSer
     const created = Math.floor(Date.now() / 1000);
     const head = { id, object: 'text_completion', created, model: job.model };
     if (job.stream) {
-      turns.admit();
-      reply.hijack();
-      const sse = openEventStream(reply.raw);
-      try {
+      return streamed(request, reply, async (sse) => {
         const { outcomes, promptTokens } = await run(job, reply, (index, text) =>
           sse.send({ ...head, choices: [{ index, text, logprobs: null, finish_reason: null }] }),
         );
@@ -343,12 +362,7 @@ export async function startEdgeServer(generator: TextGenerator, options: EdgeSer
           }),
         );
         if (job.includeUsage) sse.send({ ...head, choices: [], usage: usage(promptTokens, outcomes) });
-      } catch (error) {
-        request.log.error({ err: error }, 'generation failed');
-        sse.fail(error instanceof Error ? error.message : 'the model failed while generating');
-      }
-      sse.end();
-      return reply;
+      });
     }
     const texts: string[] = [];
     const { outcomes, promptTokens } = await run(
@@ -383,12 +397,9 @@ export async function startEdgeServer(generator: TextGenerator, options: EdgeSer
       return text.replace(/^ /, '');
     };
     if (job.stream) {
-      turns.admit();
-      reply.hijack();
-      const sse = openEventStream(reply.raw);
-      const chunk = (index: number, delta: object, finish: string | null, extra: object = {}) =>
-        sse.send({ ...head, choices: [{ index, delta, logprobs: null, finish_reason: finish }], ...extra });
-      try {
+      return streamed(request, reply, async (sse) => {
+        const chunk = (index: number, delta: object, finish: string | null, extra: object = {}) =>
+          sse.send({ ...head, choices: [{ index, delta, logprobs: null, finish_reason: finish }], ...extra });
         for (let index = 0; index < job.n; index++) chunk(index, { role: 'assistant', content: '' }, null);
         const { outcomes, promptTokens } = await run(job, reply, (index, text) => {
           const content = trimFirst(index, text);
@@ -396,12 +407,7 @@ export async function startEdgeServer(generator: TextGenerator, options: EdgeSer
         });
         outcomes.forEach((o, index) => chunk(index, {}, o.finish, { floe: floe(job, o) }));
         if (job.includeUsage) sse.send({ ...head, choices: [], usage: usage(promptTokens, outcomes) });
-      } catch (error) {
-        request.log.error({ err: error }, 'generation failed');
-        sse.fail(error instanceof Error ? error.message : 'the model failed while generating');
-      }
-      sse.end();
-      return reply;
+      });
     }
     const texts: string[] = [];
     const { outcomes, promptTokens } = await run(job, reply, (index, text) => {
