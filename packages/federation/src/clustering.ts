@@ -3,7 +3,7 @@
  * averaged together. An update (what a client changed in a round) is looked at two ways:
  *
  * - its direction: a fixed random projection of its products dW, normalized, so that k-means groups by
- *   cosine similarity (k by silhouette, a split needs silhouette >= 0.25);
+ *   cosine similarity (k by silhouette, a split needs silhouette >= 0.25 and no cluster of one);
  * - its profile: where in the network it acts (profile-clustering.ts), split only when significant.
  *   Measured on real LoRA updates (decision 0013), directions after a few dozen Adam steps are close
  *   to orthogonal even within a task, while profiles separate tasks.
@@ -14,7 +14,14 @@
  * stable (membership first, then centroids for clients new to the job).
  */
 import { kmeans } from 'ml-kmeans';
-import { distanceMatrix, euclidean, silhouette, silhouetteOfDistances } from './cluster-quality.js';
+import {
+  distanceMatrix,
+  euclidean,
+  hasOutlierCluster,
+  MIN_CLUSTER_SIZE,
+  silhouette,
+  silhouetteOfDistances,
+} from './cluster-quality.js';
 import { clusterProfiles, PROFILE_SIGNIFICANCE } from './profile-clustering.js';
 import { refines } from './refinement.js';
 import type { UpdateSignature } from './sketch.js';
@@ -94,8 +101,9 @@ export function clusterSketches(sketches: readonly Float64Array[], options: Clus
   const points = sketches.map(normalized);
   const single = { labels: points.map(() => 0), centroids: [meanOf(points)], score: 0 };
   let best = single;
-  for (let k = 2; k <= Math.min(options.maxClusters, points.length - 1); k++) {
+  for (let k = 2; k <= Math.min(options.maxClusters, Math.floor(points.length / MIN_CLUSTER_SIZE)); k++) {
     const result = kmeans(points, k, { seed: options.seed ?? 0, initialization: 'kmeans++' });
+    if (hasOutlierCluster(result.clusters)) continue;
     const score = silhouette(points, result.clusters);
     if (score > best.score) best = { labels: result.clusters, centroids: result.centroids, score };
   }

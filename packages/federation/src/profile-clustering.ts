@@ -13,14 +13,12 @@
  * (decision 0013).
  */
 import { Random } from '@floe/shared';
-import { silhouetteOfDistances } from './cluster-quality.js';
+import { hasOutlierCluster, MIN_CLUSTER_SIZE, silhouetteOfDistances } from './cluster-quality.js';
 import type { UpdateSignature } from './sketch.js';
 
 /** A split must be this unlikely under shuffled profiles. */
 export const PROFILE_SIGNIFICANCE = 0.01;
 const PERMUTATIONS = 199;
-/** A profile cluster of one update is an outlier, not a task: nothing would be averaged in it. */
-const MIN_CLUSTER_SIZE = 2;
 /** Above this many updates the permutation test runs on a seeded sample of them (its cost is quadratic). */
 const MAX_TESTED = 64;
 
@@ -108,9 +106,7 @@ function bestSplit(dist: readonly (readonly number[])[], maxClusters: number, ra
   let best: Split | undefined;
   for (let k = 2; k <= Math.min(maxClusters, Math.floor(dist.length / MIN_CLUSTER_SIZE)); k++) {
     const labels = kMedoids(dist, k, random);
-    const sizes = new Map<number, number>();
-    for (const l of labels) sizes.set(l, (sizes.get(l) ?? 0) + 1);
-    if ([...sizes.values()].some((n) => n < MIN_CLUSTER_SIZE)) continue;
+    if (hasOutlierCluster(labels)) continue;
     const score = silhouetteOfDistances(dist, labels);
     if (!best || score > best.silhouette) best = { labels, silhouette: score };
   }

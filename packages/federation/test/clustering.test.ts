@@ -92,6 +92,22 @@ describe('task-aware clustering', () => {
     expect(new Set(result.ids)).toEqual(new Set([0]));
   });
 
+  it('leaves a lone outlier in the cluster of the others, and splits off two of a kind', () => {
+    const many = Array.from({ length: 10 }, () => clientUpdate(common, tasks[0]!, COMMON_WEIGHT, 0.15));
+    const other = () => clientUpdate(common, tasks[1]!, COMMON_WEIGHT, 0.15);
+    const lone = clusterSketches(
+      [...many, other()].map((u) => sketch.sketch(u)),
+      { maxClusters: 4 },
+    );
+    expect(lone.ids).toEqual(new Array(11).fill(0));
+    expect(lone.view).toBe('none');
+    const pair = clusterSketches(
+      [...many, other(), other()].map((u) => sketch.sketch(u)),
+      { maxClusters: 4 },
+    );
+    expect(adjustedRandIndex(pair.ids, [...new Array(10).fill(0), 1, 1])).toBe(1);
+  });
+
   it('keeps cluster ids stable across rounds whatever the client order', () => {
     const first = clusterSketches(sketches, { maxClusters: 4 });
     const nextRound = truth.map((t) => clientUpdate(common, tasks[t]!, COMMON_WEIGHT, 0.15));

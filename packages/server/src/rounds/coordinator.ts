@@ -341,7 +341,13 @@ export class Coordinator {
 
     const clusters = [...new Set(this.store.adapters(job.id).map((a) => a.clusterId))];
     const candidates = idle.map((clientId) => ({ clientId, plan: this.sessions.get(clientId)?.plan }));
-    const sampled = configureRound(spec, job.state, clusters, candidates, `${job.id}:${job.currentRound}`);
+    const sampled = configureRound(
+      spec,
+      job.state,
+      clusters,
+      candidates,
+      `${job.spec.seed ?? job.id}:${job.currentRound}`,
+    );
     const now = Date.now();
     const round: RoundRow = {
       jobId: job.id,
@@ -382,10 +388,10 @@ export class Coordinator {
 
   private readonly initialAdapters = new Map<string, LoraAdapter>();
 
-  /** Round 0's shared start of `job` (a function of its id, so a restarted server hands out the same). */
+  /** Round 0's shared start of `job` (a function of its seed or id, so a restarted server hands out the same). */
   private initialAdapterOf(job: JobRow): LoraAdapter {
     let adapter = this.initialAdapters.get(job.id);
-    if (!adapter) this.initialAdapters.set(job.id, (adapter = initialAdapter(job.spec, job.id)));
+    if (!adapter) this.initialAdapters.set(job.id, (adapter = initialAdapter(job.spec, job.spec.seed ?? job.id)));
     return adapter;
   }
 

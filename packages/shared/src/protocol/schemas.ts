@@ -370,6 +370,11 @@ export const JobSpec = Type.Object(
       ),
     ),
     trimFraction: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 0.5, default: 0.2 })),
+    /**
+     * Seeds the job's shared initial adapter and its sampling of clients (default: the job's id, so
+     * every job differs). Two jobs with one seed and the same clients draw the same starts and samples.
+     */
+    seed: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   },
   strict,
 );
