@@ -7,10 +7,19 @@ import type { LlamaConfig } from './config.js';
 import type { Weights } from './checkpoint.js';
 import type { AdamWOptions, StepResult, TrainBatch } from './tfjs/train.js';
 
+export interface StepOptions {
+  /**
+   * The step minimizes sum(w * -log p(target)) / normalizer; by default the normalizer is sum(w), the
+   * weighted mean. With a normalizer of its own a batch may carry negative weights: policy-gradient
+   * advantages, where a sample that did worse than its group is made less likely.
+   */
+  normalizer?: number;
+}
+
 export interface Trainer {
   readonly engine: 'ort' | 'tfjs';
   /** One optimizer step on the whole batch (ORT accumulates gradients over micro-batches). */
-  step(batch: TrainBatch, learningRate?: number): Promise<StepResult>;
+  step(batch: TrainBatch, learningRate?: number, options?: StepOptions): Promise<StepResult>;
   /** Token-weighted mean loss of a batch, no update. */
   evaluate(batch: TrainBatch): Promise<number>;
   /** The trained adapter (fine-tuning), or undefined when training all weights. */

@@ -217,6 +217,41 @@ describe('ONNX Runtime and tfjs training from the same start on the same batches
   });
 });
 
+describe('a step with a normalizer of its own (policy gradient)', () => {
+  it('makes positively weighted rows likelier and negatively weighted ones less likely, alike in ORT and tfjs', async () => {
+    const config = CONFIGS[1]!.config;
+    const weights = randomWeights(config, 71);
+    const adapter = randomLora(config, 4, ['q_proj', 'v_proj'], 72);
+    const batch = randomBatch(73, 2, 16);
+    const signed: TrainBatch = { ...batch, weights: batch.weights.map((row, r) => row.map(() => (r === 0 ? 1 : -1))) };
+    const rowOnly = (r: number): TrainBatch => ({
+      inputIds: [batch.inputIds[r]!],
+      targets: [batch.targets[r]!],
+      weights: [batch.weights[r]!.map(() => 1)],
+    });
+    const options = { learningRate: 1e-2, adapter };
+    const ort = await OrtTrainer.create(config, weights, { ...options, microBatch: 2, seqLen: 16 });
+    const tfjs = createTfjsTrainer(config, weights, options);
+    const before = [await ort.evaluate(rowOnly(0)), await ort.evaluate(rowOnly(1))];
+    // all weights sum to 0: the default normalizer refuses such a batch
+    await expect(ort.step(signed)).rejects.toThrow(/positive loss weight/);
+    await expect(ort.step(signed, undefined, { normalizer: 0 })).rejects.toThrow(/not positive/);
+    // the reported loss is sum(w * nll) / normalizer: (16 tokens x mean nll of row 0 - the same of row 1) / 2
+    const expected = (16 * before[0]! - 16 * before[1]!) / 2;
+    expect((await ort.step(signed, undefined, { normalizer: 2 })).loss).toBeCloseTo(expected, 3);
+    expect(tfjs.stepSync(signed, undefined, { normalizer: 2 }).loss).toBeCloseTo(expected, 3);
+    const after = [await ort.evaluate(rowOnly(0)), await ort.evaluate(rowOnly(1))];
+    expect(after[0]).toBeLessThan(before[0]!);
+    expect(after[1]).toBeGreaterThan(before[1]!);
+    const [a, b] = [ort.adapter()!, tfjs.adapter()!];
+    for (const [path, f] of a.modules) {
+      expect(relativeError(f.A, b.modules.get(path)!.A)).toBeLessThan(1e-3);
+      expect(relativeError(f.B, b.modules.get(path)!.B)).toBeLessThan(1e-3);
+    }
+    await Promise.all([ort.dispose(), tfjs.dispose()]);
+  });
+});
+
 describe('trained results leave the trainer as ordinary adapters and checkpoints', () => {
   const config = CONFIGS[1]!.config;
   const weights = randomWeights(config, 71);

@@ -11,7 +11,7 @@ import { checkAdapter } from '../lora.js';
 import { buildAdamWGraph } from '../onnx/adamw-graph.js';
 import { type TrainableTensor, buildLlamaTrainGraph } from '../onnx/llama-train-graph.js';
 import type { AdamWOptions, StepResult, TrainBatch } from '../tfjs/train.js';
-import type { Trainer } from '../trainer.js';
+import type { StepOptions, Trainer } from '../trainer.js';
 
 export interface OrtTrainerOptions extends AdamWOptions {
   /** Train this adapter (fine-tuning); all weights are trained when absent (pretraining). */
@@ -118,15 +118,23 @@ export class OrtTrainer implements Trainer {
     return { lossSum, weightSum, grads: this.buffers.grads };
   }
 
-  async step(batch: TrainBatch, learningRate = this.options.learningRate): Promise<StepResult> {
+  async step(
+    batch: TrainBatch,
+    learningRate = this.options.learningRate,
+    options: StepOptions = {},
+  ): Promise<StepResult> {
     const { lossSum, weightSum, grads } = await this.gradients(batch);
-    if (!(weightSum > 0)) throw new Error('the batch has no token with a positive loss weight');
+    const normalizer = options.normalizer ?? weightSum;
+    if (options.normalizer === undefined && !(weightSum > 0)) {
+      throw new Error('the batch has no token with a positive loss weight');
+    }
+    if (!(normalizer > 0) || !Number.isFinite(normalizer)) throw new Error(`normalizer ${normalizer} is not positive`);
     this.t += 1;
     const beta1 = this.options.beta1 ?? 0.9;
     const beta2 = this.options.beta2 ?? 0.999;
     const scalar = (x: number) => new ort.Tensor('float32', Float32Array.of(x), []);
     const feeds: Record<string, ort.Tensor> = {
-      inv_weight_sum: scalar(1 / weightSum),
+      inv_weight_sum: scalar(1 / normalizer),
       lr: scalar(learningRate),
       bc1: scalar(1 - beta1 ** this.t),
       bc2: scalar(1 - beta2 ** this.t),
@@ -152,7 +160,7 @@ export class OrtTrainer implements Trainer {
       [this.m[i], spare.m[i]] = [spare.m[i] as Float32Array, this.m[i] as Float32Array];
       [this.v[i], spare.v[i]] = [spare.v[i] as Float32Array, this.v[i] as Float32Array];
     });
-    return { loss: lossSum / weightSum, gradNorm: (out['grad_norm']!.data as Float32Array)[0] as number };
+    return { loss: lossSum / normalizer, gradNorm: (out['grad_norm']!.data as Float32Array)[0] as number };
   }
 
   /** Everything a resumed run needs: step count, parameters and AdamW moments. */

@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { LoraAdapter, LoraFactors } from '@floe/shared';
 import type { LlamaConfig } from '../config.js';
 import type { Weights } from '../checkpoint.js';
-import type { Trainer } from '../trainer.js';
+import type { StepOptions, Trainer } from '../trainer.js';
 import { TfjsLlama, type TfjsLora, tfjsLora } from './llama.js';
 
 /**
@@ -36,15 +36,24 @@ export interface StepResult {
   gradNorm: number;
 }
 
-/** sum(w * -log p(target)) / sum(w). Cross-entropy by one-hot product: gather has no gradient on wasm. */
-export function weightedCrossEntropy(logits: tf.Tensor3D, targets: number[][], weights: number[][]): tf.Scalar {
+/**
+ * sum(w * -log p(target)) / normalizer (default sum(w)). Cross-entropy by one-hot product: gather has no
+ * gradient on wasm.
+ */
+export function weightedCrossEntropy(
+  logits: tf.Tensor3D,
+  targets: number[][],
+  weights: number[][],
+  normalizer?: number,
+): tf.Scalar {
   return tf.tidy(() => {
     const [b, s, V] = logits.shape;
     const logProbs = tf.logSoftmax(logits.reshape([b * s, V]));
     const oneHot = tf.oneHot(tf.tensor1d(targets.flat(), 'int32'), V);
     const nll = tf.neg(tf.sum(tf.mul(logProbs, oneHot), -1)); // [b*s]
     const w = tf.tensor1d(weights.flat());
-    return tf.div<tf.Scalar>(tf.sum(tf.mul(nll, w)), tf.maximum(tf.sum(w), 1e-12));
+    const denominator = normalizer === undefined ? tf.maximum(tf.sum(w), 1e-12) : tf.scalar(normalizer);
+    return tf.div<tf.Scalar>(tf.sum(tf.mul(nll, w)), denominator);
   });
 }
 
@@ -124,15 +133,18 @@ export class TfjsTrainer implements Trainer {
   }
 
   /** Loss and gradients without an update (for gradient checks). */
-  gradients(batch: TrainBatch): { loss: number; grads: tf.Tensor[] } {
-    const { value, grads } = tf.variableGrads(() => this.loss(batch), this.params);
+  gradients(batch: TrainBatch, normalizer?: number): { loss: number; grads: tf.Tensor[] } {
+    const { value, grads } = tf.variableGrads(() => this.loss(batch, normalizer), this.params);
     const loss = value.dataSync()[0] as number;
     value.dispose();
     return { loss, grads: this.params.map((p) => grads[p.name] as tf.Tensor) };
   }
 
-  stepSync(batch: TrainBatch, learningRate?: number): StepResult {
-    const { loss, grads } = this.gradients(batch);
+  stepSync(batch: TrainBatch, learningRate?: number, options: StepOptions = {}): StepResult {
+    if (options.normalizer !== undefined && !(options.normalizer > 0 && Number.isFinite(options.normalizer))) {
+      throw new Error(`normalizer ${options.normalizer} is not positive`);
+    }
+    const { loss, grads } = this.gradients(batch, options.normalizer);
     const clipped = clipByGlobalNorm(grads, this.options.maxGradNorm);
     this.optimizer.apply(this.params, clipped.grads, learningRate);
     tf.dispose(grads);
@@ -140,8 +152,8 @@ export class TfjsTrainer implements Trainer {
     return { loss, gradNorm: clipped.norm };
   }
 
-  step(batch: TrainBatch, learningRate?: number): Promise<StepResult> {
-    return Promise.resolve(this.stepSync(batch, learningRate));
+  step(batch: TrainBatch, learningRate?: number, options?: StepOptions): Promise<StepResult> {
+    return Promise.resolve(this.stepSync(batch, learningRate, options));
   }
 
   evaluateSync(batch: TrainBatch): number {
@@ -160,14 +172,14 @@ export class TfjsTrainer implements Trainer {
     return this.model.weights();
   }
 
-  private loss(batch: TrainBatch): tf.Scalar {
+  private loss(batch: TrainBatch, normalizer?: number): tf.Scalar {
     const { logits } = this.model.forward(batch.inputIds, {
       attentionMask: batch.attentionMask,
       lora: this.options.lora,
       oneHotEmbedding: this.fullModel,
       returnCache: false,
     });
-    return weightedCrossEntropy(logits, batch.targets, batch.weights);
+    return weightedCrossEntropy(logits, batch.targets, batch.weights, normalizer);
   }
 
   dispose(): Promise<void> {
