@@ -13,3 +13,4 @@ export * from './device.js';
 export * from './inference/index.js';
 export * from './privacy/index.js';
 export * from './serving/index.js';
+export * from './offload/index.js';

@@ -22,6 +22,8 @@ export interface SamplingOptions {
   topK?: number;
   topP?: number;
   seed?: number;
+  /** Added to a token's logit before choosing (as OpenAI's `logit_bias`); -Infinity bans the token. */
+  logitBias?: ReadonlyMap<number, number>;
 }
 
 export interface GenerateOptions extends SamplingOptions {
@@ -142,7 +144,7 @@ export async function* streamGenerate<C>(
         continue;
       }
       const offset = (b * seqOfLogits + seqOfLogits - 1) * V;
-      const row = step.logits.subarray(offset, offset + V);
+      const row = biased(step.logits.subarray(offset, offset + V), options.logitBias);
       const token = sampleToken(row, config, options, random);
       next.push(token);
       const result = results[b] as Generation;
@@ -183,6 +185,13 @@ export async function generate<C>(
     const { value, done } = await stream.next();
     if (done) return value;
   }
+}
+
+function biased(row: Float32Array, bias: ReadonlyMap<number, number> | undefined): Float32Array {
+  if (!bias || bias.size === 0) return row;
+  const out = row.slice();
+  for (const [id, b] of bias) if (id >= 0 && id < out.length) out[id] = (out[id] as number) + b;
+  return out;
 }
 
 function firstStop(text: string, stop: readonly string[] | undefined): number {

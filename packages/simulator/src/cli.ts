@@ -1,8 +1,10 @@
 /**
  * `pnpm simulate`: a whole hybrid federation on this machine (see simulation.ts), with a live progress
- * display, and its report written as report.json, report.md and SVG charts.
+ * display, and its report written as report.json, report.md and SVG charts. `--scenario offload` runs
+ * the offloading study instead (offload/run.ts).
  *
  *   pnpm simulate [--quick] [--config FILE] [--out DIR] [--tasks speech,email] [--rounds 3] ...
+ *   pnpm simulate --scenario offload [--quick] [--rl-steps N] ...
  *   pnpm simulate check runs/<time>/report.json
  */
 import { existsSync, readFileSync } from 'node:fs';
@@ -18,6 +20,9 @@ import { TASKS } from '@floe/tasks';
 import { reportMarkdown } from './report/markdown.js';
 import { renderSvg } from './report/charts.js';
 import { type Claim, METHODS, SimulationReport, checkClaims } from './report/schema.js';
+import { OffloadUsageError, simulateOffload } from './offload/command.js';
+import { OffloadReport, offloadClaims } from './offload/report.js';
+import { DEFAULT_OFFLOAD } from './offload/scenario.js';
 import { DEFAULT_SCENARIO, QUICK_SCENARIO, Scenario, checkScenario } from './scenario.js';
 import { type SimulationObserver, runSimulation } from './simulation.js';
 
@@ -161,13 +166,15 @@ async function check(file: string, required?: readonly string[]): Promise<boolea
   } catch (error) {
     throw new UsageError(`${file}: ${(error as Error).message}`);
   }
-  let report: SimulationReport;
+  let claims: Claim[];
   try {
-    report = parse(SimulationReport, value, `report ${file}`);
+    claims =
+      (value as { scenario?: unknown } | null)?.scenario === 'offload'
+        ? offloadClaims(parse(OffloadReport, value, `report ${file}`))
+        : checkClaims(parse(SimulationReport, value, `report ${file}`));
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
-  const claims = checkClaims(report);
   const unknown = (required ?? []).filter((id) => !claims.some((c) => c.id === id));
   if (unknown.length > 0) {
     throw new UsageError(
@@ -188,6 +195,11 @@ const program = new Command('simulate')
   .description(
     'Run a whole hybrid federation here: the cloud stand-in and the coordination server as processes on loopback, ' +
       'edge clients as worker threads, every method compared on held-out data; writes report.json, report.md and charts',
+  )
+  .addOption(
+    new Option('--scenario <name>', 'federation (the main job) or offload (learning when to ask the cloud)')
+      .choices(['federation', 'offload'] as const)
+      .default('federation' as const),
   )
   .option('--quick', `the CI scenario (${QUICK_SCENARIO.rounds} rounds x ${QUICK_SCENARIO.localSteps} steps)`)
   .option('--config <file>', 'JSON file of scenario fields (flags override it)')
@@ -245,7 +257,50 @@ const program = new Command('simulate')
     ),
   )
   .addOption(new Option('--no-calibration', 'measure this host even where the scenario names a calibration'))
+  .addOption(
+    new Option('--rl-steps <n>', `offload: GAPG and GRPO steps (default ${DEFAULT_OFFLOAD.rlSteps})`).argParser(
+      number(1, 100_000, true),
+    ),
+  )
+  .addOption(
+    new Option(
+      '--budget <share>',
+      `offload: share of queries the cloud may take (default ${DEFAULT_OFFLOAD.budget})`,
+    ).argParser(number(0.01, 1)),
+  )
   .action(async (o) => {
+    if (o.scenario === 'offload') {
+      const offloadFlags = [
+        'scenario',
+        'quick',
+        'config',
+        'out',
+        'strict',
+        'seed',
+        'edgeModel',
+        'cloudModel',
+        'rlSteps',
+        'budget',
+      ];
+      const federationOnly = Object.keys(o).filter((k) => !offloadFlags.includes(k));
+      if (federationOnly.length > 0) {
+        const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+        throw new UsageError(`--scenario offload does not take ${federationOnly.map(flag).join(', ')}`);
+      }
+      const flags = {
+        seed: o.seed,
+        edgeModel: o.edgeModel,
+        cloudModel: o.cloudModel,
+        rlSteps: o.rlSteps,
+        budget: o.budget,
+      };
+      const claims = await simulateOffload(flags, o.quick === true, o.config, o.out);
+      if (o.strict && !claims.every((c) => c.holds)) process.exitCode = 1;
+      return;
+    }
+    if (o.rlSteps !== undefined || o.budget !== undefined) {
+      throw new UsageError('--rl-steps and --budget belong to --scenario offload');
+    }
     const flags = {
       tasks: o.tasks,
       clientsPerTask: o.clientsPerTask,
@@ -289,7 +344,7 @@ try {
   await program.parseAsync();
 } catch (error) {
   if (error instanceof CommanderError) process.exit(error.exitCode === 0 ? 0 : 2);
-  if (error instanceof UsageError) {
+  if (error instanceof UsageError || error instanceof OffloadUsageError) {
     console.error(`simulate: ${error.message}`);
     process.exit(2);
   }

@@ -1,0 +1,250 @@
+/**
+ * `pnpm simulate --scenario offload`: the edge model learns when to ask the cloud, against baselines,
+ * all on arithmetic with the cloud stand-in as a process on loopback.
+ *
+ * 1. Problems: training problems from general:train, held-out ones from general:test (disjoint by
+ *    construction, checked by overlap). The cloud answers every held-out problem once (cached).
+ * 2. Stage 1 (task tuning) gives one adapter that every method starts from.
+ * 3. The router learns the task-tuned model's failures on the training problems.
+ * 4. GAPG and GRPO train from the task-tuned adapter with the same reward and steps.
+ * 5. Every method answers the held-out problems under each budget (the overflow locally); intervals by
+ *    bootstrap over problems.
+ */
+import os from 'node:os';
+import { type CloudProcess, spawnCloudProcess } from '@floe/cloud-llm';
+import {
+  CloudAnswers,
+  CloudClient,
+  PrivacyGuard,
+  type Reply,
+  RlTrainer,
+  type RlStep,
+  Router,
+  bootstrap,
+  greedyReplies,
+  randomWishes,
+  taskTune,
+  underBudget,
+} from '@floe/edge-client';
+import { OrtLlama, loadCheckpoint } from '@floe/model';
+import { type LoraAdapter, Random } from '@floe/shared';
+import { type Example, arithmeticTask } from '@floe/tasks';
+import type { OffloadScenario } from './scenario.js';
+import type { OffloadReport } from './report.js';
+
+export interface OffloadObserver {
+  line(text: string): void;
+}
+
+/** Methods that may call the cloud under a budget, and the references that do not or always do. */
+export const BUDGETED = ['gapg', 'router', 'random', 'grpo'] as const;
+export const REFERENCES = ['taskTuned', 'local', 'cloud'] as const;
+
+const correctOf = (replies: readonly Reply[], problems: readonly Example[]) =>
+  replies.map((r, i) => r.kind === 'answer' && r.answer === problems[i]!.answer);
+
+export async function runOffload(scenario: OffloadScenario, observer: OffloadObserver): Promise<OffloadReport> {
+  const started = performance.now();
+  const wall: Record<string, number> = {};
+  const timed = async <T>(name: string, run: () => Promise<T>): Promise<T> => {
+    const from = performance.now();
+    observer.line(`${name}: started`);
+    try {
+      return await run();
+    } finally {
+      wall[name] = (performance.now() - from) / 1000;
+      observer.line(`${name}: ${wall[name].toFixed(0)} s`);
+    }
+  };
+
+  const { general } = arithmeticTask({ seed: scenario.seed });
+  const random = new Random(scenario.seed + 11);
+  const train = random.shuffled(general.train.examples ?? []).slice(0, scenario.trainProblems);
+  const held = random.shuffled(general.test.examples ?? []).slice(0, scenario.evalProblems);
+  const trainPrompts = new Set(train.map((p) => p.prompt));
+  const overlap = held.filter((p) => trainPrompts.has(p.prompt)).length;
+  if (overlap > 0) throw new Error(`${overlap} held-out problems are also training problems`);
+
+  const checkpoint = await loadCheckpoint(scenario.edgeModel);
+  let cloudProcess: CloudProcess | undefined;
+  const sessions: { release(): Promise<void> }[] = [];
+  try {
+    observer.line('starting the cloud stand-in on loopback');
+    cloudProcess = await spawnCloudProcess(['--model', scenario.cloudModel, '--host', '127.0.0.1', '--port', '0']);
+    const client = new CloudClient(
+      { baseURL: `${cloudProcess.url}/v1`, apiKey: 'none', model: 'floe-cloud', timeoutMs: 60_000 },
+      new PrivacyGuard({ policy: 'block' }),
+    );
+    const cloud = new CloudAnswers(client, { concurrency: 8 });
+    const cloudCorrect = await timed('cloud answers to the held-out problems', async () =>
+      Promise.all(held.map((p) => cloud.correct(p))),
+    );
+
+    const taskTuned = await timed('stage 1: task tuning', () =>
+      taskTune({
+        checkpoint,
+        problems: train,
+        helpShare: scenario.helpShare,
+        steps: scenario.taskTuningSteps,
+        seed: scenario.seed,
+        onStep: (step, loss) => {
+          if (step % 50 === 0 || step === scenario.taskTuningSteps) {
+            observer.line(`  task tuning step ${step}/${scenario.taskTuningSteps}: loss ${loss.toFixed(3)}`);
+          }
+        },
+      }),
+    );
+    const model = await OrtLlama.create(checkpoint.config, checkpoint.weights, {
+      loraModules: [...taskTuned.modules.keys()].sort(),
+    });
+    sessions.push(model);
+    const replies = (adapter: LoraAdapter, problems: readonly Example[], help: boolean) =>
+      greedyReplies(
+        model,
+        adapter,
+        problems.map((p) => p.prompt),
+        { help },
+      );
+
+    const taskTunedLocal = correctOf(await replies(taskTuned, held, false), held);
+    const router = await timed('router', async () => {
+      const failed = correctOf(await replies(taskTuned, train, false), train).map((ok) => !ok);
+      return Router.train(
+        train.map((p) => p.prompt),
+        failed,
+        { seed: scenario.seed },
+      );
+    });
+    const routerScores = router.scores(held.map((p) => p.prompt));
+
+    const rl = async (algorithm: 'gapg' | 'grpo') => {
+      const trainer = await RlTrainer.create({
+        checkpoint,
+        start: taskTuned,
+        problems: train,
+        cloud,
+        algorithm,
+        group: scenario.group,
+        promptsPerStep: scenario.promptsPerStep,
+        learningRate: scenario.rlLearningRate,
+        seed: scenario.seed,
+      });
+      try {
+        for (let step = 0; step < scenario.rlSteps; step++) {
+          const s = await trainer.next();
+          if (s.step % 5 === 0 || s.step === scenario.rlSteps)
+            observer.line(`  ${algorithm} ${describeStep(s, scenario.rlSteps)}`);
+        }
+        return { adapter: trainer.adapter(), history: [...trainer.history] };
+      } finally {
+        await trainer.dispose();
+      }
+    };
+    const gapg = await timed('stage 2: GAPG', () => rl('gapg'));
+    const grpo = await timed('baseline: GRPO', () => rl('grpo'));
+
+    const evaluated = await timed('held-out answers', async () => {
+      const asks = async (adapter: LoraAdapter) => (await replies(adapter, held, true)).map((r) => r.kind === 'help');
+      return {
+        gapgWants: await asks(gapg.adapter),
+        gapgLocal: correctOf(await replies(gapg.adapter, held, false), held),
+        grpoWants: await asks(grpo.adapter),
+        grpoLocal: correctOf(await replies(grpo.adapter, held, false), held),
+      };
+    });
+
+    const n = held.length;
+    const atBudget = (budget: number) => ({
+      gapg: underBudget(evaluated.gapgWants, evaluated.gapgLocal, cloudCorrect, budget),
+      router: underBudget(
+        routerScores.map((s) => s > router.threshold(budget)),
+        taskTunedLocal,
+        cloudCorrect,
+        budget,
+      ),
+      random: underBudget(randomWishes(n, budget, scenario.seed), taskTunedLocal, cloudCorrect, budget),
+      grpo: underBudget(evaluated.grpoWants, evaluated.grpoLocal, cloudCorrect, budget),
+    });
+    const share = (xs: readonly boolean[]) => xs.filter(Boolean).length / Math.max(1, xs.length);
+    const main = atBudget(scenario.budget);
+    const correct: Record<string, readonly boolean[]> = {
+      ...Object.fromEntries(BUDGETED.map((m) => [m, main[m].correct])),
+      taskTuned: taskTunedLocal,
+      local: evaluated.gapgLocal,
+      cloud: cloudCorrect,
+    };
+    const intervals = bootstrap(
+      correct,
+      [
+        ['gapg', 'router'],
+        ['router', 'random'],
+        ['random', 'taskTuned'],
+      ],
+      { seed: scenario.seed },
+    );
+    const curve = scenario.curve.flatMap((budget) => {
+      const outcome = atBudget(budget);
+      return [
+        ...BUDGETED.map((method) => ({
+          budget,
+          method,
+          accuracy: outcome[method].accuracy,
+          callRatio: outcome[method].callRatio,
+        })),
+        { budget, method: 'taskTuned', accuracy: share(taskTunedLocal), callRatio: 0 },
+        { budget, method: 'local', accuracy: share(evaluated.gapgLocal), callRatio: 0 },
+        { budget, method: 'cloud', accuracy: share(cloudCorrect), callRatio: 1 },
+      ];
+    });
+    router.dispose();
+    const cpus = os.cpus();
+    return {
+      scenario: 'offload',
+      config: { ...scenario },
+      machine: {
+        cpu: cpus[0]?.model.trim() ?? 'unknown',
+        cores: cpus.length,
+        memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+        node: process.version,
+      },
+      problems: { train: train.length, heldOut: n, overlap: 0 },
+      budget30: {
+        budget: scenario.budget,
+        systemAccuracy: {
+          gapg: main.gapg.accuracy,
+          router: main.router.accuracy,
+          random: main.random.accuracy,
+          grpo: main.grpo.accuracy,
+          taskTuned: share(taskTunedLocal),
+          local: share(evaluated.gapgLocal),
+          cloud: share(cloudCorrect),
+        },
+        callRatio: {
+          gapg: main.gapg.callRatio,
+          router: main.router.callRatio,
+          random: main.random.callRatio,
+          grpo: main.grpo.callRatio,
+        },
+        /** What each RL policy asks for before the budget cuts it. */
+        askRatio: { gapg: share(evaluated.gapgWants), grpo: share(evaluated.grpoWants) },
+        intervals,
+      },
+      curve,
+      grpoCallRatioTrace: grpo.history.map((s) => s.callRatio),
+      gapgTrace: gapg.history,
+      grpoTrace: grpo.history,
+      cloudCalls: { ...cloud.stats, prompts: cloud.size },
+      wallSeconds: { ...wall, total: (performance.now() - started) / 1000 },
+    };
+  } finally {
+    await Promise.all(sessions.map((s) => s.release()));
+    await cloudProcess?.stop();
+  }
+}
+
+export function describeStep(s: RlStep, steps: number): string {
+  return (
+    `step ${s.step}/${steps}: reward ${s.reward.toFixed(3)}, call ratio ${s.callRatio.toFixed(2)}, ` +
+    `local accuracy ${s.accuracy.toFixed(2)}, kept ${s.kept}/${s.drawn} prompts, ${s.seconds.toFixed(1)} s`
+  );
+}
