@@ -100,6 +100,22 @@ describe('generation', () => {
     expect(a[0]!.margin).toBe(Infinity); // a margin is a greedy figure
   });
 
+  it('a logit bias of -Infinity bans a token; the other choices stay as they were until it would have come', async () => {
+    const plain = await generate(model, ['ab'], { maxNewTokens: 12 });
+    const banned = plain[0]!.tokens[3]!;
+    const [biased] = await generate(model, ['ab'], { maxNewTokens: 12, logitBias: new Map([[banned, -Infinity]]) });
+    expect(biased!.tokens).not.toContain(banned);
+    const first = plain[0]!.tokens.indexOf(banned);
+    expect(biased!.tokens.slice(0, first)).toEqual(plain[0]!.tokens.slice(0, first));
+    // sampled, too
+    const sampled = await generate(model, new Array<string>(8).fill('ab'), {
+      maxNewTokens: 12,
+      temperature: 1.5,
+      logitBias: new Map([[banned, -Infinity]]),
+    });
+    for (const g of sampled) expect(g.tokens).not.toContain(banned);
+  });
+
   it('refuses a prompt that would run past max_position_embeddings', async () => {
     await expect(generate(model, ['x'.repeat(250)], { maxNewTokens: 10 })).rejects.toThrow(/max_position_embeddings/);
   });
