@@ -13,6 +13,7 @@ import { Command, CommanderError, Option } from '@commander-js/extra-typings';
 import { architectureOf, checkpointSha256, loadAdapter, loadCheckpoint, saveAdapter } from '@floe/model';
 import { readDataDir } from '@floe/tasks';
 import { cloudCallLogFile, addInferenceCommands } from './cli/inference.js';
+import { addOffloadCommands } from './cli/offload.js';
 import {
   DEFAULT_MODULES,
   UsageError,
@@ -382,6 +383,7 @@ function buildProgram(): Command {
     });
 
   addInferenceCommands(program);
+  addOffloadCommands(program);
 
   const allKeys = new Set(
     program.commands.flatMap((command) => command.options.map((option) => option.attributeName())),

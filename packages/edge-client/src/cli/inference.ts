@@ -8,6 +8,7 @@ import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from '@commander-js/extra-typings';
 import { getCountries, type CountryCode } from 'libphonenumber-js';
 import { CloudClient } from '../inference/cloud-client.js';
+import { TokenBucket } from '../offload/budget.js';
 import { CloudCallLog } from '../privacy/call-log.js';
 import { PRIVACY_POLICIES, PrivacyGuard, type PrivacyPolicy } from '../privacy/guard.js';
 import { DeviceStore } from '../device-store.js';
@@ -70,7 +71,7 @@ function adapterList(value: string): AdapterSource[] {
   });
 }
 
-const privacyOption = () =>
+export const privacyOption = () =>
   new Option('--privacy <policy>', 'what a cloud call with personal data does: block, redact or allow')
     .env('FLOE_EDGE_PRIVACY')
     .choices(PRIVACY_POLICIES)
@@ -84,18 +85,28 @@ const regionsOption = () =>
     .env('FLOE_EDGE_PHONE_REGIONS')
     .argParser(regionList)
     .default(['US', 'GB'] as CountryCode[]);
-const cloudUrlOption = () =>
+export const cloudUrlOption = () =>
   new Option('--cloud-url <url>', 'OpenAI-compatible base URL of the cloud LLM, e.g. http://127.0.0.1:8000/v1')
     .env('FLOE_EDGE_CLOUD_URL')
     .argParser(cloudUrl);
-const cloudKeyOption = () => new Option('--cloud-key <key>', "the cloud's API key").env('FLOE_EDGE_CLOUD_KEY');
-const cloudModelOption = () =>
+export const cloudKeyOption = () => new Option('--cloud-key <key>', "the cloud's API key").env('FLOE_EDGE_CLOUD_KEY');
+export const cloudModelOption = () =>
   new Option('--cloud-model <id>', 'the model to ask the cloud for').env('FLOE_EDGE_CLOUD_MODEL').default('floe-cloud');
-const cloudTimeoutOption = () =>
+export const cloudTimeoutOption = () =>
   new Option('--cloud-timeout-ms <ms>', 'a cloud call quiet this long counts as failed')
     .env('FLOE_EDGE_CLOUD_TIMEOUT_MS')
     .argParser(integer(1, 600_000))
     .default(2000);
+const helpCallsOption = () =>
+  new Option('--help-calls <n>', 'calls the help tag may make per window; then the edge answers itself')
+    .env('FLOE_EDGE_HELP_CALLS')
+    .argParser(integer(0, 1_000_000))
+    .default(30);
+const helpWindowOption = () =>
+  new Option('--help-window-sec <s>', 'the window of --help-calls')
+    .env('FLOE_EDGE_HELP_WINDOW_SEC')
+    .argParser(positiveNumber)
+    .default(60);
 const fusionOption = () =>
   new Option(
     '--fusion <mode>',
@@ -120,6 +131,8 @@ interface InferenceSettings {
   privacy: PrivacyPolicy;
   privateTerms?: string[] | undefined;
   phoneRegions: CountryCode[];
+  helpCalls: number;
+  helpWindowSec: number;
 }
 
 async function textGenerator(
@@ -137,11 +150,12 @@ async function textGenerator(
     : undefined;
   const mode = o.fusion ?? (cloud ? 'entropy' : 'edge');
   if (mode !== 'edge' && !cloud) throw new UsageError(`--fusion ${mode} needs a cloud: give --cloud-url`);
-  const generator = new TextGenerator(models, cloud, {
-    terms: o.privateTerms,
-    phoneRegions: o.phoneRegions,
-    log: new CloudCallLog(cloudCallLogFile(o.home)),
-  });
+  const generator = new TextGenerator(
+    models,
+    cloud,
+    { terms: o.privateTerms, phoneRegions: o.phoneRegions, log: new CloudCallLog(cloudCallLogFile(o.home)) },
+    { budget: new TokenBucket(o.helpCalls, o.helpWindowSec) },
+  );
   return { generator, mode };
 }
 
@@ -228,6 +242,8 @@ export function addInferenceCommands(program: Command): void {
     .addOption(cloudKeyOption())
     .addOption(cloudModelOption())
     .addOption(cloudTimeoutOption())
+    .addOption(helpCallsOption())
+    .addOption(helpWindowOption())
     .addOption(fusionOption())
     .addOption(deadlineOption())
     .addOption(privacyOption())
@@ -322,6 +338,8 @@ export function addInferenceCommands(program: Command): void {
     .addOption(cloudKeyOption())
     .addOption(cloudModelOption())
     .addOption(cloudTimeoutOption())
+    .addOption(helpCallsOption())
+    .addOption(helpWindowOption())
     .addOption(fusionOption())
     .addOption(deadlineOption())
     .addOption(privacyOption())

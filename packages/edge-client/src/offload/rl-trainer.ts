@@ -39,6 +39,8 @@ export interface RlOptions {
   rho?: number;
   reward?: RewardWeights;
   seed?: number;
+  /** A well-formed answer (default: an integer). */
+  format?: RegExp;
   /** Bytes a reply may take (enough for the help tag and its newline). */
   maxReplyBytes?: number;
   threads?: number;
@@ -119,7 +121,14 @@ export class RlTrainer {
     if (state.algorithm !== this.options.algorithm || state.seed !== (this.options.seed ?? 0)) {
       throw new Error(`the saved run is ${state.algorithm} seed ${state.seed}, not this one`);
     }
-    this.trainer.restore(state.trainer);
+    // saved tensors may come back in any order (a file's), the trainer takes them in its own
+    const byName = new Map(state.trainer.tensors.map((t) => [t.name, t]));
+    const tensors = this.trainer.state().tensors.map(({ name }) => {
+      const saved = byName.get(name);
+      if (!saved) throw new Error(`the saved run lacks ${name}`);
+      return saved;
+    });
+    this.trainer.restore({ step: state.trainer.step, tensors });
     this.history.splice(0, this.history.length, ...state.history);
   }
 
@@ -147,7 +156,7 @@ export class RlTrainer {
     const cloud = await Promise.all(drawn.map((p) => options.cloud.correct(p)));
     const groups = drawn.map((problem, p) => {
       const samples = replies.slice(p * G, (p + 1) * G).map((generation) => {
-        const reply = parseReply(generation.text);
+        const reply = parseReply(generation.text, options.format);
         return {
           generation,
           reply,

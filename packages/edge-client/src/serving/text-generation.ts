@@ -12,6 +12,8 @@ import { type CloudCallRecorder, PrivacyGuard, type PrivacyPolicy } from '../pri
 import type { CloudClient, StreamEnd } from '../inference/cloud-client.js';
 import { ContinuationDrafter, FusedByteSource, type FusedStats } from '../inference/fused-source.js';
 import { FUSION_MODES, type FusionMode } from '../inference/fusion.js';
+import type { TokenBucket } from '../offload/budget.js';
+import { HELP_TAG, HELP_TAG_FIRST_BYTE } from '../offload/help-tag.js';
 import type { EdgeModels } from './edge-models.js';
 
 /** `edge`: the device alone; a fusion mode: edge and cloud fused per byte; `cloud`: the cloud answers. */
@@ -55,6 +57,17 @@ export interface TextOutcome {
   fused?: FusedStats;
   /** Texts bound for the cloud that the guard kept on the device. */
   blockedCalls: number;
+  /**
+   * The edge asked for help (the help tag, decision 0031): `cloud` when the cloud answered from there,
+   * `local` when the edge answered itself (no cloud, the call budget spent, or the cloud failed).
+   */
+  help?: 'cloud' | 'local';
+}
+
+/** How the edge's requests for help (the help tag) reach the cloud. */
+export interface HelpSettings {
+  /** Calls the tag may make; when it is empty the edge answers itself. Unlimited when absent. */
+  budget?: TokenBucket | undefined;
 }
 
 /** The longest start of `text` of at most `bytes` UTF-8 bytes that ends on a whole character. */
@@ -64,6 +77,16 @@ function cutToBytes(text: string, bytes: number): string {
     if (Buffer.byteLength(out + c) > bytes) break;
     out += c;
   }
+  return out;
+}
+
+/** The distribution without one outcome, renormalized (the edge may not open the help tag again here). */
+function withoutOutcome(p: Float64Array, outcome: number): Float64Array {
+  const out = p.slice();
+  const rest = 1 - (out[outcome] ?? 0);
+  out[outcome] = 0;
+  if (rest <= 0) return p;
+  for (let i = 0; i < out.length; i++) out[i] = (out[i] as number) / rest;
   return out;
 }
 
@@ -118,6 +141,7 @@ export class TextGenerator {
     /** The cloud, if the device has one configured. */
     readonly cloud: CloudClient | undefined,
     private readonly privacy: PrivacySettings = {},
+    private readonly help: HelpSettings = {},
   ) {}
 
   guardFor(policy: PrivacyPolicy): PrivacyGuard {
@@ -208,17 +232,24 @@ export class TextGenerator {
       answeredBy = 'fused';
     }
     // what the edge continues: the prompt, and whatever the cloud already answered
-    const session = await source.start(request.prompt + answer);
+    let session = await source.start(request.prompt + answer);
     const random = new Random(request.seed);
     const decoder = new TextDecoder();
     let finish: TextOutcome['finish'] = 'length';
+    // the help tag is held back while it may still be arriving, and never shown
+    let tag = new StopWatch([HELP_TAG]);
+    let help: TextOutcome['help'];
+    let banTag = false;
+    const context = this.models.checkpoint.config.max_position_embeddings;
     try {
-      // restored values are longer than their placeholders: the edge's context bounds the rest too
-      const context = this.models.checkpoint.config.max_position_embeddings;
-      const limit = Math.min(request.maxTokens, bytes + context - 1 - Buffer.byteLength(request.prompt + answer));
-      while (bytes < limit) {
-        if (request.signal?.aborted) break;
-        const p = await session.next();
+      for (;;) {
+        // restored values are longer than their placeholders: the edge's context bounds the rest too
+        const limit = Math.min(request.maxTokens, bytes + context - 1 - Buffer.byteLength(request.prompt + answer));
+        if (bytes >= limit || request.signal?.aborted) break;
+        let p = await session.next();
+        // refused help, the edge answers on its own: the tag's first byte stays out for the rest of the
+        // answer (as in evaluation), or the model, still wanting help, writes the tag a byte later
+        if (banTag) p = withoutOutcome(p, HELP_TAG_FIRST_BYTE);
         const outcome = chooseOutcome(p, { temperature: request.temperature, topP: request.topP }, random);
         session.push(outcome);
         if (outcome === END_OF_TEXT) {
@@ -228,14 +259,51 @@ export class TextGenerator {
         bytes++;
         const piece = decoder.decode(Uint8Array.of(outcome), { stream: true });
         if (!piece) continue;
-        const { out, stopped } = stops.push(fused ? restorer.push(piece) : piece);
-        if (out) yield out;
-        if (stopped) return { finish: 'stop', bytes, answeredBy, blockedCalls: blockedCalls(), ...this.statsOf(fused) };
+        const seen = tag.push(piece);
+        if (seen.out) {
+          answer += seen.out;
+          const { out, stopped } = stops.push(fused ? restorer.push(seen.out) : seen.out);
+          if (out) yield out;
+          if (stopped) {
+            return {
+              finish: 'stop',
+              bytes,
+              answeredBy,
+              blockedCalls: blockedCalls(),
+              ...this.statsOf(fused),
+              ...(help ? { help } : {}),
+            };
+          }
+        }
+        if (!seen.stopped) continue;
+        // the edge asked for help: its tag is not part of the answer
+        bytes -= Buffer.byteLength(HELP_TAG);
+        tag = new StopWatch([HELP_TAG]);
+        if (cloud && !keptOnDevice && (this.help.budget?.take() ?? true)) {
+          const handed = yield* this.handOver(cloud, request, answer, bytes, stops, restorer);
+          bytes = handed.bytes;
+          answer += handed.text;
+          if (handed.end === 'stop' || handed.end === 'length' || handed.stopped) {
+            return {
+              finish: handed.stopped || handed.end === 'stop' ? 'stop' : 'length',
+              bytes,
+              answeredBy: 'edge+cloud',
+              blockedCalls: blockedCalls(),
+              help: 'cloud',
+              ...this.statsOf(fused),
+            };
+          }
+        }
+        // no cloud, no budget left, or the cloud failed: the edge answers itself from here, without the tag
+        help = 'local';
+        session.close();
+        session = await source.start(request.prompt + answer);
+        banTag = true;
       }
     } finally {
       session.close();
     }
-    const tail = decoder.decode();
+    const tail = decoder.decode() + tag.flush();
     const rest = stops.push(fused ? restorer.push(tail) + restorer.flush() : tail).out;
     const last = rest + stops.flush();
     if (last) yield last;
@@ -247,7 +315,53 @@ export class TextGenerator {
       ...(cloudEnd ? { cloudEnd } : {}),
       blockedCalls: blockedCalls(),
       ...this.statsOf(fused),
+      ...(help ? { help } : {}),
     };
+  }
+
+  /**
+   * The cloud's answer from where the edge asked for help, shown as it comes (placeholders mapped back,
+   * stop strings applied). Returns what it added and how the cloud ended.
+   */
+  private async *handOver(
+    cloud: CloudClient,
+    request: TextRequest,
+    before: string,
+    bytesBefore: number,
+    stops: StopWatch,
+    restorer: ReturnType<PrivacyGuard['restorer']>,
+  ): AsyncGenerator<string, { text: string; bytes: number; end: StreamEnd | undefined; stopped: boolean }> {
+    let bytes = bytesBefore;
+    let text = '';
+    const pieces = cloud.answer(request.prompt + before, {
+      maxTokens: Math.max(1, request.maxTokens - bytes),
+      temperature: request.temperature,
+      stop: request.stop,
+      signal: request.signal,
+    });
+    for (;;) {
+      const next = await pieces.next();
+      if (next.done) {
+        const held = restorer.flush();
+        text += held;
+        const shown = stops.push(held);
+        if (shown.out) yield shown.out;
+        return { text, bytes, end: next.value, stopped: shown.stopped };
+      }
+      const room = request.maxTokens - bytes;
+      const piece = Buffer.byteLength(next.value) > room ? cutToBytes(next.value, room) : next.value;
+      bytes += Buffer.byteLength(piece);
+      const restored = restorer.push(piece);
+      text += restored;
+      const { out, stopped } = stops.push(restored);
+      if (out) yield out;
+      if (stopped || piece !== next.value) {
+        await pieces.return('cancelled');
+        const rest = stopped ? '' : stops.push(restorer.flush()).out;
+        if (rest) yield rest;
+        return { text, bytes, end: stopped ? 'stop' : 'length', stopped };
+      }
+    }
   }
 
   private statsOf(fused: FusedByteSource | undefined): { fused?: FusedStats } {
