@@ -4,7 +4,7 @@
  * their difficulty: the tuned model then knows the tag and emits it now and then, which is what RL
  * needs to explore asking, but has learned nothing about when to ask.
  */
-import { type Checkpoint, type OrtLlama, OrtTrainer, generate } from '@floe/model';
+import { ByteTokenizer, type Checkpoint, type OrtLlama, OrtTrainer, generate } from '@floe/model';
 import { type LoraAdapter, Random } from '@floe/shared';
 import { type Example, ExampleSampler, sampleBatch } from '@floe/tasks';
 import { initialAdapter } from '../local-trainer.js';
@@ -88,6 +88,43 @@ export async function greedyReplies(
       ...(options.help ? {} : { logitBias: new Map([[HELP_TAG_FIRST_BYTE, -Infinity]]) }),
     });
     out.push(...generations.map((g) => parseReply(g.text)));
+  }
+  return out;
+}
+
+/**
+ * The probability that the model's reply to each prompt opens with the help tag (its first byte), a
+ * policy's inclination to ask: ranking prompts by it lets a budget be filled, or cut, by a threshold.
+ */
+export async function askProbabilities(
+  model: OrtLlama,
+  adapter: LoraAdapter | undefined,
+  prompts: readonly string[],
+  batch = 64,
+): Promise<number[]> {
+  const { config } = model;
+  const tokenizer = new ByteTokenizer();
+  const out: number[] = [];
+  for (let i = 0; i < prompts.length; i += batch) {
+    const encoded = prompts.slice(i, i + batch).map((p) => tokenizer.encode(p, { bos: true }));
+    const width = Math.max(...encoded.map((e) => e.length));
+    const ids = encoded.map((e) => [...new Array<number>(width - e.length).fill(config.pad_token_id), ...e]);
+    const mask = encoded.map((e) => [
+      ...new Array<number>(width - e.length).fill(0),
+      ...new Array<number>(e.length).fill(1),
+    ]);
+    const { logits } = await model.forward(ids, { attentionMask: mask, lora: adapter });
+    const V = config.vocab_size;
+    encoded.forEach((_, b) => {
+      const row = logits.subarray((b * width + width - 1) * V, (b * width + width) * V);
+      let max = -Infinity;
+      for (let id = 0; id < V; id++)
+        if (id !== config.pad_token_id && id !== config.bos_token_id) max = Math.max(max, row[id] as number);
+      let total = 0;
+      for (let id = 0; id < V; id++)
+        if (id !== config.pad_token_id && id !== config.bos_token_id) total += Math.exp((row[id] as number) - max);
+      out.push(Math.exp((row[HELP_TAG_FIRST_BYTE] as number) - max) / total);
+    });
   }
   return out;
 }

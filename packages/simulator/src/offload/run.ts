@@ -20,6 +20,7 @@ import {
   RlTrainer,
   type RlStep,
   Router,
+  askProbabilities,
   bootstrap,
   greedyReplies,
   randomWishes,
@@ -144,18 +145,38 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
     const grpo = await timed('baseline: GRPO', () => rl('grpo'));
 
     const evaluated = await timed('held-out answers', async () => {
-      const asks = async (adapter: LoraAdapter) => (await replies(adapter, held, true)).map((r) => r.kind === 'help');
-      return {
-        gapgWants: await asks(gapg.adapter),
-        gapgLocal: correctOf(await replies(gapg.adapter, held, false), held),
-        grpoWants: await asks(grpo.adapter),
-        grpoLocal: correctOf(await replies(grpo.adapter, held, false), held),
-      };
+      const policy = async (adapter: LoraAdapter) => ({
+        asks: (await replies(adapter, held, true)).map((r) => r.kind === 'help'),
+        askProbability: await askProbabilities(
+          model,
+          adapter,
+          held.map((p) => p.prompt),
+        ),
+        trainingAskProbability: (
+          await askProbabilities(
+            model,
+            adapter,
+            train.map((p) => p.prompt),
+          )
+        ).sort((a, b) => a - b),
+        local: correctOf(await replies(adapter, held, false), held),
+      });
+      return { gapg: await policy(gapg.adapter), grpo: await policy(grpo.adapter) };
     });
+    /**
+     * What an RL policy asks the cloud for at a budget: what it asks on its own, and, where that is less
+     * than the budget, also the prompts it is most inclined to ask about (its probability of opening the
+     * tag above the level at which a budget share of training prompts would be asked about).
+     */
+    const policyWants = (p: (typeof evaluated)['gapg'], budget: number) => {
+      const sorted = p.trainingAskProbability;
+      const level = sorted[Math.min(sorted.length - 1, Math.floor((1 - budget) * sorted.length))] as number;
+      return p.asks.map((asked, i) => asked || (p.askProbability[i] as number) >= level);
+    };
 
     const n = held.length;
     const atBudget = (budget: number) => ({
-      gapg: underBudget(evaluated.gapgWants, evaluated.gapgLocal, cloudCorrect, budget),
+      gapg: underBudget(policyWants(evaluated.gapg, budget), evaluated.gapg.local, cloudCorrect, budget),
       router: underBudget(
         routerScores.map((s) => s > router.threshold(budget)),
         taskTunedLocal,
@@ -163,14 +184,14 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
         budget,
       ),
       random: underBudget(randomWishes(n, budget, scenario.seed), taskTunedLocal, cloudCorrect, budget),
-      grpo: underBudget(evaluated.grpoWants, evaluated.grpoLocal, cloudCorrect, budget),
+      grpo: underBudget(policyWants(evaluated.grpo, budget), evaluated.grpo.local, cloudCorrect, budget),
     });
     const share = (xs: readonly boolean[]) => xs.filter(Boolean).length / Math.max(1, xs.length);
     const main = atBudget(scenario.budget);
     const correct: Record<string, readonly boolean[]> = {
       ...Object.fromEntries(BUDGETED.map((m) => [m, main[m].correct])),
       taskTuned: taskTunedLocal,
-      local: evaluated.gapgLocal,
+      local: evaluated.gapg.local,
       cloud: cloudCorrect,
     };
     const intervals = bootstrap(
@@ -192,7 +213,7 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
           callRatio: outcome[method].callRatio,
         })),
         { budget, method: 'taskTuned', accuracy: share(taskTunedLocal), callRatio: 0 },
-        { budget, method: 'local', accuracy: share(evaluated.gapgLocal), callRatio: 0 },
+        { budget, method: 'local', accuracy: share(evaluated.gapg.local), callRatio: 0 },
         { budget, method: 'cloud', accuracy: share(cloudCorrect), callRatio: 1 },
       ];
     });
@@ -216,7 +237,7 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
           random: main.random.accuracy,
           grpo: main.grpo.accuracy,
           taskTuned: share(taskTunedLocal),
-          local: share(evaluated.gapgLocal),
+          local: share(evaluated.gapg.local),
           cloud: share(cloudCorrect),
         },
         callRatio: {
@@ -226,7 +247,7 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
           grpo: main.grpo.callRatio,
         },
         /** What each RL policy asks for before the budget cuts it. */
-        askRatio: { gapg: share(evaluated.gapgWants), grpo: share(evaluated.grpoWants) },
+        askRatio: { gapg: share(evaluated.gapg.asks), grpo: share(evaluated.grpo.asks) },
         intervals,
       },
       curve,
