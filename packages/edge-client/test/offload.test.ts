@@ -22,7 +22,9 @@ describe('the help tag', () => {
     expect(parseReply(`${HELP_TAG}\n123`)).toEqual({ kind: 'help', before: '' });
     expect(parseReply(`57${HELP_TAG}`)).toEqual({ kind: 'help', before: '57' });
     expect(parseReply('57 apples')).toEqual({ kind: 'malformed', text: '57 apples' });
-    expect(parseReply('<unknown>help')).toEqual({ kind: 'malformed', text: '<unknown>help' });
+    // opening the tag is the decision: the rest is forced, so a reply that strays after it still asked
+    expect(parseReply('<unknown>hel!')).toEqual({ kind: 'help', before: '' });
+    expect(parseReply('3 <')).toEqual({ kind: 'help', before: '3' });
     expect(parseReply('')).toEqual({ kind: 'malformed', text: '' });
   });
 

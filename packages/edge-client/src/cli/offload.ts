@@ -93,10 +93,10 @@ export function addOffloadCommands(program: Command): void {
         .choices(['gapg', 'grpo'] as const)
         .default('gapg' as const),
     )
-    .addOption(new Option('--steps <n>', 'RL steps').argParser(integer(1, 1_000_000)).default(150))
+    .addOption(new Option('--steps <n>', 'RL steps').argParser(integer(1, 1_000_000)).default(300))
     .addOption(new Option('--group <n>', 'samples per prompt').argParser(integer(2, 64)).default(8))
-    .addOption(new Option('--prompts-per-step <n>', 'prompts a step').argParser(integer(1, 1024)).default(16))
-    .addOption(new Option('--lr <rate>', 'learning rate').argParser(positiveNumber).default(2e-4))
+    .addOption(new Option('--prompts-per-step <n>', 'prompts a step').argParser(integer(1, 1024)).default(32))
+    .addOption(new Option('--lr <rate>', 'learning rate').argParser(positiveNumber).default(2e-5))
     .addOption(
       new Option('--rho <x>', 'cloud-only prompts kept per locally solved one (3/7: at most 30%)')
         .argParser(positiveNumber)

@@ -16,13 +16,16 @@ export type Reply =
 export const INTEGER_ANSWER = /^-?\d+$/;
 
 /**
- * Reads a reply: `help` when it ends with the help tag (whatever came before it, kept in `before`), an
- * `answer` when it is well formed, else `malformed`. A reply is read up to its first newline.
+ * Reads a reply (up to its first newline): `help` when it opens the help tag, whatever came before it
+ * (kept in `before`); an `answer` when it is well formed; else `malformed`. Opening the tag is the
+ * decision: its first byte commits to it and the rest is forced (constrained decoding, as a special
+ * token would be), so a sampled reply that starts the tag and then strays still asked.
  */
 export function parseReply(text: string, format: RegExp = INTEGER_ANSWER): Reply {
   const line = text.split('\n', 1)[0] as string;
+  const at = line.indexOf(HELP_TAG[0] as string);
+  if (at >= 0) return { kind: 'help', before: line.slice(0, at).trim() };
   const trimmed = line.trim();
-  if (trimmed.endsWith(HELP_TAG)) return { kind: 'help', before: trimmed.slice(0, -HELP_TAG.length).trim() };
   if (format.test(trimmed)) return { kind: 'answer', answer: trimmed };
   return { kind: 'malformed', text: line };
 }

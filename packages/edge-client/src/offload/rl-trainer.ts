@@ -67,7 +67,7 @@ export interface RlState {
   history: RlStep[];
 }
 
-const DEFAULTS = { group: 8, promptsPerStep: 16, learningRate: 2e-4, temperature: 1, maxReplyBytes: 28 };
+const DEFAULTS = { group: 8, promptsPerStep: 32, learningRate: 2e-5, temperature: 1, maxReplyBytes: 28 };
 
 export class RlTrainer {
   readonly history: RlStep[] = [];
@@ -171,7 +171,7 @@ export class RlTrainer {
       };
     });
     const kept = filterPrompts(groups, options.rho ?? DEFAULT_RHO, random);
-    const rows: { tokens: number[]; answerFrom: number; weight: number }[] = [];
+    const rows: Row[] = [];
     for (const index of kept) {
       const group = groups[index]!;
       const advantages = groupAdvantages(
@@ -182,11 +182,14 @@ export class RlTrainer {
         const advantage = advantages[i] as number;
         if (advantage === 0) return;
         const prompt = [this.bos, ...new TextEncoder().encode(group.problem.prompt)];
-        const reply = [...sample.generation.tokens];
-        if (sample.generation.finishReason === 'eos') reply.push(this.options.checkpoint.config.eos_token_id);
+        const { tokens: reply, chosen } = constrained(
+          sample.generation.tokens,
+          sample.generation.finishReason,
+          this.eos,
+        );
         // GRPO averages over each reply's tokens; GAPG sums them (the sequence's log-likelihood)
-        const perToken = options.algorithm === 'grpo' ? advantage / Math.max(1, reply.length) : advantage;
-        rows.push({ tokens: [...prompt, ...reply], answerFrom: prompt.length, weight: perToken });
+        const perToken = options.algorithm === 'grpo' ? advantage / Math.max(1, chosen) : advantage;
+        rows.push({ tokens: [...prompt, ...reply], answerFrom: prompt.length, chosen, weight: perToken });
       });
     }
     if (rows.length > 0) {
@@ -214,8 +217,12 @@ export class RlTrainer {
     return this.options.checkpoint.config.bos_token_id;
   }
 
+  private get eos(): number {
+    return this.options.checkpoint.config.eos_token_id;
+  }
+
   /** Rows right-padded to the graph's length; only the reply's tokens carry weight. */
-  private batchOf(rows: readonly { tokens: number[]; answerFrom: number; weight: number }[]): TrainBatch {
+  private batchOf(rows: readonly Row[]): TrainBatch {
     const pad = this.options.checkpoint.config.pad_token_id;
     const S = this.seqLen;
     const batch: TrainBatch = { inputIds: [], targets: [], weights: [], attentionMask: [] };
@@ -245,10 +252,34 @@ export class RlTrainer {
   }
 }
 
+interface Row {
+  tokens: number[];
+  /** Where the reply starts in `tokens`. */
+  answerFrom: number;
+  /** Reply tokens the policy chose (those after the help tag's first byte are forced). */
+  chosen: number;
+  weight: number;
+}
+
+const TAG_BYTES = [...new TextEncoder().encode(HELP_TAG)];
+const NEWLINE = 10;
+
+/**
+ * A sampled reply as the constrained policy produced it: once it opens the help tag, the rest of the
+ * tag and the newline are forced (they carry no choice, so no gradient); otherwise the reply as sampled
+ * and its end (EOS when the model ended the text).
+ */
+function constrained(sampled: readonly number[], finish: string, eos: number): { tokens: number[]; chosen: number } {
+  const opens = sampled.indexOf(TAG_BYTES[0] as number);
+  if (opens >= 0) return { tokens: [...sampled.slice(0, opens), ...TAG_BYTES, NEWLINE], chosen: opens + 1 };
+  const tokens = finish === 'eos' ? [...sampled, eos] : [...sampled];
+  return { tokens, chosen: tokens.length };
+}
+
 /** Tokens a training row holds: BOS, the longest prompt, the longest reply and its end. */
 function sequenceRoom(options: RlOptions): number {
   const longestPrompt = Math.max(...options.problems.map((p) => new TextEncoder().encode(p.prompt).length));
-  const reply = Math.max(options.maxReplyBytes ?? DEFAULTS.maxReplyBytes, HELP_TAG.length + 1);
+  const reply = Math.max(options.maxReplyBytes ?? DEFAULTS.maxReplyBytes, HELP_TAG.length) + 1;
   return 1 + longestPrompt + reply;
 }
 

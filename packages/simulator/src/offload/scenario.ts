@@ -36,11 +36,13 @@ export const DEFAULT_OFFLOAD: OffloadScenario = {
   trainProblems: 4000,
   evalProblems: 1000,
   taskTuningSteps: 300,
-  helpShare: 0.1,
-  rlSteps: 150,
+  // a tenth left the tuned model asking on ~1% of samples, too rarely for RL to learn when it pays
+  helpShare: 0.3,
+  rlSteps: 300,
   group: 8,
-  promptsPerStep: 16,
-  rlLearningRate: 2e-4,
+  promptsPerStep: 32,
+  // 1e-4 and 2e-4 drove the tag's probability down on every kind of problem within 50 steps
+  rlLearningRate: 2e-5,
   budget: 0.3,
   curve: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
   edgeModel: 'models/edge-small',
@@ -52,5 +54,6 @@ export const QUICK_OFFLOAD: OffloadScenario = {
   trainProblems: 1000,
   evalProblems: 300,
   taskTuningSteps: 100,
-  rlSteps: 20,
+  rlSteps: 30,
+  promptsPerStep: 16,
 };
