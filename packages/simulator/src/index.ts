@@ -11,3 +11,6 @@ export * from './frame-inspector.js';
 export * from './client-evaluator.js';
 export * from './calibration.js';
 export * from './attacks.js';
+export * from './offload/scenario.js';
+export * from './offload/report.js';
+export * from './offload/run.js';

@@ -26,12 +26,17 @@ describe('scenarios', () => {
       [['--participation', '0'], /--participation/],
       [['--calibration', 'no/such/file.json'], /calibration no\/such\/file.json does not exist/],
       [['--frobnicate'], /unknown option/],
+      [['--scenario', 'chess'], /--scenario.*chess/],
+      [['--scenario', 'offload', '--rounds', '3'], /--scenario offload does not take --rounds/],
+      [['--scenario', 'offload', '--rl-steps', '0'], /--rl-steps/],
+      [['--scenario', 'offload', '--edge-model', 'no/such/dir'], /no\/such\/dir is not a checkpoint directory/],
+      [['--rl-steps', '5'], /--rl-steps and --budget belong to --scenario offload/],
     ];
     for (const [args, reason] of cases) {
       const run = simulate(...args);
       expect({ args, status: run.status }).toEqual({ args, status: 2 });
       expect(run.stderr).toMatch(reason);
-      expect(run.stdout).not.toMatch(/simulating/);
+      expect(run.stdout).not.toMatch(/simulating|offloading/);
     }
   });
 });

@@ -105,7 +105,7 @@ export function addOffloadCommands(program: Command): void {
     .addOption(
       new Option('--help-share <x>', 'stage 1: share of examples answered with the help tag')
         .argParser(share)
-        .default(0.1),
+        .default(0.3),
     )
     .addOption(new Option('--answer-format <regex>', 'a well-formed answer').argParser(pattern).default(/^-?\d+$/))
     .addOption(new Option('--save-every <n>', 'steps between saved states').argParser(integer(1)).default(10))

@@ -13,7 +13,7 @@ import { HELP_TAG, HELP_TAG_FIRST_BYTE, type Reply, parseReply } from './help-ta
 export interface TaskTuningOptions {
   checkpoint: Checkpoint;
   problems: readonly Example[];
-  /** Share of examples answered with the help tag (default 0.1). */
+  /** Share of examples answered with the help tag (default 0.3). */
   helpShare?: number;
   rank?: number;
   alpha?: number;
@@ -47,7 +47,7 @@ export async function taskTune(options: TaskTuningOptions): Promise<LoraAdapter>
     seed,
   );
   const seqLen = 64;
-  const sampler = new ExampleSampler(withHelpExamples(options.problems, options.helpShare ?? 0.1, seed), seqLen);
+  const sampler = new ExampleSampler(withHelpExamples(options.problems, options.helpShare ?? 0.3, seed), seqLen);
   const trainer = await OrtTrainer.create(config, weights, {
     learningRate: options.learningRate ?? 2e-3,
     maxGradNorm: 1,
