@@ -5,6 +5,7 @@
  * OUT/rl-state, and a run with the same settings continues from there); the adapter is saved in PEFT
  * layout in OUT.
  */
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -133,6 +134,12 @@ export function addOffloadCommands(program: Command): void {
         seed: o.seed,
         adapter: o.adapter ?? null,
         taskTuningSteps: o.adapter ? null : o.taskTuningSteps,
+        helpShare: o.adapter ? null : o.helpShare,
+        answerFormat: o.answerFormat.source,
+        // the problems themselves: a resumed run must draw from the same ones
+        problems: createHash('sha256')
+          .update(JSON.stringify(problems.map((p) => [p.prompt, p.answer])))
+          .digest('hex'),
       };
       if (o.fresh) await rm(stateDir, { recursive: true, force: true });
       const saved = existsSync(path.join(stateDir, 'progress.json')) ? await loadState(stateDir, settings) : undefined;
@@ -211,8 +218,15 @@ async function saveState(
     { name: `m:${t.name}`, shape: t.shape, data: t.m },
     { name: `v:${t.name}`, shape: t.shape, data: t.v },
   ]);
-  await writeSafetensors(path.join(dir, 'state.safetensors.tmp'), tensors, 'F32', { step: String(state.trainer.step) });
-  await saveAdapter(path.join(dir, 'start'), start);
+  await writeSafetensors(path.join(dir, 'state.safetensors.tmp'), tensors, 'F32', {
+    step: String(state.trainer.step),
+    rlSteps: String(state.history.length),
+  });
+  // the start adapter is the run's own: written once, before the first saved step names it
+  if (!existsSync(path.join(dir, 'start', 'adapter_config.json'))) {
+    await saveAdapter(path.join(dir, 'start.tmp'), start);
+    await rename(path.join(dir, 'start.tmp'), path.join(dir, 'start'));
+  }
   await writeFile(
     path.join(dir, 'progress.json.tmp'),
     JSON.stringify({ settings, algorithm: state.algorithm, seed: state.seed, history: state.history }),
@@ -242,10 +256,12 @@ async function loadState(
     );
   }
   const saved = await readSafetensors(path.join(dir, 'state.safetensors'));
+  // a step that kept no prompt updates nothing: the optimizer's step count may trail the RL steps
   const step = Number(saved.metadata['step']);
-  if (step !== progress.history.length) {
+  const rlSteps = Number(saved.metadata['rlSteps']);
+  if (rlSteps !== progress.history.length) {
     throw new UsageError(
-      `${dir}: the saved tensors (step ${step}) and history (${progress.history.length}) disagree; --fresh`,
+      `${dir}: the saved tensors (step ${rlSteps}) and history (${progress.history.length}) disagree; --fresh`,
     );
   }
   const names = [...new Set([...saved.tensors.keys()].map((k) => k.slice(2)))];

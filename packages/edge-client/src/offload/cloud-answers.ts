@@ -31,28 +31,36 @@ export class CloudAnswers {
       this.stats.cached++;
       return known;
     }
-    const pending = this.call(prompt).then((answer) => {
-      if (answer === undefined) this.cache.delete(prompt);
-      return answer;
-    });
+    const pending = this.call(prompt).then(
+      (answer) => {
+        if (answer === undefined) this.cache.delete(prompt);
+        return answer;
+      },
+      (error: unknown) => {
+        this.cache.delete(prompt);
+        throw error;
+      },
+    );
     this.cache.set(prompt, pending);
     return pending;
   }
 
-  async correct(problem: Example): Promise<boolean> {
-    return (await this.answer(problem.prompt)) === problem.answer;
+  /** Whether the cloud answers `problem` right; undefined when it gave no answer (down, refused, blocked). */
+  async correct(problem: Example): Promise<boolean | undefined> {
+    const answer = await this.answer(problem.prompt);
+    return answer === undefined ? undefined : answer === problem.answer;
   }
 
-  /** Prompts answered so far (settled and successful). */
+  /** Prompts answered or being answered (failed calls are forgotten). */
   get size(): number {
     return this.cache.size;
   }
 
   private async call(prompt: string): Promise<string | undefined> {
-    if (this.inFlight >= (this.options.concurrency ?? 8)) {
+    // a finished call hands its slot straight to the next waiter, so none slips in between
+    if (this.inFlight >= (this.options.concurrency ?? 8))
       await new Promise<void>((resolve) => this.waiting.push(resolve));
-    }
-    this.inFlight++;
+    else this.inFlight++;
     this.stats.calls++;
     try {
       let text = '';
@@ -71,8 +79,9 @@ export class CloudAnswers {
       }
       return text.split('\n', 1)[0]!.trim();
     } finally {
-      this.inFlight--;
-      this.waiting.shift()?.();
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.inFlight--;
     }
   }
 }

@@ -57,6 +57,8 @@ export interface RlStep {
   /** Prompts the filter kept, of those drawn. */
   kept: number;
   drawn: number;
+  /** Drawn prompts left out because the cloud gave no answer (down, refused, blocked by the guard). */
+  unanswered: number;
   seconds: number;
 }
 
@@ -93,11 +95,16 @@ export class RlTrainer {
       seqLen: sequenceRoom(options),
       threads: options.threads ?? 2,
     });
-    const sampler = await OrtLlama.create(config, weights, {
-      loraModules: [...options.start.modules.keys()].sort(),
-      threads: options.threads ?? 2,
-    });
-    return new RlTrainer(options, trainer, sampler);
+    try {
+      const sampler = await OrtLlama.create(config, weights, {
+        loraModules: [...options.start.modules.keys()].sort(),
+        threads: options.threads ?? 2,
+      });
+      return new RlTrainer(options, trainer, sampler);
+    } catch (error) {
+      await trainer.dispose();
+      throw error;
+    }
   }
 
   get step(): number {
@@ -153,9 +160,13 @@ export class RlTrainer {
         lora: adapter,
       },
     );
-    const cloud = await Promise.all(drawn.map((p) => options.cloud.correct(p)));
-    const groups = drawn.map((problem, p) => {
-      const samples = replies.slice(p * G, (p + 1) * G).map((generation) => {
+    // a prompt the cloud gave no answer to (down, refused, blocked) says nothing about asking: left out
+    const verdicts = await Promise.all(drawn.map((p) => options.cloud.correct(p)));
+    const answered = drawn.filter((_, p) => verdicts[p] !== undefined);
+    const cloud = verdicts.filter((v): v is boolean => v !== undefined);
+    const groups = answered.map((problem, p) => {
+      const at = drawn.indexOf(problem);
+      const samples = replies.slice(at * G, (at + 1) * G).map((generation) => {
         const reply = parseReply(generation.text, options.format);
         return {
           generation,
@@ -207,6 +218,7 @@ export class RlTrainer {
       ),
       kept: kept.length,
       drawn: drawn.length,
+      unanswered: drawn.length - answered.length,
       seconds: (performance.now() - started) / 1000,
     };
     this.history.push(report);
@@ -235,10 +247,12 @@ export class RlTrainer {
       ];
       batch.inputIds.push(fill(tokens.slice(0, -1), pad));
       batch.targets.push(fill(tokens.slice(1), pad));
-      // target j is token j + 1: a reply token when j + 1 >= answerFrom
+      // target j is token j + 1: a reply token the policy chose when answerFrom <= j + 1 < answerFrom + chosen
+      // (the forced rest of a help tag carries no choice, so no weight)
+      const chosen = (j: number) => j + 1 >= row.answerFrom && j + 1 < row.answerFrom + row.chosen;
       batch.weights.push(
         fill(
-          Array.from({ length: n }, (_, j) => (j + 1 >= row.answerFrom ? row.weight : 0)),
+          Array.from({ length: n }, (_, j) => (chosen(j) ? row.weight : 0)),
           0,
         ),
       );
@@ -278,7 +292,7 @@ function constrained(sampled: readonly number[], finish: string, eos: number): {
 
 /** Tokens a training row holds: BOS, the longest prompt, the longest reply and its end. */
 function sequenceRoom(options: RlOptions): number {
-  const longestPrompt = Math.max(...options.problems.map((p) => new TextEncoder().encode(p.prompt).length));
+  const longestPrompt = options.problems.reduce((n, p) => Math.max(n, new TextEncoder().encode(p.prompt).length), 0);
   const reply = Math.max(options.maxReplyBytes ?? DEFAULTS.maxReplyBytes, HELP_TAG.length) + 1;
   return 1 + longestPrompt + reply;
 }

@@ -233,6 +233,7 @@ export class TextGenerator {
     }
     // what the edge continues: the prompt, and whatever the cloud already answered
     let session = await source.start(request.prompt + answer);
+    let inContext = Buffer.byteLength(request.prompt + answer) + 1;
     const random = new Random(request.seed);
     const decoder = new TextDecoder();
     let finish: TextOutcome['finish'] = 'length';
@@ -243,15 +244,16 @@ export class TextGenerator {
     const context = this.models.checkpoint.config.max_position_embeddings;
     try {
       for (;;) {
-        // restored values are longer than their placeholders: the edge's context bounds the rest too
-        const limit = Math.min(request.maxTokens, bytes + context - 1 - Buffer.byteLength(request.prompt + answer));
-        if (bytes >= limit || request.signal?.aborted) break;
+        // the edge's context bounds the answer too (what it holds: the prompt, what came before this
+        // session, and every byte pushed since, shown or held back)
+        if (bytes >= request.maxTokens || inContext >= context - 1 || request.signal?.aborted) break;
         let p = await session.next();
         // refused help, the edge answers on its own: the tag's first byte stays out for the rest of the
         // answer (as in evaluation), or the model, still wanting help, writes the tag a byte later
         if (banTag) p = withoutOutcome(p, HELP_TAG_FIRST_BYTE);
         const outcome = chooseOutcome(p, { temperature: request.temperature, topP: request.topP }, random);
         session.push(outcome);
+        inContext++;
         if (outcome === END_OF_TEXT) {
           finish = 'stop';
           break;
@@ -294,16 +296,20 @@ export class TextGenerator {
             };
           }
         }
+        if (request.signal?.aborted) break;
         // no cloud, no budget left, or the cloud failed: the edge answers itself from here, without the tag
         help = 'local';
         session.close();
         session = await source.start(request.prompt + answer);
+        inContext = Buffer.byteLength(request.prompt + answer) + 1;
         banTag = true;
       }
     } finally {
       session.close();
     }
-    const tail = decoder.decode() + tag.flush();
+    // an answer that ended while the tag was arriving (two bytes of it or more) does not show the start
+    const pending = tag.flush();
+    const tail = decoder.decode() + (pending.length >= 2 && HELP_TAG.startsWith(pending) ? '' : pending);
     const rest = stops.push(fused ? restorer.push(tail) + restorer.flush() : tail).out;
     const last = rest + stops.flush();
     if (last) yield last;
@@ -345,7 +351,10 @@ export class TextGenerator {
         const held = restorer.flush();
         text += held;
         const shown = stops.push(held);
-        if (shown.out) yield shown.out;
+        const completed = next.value === 'stop' || next.value === 'length';
+        // a complete answer ends here: what the stop strings held back is shown too
+        const out = shown.out + (completed && !shown.stopped ? stops.flush() : '');
+        if (out) yield out;
         return { text, bytes, end: next.value, stopped: shown.stopped };
       }
       const room = request.maxTokens - bytes;
@@ -357,7 +366,7 @@ export class TextGenerator {
       if (out) yield out;
       if (stopped || piece !== next.value) {
         await pieces.return('cancelled');
-        const rest = stopped ? '' : stops.push(restorer.flush()).out;
+        const rest = stopped ? '' : stops.push(restorer.flush()).out + stops.flush();
         if (rest) yield rest;
         return { text, bytes, end: stopped ? 'stop' : 'length', stopped };
       }

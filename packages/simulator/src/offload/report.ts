@@ -16,6 +16,7 @@ const Step = Type.Object({
   accuracy: Share,
   kept: Type.Integer({ minimum: 0 }),
   drawn: Type.Integer({ minimum: 0 }),
+  unanswered: Type.Integer({ minimum: 0 }),
   seconds: Type.Number({ minimum: 0 }),
 });
 
@@ -83,16 +84,17 @@ export function offloadClaims(report: OffloadReport): Claim[] {
         : `no interval for ${a}-${b} in the report`,
     };
   };
-  const calls = budget30.callRatio.gapg;
+  // judged on what the policy asks for on its own: the budget fills or cuts the rest by construction
+  const calls = budget30.askRatio.gapg;
   return [
     order('gapg', 'router', 'GAPG over the router'),
     order('router', 'random', 'the router over random offloading'),
     order('random', 'taskTuned', 'random offloading over task tuning alone'),
     {
       id: 'offload:call-ratio',
-      claim: `GAPG's call ratio is within 5 points of the ${pct(budget30.budget)} budget`,
+      claim: `GAPG asks for the cloud on its own within 5 points of the ${pct(budget30.budget)} budget`,
       holds: Math.abs(calls - budget30.budget) <= 0.05 + 1e-9,
-      detail: `call ratio ${pct(calls)} (asked on ${pct(budget30.askRatio.gapg)} before the budget)`,
+      detail: `asks on ${pct(calls)} of held-out problems; call ratio ${pct(budget30.callRatio.gapg)} after the budget filled or cut it`,
     },
     {
       id: 'offload:grpo-trace',

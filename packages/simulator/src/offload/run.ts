@@ -69,6 +69,7 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
   const checkpoint = await loadCheckpoint(scenario.edgeModel);
   let cloudProcess: CloudProcess | undefined;
   const sessions: { release(): Promise<void> }[] = [];
+  let routerToDispose: Router | undefined;
   try {
     observer.line('starting the cloud stand-in on loopback');
     cloudProcess = await spawnCloudProcess(['--model', scenario.cloudModel, '--host', '127.0.0.1', '--port', '0']);
@@ -77,9 +78,17 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
       new PrivacyGuard({ policy: 'block' }),
     );
     const cloud = new CloudAnswers(client, { concurrency: 8 });
-    const cloudCorrect = await timed('cloud answers to the held-out problems', async () =>
-      Promise.all(held.map((p) => cloud.correct(p))),
-    );
+    const cloudCorrect = await timed('cloud answers to the held-out problems', async () => {
+      // a failed call is retried once; a problem the cloud still cannot answer would count as its error
+      // in every method, so the run stops instead
+      const first = await Promise.all(held.map((p) => cloud.correct(p)));
+      const second = await Promise.all(
+        held.map((p, i) => (first[i] === undefined ? cloud.correct(p) : Promise.resolve(first[i]))),
+      );
+      const missing = second.filter((v) => v === undefined).length;
+      if (missing > 0) throw new Error(`the cloud stand-in gave no answer to ${missing} held-out problems`);
+      return second as boolean[];
+    });
 
     const taskTuned = await timed('stage 1: task tuning', () =>
       taskTune({
@@ -116,6 +125,7 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
         { seed: scenario.seed },
       );
     });
+    routerToDispose = router;
     const routerScores = router.scores(held.map((p) => p.prompt));
 
     const rl = async (algorithm: 'gapg' | 'grpo') => {
@@ -145,32 +155,30 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
     const grpo = await timed('baseline: GRPO', () => rl('grpo'));
 
     const evaluated = await timed('held-out answers', async () => {
+      const trainPrompts = train.map((p) => p.prompt);
+      const heldPrompts = held.map((p) => p.prompt);
       const policy = async (adapter: LoraAdapter) => ({
         asks: (await replies(adapter, held, true)).map((r) => r.kind === 'help'),
-        askProbability: await askProbabilities(
-          model,
-          adapter,
-          held.map((p) => p.prompt),
-        ),
-        trainingAskProbability: (
-          await askProbabilities(
-            model,
-            adapter,
-            train.map((p) => p.prompt),
-          )
-        ).sort((a, b) => a - b),
+        askProbability: await askProbabilities(model, adapter, heldPrompts),
+        trainingAsks: (await replies(adapter, train, true)).map((r) => r.kind === 'help'),
+        trainingAskProbability: await askProbabilities(model, adapter, trainPrompts),
         local: correctOf(await replies(adapter, held, false), held),
       });
       return { gapg: await policy(gapg.adapter), grpo: await policy(grpo.adapter) };
     });
     /**
-     * What an RL policy asks the cloud for at a budget: what it asks on its own, and, where that is less
-     * than the budget, also the prompts it is most inclined to ask about (its probability of opening the
-     * tag above the level at which a budget share of training prompts would be asked about).
+     * What an RL policy asks the cloud for at a budget: what it asks on its own and, when that is less
+     * than the budget on the training prompts, also the prompts it is most inclined to ask about: its
+     * probability of opening the tag above the level at which its asks and these together reach the
+     * budget's share of training prompts. A policy that asks for more than the budget gets only its own
+     * asks (the budget cuts them in arrival order).
      */
     const policyWants = (p: (typeof evaluated)['gapg'], budget: number) => {
-      const sorted = p.trainingAskProbability;
-      const level = sorted[Math.min(sorted.length - 1, Math.floor((1 - budget) * sorted.length))] as number;
+      const own = p.trainingAsks.filter(Boolean).length;
+      const room = Math.floor(budget * train.length) - own;
+      if (room <= 0) return p.asks;
+      const others = p.trainingAskProbability.filter((_, i) => !p.trainingAsks[i]).sort((a, b) => b - a);
+      const level = others[Math.min(others.length - 1, room - 1)] as number;
       return p.asks.map((asked, i) => asked || (p.askProbability[i] as number) >= level);
     };
 
@@ -217,7 +225,6 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
         { budget, method: 'cloud', accuracy: share(cloudCorrect), callRatio: 1 },
       ];
     });
-    router.dispose();
     const cpus = os.cpus();
     return {
       scenario: 'offload',
@@ -258,6 +265,7 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
       wallSeconds: { ...wall, total: (performance.now() - started) / 1000 },
     };
   } finally {
+    routerToDispose?.dispose();
     await Promise.all(sessions.map((s) => s.release()));
     await cloudProcess?.stop();
   }
