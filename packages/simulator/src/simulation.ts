@@ -34,7 +34,7 @@ import {
   perClient,
   roundTimes,
 } from './report/charts.js';
-import { type Claim, METHODS, type Method, SimulationReport, checkClaims } from './report/schema.js';
+import { type Claim, METHODS, type Method, SimulationReport, checkClaims, thisMachine } from './report/schema.js';
 import { type Scenario, checkScenario } from './scenario.js';
 import type { ClientSpec, WorkerEvent, WorkerTask } from './worker/protocol.js';
 import { type WorkerResult, WorkerPool } from './worker/pool.js';
@@ -542,15 +542,9 @@ function assemble(collected: Collected): SimulationResult {
     roundSeconds[method].forEach((seconds, round) => timeRows.push({ method, round, seconds }));
   }
 
-  const cpus = os.cpus();
   const report: SimulationReport & SimulationDetails = {
     config: { ...scenario },
-    machine: {
-      cpu: cpus[0]?.model.trim() ?? 'unknown',
-      cores: cpus.length,
-      memoryGiB: Math.round(os.totalmem() / 2 ** 30),
-      node: process.version,
-    },
+    machine: thisMachine(),
     tasks,
     clusteringAri,
     rawBytesAtServer: inspector.inspection.rawBytes,

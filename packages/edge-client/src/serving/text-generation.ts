@@ -170,46 +170,18 @@ export class TextGenerator {
 
     if (request.mode === 'cloud' && cloud) {
       answeredBy = 'cloud';
-      const pieces = cloud.answer(request.prompt, {
-        maxTokens: request.maxTokens,
-        temperature: request.temperature,
-        stop: request.stop,
-        signal: request.signal,
-      });
-      for (;;) {
-        const next = await pieces.next();
-        if (next.done) {
-          cloudEnd = next.value;
-          break;
-        }
-        // the answer's length is counted in bytes, as the edge's, whatever the cloud's tokens are
-        const room = request.maxTokens - bytes;
-        const piece = Buffer.byteLength(next.value) > room ? cutToBytes(next.value, room) : next.value;
-        bytes += Buffer.byteLength(piece);
-        const restored = restorer.push(piece);
-        answer += restored;
-        const { out, stopped } = stops.push(restored);
-        if (out) yield out;
-        if (stopped || piece !== next.value) {
-          await pieces.return('cancelled');
-          if (!stopped) {
-            const rest = stops.push(restorer.flush()).out + stops.flush();
-            if (rest) yield rest;
-          }
-          return { finish: stopped ? 'stop' : 'length', bytes, answeredBy, blockedCalls: blockedCalls() };
-        }
+      const handed = yield* this.handOver(cloud, request, '', 0, stops, restorer);
+      bytes = handed.bytes;
+      answer += handed.text;
+      if (handed.cut) {
+        return { finish: handed.stopped ? 'stop' : 'length', bytes, answeredBy, blockedCalls: blockedCalls() };
       }
+      cloudEnd = handed.end;
       if (cloudEnd === 'stop' || cloudEnd === 'length') {
-        const rest = stops.push(restorer.flush()).out + stops.flush();
-        if (rest) yield rest;
         return { finish: cloudEnd, bytes, answeredBy, cloudEnd, blockedCalls: blockedCalls() };
       }
       // the cloud could not answer (all of it): the edge goes on from what came, shown first
-      const held = restorer.flush();
-      answer += held;
-      const shown = stops.push(held);
-      if (shown.out) yield shown.out;
-      if (shown.stopped) return { finish: 'stop', bytes, answeredBy, cloudEnd, blockedCalls: blockedCalls() };
+      if (handed.stopped) return { finish: 'stop', bytes, answeredBy, cloudEnd, blockedCalls: blockedCalls() };
       answeredBy = answer.length > 0 ? 'edge+cloud' : 'edge';
     }
 
@@ -326,8 +298,10 @@ export class TextGenerator {
   }
 
   /**
-   * The cloud's answer from where the edge asked for help, shown as it comes (placeholders mapped back,
-   * stop strings applied). Returns what it added and how the cloud ended.
+   * The cloud's own answer to the prompt and `before` (offloading, or where the edge asked for help),
+   * shown as it comes (placeholders mapped back, stop strings applied, its length counted in bytes as the
+   * edge's, whatever the cloud's tokens are). Returns what it added, how the cloud ended, and whether it
+   * was cut here (a stop string or the byte limit) rather than ended by the cloud.
    */
   private async *handOver(
     cloud: CloudClient,
@@ -336,11 +310,11 @@ export class TextGenerator {
     bytesBefore: number,
     stops: StopWatch,
     restorer: ReturnType<PrivacyGuard['restorer']>,
-  ): AsyncGenerator<string, { text: string; bytes: number; end: StreamEnd | undefined; stopped: boolean }> {
+  ): AsyncGenerator<string, { text: string; bytes: number; end: StreamEnd; stopped: boolean; cut: boolean }> {
     let bytes = bytesBefore;
     let text = '';
     const pieces = cloud.answer(request.prompt + before, {
-      maxTokens: Math.max(1, request.maxTokens - bytes),
+      maxTokens: request.maxTokens - bytes,
       temperature: request.temperature,
       stop: request.stop,
       signal: request.signal,
@@ -355,7 +329,7 @@ export class TextGenerator {
         // a complete answer ends here: what the stop strings held back is shown too
         const out = shown.out + (completed && !shown.stopped ? stops.flush() : '');
         if (out) yield out;
-        return { text, bytes, end: next.value, stopped: shown.stopped };
+        return { text, bytes, end: next.value, stopped: shown.stopped, cut: false };
       }
       const room = request.maxTokens - bytes;
       const piece = Buffer.byteLength(next.value) > room ? cutToBytes(next.value, room) : next.value;
@@ -368,7 +342,7 @@ export class TextGenerator {
         await pieces.return('cancelled');
         const rest = stopped ? '' : stops.push(restorer.flush()).out + stops.flush();
         if (rest) yield rest;
-        return { text, bytes, end: stopped ? 'stop' : 'length', stopped };
+        return { text, bytes, end: stopped ? 'stop' : 'length', stopped, cut: true };
       }
     }
   }

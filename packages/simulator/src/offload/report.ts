@@ -5,7 +5,7 @@
 import type { TopLevelSpec } from 'vega-lite';
 import Type, { type Static } from 'typebox';
 import { markdownTable } from 'markdown-table';
-import type { Claim } from '../report/schema.js';
+import { type Claim, Machine } from '../report/schema.js';
 
 const Share = Type.Number({ minimum: 0, maximum: 1 });
 const Interval = Type.Object({ mean: Type.Number(), low: Type.Number(), high: Type.Number() });
@@ -24,7 +24,7 @@ export const OffloadReport = Type.Object(
   {
     scenario: Type.Literal('offload'),
     config: Type.Record(Type.String(), Type.Unknown()),
-    machine: Type.Object({ cpu: Type.String(), cores: Type.Number(), memoryGiB: Type.Number(), node: Type.String() }),
+    machine: Machine,
     problems: Type.Object({
       train: Type.Integer({ minimum: 1 }),
       heldOut: Type.Integer({ minimum: 1 }),

@@ -10,7 +10,6 @@
  * 5. Every method answers the held-out problems under each budget (the overflow locally); intervals by
  *    bootstrap over problems.
  */
-import os from 'node:os';
 import { type CloudProcess, spawnCloudProcess } from '@floe/cloud-llm';
 import {
   CloudAnswers,
@@ -31,6 +30,7 @@ import { OrtLlama, loadCheckpoint } from '@floe/model';
 import { type LoraAdapter, Random } from '@floe/shared';
 import { type Example, arithmeticTask } from '@floe/tasks';
 import type { OffloadScenario } from './scenario.js';
+import { thisMachine } from '../report/schema.js';
 import type { OffloadReport } from './report.js';
 
 export interface OffloadObserver {
@@ -225,16 +225,10 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
         { budget, method: 'cloud', accuracy: share(cloudCorrect), callRatio: 1 },
       ];
     });
-    const cpus = os.cpus();
     return {
       scenario: 'offload',
       config: { ...scenario },
-      machine: {
-        cpu: cpus[0]?.model.trim() ?? 'unknown',
-        cores: cpus.length,
-        memoryGiB: Math.round(os.totalmem() / 2 ** 30),
-        node: process.version,
-      },
+      machine: thisMachine(),
       problems: { train: train.length, heldOut: n, overlap: 0 },
       budget30: {
         budget: scenario.budget,

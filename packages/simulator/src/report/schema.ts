@@ -2,6 +2,7 @@
  * `report.json` of `pnpm simulate`: its schema (checked before the report is written, and by CI on the
  * quick scenario), and the claims a report must show hold, each with the figures it rests on.
  */
+import os from 'node:os';
 import Type, { type Static } from 'typebox';
 
 /** Every method compared on every task. */
@@ -32,11 +33,30 @@ const TaskResult = Type.Object(
   { additionalProperties: false },
 );
 
+export const Machine = Type.Object({
+  cpu: Type.String(),
+  cores: Type.Number(),
+  memoryGiB: Type.Number(),
+  node: Type.String(),
+});
+export type Machine = Static<typeof Machine>;
+
+/** The machine a report was measured on. */
+export function thisMachine(): Machine {
+  const cpus = os.cpus();
+  return {
+    cpu: cpus[0]?.model.trim() ?? 'unknown',
+    cores: cpus.length,
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+  };
+}
+
 export const SimulationReport = Type.Object(
   {
     /** The scenario as run (flags or config file, defaults filled in). */
     config: Type.Record(Type.String(), Type.Unknown()),
-    machine: Type.Object({ cpu: Type.String(), cores: Type.Number(), memoryGiB: Type.Number(), node: Type.String() }),
+    machine: Machine,
     tasks: Type.Record(Type.String(), TaskResult),
     /** Adjusted Rand index between the server's clusters (last round, Floe) and the clients' true tasks. */
     clusteringAri: Type.Number({ minimum: -1, maximum: 1 }),
