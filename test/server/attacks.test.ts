@@ -3,9 +3,6 @@
  * attacker would: each must get a prompt refusal while /healthz keeps answering fast and the process
  * stays small. Figures that matter for the issue are printed; the bounds are the issue's.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { enroll } from '@floe/edge-client';
 import { type ServerProcess, spawnServerProcess } from '@floe/server';
@@ -21,7 +18,7 @@ import {
   sendBinaryEvent,
   watchHealth,
 } from './attack-tools.js';
-import { ADMIN_TOKEN, JOIN_TOKEN } from './helpers.js';
+import { ADMIN_TOKEN, JOIN_TOKEN, type TestStore, testStore } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const CLOSED_FOR_SIZE = [1009, 1006, 1005];
@@ -56,15 +53,15 @@ async function nextErrorCode(socket: RawSocket, timeoutMs = 10_000): Promise<str
 
 describe('attacks on the coordination server', () => {
   let server: ServerProcess;
-  let dataDir: string;
+  let store: TestStore;
   let health: HealthWatch;
 
   beforeAll(async () => {
-    dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-attacks-'));
+    store = await testStore();
     server = await spawnServerProcess({
       FLOE_HOST: '127.0.0.1',
       FLOE_PORT: '0',
-      FLOE_DATA_DIR: dataDir,
+      ...store.env,
       FLOE_JOIN_TOKEN: JOIN_TOKEN,
       FLOE_ADMIN_TOKEN: ADMIN_TOKEN,
       FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
@@ -81,7 +78,7 @@ describe('attacks on the coordination server', () => {
         `${watched.samples} samples, ${watched.failures} failed), peak RSS ${peak.toFixed(0)} MiB`,
     );
     server.child.kill('SIGKILL');
-    await rm(dataDir, { recursive: true, force: true });
+    await store.dispose();
     expect(watched.failures).toBe(0);
     // the attacks froze the server for 22.7 s; p99 (29-64 ms here, printed above) is a figure, not a
     // bound that other test files sharing the two cores could break

@@ -6,6 +6,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ServerConnection, enroll } from '@floe/edge-client';
 import { spawnServerProcess } from '@floe/server';
@@ -16,20 +17,22 @@ import {
   JOIN_TOKEN,
   adminClient,
   type TestServer,
+  type TestStore,
   jobSpec,
   startDevices,
   startTestServer,
+  testStore,
   waitForJob,
 } from './helpers.js';
 
 const PLAN = { rank: 4, targetModules: ['q_proj', 'v_proj'] };
 const DISTRIBUTION = { seed: 5, scale: 0.05, noise: 0.5 };
 
-const spawnServer = (dataDir: string, port: number) =>
+const spawnServer = (store: TestStore, port: number) =>
   spawnServerProcess({
     FLOE_HOST: '127.0.0.1',
     FLOE_PORT: String(port),
-    FLOE_DATA_DIR: dataDir,
+    ...store.env,
     FLOE_JOIN_TOKEN: JOIN_TOKEN,
     FLOE_ADMIN_TOKEN: ADMIN_TOKEN,
     FLOE_RESTART_GRACE_MS: '30000',
@@ -43,9 +46,9 @@ describe('SIGKILL mid-round', () => {
   });
 
   it('restarts, resumes the job and keeps every accepted update', async () => {
-    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-crash-'));
-    cleanup.push(() => rm(dataDir, { recursive: true, force: true }));
-    let server = await spawnServer(dataDir, 0);
+    const store = await testStore();
+    cleanup.push(() => store.dispose());
+    let server = await spawnServer(store, 0);
     cleanup.push(() => server.child.kill('SIGKILL'));
     const port = Number(new URL(server.url).port);
     const test = { url: server.url, admin: adminClient(server.url) } as TestServer;
@@ -97,7 +100,7 @@ describe('SIGKILL mid-round', () => {
     server.child.kill('SIGKILL');
     await new Promise((resolve) => server.child.once('exit', resolve));
     armed = true;
-    server = await spawnServer(dataDir, port);
+    server = await spawnServer(store, port);
 
     // the late devices reconnect by themselves, get round 0 again and finish it; round 1 follows
     const job = await waitForJob(test, jobId, undefined, 90_000);
@@ -113,6 +116,21 @@ describe('SIGKILL mid-round', () => {
   }, 180_000);
 });
 
+/** Overwrites one stored update's frame behind the server's back (its checksum no longer matches). */
+async function corruptOneUpdate(config: { dataDir: string; databaseUrl: string }): Promise<void> {
+  const sql = 'UPDATE updates SET frame = $1 WHERE client_id = (SELECT MIN(client_id) FROM updates)';
+  if (config.databaseUrl === '') {
+    const db = new Database(path.join(config.dataDir, 'floe.db'));
+    db.prepare(sql.replace('$1', '?')).run(Buffer.alloc(16));
+    db.close();
+    return;
+  }
+  const client = new pg.Client({ connectionString: config.databaseUrl });
+  await client.connect();
+  await client.query(sql, [Buffer.alloc(16)]);
+  await client.end();
+}
+
 describe('corrupted state', () => {
   it('fails the round, not the server, when a stored update no longer matches its checksum', async () => {
     const test = await startTestServer();
@@ -126,9 +144,7 @@ describe('corrupted state', () => {
         jobSpec({ rounds: 1, clientsPerRound: 4, quorum: 3, roundDeadlineSec: 10 }),
       );
       await waitForJob(test, created.body.id, (job) => job.rounds[0]?.accepted === 3);
-      const db = new Database(path.join(test.server.config.dataDir, 'floe.db'));
-      db.prepare('UPDATE updates SET frame = ? WHERE rowid = (SELECT MIN(rowid) FROM updates)').run(Buffer.alloc(16));
-      db.close();
+      await corruptOneUpdate(test.server.config);
       const job = await waitForJob(test, created.body.id);
       expect(job.rounds[0]).toMatchObject({ status: 'failed', accepted: 3 });
       const health = await fetch(`${test.url}/healthz`);

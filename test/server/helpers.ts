@@ -3,9 +3,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { MODEL_PRESETS, architectureOf } from '@floe/model';
 import { request } from '@floe/edge-client';
+import { inject } from 'vitest';
 import { type FloeServer, type ServerConfig, startServer } from '@floe/server';
 import type { JobSpec, JobSummary } from '@floe/shared';
 import { type SyntheticDevice, type SyntheticDeviceOptions, startSyntheticDevice } from '@floe/simulator';
+import { createScratchDatabase } from '../../scripts/lib/local-postgres.js';
 
 export const JOIN_TOKEN = 'join-token-for-tests';
 export const ADMIN_TOKEN = 'admin-token-for-tests';
@@ -54,12 +56,38 @@ export function adminClient(url: string): TestServer['admin'] {
   };
 }
 
-export async function startTestServer(overrides: Partial<ServerConfig> = {}): Promise<TestServer> {
+/** The engine this run of the server suite keeps the server's state in (the vitest project decides). */
+export const STORE_ENGINE: 'sqlite' | 'postgres' = inject('postgresAdminUrl') ? 'postgres' : 'sqlite';
+
+export interface TestStore {
+  /** The server settings that select it. */
+  config: Pick<ServerConfig, 'dataDir' | 'databaseUrl'>;
+  /** The same as FLOE_* variables, for a server process. */
+  env: Record<string, string>;
+  dispose(): Promise<void>;
+}
+
+/** A fresh store: a temporary SQLite directory, or a scratch database on the run's PostgreSQL server. */
+export async function testStore(): Promise<TestStore> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-server-'));
+  const adminUrl = inject('postgresAdminUrl');
+  const database = adminUrl ? await createScratchDatabase(adminUrl) : undefined;
+  return {
+    config: { dataDir, databaseUrl: database?.url ?? '' },
+    env: { FLOE_DATA_DIR: dataDir, FLOE_DATABASE_URL: database?.url ?? '' },
+    async dispose() {
+      await database?.drop();
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function startTestServer(overrides: Partial<ServerConfig> = {}): Promise<TestServer> {
+  const store = await testStore();
   const server = await startServer({
     host: '127.0.0.1',
     port: 0,
-    dataDir,
+    ...store.config,
     joinToken: JOIN_TOKEN,
     adminToken: ADMIN_TOKEN,
     gatherMs: 10_000,
@@ -74,7 +102,7 @@ export async function startTestServer(overrides: Partial<ServerConfig> = {}): Pr
     admin: adminClient(server.url),
     async close() {
       await server.close();
-      await rm(dataDir, { recursive: true, force: true });
+      await store.dispose();
     },
   };
 }

@@ -4,10 +4,7 @@
  * events (refusals are logged by sample), and event names socket.io passes through that the protocol
  * has no use for.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { enroll } from '@floe/edge-client';
@@ -16,7 +13,15 @@ import { decodeMessage } from '@floe/shared';
 import { DEFAULT_PROFILE } from '@floe/simulator';
 import { RefusalLog } from '../../packages/server/src/transport/gateway.js';
 import { type RawSocket, binaryFrames, joinNamespace, rawSocket } from './attack-tools.js';
-import { ADMIN_TOKEN, JOIN_TOKEN, type TestServer, jobSpec, startTestServer } from './helpers.js';
+import {
+  ADMIN_TOKEN,
+  JOIN_TOKEN,
+  type TestServer,
+  type TestStore,
+  jobSpec,
+  startTestServer,
+  testStore,
+} from './helpers.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -289,18 +294,18 @@ describe('the client address behind a proxy', () => {
 
 describe('junk events', () => {
   let server: FloeServer;
-  let dataDir: string;
+  let store: TestStore;
   const logLines: { msg: string; code?: string; suppressed?: number }[] = [];
   let logBytes = 0;
   let socket: RawSocket;
 
   beforeAll(async () => {
-    dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-junk-'));
+    store = await testStore();
     server = await startServer(
       {
         host: '127.0.0.1',
         port: 0,
-        dataDir,
+        ...store.config,
         joinToken: JOIN_TOKEN,
         adminToken: ADMIN_TOKEN,
         logLevel: 'warn',
@@ -326,7 +331,7 @@ describe('junk events', () => {
   afterAll(async () => {
     socket.ws.close();
     await server.close();
-    await rm(dataDir, { recursive: true, force: true });
+    await store.dispose();
   });
 
   it('answers every one of 200 junk events but logs a few lines', async () => {

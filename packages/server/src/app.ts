@@ -18,7 +18,8 @@ import { registerDashboard } from './http/dashboard.js';
 import { ServerMetrics } from './metrics.js';
 import { AggregationPool } from './aggregation/pool.js';
 import { Coordinator } from './rounds/coordinator.js';
-import { Store } from './store/store.js';
+import { openStore } from './store/open-store.js';
+import type { Store } from './store/store.js';
 import { BOUNDED_PARSER, Gateway, authenticateHandshake } from './transport/gateway.js';
 
 export interface FloeServer {
@@ -44,12 +45,10 @@ export async function startServer(
   options: StartOptions = {},
 ): Promise<FloeServer> {
   const config: ServerConfig = { ...DEFAULT_CONFIG, ...overrides };
-  const store = new Store(config.dataDir);
-  let secret = config.credentialSecret || store.meta('credential_secret');
-  if (!secret) {
-    secret = randomBytes(32).toString('hex');
-    store.setMeta('credential_secret', secret);
-  }
+  const store = await openStore(config);
+  // replicas over one database start together: the first secret written is everyone's
+  const secret =
+    config.credentialSecret || (await store.initMeta('credential_secret', randomBytes(32).toString('hex')));
   const credentials = new Credentials(secret, config.credentialTtlSec);
   const metrics = new ServerMetrics();
 
@@ -156,7 +155,6 @@ export async function startServer(
       gatherMs: config.gatherMs,
       restartGraceMs: config.restartGraceMs,
       maxFrameBytes: config.maxFrameBytes,
-      dataDir: config.dataDir,
     },
     aggregation,
   );
@@ -165,7 +163,7 @@ export async function startServer(
   registerApi(app, { config, store, credentials, coordinator, gateway, metrics });
   registerDashboard(app);
 
-  coordinator.recover();
+  await coordinator.recover();
   await app.listen({ host: config.host, port: config.port });
   const address = app.server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
@@ -180,11 +178,11 @@ export async function startServer(
     url: `${tls ? 'https' : 'http'}://${host}:${address.port}`,
     close() {
       closing ??= (async () => {
-        coordinator.close();
+        await coordinator.close();
         await gateway.close();
         await app.close();
         await aggregation.close();
-        store.close();
+        await store.close();
       })();
       return closing;
     },

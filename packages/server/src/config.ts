@@ -8,8 +8,13 @@ import { readFileSync } from 'node:fs';
 export interface ServerConfig {
   host: string;
   port: number;
-  /** Directory of the embedded store; ':memory:' keeps nothing. */
+  /** Directory of the embedded store; ':memory:' keeps nothing. Unused with `databaseUrl`. */
   dataDir: string;
+  /**
+   * A PostgreSQL database (postgres://user:password@host:port/database) to keep the server's state in
+   * instead of the embedded SQLite file; empty for SQLite. Several servers can share one.
+   */
+  databaseUrl: string;
   /** Devices present this to enroll. */
   joinToken: string;
   /** Admin endpoints take `Authorization: Bearer <adminToken>`. */
@@ -63,6 +68,7 @@ export const DEFAULT_CONFIG: ServerConfig = {
   host: '127.0.0.1',
   port: 8080,
   dataDir: './data',
+  databaseUrl: '',
   joinToken: '',
   adminToken: '',
   credentialSecret: '',
@@ -88,6 +94,7 @@ export const ENV_NAMES: Readonly<Record<keyof ServerConfig, string>> = {
   host: 'FLOE_HOST',
   port: 'FLOE_PORT',
   dataDir: 'FLOE_DATA_DIR',
+  databaseUrl: 'FLOE_DATABASE_URL',
   joinToken: 'FLOE_JOIN_TOKEN',
   adminToken: 'FLOE_ADMIN_TOKEN',
   credentialSecret: 'FLOE_CREDENTIAL_SECRET',

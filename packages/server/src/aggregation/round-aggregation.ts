@@ -16,7 +16,8 @@ import {
   parseSafetensors,
   serializeSafetensors,
 } from '@floe/shared';
-import { type StoredUpdate, Store } from '../store/store.js';
+import { SqliteStore } from '../store/sqlite-store.js';
+import type { StoredUpdate } from '../store/store.js';
 
 export interface AggregationInput {
   jobId: string;
@@ -29,8 +30,8 @@ export interface AggregationInput {
   /** What the round asked of each sampled client. */
   assignments: Assignment[];
   /**
-   * Where the accepted updates are: the store's directory (the worker reads and verifies them itself, so
-   * hundreds of megabytes of frames never cross the event loop), or the frames themselves.
+   * Where the accepted updates are: the SQLite store's directory (the worker reads and verifies them
+   * itself, so hundreds of megabytes of frames never cross the event loop), or the frames themselves.
    */
   updates: { dataDir: string } | { frames: StoredUpdate[] };
 }
@@ -41,13 +42,13 @@ export interface AggregationOutput {
   metrics: Metrics;
 }
 
-function storedUpdates(input: AggregationInput): StoredUpdate[] {
+async function storedUpdates(input: AggregationInput): Promise<StoredUpdate[]> {
   if ('frames' in input.updates) return input.updates.frames;
-  const store = new Store(input.updates.dataDir);
+  const store = new SqliteStore(input.updates.dataDir);
   try {
-    return store.updates(input.jobId, input.round);
+    return await store.updates(input.jobId, input.round);
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -65,7 +66,7 @@ export async function aggregateStoredRound(input: AggregationInput, kernels: Ker
     ]),
   );
   const assignments = new Map(input.assignments.map((a) => [a.clientId, a]));
-  const updates: RoundUpdate[] = storedUpdates(input).map((u) => {
+  const updates: RoundUpdate[] = (await storedUpdates(input)).map((u) => {
     const assignment = assignments.get(u.clientId);
     if (!assignment) throw new Error(`update of ${u.clientId}, who was not sampled in round ${input.round}`);
     return {

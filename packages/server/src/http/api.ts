@@ -67,14 +67,14 @@ export function roundRecord(r: RoundRow): RoundRecord {
   };
 }
 
-export function jobSummary(store: Store, job: JobRow): JobSummary {
+export async function jobSummary(store: Store, job: JobRow): Promise<JobSummary> {
   return {
     id: job.id,
     spec: job.spec,
     status: job.status,
     currentRound: job.currentRound,
     createdAt: job.createdAt,
-    rounds: store.rounds(job.id).map(roundRecord),
+    rounds: (await store.rounds(job.id)).map(roundRecord),
   };
 }
 
@@ -158,7 +158,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     const token = bearer(request.headers.authorization);
     if (token && config.adminToken && safeEqual(token, config.adminToken)) return;
     const clientId = await credentials.verify(token).catch(() => undefined);
-    if (!clientId || !store.hasClient(clientId)) {
+    if (!clientId || (await store.clientStatus(clientId)) !== 'active') {
       throw new HttpError(401, 'unauthorized', 'an admin token or a client credential is required');
     }
   };
@@ -170,7 +170,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     } catch (error) {
       throw new HttpError(401, 'bad_credential', error instanceof Error ? error.message : 'credential refused');
     }
-    const status = store.clientStatus(clientId);
+    const status = await store.clientStatus(clientId);
     if (status === 'revoked') throw new HttpError(401, 'revoked', `client ${clientId} was revoked`);
     if (!status) throw new HttpError(401, 'unknown_client', `client ${clientId} is not enrolled`);
     return { clientId };
@@ -184,12 +184,12 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     if (token && config.adminToken && safeEqual(token, config.adminToken)) return;
     const { clientId } = await activeClient(request);
     const jobId = (request.params as { id: string }).id;
-    if (!store.tookPart(jobId, clientId)) {
+    if (!(await store.tookPart(jobId, clientId))) {
       throw new HttpError(403, 'not_a_participant', `client ${clientId} took no part in job ${jobId}`);
     }
   };
-  const jobOr404 = (id: string): JobRow => {
-    const job = store.job(id);
+  const jobOr404 = async (id: string): Promise<JobRow> => {
+    const job = await store.job(id);
     if (!job) throw new HttpError(404, 'unknown_job', `no job ${id}`);
     return job;
   };
@@ -197,12 +197,12 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   app.get(
     '/healthz',
     { schema: { tags: ['ops'], summary: 'Liveness and readiness', response: { 200: Type.Unknown() } } },
-    () => ({
+    async () => ({
       status: 'ok',
       protocolVersion: PROTOCOL_VERSION,
       uptimeSec: Math.round(process.uptime()),
       connectedClients: gateway.connectedCount(),
-      runningJobs: store.jobs().filter((j) => j.status === 'running').length,
+      runningJobs: (await store.jobs()).filter((j) => j.status === 'running').length,
     }),
   );
 
@@ -233,16 +233,14 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         );
       }
       const clientId = newClientId();
-      const joinToken = store.meta('join_token') ?? config.joinToken;
-      const enrolled = store.transaction(() => {
-        const byToken = joinToken !== '' && safeEqual(body.joinToken, joinToken);
-        const byKey =
-          !byToken &&
-          body.joinToken.startsWith('ek-') &&
-          store.useEnrollmentKey(sha256Hex(Buffer.from(body.joinToken)), clientId);
-        if (byToken || byKey) store.addClient(clientId, body.profile);
-        return byToken || byKey;
-      });
+      const joinToken = (await store.meta('join_token')) ?? config.joinToken;
+      let enrolled = false;
+      if (joinToken !== '' && safeEqual(body.joinToken, joinToken)) {
+        await store.addClient(clientId, body.profile);
+        enrolled = true;
+      } else if (body.joinToken.startsWith('ek-')) {
+        enrolled = await store.enrollWithKey(sha256Hex(Buffer.from(body.joinToken)), clientId, body.profile);
+      }
       if (!enrolled) {
         throw new HttpError(403, 'bad_join_token', 'the join token (or one-time enrollment key) is not valid here');
       }
@@ -274,7 +272,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       const spec = request.body as JobSpec;
       const id = `job-${randomBytes(6).toString('hex')}`;
       try {
-        const job = coordinator.createJob(id, spec);
+        const job = await coordinator.createJob(id, spec);
         void reply.code(201);
         return jobSummary(store, job);
       } catch (error) {
@@ -292,7 +290,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       schema: { tags: ['jobs'], summary: 'List jobs', security: admin, response: { 200: Type.Array(JobSummary) } },
       onRequest: requireAdmin,
     },
-    () => store.jobs().map((job) => jobSummary(store, job)),
+    async () => Promise.all((await store.jobs()).map((job) => jobSummary(store, job))),
   );
 
   app.get(
@@ -306,9 +304,8 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdminOrClient,
     },
-    () =>
-      store
-        .jobs()
+    async () =>
+      (await store.jobs())
         .filter((job) => job.status === 'running')
         .map((job) => ({ id: job.id, spec: job.spec, currentRound: job.currentRound })),
   );
@@ -325,7 +322,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdmin,
     },
-    (request) => jobSummary(store, jobOr404((request.params as { id: string }).id)),
+    async (request) => jobSummary(store, await jobOr404((request.params as { id: string }).id)),
   );
 
   app.post(
@@ -340,9 +337,9 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdmin,
     },
-    (request) => {
-      const job = jobOr404((request.params as { id: string }).id);
-      return jobSummary(store, coordinator.stopJob(job.id));
+    async (request) => {
+      const job = await jobOr404((request.params as { id: string }).id);
+      return jobSummary(store, await coordinator.stopJob(job.id));
     },
   );
 
@@ -358,7 +355,8 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdmin,
     },
-    (request) => store.rounds(jobOr404((request.params as { id: string }).id).id).map(roundRecord),
+    async (request) =>
+      (await store.rounds((await jobOr404((request.params as { id: string }).id)).id)).map(roundRecord),
   );
 
   app.get(
@@ -374,9 +372,9 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdmin,
     },
-    (request) => {
+    async (request) => {
       const { id, round } = request.params as { id: string; round: number };
-      return store.updates(jobOr404(id).id, round).map((u) => ({
+      return (await store.updates((await jobOr404(id)).id, round)).map((u) => ({
         clientId: u.clientId,
         numSamples: u.numSamples,
         rank: u.rank,
@@ -399,9 +397,9 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdmin,
     },
-    (request) => {
-      const job = jobOr404((request.params as { id: string }).id);
-      return store.adapters(job.id).map((a) => ({
+    async (request) => {
+      const job = await jobOr404((request.params as { id: string }).id);
+      return (await store.adapters(job.id)).map((a) => ({
         clusterId: a.clusterId,
         round: a.round,
         rank: a.rank,
@@ -414,10 +412,10 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     },
   );
 
-  const adapterOf = (request: FastifyRequest) => {
+  const adapterOf = async (request: FastifyRequest) => {
     const { id, cluster } = request.params as { id: string; cluster: number };
-    const job = jobOr404(id);
-    const stored = store.adapter(job.id, cluster);
+    const job = await jobOr404(id);
+    const stored = await store.adapter(job.id, cluster);
     if (!stored)
       throw new HttpError(404, 'no_adapter', `job ${job.id} has no aggregated adapter for cluster ${cluster}`);
     const full = adapterFromTensors([...parseSafetensors(stored.safetensors).tensors.values()], job.spec.alpha);
@@ -453,8 +451,8 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireJobParticipant,
     },
-    (request) => {
-      const { job, adapter } = adapterOf(request);
+    async (request) => {
+      const { job, adapter } = await adapterOf(request);
       return peftAdapterConfig(adapter, job.spec.baseModel.id);
     },
   );
@@ -472,12 +470,12 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireJobParticipant,
     },
-    (request, reply: FastifyReply) => {
+    async (request, reply: FastifyReply) => {
       // the ETag comes from the stored adapter's hash (and the resize asked for), so a matching
       // If-None-Match is answered before the adapter is read, checked or resized
       const { id, cluster } = request.params as { id: string; cluster: number };
       const { rank, layers } = request.query as { rank?: number; layers?: string };
-      const listed = store.adapters(jobOr404(id).id).find((a) => a.clusterId === cluster);
+      const listed = (await store.adapters((await jobOr404(id)).id)).find((a) => a.clusterId === cluster);
       if (listed) {
         const etag = adapterEtag(listed.sha256, rank, layers);
         void reply.header('etag', etag).header('cache-control', 'private, no-cache');
@@ -485,7 +483,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
           return reply.header('x-floe-round', String(listed.round)).code(304).send();
         }
       }
-      const { stored, adapter, resized } = adapterOf(request);
+      const { stored, adapter, resized } = await adapterOf(request);
       const bytes = resized ? serializeSafetensors(adapterToTensors(adapter), 'F32') : stored.safetensors;
       void reply
         .header('content-type', 'application/octet-stream')
@@ -545,9 +543,9 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdmin,
     },
-    (request) => {
+    async (request) => {
       const { id } = request.params as { id: string };
-      const revokedAt = store.revokeClient(id);
+      const revokedAt = await store.revokeClient(id);
       if (!revokedAt) throw new HttpError(404, 'unknown_client', `no client ${id}`);
       gateway.disconnectClient(id, 'revoked', 'this client was revoked by the operator');
       coordinator.clientGone(id);
@@ -572,10 +570,10 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdmin,
     },
-    (request) => {
+    async (request) => {
       const joinToken =
         (request.body as { joinToken?: string } | undefined)?.joinToken ?? randomBytes(24).toString('hex');
-      store.setMeta('join_token', joinToken);
+      await store.setMeta('join_token', joinToken);
       request.log.info('join token rotated');
       return { joinToken };
     },
@@ -599,11 +597,14 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdmin,
     },
-    (request) => {
+    async (request) => {
       const { count, ttlSec = 7 * 24 * 3600 } = request.body as { count: number; ttlSec?: number };
       const expiresAt = Date.now() + ttlSec * 1000;
       const keys = Array.from({ length: count }, () => `ek-${randomBytes(24).toString('hex')}`);
-      store.transaction(() => keys.forEach((key) => store.addEnrollmentKey(sha256Hex(Buffer.from(key)), expiresAt)));
+      await store.addEnrollmentKeys(
+        keys.map((key) => sha256Hex(Buffer.from(key))),
+        expiresAt,
+      );
       return { keys, expiresAt: new Date(expiresAt).toISOString() };
     },
   );
@@ -619,6 +620,6 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdmin,
     },
-    () => store.clients().map((c) => ({ ...c, connected: gateway.isConnected(c.id) })),
+    async () => (await store.clients()).map((c) => ({ ...c, connected: gateway.isConnected(c.id) })),
   );
 }

@@ -35,6 +35,7 @@ import {
   toWireAdapter,
 } from '@floe/shared';
 import type { ServerMetrics } from '../metrics.js';
+import { Mutex } from 'async-mutex';
 import type { JobRow, RoundRow, Store } from '../store/store.js';
 import type { AggregationInput, AggregationOutput, RoundAggregator } from '../aggregation/round-aggregation.js';
 
@@ -55,8 +56,6 @@ export interface CoordinatorOptions {
   /** After a restart, an open round's deadline is moved to at least now + this, so clients can reconnect. */
   restartGraceMs: number;
   maxFrameBytes: number;
-  /** The store's directory, where aggregation workers read a round's updates (':memory:': handed over). */
-  dataDir: string;
 }
 
 interface Session {
@@ -67,7 +66,13 @@ interface Session {
 
 export class JobError extends FloeError {}
 
+/**
+ * Every entry point (a client's message, an admin call, a timer) runs under one lock: the store answers
+ * asynchronously, and a round's checks and writes (is it open, is this update a duplicate, which idle
+ * clients to sample) must not interleave with another event's.
+ */
 export class Coordinator {
+  private readonly lock = new Mutex();
   private readonly sessions = new Map<string, Session>();
   private readonly deadlineTimers = new Map<string, NodeJS.Timeout>();
   private readonly gatherTimers = new Map<string, NodeJS.Timeout>();
@@ -87,35 +92,43 @@ export class Coordinator {
   ) {}
 
   /** Picks up rounds left open by a previous process. */
-  recover(): void {
-    for (const round of this.store.openRounds()) {
-      const deadline = Math.max(round.deadline, Date.now() + this.options.restartGraceMs);
-      this.store.updateRound(round.jobId, round.round, { deadline });
-      for (const a of round.sampled) this.sessionOf(a.clientId).busyWith = round.jobId;
-      this.armDeadline(round.jobId, deadline);
-      this.log.info(
-        {
-          jobId: round.jobId,
-          round: round.round,
-          accepted: round.accepted,
-          deadline: new Date(deadline).toISOString(),
-        },
-        'resuming open round',
-      );
-    }
-    this.metrics.activeJobs.set(this.store.jobs().filter((j) => j.status === 'running').length);
+  recover(): Promise<void> {
+    return this.lock.runExclusive(async () => {
+      for (const round of await this.store.openRounds()) {
+        const deadline = Math.max(round.deadline, Date.now() + this.options.restartGraceMs);
+        await this.store.updateRound(round.jobId, round.round, { deadline });
+        for (const a of round.sampled) this.sessionOf(a.clientId).busyWith = round.jobId;
+        this.armDeadline(round.jobId, round.round, deadline);
+        this.log.info(
+          {
+            jobId: round.jobId,
+            round: round.round,
+            accepted: round.accepted,
+            deadline: new Date(deadline).toISOString(),
+          },
+          'resuming open round',
+        );
+      }
+      this.metrics.activeJobs.set((await this.store.jobs()).filter((j) => j.status === 'running').length);
+    });
   }
 
-  close(): void {
+  /** Stops every timer and waits for the work already under way (the store may be closed after it). */
+  async close(): Promise<void> {
     this.closed = true;
     for (const timer of [...this.deadlineTimers.values(), ...this.gatherTimers.values()]) clearTimeout(timer);
     this.deadlineTimers.clear();
     this.gatherTimers.clear();
+    await this.lock.runExclusive(() => undefined);
   }
 
   // ------------------------------------------------------------------------------------------ jobs
 
-  createJob(id: string, spec: JobSpec): JobRow {
+  createJob(id: string, spec: JobSpec): Promise<JobRow> {
+    return this.lock.runExclusive(() => this.addJob(id, spec));
+  }
+
+  private async addJob(id: string, spec: JobSpec): Promise<JobRow> {
     if (spec.quorum > spec.clientsPerRound) {
       throw new JobError('invalid_job', `quorum ${spec.quorum} exceeds clientsPerRound ${spec.clientsPerRound}`);
     }
@@ -138,30 +151,36 @@ export class Coordinator {
       createdAt: new Date().toISOString(),
       state: { centroids: [], clusterOf: {} },
     };
-    this.store.addJob(job);
+    await this.store.addJob(job);
     this.metrics.activeJobs.inc();
     this.log.info({ jobId: id, strategy: spec.strategy, rounds: spec.rounds }, 'job created');
-    this.schedule();
+    await this.schedule();
     return job;
   }
 
-  stopJob(id: string): JobRow {
-    const job = this.store.job(id);
+  stopJob(id: string): Promise<JobRow> {
+    return this.lock.runExclusive(() => this.stop(id));
+  }
+
+  private async stop(id: string): Promise<JobRow> {
+    const job = await this.store.job(id);
     if (!job) throw new JobError('unknown_job', `no job ${id}`);
     if (job.status !== 'running') return job;
-    const open = this.store.round(id, job.currentRound);
-    this.store.transaction(() => {
-      if (open?.status === 'open') {
-        this.store.updateRound(id, open.round, { status: 'failed', endedAt: new Date().toISOString() });
-      }
-      this.store.updateJob(id, { status: 'stopped' });
+    const open = await this.store.round(id, job.currentRound);
+    const isOpen = open?.status === 'open';
+    await this.store.endRound({
+      jobId: id,
+      job: { status: 'stopped' },
+      ...(open && isOpen
+        ? { round: { index: open.round, fields: { status: 'failed', endedAt: new Date().toISOString() } } }
+        : {}),
     });
-    const ended = open?.status === 'open' ? open : this.store.round(id, job.currentRound - 1);
-    if (open?.status === 'open') this.release(open);
+    const ended = isOpen ? open : await this.store.round(id, job.currentRound - 1);
+    if (open && isOpen) this.release(open);
     // the round the stop ended failed; with none open, the last round's end is told again as it was
     if (ended) {
-      const aggregated = open?.status !== 'open' && ended.status === 'aggregated';
-      this.sendRoundEnd(
+      const aggregated = !isOpen && ended.status === 'aggregated';
+      await this.sendRoundEnd(
         job,
         ended,
         'stopped',
@@ -175,26 +194,28 @@ export class Coordinator {
     this.clearTimers(id);
     this.metrics.activeJobs.dec();
     this.log.info({ jobId: id }, 'job stopped');
-    this.schedule();
-    return this.store.job(id) as JobRow;
+    await this.schedule();
+    return (await this.store.job(id)) as JobRow;
   }
 
   // --------------------------------------------------------------------------------------- clients
 
   /** A client said hello: it may be sampled; if it is owed a round_start (after a reconnect), it gets it. */
-  clientReady(clientId: string, plan: RankPlan | undefined): void {
-    const session = this.sessionOf(clientId);
-    session.plan = plan;
-    for (const job of this.store.jobs()) {
-      if (job.status !== 'running') continue;
-      const round = this.store.round(job.id, job.currentRound);
-      const assignment = round?.status === 'open' ? round.sampled.find((a) => a.clientId === clientId) : undefined;
-      if (round && assignment && !this.store.acceptedClients(job.id, round.round).has(clientId)) {
-        session.busyWith = job.id;
-        this.sendRoundStart(job, round, assignment, new Map());
+  clientReady(clientId: string, plan: RankPlan | undefined): Promise<void> {
+    return this.lock.runExclusive(async () => {
+      const session = this.sessionOf(clientId);
+      session.plan = plan;
+      for (const job of await this.store.jobs()) {
+        if (job.status !== 'running') continue;
+        const round = await this.store.round(job.id, job.currentRound);
+        const assignment = round?.status === 'open' ? round.sampled.find((a) => a.clientId === clientId) : undefined;
+        if (round && assignment && !(await this.store.acceptedClients(job.id, round.round)).has(clientId)) {
+          session.busyWith = job.id;
+          await this.sendRoundStart(job, round, assignment, new Map());
+        }
       }
-    }
-    this.schedule();
+      await this.schedule();
+    });
   }
 
   clientGone(clientId: string): void {
@@ -215,21 +236,25 @@ export class Coordinator {
    * update's record); `update` was decoded from it without the finiteness check, done here so that a
    * NaN update gets an ack naming its round.
    */
-  receiveUpdate(clientId: string, frame: Uint8Array, update: Update): UpdateAck {
+  receiveUpdate(clientId: string, frame: Uint8Array, update: Update): Promise<UpdateAck> {
+    return this.lock.runExclusive(() => this.accept(clientId, frame, update));
+  }
+
+  private async accept(clientId: string, frame: Uint8Array, update: Update): Promise<UpdateAck> {
     // A refused update is not the client's answer: it may send a corrected one until the deadline (the
     // round closes early only once every sampled client has an accepted update). `rejected` counts
     // refused attempts of sampled clients in the open round; a repeat of an accepted update is not one.
-    const refuse = (code: string, message: string): UpdateAck => {
+    const refuse = async (code: string, message: string): Promise<UpdateAck> => {
       this.metrics.updates.inc({ outcome: code });
-      const round = this.store.round(update.jobId, update.round);
+      const round = await this.store.round(update.jobId, update.round);
       if (
         code !== 'duplicate_update' &&
         round?.status === 'open' &&
         !this.closing.has(update.jobId) &&
         round.sampled.some((a) => a.clientId === clientId) &&
-        !this.store.acceptedClients(update.jobId, update.round).has(clientId)
+        !(await this.store.acceptedClients(update.jobId, update.round)).has(clientId)
       ) {
-        this.store.countRejected(update.jobId, update.round);
+        await this.store.countRejected(update.jobId, update.round);
         let set = this.refused.get(update.jobId);
         if (!set) this.refused.set(update.jobId, (set = new Set()));
         set.add(clientId);
@@ -244,16 +269,16 @@ export class Coordinator {
       };
     };
 
-    const job = this.store.job(update.jobId);
+    const job = await this.store.job(update.jobId);
     if (!job) return refuse('unknown_job', `no job ${update.jobId}`);
     if (job.status !== 'running') return refuse('job_not_running', `job ${job.id} is ${job.status}`);
-    const round = this.store.round(job.id, job.currentRound);
+    const round = await this.store.round(job.id, job.currentRound);
     if (!round || round.status !== 'open' || round.round !== update.round || this.closing.has(job.id)) {
       return refuse('wrong_round', `job ${job.id} is not collecting round ${update.round}`);
     }
     const assignment = round.sampled.find((a) => a.clientId === clientId);
     if (!assignment) return refuse('not_sampled', `this client is not sampled in round ${round.round}`);
-    if (this.store.acceptedClients(job.id, round.round).has(clientId)) {
+    if ((await this.store.acceptedClients(job.id, round.round)).has(clientId)) {
       return refuse('duplicate_update', `an update of this client is already accepted in round ${round.round}`);
     }
     try {
@@ -281,7 +306,7 @@ export class Coordinator {
       throw error;
     }
     if (wrongAdapter) return refuse(wrongAdapter.code, wrongAdapter.message);
-    this.store.addUpdate({
+    await this.store.addUpdate({
       jobId: job.id,
       round: round.round,
       clientId,
@@ -292,24 +317,24 @@ export class Coordinator {
     });
     this.metrics.updates.inc({ outcome: 'accepted' });
     this.refused.get(job.id)?.delete(clientId);
-    this.closeIfComplete(job.id);
+    await this.closeIfComplete(job.id);
     return { type: 'update_ack', jobId: job.id, round: round.round, accepted: true };
   }
 
   // ---------------------------------------------------------------------------------------- rounds
 
   /** Starts a round for every running job that can start one. */
-  schedule(): void {
+  private async schedule(): Promise<void> {
     if (this.closed) return;
-    for (const job of this.store.jobs()) {
+    for (const job of await this.store.jobs()) {
       if (job.status !== 'running') continue;
-      const round = this.store.round(job.id, job.currentRound);
+      const round = await this.store.round(job.id, job.currentRound);
       if (round?.status === 'open') continue;
-      this.tryStart(job);
+      await this.tryStart(job);
     }
   }
 
-  private tryStart(job: JobRow): void {
+  private async tryStart(job: JobRow): Promise<void> {
     const { spec } = job;
     const idle = this.connectedIdle();
     if (idle.length < spec.quorum) return;
@@ -319,19 +344,22 @@ export class Coordinator {
           job.id,
           setTimeout(() => {
             this.gatherTimers.delete(job.id);
-            const current = this.store.job(job.id);
-            if (current?.status === 'running' && this.store.round(job.id, current.currentRound)?.status !== 'open') {
-              this.safely(job.id, () => this.startRound(current));
-            }
+            this.safely(job.id, async () => {
+              const current = await this.store.job(job.id);
+              if (current?.status !== 'running') return;
+              if ((await this.store.round(job.id, current.currentRound))?.status !== 'open') {
+                await this.startRound(current);
+              }
+            });
           }, this.options.gatherMs),
         );
       }
       return;
     }
-    this.startRound(job);
+    await this.startRound(job);
   }
 
-  private startRound(job: JobRow): void {
+  private async startRound(job: JobRow): Promise<void> {
     const { spec } = job;
     const idle = this.connectedIdle();
     if (idle.length < spec.quorum) return;
@@ -339,7 +367,7 @@ export class Coordinator {
     if (gather) clearTimeout(gather);
     this.gatherTimers.delete(job.id);
 
-    const clusters = [...new Set(this.store.adapters(job.id).map((a) => a.clusterId))];
+    const clusters = [...new Set((await this.store.adapters(job.id)).map((a) => a.clusterId))];
     const candidates = idle.map((clientId) => ({ clientId, plan: this.sessions.get(clientId)?.plan }));
     const sampled = configureRound(
       spec,
@@ -363,20 +391,26 @@ export class Coordinator {
       clusters: 0,
       metrics: {},
     };
-    this.store.addRound(round);
+    await this.store.addRound(round);
     this.refused.set(job.id, new Set());
     for (const a of sampled) this.sessionOf(a.clientId).busyWith = job.id;
-    this.armDeadline(job.id, round.deadline);
+    this.armDeadline(job.id, round.round, round.deadline);
     this.log.info({ jobId: job.id, round: round.round, sampled: sampled.length, idle: idle.length }, 'round started');
     const cache = new Map<string, RoundStart['adapter']>();
-    for (const a of sampled) this.sendRoundStart(job, round, a, cache);
+    for (const a of sampled) await this.sendRoundStart(job, round, a, cache);
   }
 
-  private sendRoundStart(job: JobRow, round: RoundRow, a: Assignment, cache: Map<string, RoundStart['adapter']>): void {
+  private async sendRoundStart(
+    job: JobRow,
+    round: RoundRow,
+    a: Assignment,
+    cache: Map<string, RoundStart['adapter']>,
+  ): Promise<void> {
     const key = `${a.clusterId}:${a.rank}:${layersKey(a.layers)}`;
     let adapter = cache.get(key);
     if (adapter === undefined) {
-      const start = startAdapter(job.spec, this.clusterAdapter(job, a.clusterId), a, this.initialAdapterOf(job));
+      const cluster = await this.clusterAdapter(job, a.clusterId);
+      const start = startAdapter(job.spec, cluster, a, this.initialAdapterOf(job));
       adapter = start ? toWireAdapter(start) : null;
       cache.set(key, adapter);
     }
@@ -395,17 +429,17 @@ export class Coordinator {
     return adapter;
   }
 
-  private clusterAdapter(job: JobRow, clusterId: number): LoraAdapter | undefined {
-    const stored = this.store.adapter(job.id, clusterId);
+  private async clusterAdapter(job: JobRow, clusterId: number): Promise<LoraAdapter | undefined> {
+    const stored = await this.store.adapter(job.id, clusterId);
     if (!stored) return undefined;
     return adapterFromTensors([...parseSafetensors(stored.safetensors).tensors.values()], job.spec.alpha);
   }
 
-  private closeIfComplete(jobId: string): void {
-    const job = this.store.job(jobId);
-    const round = job && this.store.round(jobId, job.currentRound);
+  private async closeIfComplete(jobId: string): Promise<void> {
+    const job = await this.store.job(jobId);
+    const round = job && (await this.store.round(jobId, job.currentRound));
     if (!round || round.status !== 'open') return;
-    const accepted = this.store.acceptedClients(jobId, round.round);
+    const accepted = await this.store.acceptedClients(jobId, round.round);
     if (round.sampled.every((a) => accepted.has(a.clientId))) {
       // after the ack that completed the round has been sent
       setImmediate(() => this.safely(jobId, () => this.closeRound(jobId, round.round)));
@@ -413,14 +447,14 @@ export class Coordinator {
   }
 
   /** Aggregates (or fails) the open round `round` of `jobId`; a no-op if it is already closed. */
-  closeRound(jobId: string, roundIndex: number): void {
+  private async closeRound(jobId: string, roundIndex: number): Promise<void> {
     if (this.closed || this.closing.has(jobId)) return;
-    const job = this.store.job(jobId);
-    const round = job && this.store.round(jobId, roundIndex);
+    const job = await this.store.job(jobId);
+    const round = job && (await this.store.round(jobId, roundIndex));
     if (!job || !round || round.status !== 'open' || job.currentRound !== roundIndex) return;
     this.clearTimers(jobId);
     const started = performance.now();
-    const acceptedIds = this.store.acceptedClients(jobId, roundIndex);
+    const acceptedIds = await this.store.acceptedClients(jobId, roundIndex);
     const refused = this.refused.get(jobId) ?? new Set();
     const dropped = round.sampled.filter((a) => !acceptedIds.has(a.clientId) && !refused.has(a.clientId)).length;
     const { spec } = job;
@@ -430,51 +464,54 @@ export class Coordinator {
         { jobId, round: roundIndex, accepted: acceptedIds.size, quorum: spec.quorum, dropped },
         'round failed',
       );
-      this.failRound(job, round, { dropped });
+      await this.failRound(job, round, { dropped });
       return;
     }
 
+    const clusters = [];
+    for (const a of await this.store.adapters(jobId)) {
+      const stored = await this.store.adapter(jobId, a.clusterId);
+      if (stored) clusters.push({ clusterId: a.clusterId, safetensors: stored.safetensors });
+    }
+    const updatesDir = this.store.updatesDir;
     const input: AggregationInput = {
       jobId,
       spec,
       state: job.state,
       round: roundIndex,
       maxFrameBytes: this.options.maxFrameBytes,
-      clusters: this.store.adapters(jobId).flatMap((a) => {
-        const stored = this.store.adapter(jobId, a.clusterId);
-        return stored ? [{ clusterId: a.clusterId, safetensors: stored.safetensors }] : [];
-      }),
+      clusters,
       assignments: round.sampled,
-      updates:
-        this.options.dataDir === ':memory:'
-          ? { frames: this.store.updates(jobId, roundIndex) }
-          : { dataDir: this.options.dataDir },
+      updates: updatesDir ? { dataDir: updatesDir } : { frames: await this.store.updates(jobId, roundIndex) },
     };
-    // updates that arrive while the aggregate is computed are refused (the round is closing)
+    // updates that arrive while the aggregate is computed are refused (the round is closing), until the
+    // aggregate is committed under the lock
     this.closing.add(jobId);
-    void this.aggregator
-      .aggregate(input)
-      .then(
-        (result) => this.safely(jobId, () => this.commitRound(jobId, roundIndex, result, started, dropped)),
-        (error: unknown) =>
-          this.safely(jobId, () => {
-            throw error;
-          }),
-      )
-      .finally(() => this.closing.delete(jobId));
+    void this.aggregator.aggregate(input).then(
+      (result) =>
+        this.safely(jobId, async () => {
+          this.closing.delete(jobId);
+          await this.commitRound(jobId, roundIndex, result, started, dropped);
+        }),
+      (error: unknown) =>
+        this.safely(jobId, () => {
+          this.closing.delete(jobId);
+          throw error;
+        }),
+    );
   }
 
   /** Stores a round's aggregate, if the round is still the job's open one, and moves the job on. */
-  private commitRound(
+  private async commitRound(
     jobId: string,
     roundIndex: number,
     result: AggregationOutput,
     started: number,
     dropped: number,
-  ): void {
+  ): Promise<void> {
     if (this.closed) return;
-    const job = this.store.job(jobId);
-    const round = job && this.store.round(jobId, roundIndex);
+    const job = await this.store.job(jobId);
+    const round = job && (await this.store.round(jobId, roundIndex));
     if (!job || !round || job.status !== 'running' || round.status !== 'open' || job.currentRound !== roundIndex) {
       this.log.info({ jobId, round: roundIndex }, 'aggregate dropped: the round was closed meanwhile');
       return;
@@ -483,32 +520,30 @@ export class Coordinator {
     const nextRound = roundIndex + 1;
     const finished = nextRound >= spec.rounds;
     const { adapters } = result;
-    const accepted = this.store.acceptedClients(jobId, roundIndex).size;
+    const accepted = (await this.store.acceptedClients(jobId, roundIndex)).size;
     const aggregationSeconds = (performance.now() - started) / 1000;
     const { clusterOf } = result.state;
     const metrics: Metrics = { ...result.metrics, aggregation_seconds: aggregationSeconds };
-    this.store.transaction(() => {
-      for (const a of adapters) {
-        this.store.putAdapter({
-          jobId,
-          clusterId: a.clusterId,
-          round: roundIndex,
-          rank: spec.maxRank,
-          safetensors: a.safetensors,
-        });
-      }
-      this.store.updateRound(jobId, roundIndex, {
-        status: 'aggregated',
-        endedAt: new Date().toISOString(),
-        dropped,
-        clusters: adapters.length,
-        metrics,
-      });
-      this.store.updateJob(jobId, {
-        currentRound: nextRound,
-        status: finished ? 'completed' : 'running',
-        state: result.state,
-      });
+    await this.store.endRound({
+      jobId,
+      adapters: adapters.map((a) => ({
+        jobId,
+        clusterId: a.clusterId,
+        round: roundIndex,
+        rank: spec.maxRank,
+        safetensors: a.safetensors,
+      })),
+      round: {
+        index: roundIndex,
+        fields: {
+          status: 'aggregated',
+          endedAt: new Date().toISOString(),
+          dropped,
+          clusters: adapters.length,
+          metrics,
+        },
+      },
+      job: { currentRound: nextRound, status: finished ? 'completed' : 'running', state: result.state },
     });
     this.metrics.rounds.inc({ status: 'aggregated' });
     this.metrics.aggregationSeconds.observe(aggregationSeconds);
@@ -523,10 +558,10 @@ export class Coordinator {
       },
       'round aggregated',
     );
-    this.finishRound(job, round, finished, 'aggregated', clusterOf, metrics, accepted);
+    await this.finishRound(job, round, finished, 'aggregated', clusterOf, metrics, accepted);
   }
 
-  private finishRound(
+  private async finishRound(
     job: JobRow,
     round: RoundRow,
     finished: boolean,
@@ -534,21 +569,21 @@ export class Coordinator {
     clusterOf: Record<string, number>,
     metrics: Metrics = {},
     accepted = 0,
-  ): void {
+  ): Promise<void> {
     this.metrics.roundSeconds.observe((Date.now() - Date.parse(round.startedAt)) / 1000);
     if (finished) {
       this.metrics.activeJobs.dec();
       this.log.info({ jobId: job.id, rounds: job.spec.rounds }, 'job completed');
     }
     this.release(round);
-    this.sendRoundEnd(job, round, finished ? 'completed' : 'running', status, clusterOf, metrics, accepted);
+    await this.sendRoundEnd(job, round, finished ? 'completed' : 'running', status, clusterOf, metrics, accepted);
     this.refused.delete(job.id);
-    this.schedule();
+    await this.schedule();
   }
 
   // -------------------------------------------------------------------------------------- helpers
 
-  private sendRoundEnd(
+  private async sendRoundEnd(
     job: JobRow,
     round: RoundRow,
     jobStatus: RoundEnd['jobStatus'],
@@ -556,9 +591,9 @@ export class Coordinator {
     clusterOf: Record<string, number>,
     metrics: Metrics,
     accepted: number,
-  ): void {
-    const state = this.store.job(job.id)?.state ?? job.state;
-    for (const clientId of this.recipientsOfRoundEnd(job, round, jobStatus !== 'running')) {
+  ): Promise<void> {
+    const state = (await this.store.job(job.id))?.state ?? job.state;
+    for (const clientId of await this.recipientsOfRoundEnd(job, round, jobStatus !== 'running')) {
       this.transport.send(clientId, {
         type: 'round_end',
         jobId: job.id,
@@ -581,10 +616,10 @@ export class Coordinator {
    * part in an earlier round and every connected device ready for work, so that one left out of the last
    * round (participation below 1) learns that the job is over instead of waiting for a round that never comes.
    */
-  private recipientsOfRoundEnd(job: JobRow, round: RoundRow, jobOver: boolean): Set<string> {
+  private async recipientsOfRoundEnd(job: JobRow, round: RoundRow, jobOver: boolean): Promise<Set<string>> {
     const recipients = new Set(round.sampled.map((a) => a.clientId));
     if (!jobOver) return recipients;
-    for (const past of this.store.rounds(job.id)) for (const a of past.sampled) recipients.add(a.clientId);
+    for (const past of await this.store.rounds(job.id)) for (const a of past.sampled) recipients.add(a.clientId);
     for (const [clientId, session] of this.sessions) if (session.plan !== undefined) recipients.add(clientId);
     return recipients;
   }
@@ -603,11 +638,9 @@ export class Coordinator {
     }
   }
 
-  private armDeadline(jobId: string, deadline: number): void {
+  private armDeadline(jobId: string, roundIndex: number, deadline: number): void {
     const existing = this.deadlineTimers.get(jobId);
     if (existing) clearTimeout(existing);
-    const job = this.store.job(jobId);
-    const roundIndex = job?.currentRound ?? 0;
     this.deadlineTimers.set(
       jobId,
       setTimeout(
@@ -618,34 +651,38 @@ export class Coordinator {
   }
 
   /** Closes `round` as failed (no aggregation) and moves its job to the next round. */
-  private failRound(job: JobRow, round: RoundRow, fields: { dropped?: number }): void {
+  private async failRound(job: JobRow, round: RoundRow, fields: { dropped?: number }): Promise<void> {
     const next = round.round + 1;
     const finished = next >= job.spec.rounds;
-    this.store.transaction(() => {
-      this.store.updateRound(job.id, round.round, { status: 'failed', endedAt: new Date().toISOString(), ...fields });
-      this.store.updateJob(job.id, { currentRound: next, status: finished ? 'completed' : 'running' });
+    await this.store.endRound({
+      jobId: job.id,
+      round: { index: round.round, fields: { status: 'failed', endedAt: new Date().toISOString(), ...fields } },
+      job: { currentRound: next, status: finished ? 'completed' : 'running' },
     });
     this.metrics.rounds.inc({ status: 'failed' });
-    this.finishRound(job, round, finished, 'failed', {});
+    await this.finishRound(job, round, finished, 'failed', {});
   }
 
   /**
-   * Runs timer-driven work so that nothing escapes to the event loop: a round that cannot be closed
-   * (say, a stored update fails its checksum) is marked failed and the job goes on.
+   * Runs timer-driven work under the lock so that nothing escapes to the event loop: a round that cannot
+   * be closed (say, a stored update fails its checksum) is marked failed and the job goes on.
    */
-  private safely(jobId: string, work: () => void): void {
-    try {
-      work();
-    } catch (error) {
-      this.log.error({ jobId, err: error }, 'round work failed; failing the open round');
+  private safely(jobId: string, work: () => void | Promise<void>): void {
+    void this.lock.runExclusive(async () => {
+      if (this.closed) return;
       try {
-        const job = this.store.job(jobId);
-        const round = job && this.store.round(jobId, job.currentRound);
-        if (job && round?.status === 'open') this.failRound(job, round, {});
-      } catch (inner) {
-        this.log.error({ jobId, err: inner }, 'could not fail the round either');
+        await work();
+      } catch (error) {
+        this.log.error({ jobId, err: error }, 'round work failed; failing the open round');
+        try {
+          const job = await this.store.job(jobId);
+          const round = job && (await this.store.round(jobId, job.currentRound));
+          if (job && round?.status === 'open') await this.failRound(job, round, {});
+        } catch (inner) {
+          this.log.error({ jobId, err: inner }, 'could not fail the round either');
+        }
       }
-    }
+    });
   }
 
   private clearTimers(jobId: string): void {

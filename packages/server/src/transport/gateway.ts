@@ -168,8 +168,8 @@ export function authenticateHandshake(
     else request.socket.once('close', release);
     void credentials
       .inspect(bearer(request.headers.authorization))
-      .then((identity) => {
-        const status = store.clientStatus(identity.clientId);
+      .then(async (identity) => {
+        const status = await store.clientStatus(identity.clientId);
         if (status === 'revoked') throw new FloeError('revoked', `client ${identity.clientId} was revoked`);
         if (!status) throw new FloeError('unknown_client', `client ${identity.clientId} is not enrolled`);
         (request as AuthenticatedRequest)[CLIENT_ID] = identity;
@@ -414,7 +414,7 @@ export class Gateway implements RoundTransport {
           clientId,
           maxFrameBytes: this.options.maxFrameBytes,
         });
-        this.coordinator?.clientReady(clientId, hello.plan);
+        await this.coordinator?.clientReady(clientId, hello.plan);
       } else if (event === 'update') {
         if (!socket.data.greeted) {
           this.refuse(socket, 'hello_first', 'send hello before anything else');
@@ -424,7 +424,7 @@ export class Gateway implements RoundTransport {
           maxBytes: this.options.maxFrameBytes,
           requireFinite: false,
         });
-        const ack = this.coordinator?.receiveUpdate(clientId, payload as Uint8Array, update);
+        const ack = await this.coordinator?.receiveUpdate(clientId, payload as Uint8Array, update);
         if (ack) this.emit(socket, ack);
       } else {
         this.refuse(socket, 'unknown_event', `clients may send hello and update, not ${String(event).slice(0, 64)}`);

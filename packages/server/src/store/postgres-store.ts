@@ -1,0 +1,392 @@
+/**
+ * The shared engine: PostgreSQL through node-postgres (`pg`), for several server processes over one
+ * database. Schema changes are numbered migrations applied under an advisory lock, so replicas that
+ * start together apply each once. Every multi-row write is one transaction; with PostgreSQL's default
+ * `synchronous_commit = on`, a promise settles only after its commit is durable.
+ */
+import pg from 'pg';
+import type { DeviceProfile } from '@floe/shared';
+import {
+  type ClientRow,
+  type JobFields,
+  type JobRow,
+  type RoundEnding,
+  type RoundFields,
+  type RoundRow,
+  type Store,
+  type StoredAdapter,
+  type StoredUpdate,
+  StoreError,
+  adapterFromColumns,
+  bytesOf,
+  clientFromColumns,
+  jobFromColumns,
+  roundFromColumns,
+  sha256Hex,
+  updateFromColumns,
+  verified,
+} from './store.js';
+
+/** Applied in order, each once, recorded in `schema_migrations`. Append; never edit an applied one. */
+export const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+   CREATE TABLE clients (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, profile JSONB NOT NULL, revoked_at TEXT);
+   CREATE TABLE jobs (
+     id TEXT PRIMARY KEY, spec JSONB NOT NULL, status TEXT NOT NULL, current_round INTEGER NOT NULL,
+     created_at TEXT NOT NULL, state JSONB NOT NULL);
+   CREATE TABLE rounds (
+     job_id TEXT NOT NULL REFERENCES jobs (id), round INTEGER NOT NULL, status TEXT NOT NULL,
+     started_at TEXT NOT NULL, deadline BIGINT NOT NULL, ended_at TEXT, sampled JSONB NOT NULL,
+     accepted INTEGER NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
+     clusters INTEGER NOT NULL DEFAULT 0, metrics JSONB NOT NULL DEFAULT '{}', PRIMARY KEY (job_id, round));
+   CREATE INDEX rounds_open ON rounds (status) WHERE status = 'open';
+   CREATE TABLE updates (
+     job_id TEXT NOT NULL, round INTEGER NOT NULL, client_id TEXT NOT NULL, num_samples INTEGER NOT NULL,
+     rank INTEGER NOT NULL, metrics JSONB NOT NULL, frame BYTEA NOT NULL, sha256 TEXT NOT NULL,
+     received_at TEXT NOT NULL, PRIMARY KEY (job_id, round, client_id),
+     FOREIGN KEY (job_id, round) REFERENCES rounds (job_id, round));
+   CREATE TABLE enrollment_keys (
+     key_hash TEXT PRIMARY KEY, created_at TEXT NOT NULL, expires_at BIGINT NOT NULL, used_by TEXT);
+   CREATE TABLE adapters (
+     job_id TEXT NOT NULL REFERENCES jobs (id), cluster_id INTEGER NOT NULL, round INTEGER NOT NULL,
+     rank INTEGER NOT NULL, safetensors BYTEA NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (job_id, cluster_id));`,
+];
+
+/** Any constant: every Floe server over the database takes this lock to migrate. */
+const MIGRATION_LOCK = 0x466c6f65;
+
+type Columns = Record<string, unknown>;
+type Queryable = Pick<pg.PoolClient, 'query'>;
+
+export class PostgresStore implements Store {
+  readonly engine = 'postgres';
+  readonly updatesDir = undefined;
+
+  private constructor(private readonly pool: pg.Pool) {}
+
+  /** Connects to `url` (postgres://user:password@host:port/database) and brings its schema up to date. */
+  static async open(url: string, options: { maxConnections?: number } = {}): Promise<PostgresStore> {
+    const pool = new pg.Pool({ connectionString: url, max: options.maxConnections ?? 10 });
+    // an idle connection that the database drops must not take the process down; the next query reconnects
+    pool.on('error', () => undefined);
+    const store = new PostgresStore(pool);
+    try {
+      await store.transaction(async (client) => {
+        await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+        await client.query(
+          'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)',
+        );
+        const { rows } = await client.query<{ version: number }>('SELECT version FROM schema_migrations');
+        const applied = new Set(rows.map((r) => r.version));
+        for (const [index, sql] of MIGRATIONS.entries()) {
+          const version = index + 1;
+          if (applied.has(version)) continue;
+          await client.query(sql);
+          await client.query('INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)', [
+            version,
+            new Date().toISOString(),
+          ]);
+        }
+      });
+    } catch (error) {
+      await pool.end();
+      throw error;
+    }
+    return store;
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+
+  private async transaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN');
+      const result = await work(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+
+  private async all(sql: string, params: unknown[] = [], via: Queryable = this.pool): Promise<Columns[]> {
+    return (await via.query<Columns>(sql, params)).rows;
+  }
+
+  private async one(sql: string, params: unknown[] = [], via: Queryable = this.pool): Promise<Columns | undefined> {
+    return (await this.all(sql, params, via))[0];
+  }
+
+  private async run(sql: string, params: unknown[] = [], via: Queryable = this.pool): Promise<number> {
+    return (await via.query(sql, params)).rowCount ?? 0;
+  }
+
+  // ---------------------------------------------------------------------------------------- meta
+
+  async meta(key: string): Promise<string | undefined> {
+    return (await this.one('SELECT value FROM meta WHERE key = $1', [key]))?.value as string | undefined;
+  }
+
+  async initMeta(key: string, value: string): Promise<string> {
+    await this.run('INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING', [key, value]);
+    return (await this.meta(key)) as string;
+  }
+
+  async setMeta(key: string, value: string): Promise<void> {
+    await this.run(
+      'INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+      [key, value],
+    );
+  }
+
+  // ------------------------------------------------------------------------------------- clients
+
+  async addClient(id: string, profile: DeviceProfile, via: Queryable = this.pool): Promise<void> {
+    await this.run(
+      'INSERT INTO clients (id, created_at, profile) VALUES ($1, $2, $3)',
+      [id, new Date().toISOString(), JSON.stringify(profile)],
+      via,
+    );
+  }
+
+  async clientStatus(id: string): Promise<'active' | 'revoked' | undefined> {
+    const row = await this.one('SELECT revoked_at FROM clients WHERE id = $1', [id]);
+    if (!row) return undefined;
+    return row.revoked_at === null ? 'active' : 'revoked';
+  }
+
+  async revokeClient(id: string): Promise<string | undefined> {
+    const row = await this.one(
+      'UPDATE clients SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 RETURNING revoked_at',
+      [new Date().toISOString(), id],
+    );
+    return (row?.revoked_at as string | undefined) ?? undefined;
+  }
+
+  async clients(): Promise<ClientRow[]> {
+    return (await this.all('SELECT id, created_at, revoked_at, profile FROM clients ORDER BY created_at, id')).map(
+      clientFromColumns,
+    );
+  }
+
+  // ----------------------------------------------------------------------------- enrollment keys
+
+  async addEnrollmentKeys(keyHashes: string[], expiresAt: number): Promise<void> {
+    await this.run('INSERT INTO enrollment_keys (key_hash, created_at, expires_at) SELECT unnest($1::text[]), $2, $3', [
+      keyHashes,
+      new Date().toISOString(),
+      expiresAt,
+    ]);
+  }
+
+  async enrollWithKey(keyHash: string, clientId: string, profile: DeviceProfile): Promise<boolean> {
+    return this.transaction(async (client) => {
+      const spent = await this.run(
+        'UPDATE enrollment_keys SET used_by = $1 WHERE key_hash = $2 AND used_by IS NULL AND expires_at > $3',
+        [clientId, keyHash, Date.now()],
+        client,
+      );
+      if (spent !== 1) return false;
+      await this.addClient(clientId, profile, client);
+      return true;
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------- jobs
+
+  async addJob(job: JobRow): Promise<void> {
+    await this.run(
+      'INSERT INTO jobs (id, spec, status, current_round, created_at, state) VALUES ($1, $2, $3, $4, $5, $6)',
+      [job.id, JSON.stringify(job.spec), job.status, job.currentRound, job.createdAt, JSON.stringify(job.state)],
+    );
+  }
+
+  async job(id: string): Promise<JobRow | undefined> {
+    const row = await this.one('SELECT * FROM jobs WHERE id = $1', [id]);
+    return row && jobFromColumns(row);
+  }
+
+  async jobs(): Promise<JobRow[]> {
+    return (await this.all('SELECT * FROM jobs ORDER BY created_at, id')).map(jobFromColumns);
+  }
+
+  private async updateJobRow(id: string, fields: JobFields, via: Queryable): Promise<void> {
+    const changed = await this.run(
+      `UPDATE jobs SET status = COALESCE($2, status), current_round = COALESCE($3, current_round),
+       state = COALESCE($4::jsonb, state) WHERE id = $1`,
+      [id, fields.status ?? null, fields.currentRound ?? null, fields.state ? JSON.stringify(fields.state) : null],
+      via,
+    );
+    if (changed !== 1) throw new StoreError('unknown_job', `no job ${id}`);
+  }
+
+  // -------------------------------------------------------------------------------------- rounds
+
+  async addRound(round: RoundRow): Promise<void> {
+    await this.run(
+      `INSERT INTO rounds (job_id, round, status, started_at, deadline, ended_at, sampled, accepted, rejected,
+       dropped, clusters, metrics) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+      [
+        round.jobId,
+        round.round,
+        round.status,
+        round.startedAt,
+        round.deadline,
+        round.endedAt,
+        JSON.stringify(round.sampled),
+        round.accepted,
+        round.rejected,
+        round.dropped,
+        round.clusters,
+        JSON.stringify(round.metrics),
+      ],
+    );
+  }
+
+  async round(jobId: string, round: number): Promise<RoundRow | undefined> {
+    const row = await this.one('SELECT * FROM rounds WHERE job_id = $1 AND round = $2', [jobId, round]);
+    return row && roundFromColumns(row);
+  }
+
+  async rounds(jobId: string): Promise<RoundRow[]> {
+    return (await this.all('SELECT * FROM rounds WHERE job_id = $1 ORDER BY round', [jobId])).map(roundFromColumns);
+  }
+
+  async openRounds(): Promise<RoundRow[]> {
+    return (await this.all("SELECT * FROM rounds WHERE status = 'open'")).map(roundFromColumns);
+  }
+
+  async updateRound(jobId: string, round: number, fields: RoundFields): Promise<void> {
+    await this.updateRoundRow(jobId, round, fields, this.pool);
+  }
+
+  private async updateRoundRow(jobId: string, round: number, fields: RoundFields, via: Queryable): Promise<void> {
+    // ended_at is the one field that may be set back to null; a missing key leaves it as it is
+    const changed = await this.run(
+      `UPDATE rounds SET status = COALESCE($3, status), deadline = COALESCE($4, deadline),
+       ended_at = CASE WHEN $5::boolean THEN $6::text ELSE ended_at END, dropped = COALESCE($7, dropped),
+       clusters = COALESCE($8, clusters), metrics = COALESCE($9::jsonb, metrics) WHERE job_id = $1 AND round = $2`,
+      [
+        jobId,
+        round,
+        fields.status ?? null,
+        fields.deadline ?? null,
+        'endedAt' in fields,
+        fields.endedAt ?? null,
+        fields.dropped ?? null,
+        fields.clusters ?? null,
+        fields.metrics ? JSON.stringify(fields.metrics) : null,
+      ],
+      via,
+    );
+    if (changed !== 1) throw new StoreError('unknown_round', `no round ${round} of job ${jobId}`);
+  }
+
+  async countRejected(jobId: string, round: number): Promise<void> {
+    await this.run('UPDATE rounds SET rejected = rejected + 1 WHERE job_id = $1 AND round = $2', [jobId, round]);
+  }
+
+  async endRound(ending: RoundEnding): Promise<void> {
+    await this.transaction(async (client) => {
+      for (const adapter of ending.adapters ?? []) await this.putAdapter(adapter, client);
+      if (ending.round) await this.updateRoundRow(ending.jobId, ending.round.index, ending.round.fields, client);
+      await this.updateJobRow(ending.jobId, ending.job, client);
+    });
+  }
+
+  // ------------------------------------------------------------------------------------- updates
+
+  async addUpdate(update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>): Promise<StoredUpdate> {
+    const stored: StoredUpdate = { ...update, sha256: sha256Hex(update.frame), receivedAt: new Date().toISOString() };
+    await this.transaction(async (client) => {
+      await this.run(
+        `INSERT INTO updates (job_id, round, client_id, num_samples, rank, metrics, frame, sha256, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+        [
+          stored.jobId,
+          stored.round,
+          stored.clientId,
+          stored.numSamples,
+          stored.rank,
+          JSON.stringify(stored.metrics),
+          Buffer.from(stored.frame.buffer, stored.frame.byteOffset, stored.frame.byteLength),
+          stored.sha256,
+          stored.receivedAt,
+        ],
+        client,
+      );
+      await this.run(
+        'UPDATE rounds SET accepted = accepted + 1 WHERE job_id = $1 AND round = $2',
+        [stored.jobId, stored.round],
+        client,
+      );
+    });
+    return stored;
+  }
+
+  async updates(jobId: string, round: number): Promise<StoredUpdate[]> {
+    const rows = await this.all('SELECT * FROM updates WHERE job_id = $1 AND round = $2 ORDER BY client_id', [
+      jobId,
+      round,
+    ]);
+    return rows.map((r) => {
+      const frame = bytesOf(r.frame as Buffer);
+      verified(`update of ${r.client_id as string} in ${jobId}/${round}`, frame, r as { sha256: string });
+      return updateFromColumns(r, frame);
+    });
+  }
+
+  async acceptedClients(jobId: string, round: number): Promise<Set<string>> {
+    const rows = await this.all('SELECT client_id FROM updates WHERE job_id = $1 AND round = $2', [jobId, round]);
+    return new Set(rows.map((r) => r.client_id as string));
+  }
+
+  async tookPart(jobId: string, clientId: string): Promise<boolean> {
+    const row = await this.one(
+      `SELECT 1 FROM rounds WHERE job_id = $1 AND sampled @> jsonb_build_array(jsonb_build_object('clientId', $2::text))
+       LIMIT 1`,
+      [jobId, clientId],
+    );
+    return row !== undefined;
+  }
+
+  // ------------------------------------------------------------------------------------ adapters
+
+  private async putAdapter(adapter: Omit<StoredAdapter, 'sha256'>, via: Queryable): Promise<void> {
+    await this.run(
+      `INSERT INTO adapters (job_id, cluster_id, round, rank, safetensors, sha256) VALUES ($1, $2, $3, $4, $5, $6)
+       ON CONFLICT (job_id, cluster_id) DO UPDATE SET round = excluded.round, rank = excluded.rank,
+       safetensors = excluded.safetensors, sha256 = excluded.sha256`,
+      [
+        adapter.jobId,
+        adapter.clusterId,
+        adapter.round,
+        adapter.rank,
+        Buffer.from(adapter.safetensors.buffer, adapter.safetensors.byteOffset, adapter.safetensors.byteLength),
+        sha256Hex(adapter.safetensors),
+      ],
+      via,
+    );
+  }
+
+  async adapter(jobId: string, clusterId: number): Promise<StoredAdapter | undefined> {
+    const row = await this.one('SELECT * FROM adapters WHERE job_id = $1 AND cluster_id = $2', [jobId, clusterId]);
+    if (!row) return undefined;
+    const bytes = bytesOf(row.safetensors as Buffer);
+    verified(`adapter of cluster ${clusterId} in job ${jobId}`, bytes, row as { sha256: string });
+    return { ...adapterFromColumns(row), safetensors: bytes };
+  }
+
+  async adapters(jobId: string): Promise<Omit<StoredAdapter, 'safetensors'>[]> {
+    const rows = await this.all(
+      'SELECT job_id, cluster_id, round, rank, sha256 FROM adapters WHERE job_id = $1 ORDER BY cluster_id',
+      [jobId],
+    );
+    return rows.map(adapterFromColumns);
+  }
+}
