@@ -101,8 +101,10 @@ describe('round semantics', { timeout: 120_000 }, () => {
       const created = await test.admin<JobSummary>(
         'POST',
         '/v1/jobs',
-        jobSpec({ rounds: 1, clientsPerRound: 2, quorum: 2, roundDeadlineSec: 2 }),
+        // a deadline of a fraction of a millisecond is kept as whole milliseconds (a bigint in PostgreSQL)
+        jobSpec({ rounds: 1, clientsPerRound: 2, quorum: 2, roundDeadlineSec: 1.2345678 }),
       );
+      expect(created.status).toBe(201);
       await silent.started; // and never answers
       const job = await waitForJob(test, created.body.id);
       expect(job.rounds[0]).toMatchObject({ status: 'failed', dropped: 1 });

@@ -45,11 +45,6 @@ export async function startServer(
   options: StartOptions = {},
 ): Promise<FloeServer> {
   const config: ServerConfig = { ...DEFAULT_CONFIG, ...overrides };
-  const store = await openStore(config);
-  // replicas over one database start together: the first secret written is everyone's
-  const secret =
-    config.credentialSecret || (await store.initMeta('credential_secret', randomBytes(32).toString('hex')));
-  const credentials = new Credentials(secret, config.credentialTtlSec);
   const metrics = new ServerMetrics();
 
   const timeoutMs = config.requestTimeoutMs;
@@ -125,6 +120,35 @@ export async function startServer(
     reply.type('application/json').send(asyncApi),
   );
 
+  let server: FloeServer | undefined;
+  const store = await openStore(config, {
+    onError: (error) => app.log.error({ err: error }, 'database connection error'),
+    onLeaseLost: () => {
+      app.log.fatal('another server now coordinates this database: stopping this one');
+      void server?.close();
+    },
+  });
+  try {
+    server = await serve(app, store, config, metrics);
+    return server;
+  } catch (error) {
+    await store.close();
+    await app.close();
+    throw error;
+  }
+}
+
+/** The rest of a server over its store: the credential secret, socket.io, the coordinator, listening. */
+async function serve(
+  app: FastifyInstance,
+  store: Store,
+  config: ServerConfig,
+  metrics: ServerMetrics,
+): Promise<FloeServer> {
+  // the first secret written to a store is kept (a server that restarts keeps its devices' credentials)
+  const secret =
+    config.credentialSecret || (await store.initMeta('credential_secret', randomBytes(32).toString('hex')));
+  const credentials = new Credentials(secret, config.credentialTtlSec);
   const io = new SocketServer(app.server, {
     allowRequest: authenticateHandshake(credentials, store, metrics, {
       maxConnectionsPerIp: config.maxConnectionsPerIp,
@@ -175,7 +199,7 @@ export async function startServer(
     coordinator,
     gateway,
     config,
-    url: `${tls ? 'https' : 'http'}://${host}:${address.port}`,
+    url: `${config.tlsCert !== '' ? 'https' : 'http'}://${host}:${address.port}`,
     close() {
       closing ??= (async () => {
         await coordinator.close();

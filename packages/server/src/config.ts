@@ -12,7 +12,7 @@ export interface ServerConfig {
   dataDir: string;
   /**
    * A PostgreSQL database (postgres://user:password@host:port/database) to keep the server's state in
-   * instead of the embedded SQLite file; empty for SQLite. Several servers can share one.
+   * instead of the embedded SQLite file; empty for SQLite. One server coordinates a database at a time.
    */
   databaseUrl: string;
   /** Devices present this to enroll. */

@@ -11,6 +11,7 @@ import { afterEach, describe, expect, inject, it } from 'vitest';
 import type { DeviceProfile } from '@floe/shared';
 import { type JobRow, type RoundRow, type Store, sha256Hex } from '../src/store/store.js';
 import { openStore } from '../src/store/open-store.js';
+import { PostgresStore } from '../src/store/postgres-store.js';
 import { configFromEnv } from '../src/config.js';
 import { createScratchDatabase } from '../../../scripts/lib/local-postgres.js';
 
@@ -236,6 +237,55 @@ describe(`Store on ${ENGINE}`, () => {
     expect(await test.store.tookPart('job-2', 'c-1')).toBe(false);
   });
 });
+
+// what only a shared database has: the coordinator's lease (these tests run in the server-on-postgres project)
+if (ENGINE === 'postgres') {
+  describe('PostgresStore lease', () => {
+    const leaseHolder = async (url: string): Promise<number[]> => {
+      const client = new pg.Client({ connectionString: url });
+      await client.connect();
+      const { rows } = await client.query<{ pid: number }>(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+      );
+      await client.end();
+      return rows.map((r) => r.pid);
+    };
+
+    it('lets one server coordinate a database, and takes the lease back after its connection is cut', async () => {
+      const adminUrl = inject('postgresAdminUrl');
+      const database = await createScratchDatabase(adminUrl);
+      cleanups.push(() => database.drop());
+      const lost: string[] = [];
+      const first = await PostgresStore.open(database.url, { onLeaseLost: () => lost.push('first') });
+      cleanups.push(() => first.close());
+      await expect(PostgresStore.open(database.url, { leaseWaitMs: 300 })).rejects.toMatchObject({
+        code: 'database_in_use',
+      });
+      // the database drops the lease's connection: the first server takes the lease again by itself
+      const [holder] = await leaseHolder(database.url);
+      const admin = new pg.Client({ connectionString: database.url });
+      await admin.connect();
+      await admin.query('SELECT pg_terminate_backend($1)', [holder]);
+      await expect.poll(() => leaseHolder(database.url), { timeout: 5000 }).toHaveLength(1);
+      expect(await leaseHolder(database.url)).not.toContain(holder);
+      await expect(PostgresStore.open(database.url, { leaseWaitMs: 300 })).rejects.toMatchObject({
+        code: 'database_in_use',
+      });
+      expect(lost).toEqual([]);
+      // cut again, and another server is quicker: the first learns that it lost the lease
+      const [again] = await leaseHolder(database.url);
+      await admin.query('SELECT pg_terminate_backend($1)', [again]);
+      const second = await PostgresStore.open(database.url, { leaseWaitMs: 5000 });
+      cleanups.push(() => second.close());
+      await admin.end();
+      await expect.poll(() => lost, { timeout: 5000 }).toEqual(['first']);
+      // and a closed server frees the lease at once
+      await second.close();
+      const third = await PostgresStore.open(database.url, { leaseWaitMs: 0 });
+      await third.close();
+    });
+  });
+}
 
 describe('configFromEnv', () => {
   it('reads FLOE_* variables and refuses non-numbers where numbers go', () => {

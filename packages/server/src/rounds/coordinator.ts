@@ -66,6 +66,9 @@ interface Session {
 
 export class JobError extends FloeError {}
 
+/** How long to wait before trying again to close a round whose closing failed in the store. */
+const RETRY_MS = 5000;
+
 /**
  * Every entry point (a client's message, an admin call, a timer) runs under one lock: the store answers
  * asynchronously, and a round's checks and writes (is it open, is this update a duplicate, which idle
@@ -95,7 +98,7 @@ export class Coordinator {
   recover(): Promise<void> {
     return this.lock.runExclusive(async () => {
       for (const round of await this.store.openRounds()) {
-        const deadline = Math.max(round.deadline, Date.now() + this.options.restartGraceMs);
+        const deadline = Math.ceil(Math.max(round.deadline, Date.now() + this.options.restartGraceMs));
         await this.store.updateRound(round.jobId, round.round, { deadline });
         for (const a of round.sampled) this.sessionOf(a.clientId).busyWith = round.jobId;
         this.armDeadline(round.jobId, round.round, deadline);
@@ -203,6 +206,7 @@ export class Coordinator {
   /** A client said hello: it may be sampled; if it is owed a round_start (after a reconnect), it gets it. */
   clientReady(clientId: string, plan: RankPlan | undefined): Promise<void> {
     return this.lock.runExclusive(async () => {
+      if (this.closed) return;
       const session = this.sessionOf(clientId);
       session.plan = plan;
       for (const job of await this.store.jobs()) {
@@ -218,11 +222,14 @@ export class Coordinator {
     });
   }
 
+  /** A client's connection ended (queued behind its own hello, if that is still waiting for the lock). */
   clientGone(clientId: string): void {
-    const session = this.sessions.get(clientId);
-    // a sampled client keeps its place in the round until the deadline: it may reconnect and deliver
-    if (session && !session.busyWith) this.sessions.delete(clientId);
-    else if (session) session.plan = undefined;
+    void this.lock.runExclusive(() => {
+      const session = this.sessions.get(clientId);
+      // a sampled client keeps its place in the round until the deadline: it may reconnect and deliver
+      if (session && !session.busyWith) this.sessions.delete(clientId);
+      else if (session) session.plan = undefined;
+    });
   }
 
   connectedIdle(): string[] {
@@ -237,7 +244,11 @@ export class Coordinator {
    * NaN update gets an ack naming its round.
    */
   receiveUpdate(clientId: string, frame: Uint8Array, update: Update): Promise<UpdateAck> {
-    return this.lock.runExclusive(() => this.accept(clientId, frame, update));
+    return this.lock.runExclusive(() => {
+      if (!this.closed) return this.accept(clientId, frame, update);
+      const error = { code: 'internal_error', message: 'the server is shutting down: send the update again' };
+      return { type: 'update_ack', jobId: update.jobId, round: update.round, accepted: false, error } as const;
+    });
   }
 
   private async accept(clientId: string, frame: Uint8Array, update: Update): Promise<UpdateAck> {
@@ -328,9 +339,13 @@ export class Coordinator {
     if (this.closed) return;
     for (const job of await this.store.jobs()) {
       if (job.status !== 'running') continue;
-      const round = await this.store.round(job.id, job.currentRound);
-      if (round?.status === 'open') continue;
-      await this.tryStart(job);
+      // one job that cannot start (its store writes fail) does not keep the others from starting
+      try {
+        const round = await this.store.round(job.id, job.currentRound);
+        if (round?.status !== 'open') await this.tryStart(job);
+      } catch (error) {
+        this.log.error({ jobId: job.id, err: error }, 'could not start a round');
+      }
     }
   }
 
@@ -382,7 +397,7 @@ export class Coordinator {
       round: job.currentRound,
       status: 'open',
       startedAt: new Date(now).toISOString(),
-      deadline: now + spec.roundDeadlineSec * 1000,
+      deadline: Math.ceil(now + spec.roundDeadlineSec * 1000),
       endedAt: null,
       sampled,
       accepted: 0,
@@ -679,10 +694,29 @@ export class Coordinator {
           const round = job && (await this.store.round(jobId, job.currentRound));
           if (job && round?.status === 'open') await this.failRound(job, round, {});
         } catch (inner) {
-          this.log.error({ jobId, err: inner }, 'could not fail the round either');
+          // the store is unreachable: try again later, or the round would stay open with no timer
+          this.log.error({ jobId, err: inner }, `could not fail the round either; retrying in ${RETRY_MS} ms`);
+          this.retryOpenRound(jobId);
         }
       }
     });
+  }
+
+  /** Closes the job's open round a little later (after a store failure), unless it is being closed. */
+  private retryOpenRound(jobId: string): void {
+    if (this.closed) return;
+    const existing = this.deadlineTimers.get(jobId);
+    if (existing) clearTimeout(existing);
+    const timer = setTimeout(
+      () =>
+        this.safely(jobId, async () => {
+          const job = await this.store.job(jobId);
+          const round = job && (await this.store.round(jobId, job.currentRound));
+          if (round?.status === 'open') await this.closeRound(jobId, round.round);
+        }),
+      RETRY_MS,
+    );
+    this.deadlineTimers.set(jobId, timer);
   }
 
   private clearTimers(jobId: string): void {

@@ -52,8 +52,24 @@ export const MIGRATIONS: readonly string[] = [
      rank INTEGER NOT NULL, safetensors BYTEA NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (job_id, cluster_id));`,
 ];
 
-/** Any constant: every Floe server over the database takes this lock to migrate. */
+/** Any constants: every Floe server over the database takes the first to migrate, the second to coordinate. */
 const MIGRATION_LOCK = 0x466c6f65;
+const COORDINATOR_LOCK = 0x466c6f66;
+
+export interface PostgresOptions {
+  maxConnections?: number;
+  /** A query (or a wait for a connection) that takes longer fails instead of holding the server. */
+  timeoutMs?: number;
+  /** Errors of connections that no caller awaits (the database restarting, a dropped link). */
+  onError?: (error: Error) => void;
+  /**
+   * The coordinator's lease was lost and another server now holds it: this one must stop coordinating.
+   * Until replicas exist (issue 21), one server coordinates a database at a time.
+   */
+  onLeaseLost?: () => void;
+  /** How long `open` waits for the lease held by another server (10 s). */
+  leaseWaitMs?: number;
+}
 
 type Columns = Record<string, unknown>;
 type Queryable = Pick<pg.PoolClient, 'query'>;
@@ -62,14 +78,32 @@ export class PostgresStore implements Store {
   readonly engine = 'postgres';
   readonly updatesDir = undefined;
 
-  private constructor(private readonly pool: pg.Pool) {}
+  private lease: pg.Client | undefined;
+  private leaseRetry: NodeJS.Timeout | undefined;
+  private closed = false;
 
-  /** Connects to `url` (postgres://user:password@host:port/database) and brings its schema up to date. */
-  static async open(url: string, options: { maxConnections?: number } = {}): Promise<PostgresStore> {
-    const pool = new pg.Pool({ connectionString: url, max: options.maxConnections ?? 10 });
+  private constructor(
+    private readonly pool: pg.Pool,
+    private readonly url: string,
+    private readonly options: PostgresOptions,
+  ) {}
+
+  /**
+   * Connects to `url` (postgres://user:password@host:port/database), brings its schema up to date and
+   * takes the coordinator's lease; refused when another server holds it.
+   */
+  static async open(url: string, options: PostgresOptions = {}): Promise<PostgresStore> {
+    const timeoutMs = options.timeoutMs ?? 30_000;
+    const pool = new pg.Pool({
+      connectionString: url,
+      max: options.maxConnections ?? 10,
+      connectionTimeoutMillis: timeoutMs,
+      query_timeout: timeoutMs,
+      keepAlive: true,
+    });
     // an idle connection that the database drops must not take the process down; the next query reconnects
-    pool.on('error', () => undefined);
-    const store = new PostgresStore(pool);
+    pool.on('error', (error) => options.onError?.(error));
+    const store = new PostgresStore(pool, url, options);
     try {
       await store.transaction(async (client) => {
         await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
@@ -88,29 +122,97 @@ export class PostgresStore implements Store {
           ]);
         }
       });
+      // a server killed a moment ago may still hold it until the database notices its connection is gone
+      const until = Date.now() + (options.leaseWaitMs ?? 10_000);
+      let leased = await store.takeLease();
+      while (!leased && Date.now() < until) {
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        leased = await store.takeLease();
+      }
+      if (!leased) {
+        throw new StoreError(
+          'database_in_use',
+          'another Floe server coordinates this database (one server per database until replicas exist)',
+        );
+      }
     } catch (error) {
-      await pool.end();
+      await store.close();
       throw error;
     }
     return store;
   }
 
+  /** The coordinator's lease: a session-level advisory lock, held by one dedicated connection. */
+  private async takeLease(): Promise<boolean> {
+    const client = new pg.Client({ connectionString: this.url, keepAlive: true });
+    client.on('error', (error) => {
+      this.options.onError?.(error);
+      this.leaseBroken(client);
+    });
+    client.on('end', () => this.leaseBroken(client));
+    try {
+      await client.connect();
+      const { rows } = await client.query<{ taken: boolean }>('SELECT pg_try_advisory_lock($1) AS taken', [
+        COORDINATOR_LOCK,
+      ]);
+      if (rows[0]?.taken) {
+        this.lease = client;
+        return true;
+      }
+    } catch (error) {
+      this.options.onError?.(error as Error);
+    }
+    await client.end().catch(() => undefined);
+    return false;
+  }
+
+  /** The lease's connection ended: take the lease again as soon as the database answers. */
+  private leaseBroken(client: pg.Client): void {
+    if (this.closed || this.lease !== client) return;
+    this.lease = undefined;
+    const retry = async () => {
+      this.leaseRetry = undefined;
+      if (this.closed) return;
+      if (await this.takeLease()) return;
+      // the lock is free only when no session holds it: false with the database up means another server
+      const up = await this.pool.query('SELECT 1').then(
+        () => true,
+        () => false,
+      );
+      if (up && !this.closed) this.options.onLeaseLost?.();
+      else if (!this.closed) this.leaseRetry = setTimeout(() => void retry(), 1000);
+    };
+    this.leaseRetry = setTimeout(() => void retry(), 100);
+  }
+
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.leaseRetry);
+    await this.lease?.end().catch(() => undefined);
     await this.pool.end();
   }
 
   private async transaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
     const client = await this.pool.connect();
+    // a checked-out connection that breaks emits 'error' on the client, which the pool no longer hears
+    const onError = (error: Error) => this.options.onError?.(error);
+    client.on('error', onError);
+    let broken: Error | undefined;
     try {
       await client.query('BEGIN');
       const result = await work(client);
       await client.query('COMMIT');
       return result;
     } catch (error) {
-      await client.query('ROLLBACK').catch(() => undefined);
+      await client.query('ROLLBACK').catch((rollback: unknown) => {
+        broken = rollback instanceof Error ? rollback : new Error(String(rollback));
+      });
       throw error;
     } finally {
-      client.release();
+      client.off('error', onError);
+      // a connection that could not roll back is destroyed, not handed to the next caller
+      client.release(broken);
     }
   }
 

@@ -169,7 +169,10 @@ export function authenticateHandshake(
     void credentials
       .inspect(bearer(request.headers.authorization))
       .then(async (identity) => {
-        const status = await store.clientStatus(identity.clientId);
+        // a store failure is the server's, not a bad credential (a device would throw a good one away)
+        const status = await store.clientStatus(identity.clientId).catch(() => {
+          throw new FloeError('internal_error', 'the server could not look this client up; try again');
+        });
         if (status === 'revoked') throw new FloeError('revoked', `client ${identity.clientId} was revoked`);
         if (!status) throw new FloeError('unknown_client', `client ${identity.clientId} is not enrolled`);
         (request as AuthenticatedRequest)[CLIENT_ID] = identity;
