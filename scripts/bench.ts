@@ -24,6 +24,7 @@ const BENCHES: Record<string, () => Promise<{ run: () => Promise<BenchResult> }>
   inference: () => import('./bench/inference.js'),
   attacks: () => import('./bench/attacks.js'),
   privacy: () => import('./bench/privacy.js'),
+  scale: () => import('./bench/scale.js'),
 };
 const NAMES = Object.keys(BENCHES);
 const USAGE = `usage: pnpm bench [${NAMES.join('|')} ...] [--json FILE] [--md FILE]   (no name: every suite)`;

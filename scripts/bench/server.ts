@@ -8,7 +8,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { SingleBar } from 'cli-progress';
 import { LORA_MODULES, MODEL_PRESETS, architectureOf } from '@floe/model';
 import { type ClientUpdate, STRATEGIES, updateProblems } from '@floe/federation';
 import { ortKernels, spawnServerProcess } from '@floe/server';
@@ -22,9 +21,10 @@ import {
   fromWireAdapter,
   toWireAdapter,
 } from '@floe/shared';
-import { type SyntheticDevice, sampleAdapter, startSyntheticDevice } from '@floe/simulator';
+import { type SyntheticDevice, sampleAdapter } from '@floe/simulator';
 import type { BenchResult } from '../lib/bench-report.js';
 import { watchHealth } from '../lib/health-watch.js';
+import { connectFleet } from '../lib/synthetic-fleet.js';
 
 const ARCH = architectureOf(MODEL_PRESETS['edge-small']);
 const MODULES = [...LORA_MODULES];
@@ -133,27 +133,10 @@ async function rounds(rows: BenchResult['rows'], data: Record<string, unknown>):
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-bench-'));
   // quieter logs: the server prints a line per connection at info level
   const server = await spawnServer(dataDir);
-  const devices: SyntheticDevice[] = [];
+  let devices: SyntheticDevice[] = [];
   try {
-    const bar = new SingleBar({ format: 'connecting {bar} {value}/{total} clients' });
-    bar.start(clients, 0);
     let t = performance.now();
-    for (let i = 0; i < clients; i += 20) {
-      const batch = await Promise.all(
-        Array.from({ length: Math.min(20, clients - i) }, (_, k) =>
-          startSyntheticDevice({
-            serverUrl: server.url,
-            joinToken: JOIN,
-            plan: { rank: [2, 4, 8, 8][(i + k) % 4] as number, targetModules: MODULES },
-            distribution: { seed: (i + k) % 2, scale: 0.02, noise: 0.5 },
-            clientSeed: i + k,
-          }),
-        ),
-      );
-      devices.push(...batch);
-      bar.update(devices.length);
-    }
-    bar.stop();
+    devices = await connectFleet(server.url, JOIN, clients, MODULES);
     const connectSeconds = seconds(t);
     rows.push({ workload: `enroll + connect ${clients} clients`, seconds: connectSeconds, detail: 'batches of 20' });
 

@@ -1,0 +1,171 @@
+/**
+ * Scale: 1,000 synthetic devices speaking the real protocol (enroll, websocket, hello, an update per
+ * round) through a 3-round flexlora job against one server process, on each store engine: the
+ * embedded SQLite file and PostgreSQL (a throwaway server from Debian's binaries, when installed).
+ * Figures: connect time, round times, updates and messages per second, the server's peak RSS and its
+ * CPU time. The devices run in this process, so both share the machine's cores with the server.
+ * FLOE_BENCH_SCALE_CLIENTS changes the count (a quick look: 100).
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import pidusage from 'pidusage';
+import { LORA_MODULES, MODEL_PRESETS, architectureOf } from '@floe/model';
+import { type ServerProcess, spawnServerProcess } from '@floe/server';
+import type { JobSpec, JobSummary } from '@floe/shared';
+import type { SyntheticDevice } from '@floe/simulator';
+import type { BenchResult } from '../lib/bench-report.js';
+import {
+  type LocalPostgres,
+  createScratchDatabase,
+  findPostgresBin,
+  startLocalPostgres,
+} from '../lib/local-postgres.js';
+import { connectFleet } from '../lib/synthetic-fleet.js';
+
+const ARCH = architectureOf(MODEL_PRESETS['edge-small']);
+const MODULES = [...LORA_MODULES];
+const CLIENTS = Number(process.env['FLOE_BENCH_SCALE_CLIENTS'] ?? 1000);
+const ROUNDS = 3;
+const JOIN = 'bench-join-token';
+const ADMIN = 'bench-admin-token';
+
+/** The most memory the process has held (VmHWM), in MiB. */
+async function peakRssMiB(pid: number): Promise<number> {
+  const match = /^VmHWM:\s+(\d+) kB/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'));
+  if (!match) throw new Error(`no VmHWM in /proc/${pid}/status`);
+  return Number(match[1]) / 1024;
+}
+
+interface EngineFigures {
+  connectSeconds: number;
+  roundSeconds: number[];
+  aggregationSeconds: number[];
+  updatesPerSecond: number;
+  messagesPerSecond: number;
+  serverPeakRssMiB: number;
+  serverCpuSeconds: number;
+  serverCpuShare: number;
+}
+
+async function runOn(engine: 'sqlite' | 'postgres', postgres: LocalPostgres | undefined): Promise<EngineFigures> {
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-scale-'));
+  const database = postgres ? await createScratchDatabase(postgres.adminUrl) : undefined;
+  let server: ServerProcess | undefined;
+  let devices: SyntheticDevice[] = [];
+  try {
+    server = await spawnServerProcess({
+      FLOE_HOST: '127.0.0.1',
+      FLOE_PORT: '0',
+      FLOE_DATA_DIR: dataDir,
+      FLOE_DATABASE_URL: database?.url ?? '',
+      FLOE_JOIN_TOKEN: JOIN,
+      FLOE_ADMIN_TOKEN: ADMIN,
+      FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '1000000',
+      FLOE_GATHER_MS: '600000',
+      FLOE_LOG_LEVEL: 'warn',
+      FLOE_MAX_CONNECTIONS_PER_IP: '100000',
+      FLOE_RATE_LIMIT_MESSAGES: '1000',
+    });
+    const pid = server.child.pid as number;
+    const started = performance.now();
+    devices = await connectFleet(server.url, JOIN, CLIENTS, MODULES);
+    const connectSeconds = (performance.now() - started) / 1000;
+    console.log(`${engine}: ${CLIENTS} clients connected in ${connectSeconds.toFixed(1)} s`);
+
+    const spec: JobSpec = {
+      name: `scale-${engine}`,
+      baseModel: { id: 'edge-small', sha256: '0'.repeat(64), architecture: ARCH },
+      targetModules: MODULES,
+      strategy: 'flexlora',
+      clustering: false,
+      rounds: ROUNDS,
+      clientsPerRound: CLIENTS,
+      quorum: CLIENTS,
+      roundDeadlineSec: 600,
+      localSteps: 1,
+      learningRate: 1e-3,
+      batchSize: 1,
+      maxRank: 8,
+      alpha: 16,
+    };
+    const headers = { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' };
+    const cpuBefore = (await pidusage(pid)).ctime;
+    const jobStarted = performance.now();
+    const created = (await (
+      await fetch(`${server.url}/v1/jobs`, { method: 'POST', headers, body: JSON.stringify(spec) })
+    ).json()) as JobSummary;
+    let job = created;
+    let shown = -1;
+    while (job.status === 'running') {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      job = (await (await fetch(`${server.url}/v1/jobs/${created.id}`, { headers })).json()) as JobSummary;
+      const done = job.rounds.filter((r) => r.status !== 'open');
+      for (const r of done.slice(shown + 1)) {
+        console.log(
+          `${engine}: round ${r.round + 1}/${ROUNDS} ${r.status}, ${r.accepted} updates, ` +
+            `${((Date.parse(r.endedAt ?? r.startedAt) - Date.parse(r.startedAt)) / 1000).toFixed(1)} s`,
+        );
+        shown = r.round;
+      }
+    }
+    const jobSeconds = (performance.now() - jobStarted) / 1000;
+    const serverCpuSeconds = ((await pidusage(pid)).ctime - cpuBefore) / 1000;
+    if (job.status !== 'completed' || job.rounds.some((r) => r.accepted !== CLIENTS)) {
+      throw new Error(`${engine}: the job did not complete cleanly: ${JSON.stringify(job.rounds)}`);
+    }
+    const roundSeconds = job.rounds.map((r) => (Date.parse(r.endedAt ?? r.startedAt) - Date.parse(r.startedAt)) / 1000);
+    const updates = CLIENTS * ROUNDS;
+    return {
+      connectSeconds,
+      roundSeconds,
+      aggregationSeconds: job.rounds.map((r) => Number(r.metrics['aggregation_seconds'])),
+      updatesPerSecond: updates / roundSeconds.reduce((a, b) => a + b, 0),
+      // per device and round: round_start and update_ack and round_end out, the update in
+      messagesPerSecond: (4 * updates) / jobSeconds,
+      serverPeakRssMiB: await peakRssMiB(pid),
+      serverCpuSeconds,
+      serverCpuShare: serverCpuSeconds / jobSeconds,
+    };
+  } finally {
+    devices.forEach((d) => d.stop());
+    if (server) {
+      server.child.kill('SIGTERM');
+      await new Promise((resolve) => server?.child.once('exit', resolve));
+    }
+    await database?.drop();
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+export async function run(): Promise<BenchResult> {
+  const rows: BenchResult['rows'] = [];
+  const engines: Record<string, EngineFigures> = {};
+  const postgres = findPostgresBin() ? await startLocalPostgres() : undefined;
+  if (!postgres) console.warn('PostgreSQL is not installed: SQLite only (apt-get install postgresql)');
+  try {
+    for (const engine of postgres ? (['sqlite', 'postgres'] as const) : (['sqlite'] as const)) {
+      const figures = await runOn(engine, engine === 'postgres' ? postgres : undefined);
+      engines[engine] = figures;
+      rows.push(
+        { workload: `${engine}: enroll + connect ${CLIENTS} clients`, seconds: figures.connectSeconds, detail: '' },
+        ...figures.roundSeconds.map((s, i) => ({
+          workload: `${engine}: round ${i + 1} of ${CLIENTS} updates`,
+          seconds: s,
+          detail: `aggregation ${figures.aggregationSeconds[i]?.toFixed(2)} s`,
+        })),
+        {
+          workload: `${engine}: server over the job`,
+          seconds: figures.serverCpuSeconds,
+          detail:
+            `CPU s (${(100 * figures.serverCpuShare).toFixed(0)}% of a core), peak RSS ` +
+            `${figures.serverPeakRssMiB.toFixed(0)} MiB, ${figures.updatesPerSecond.toFixed(0)} updates/s, ` +
+            `${figures.messagesPerSecond.toFixed(0)} messages/s`,
+        },
+      );
+    }
+  } finally {
+    postgres?.stop();
+  }
+  return { rows, data: { clients: CLIENTS, rounds: ROUNDS, strategy: 'flexlora', modules: MODULES, engines } };
+}
