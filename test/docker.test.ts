@@ -155,6 +155,22 @@ describe('docker/compose.yml', () => {
   });
 });
 
+describe('docker/compose.postgres.yml', () => {
+  it('puts the server on a PostgreSQL service it waits for', async () => {
+    const files = ['compose.yml', 'compose.postgres.yml'].flatMap((f) => ['-f', path.join(ROOT, 'docker', f)]);
+    const env = { ...process.env, FLOE_JOIN_TOKEN: 'j', FLOE_ADMIN_TOKEN: 'a', FLOE_CLOUD_API_KEYS: 'k' };
+    await expect(run('docker-compose', [...files, 'config'], { env })).rejects.toThrow(/FLOE_POSTGRES_PASSWORD/);
+    const { stdout } = await run('docker-compose', [...files, 'config'], {
+      env: { ...env, FLOE_POSTGRES_PASSWORD: 'secret1' },
+    });
+    const from = stdout.slice(stdout.indexOf('\n  server:') + 1);
+    const server = from.slice(0, from.slice(1).search(/\n {0,2}\S/) + 1);
+    expect(server).toContain('FLOE_DATABASE_URL: postgres://floe:secret1@postgres:5432/floe');
+    expect(server).toMatch(/depends_on:\s+postgres:\s+condition: service_healthy/);
+    expect(stdout).toMatch(/\n {2}postgres:\n[\s\S]*POSTGRES_PASSWORD: secret1/);
+  });
+});
+
 describe('docker/Dockerfile', () => {
   it('builds on a Node.js LTS line still supported, with an exact pnpm 10', () => {
     const build = stage('build');

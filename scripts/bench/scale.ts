@@ -63,7 +63,7 @@ async function runOn(engine: 'sqlite' | 'postgres', postgres: LocalPostgres | un
       FLOE_ADMIN_TOKEN: ADMIN,
       FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '1000000',
       FLOE_GATHER_MS: '600000',
-      FLOE_LOG_LEVEL: 'warn',
+      FLOE_LOG_LEVEL: 'info', // spawnServerProcess waits for the line saying it listens
       FLOE_MAX_CONNECTIONS_PER_IP: '100000',
       FLOE_RATE_LIMIT_MESSAGES: '1000',
     });
