@@ -116,16 +116,21 @@ describe(`Store on ${ENGINE}`, () => {
     const frame = Uint8Array.from({ length: 1000 }, (_, i) => i % 256);
     const stored = await test.store.addUpdate(update('c-1', frame));
     expect(stored.sha256).toBe(sha256Hex(frame));
+    expect(stored.roundAccepted).toBe(1);
+    expect((await test.store.addUpdate(update('c-2', frame))).roundAccepted).toBe(2);
     const reopened = await test.reopen();
-    const [read] = await reopened.updates('job-1', 0);
+    const [read] = await reopened.updates('job-1', 0); // ordered by client id
     expect(read?.frame).toEqual(frame);
     expect(read).toMatchObject({ clientId: 'c-1', numSamples: 7, rank: 4, metrics: { loss: 1.5 } });
-    expect((await reopened.round('job-1', 0))?.accepted).toBe(1);
+    expect((await reopened.round('job-1', 0))?.accepted).toBe(2);
     expect(await reopened.openRounds()).toMatchObject([{ jobId: 'job-1', round: 0, sampled: round.sampled }]);
-    expect([...(await reopened.acceptedClients('job-1', 0))]).toEqual(['c-1']);
+    expect([...(await reopened.acceptedClients('job-1', 0))].sort()).toEqual(['c-1', 'c-2']);
+    expect(await reopened.hasUpdate('job-1', 0, 'c-2')).toBe(true);
+    expect(await reopened.hasUpdate('job-1', 0, 'c-3')).toBe(false);
+    expect(await reopened.hasUpdate('job-1', 1, 'c-1')).toBe(false);
     // a second update of the same client in the same round is refused by the store itself, and not counted
     await expect(reopened.addUpdate(update('c-1', frame))).rejects.toThrow();
-    expect((await reopened.round('job-1', 0))?.accepted).toBe(1);
+    expect((await reopened.round('job-1', 0))?.accepted).toBe(2);
   });
 
   it('detects a stored update or adapter whose bytes no longer match their checksum', async () => {

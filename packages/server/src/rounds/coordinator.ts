@@ -213,7 +213,7 @@ export class Coordinator {
         if (job.status !== 'running') continue;
         const round = await this.store.round(job.id, job.currentRound);
         const assignment = round?.status === 'open' ? round.sampled.find((a) => a.clientId === clientId) : undefined;
-        if (round && assignment && !(await this.store.acceptedClients(job.id, round.round)).has(clientId)) {
+        if (round && assignment && !(await this.store.hasUpdate(job.id, round.round, clientId))) {
           session.busyWith = job.id;
           await this.sendRoundStart(job, round, assignment, new Map());
         }
@@ -263,7 +263,7 @@ export class Coordinator {
         round?.status === 'open' &&
         !this.closing.has(update.jobId) &&
         round.sampled.some((a) => a.clientId === clientId) &&
-        !(await this.store.acceptedClients(update.jobId, update.round)).has(clientId)
+        !(await this.store.hasUpdate(update.jobId, update.round, clientId))
       ) {
         await this.store.countRejected(update.jobId, update.round);
         let set = this.refused.get(update.jobId);
@@ -289,7 +289,7 @@ export class Coordinator {
     }
     const assignment = round.sampled.find((a) => a.clientId === clientId);
     if (!assignment) return refuse('not_sampled', `this client is not sampled in round ${round.round}`);
-    if ((await this.store.acceptedClients(job.id, round.round)).has(clientId)) {
+    if (await this.store.hasUpdate(job.id, round.round, clientId)) {
       return refuse('duplicate_update', `an update of this client is already accepted in round ${round.round}`);
     }
     try {
@@ -317,7 +317,7 @@ export class Coordinator {
       throw error;
     }
     if (wrongAdapter) return refuse(wrongAdapter.code, wrongAdapter.message);
-    await this.store.addUpdate({
+    const { roundAccepted } = await this.store.addUpdate({
       jobId: job.id,
       round: round.round,
       clientId,
@@ -328,7 +328,11 @@ export class Coordinator {
     });
     this.metrics.updates.inc({ outcome: 'accepted' });
     this.refused.get(job.id)?.delete(clientId);
-    await this.closeIfComplete(job.id);
+    // every sampled client has an accepted update (only sampled clients get one, once each)
+    if (roundAccepted >= round.sampled.length) {
+      // after the ack that completed the round has been sent
+      setImmediate(() => this.safely(job.id, () => this.closeRound(job.id, round.round)));
+    }
     return { type: 'update_ack', jobId: job.id, round: round.round, accepted: true };
   }
 
@@ -448,17 +452,6 @@ export class Coordinator {
     const stored = await this.store.adapter(job.id, clusterId);
     if (!stored) return undefined;
     return adapterFromTensors([...parseSafetensors(stored.safetensors).tensors.values()], job.spec.alpha);
-  }
-
-  private async closeIfComplete(jobId: string): Promise<void> {
-    const job = await this.store.job(jobId);
-    const round = job && (await this.store.round(jobId, job.currentRound));
-    if (!round || round.status !== 'open') return;
-    const accepted = await this.store.acceptedClients(jobId, round.round);
-    if (round.sampled.every((a) => accepted.has(a.clientId))) {
-      // after the ack that completed the round has been sent
-      setImmediate(() => this.safely(jobId, () => this.closeRound(jobId, round.round)));
-    }
   }
 
   /** Aggregates (or fails) the open round `round` of `jobId`; a no-op if it is already closed. */

@@ -403,32 +403,39 @@ export class PostgresStore implements Store {
 
   // ------------------------------------------------------------------------------------- updates
 
-  async addUpdate(update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>): Promise<StoredUpdate> {
+  async addUpdate(
+    update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>,
+  ): Promise<StoredUpdate & { roundAccepted: number }> {
     const stored: StoredUpdate = { ...update, sha256: sha256Hex(update.frame), receivedAt: new Date().toISOString() };
-    await this.transaction(async (client) => {
-      await this.run(
-        `INSERT INTO updates (job_id, round, client_id, num_samples, rank, metrics, frame, sha256, received_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-        [
-          stored.jobId,
-          stored.round,
-          stored.clientId,
-          stored.numSamples,
-          stored.rank,
-          JSON.stringify(stored.metrics),
-          Buffer.from(stored.frame.buffer, stored.frame.byteOffset, stored.frame.byteLength),
-          stored.sha256,
-          stored.receivedAt,
-        ],
-        client,
-      );
-      await this.run(
-        'UPDATE rounds SET accepted = accepted + 1 WHERE job_id = $1 AND round = $2',
-        [stored.jobId, stored.round],
-        client,
-      );
-    });
-    return stored;
+    // one statement, so one round trip and one implicit transaction: the row and its count together
+    const row = await this.one(
+      `WITH inserted AS (
+         INSERT INTO updates (job_id, round, client_id, num_samples, rank, metrics, frame, sha256, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING job_id, round)
+       UPDATE rounds SET accepted = accepted + 1 FROM inserted
+       WHERE rounds.job_id = inserted.job_id AND rounds.round = inserted.round RETURNING accepted`,
+      [
+        stored.jobId,
+        stored.round,
+        stored.clientId,
+        stored.numSamples,
+        stored.rank,
+        JSON.stringify(stored.metrics),
+        Buffer.from(stored.frame.buffer, stored.frame.byteOffset, stored.frame.byteLength),
+        stored.sha256,
+        stored.receivedAt,
+      ],
+    );
+    return { ...stored, roundAccepted: Number(row?.accepted ?? 0) };
+  }
+
+  async hasUpdate(jobId: string, round: number, clientId: string): Promise<boolean> {
+    const row = await this.one('SELECT 1 FROM updates WHERE job_id = $1 AND round = $2 AND client_id = $3', [
+      jobId,
+      round,
+      clientId,
+    ]);
+    return row !== undefined;
   }
 
   async updates(jobId: string, round: number): Promise<StoredUpdate[]> {

@@ -278,9 +278,11 @@ export class SqliteStore implements Store {
 
   // ------------------------------------------------------------------------------------- updates
 
-  async addUpdate(update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>): Promise<StoredUpdate> {
+  async addUpdate(
+    update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>,
+  ): Promise<StoredUpdate & { roundAccepted: number }> {
     const stored: StoredUpdate = { ...update, sha256: sha256Hex(update.frame), receivedAt: new Date().toISOString() };
-    this.db.transaction(() => {
+    const roundAccepted = this.db.transaction(() => {
       this.run(
         `INSERT INTO updates (job_id, round, client_id, num_samples, rank, metrics, frame, sha256, received_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -294,9 +296,21 @@ export class SqliteStore implements Store {
         stored.sha256,
         stored.receivedAt,
       );
-      this.run('UPDATE rounds SET accepted = accepted + 1 WHERE job_id = ? AND round = ?', stored.jobId, stored.round);
+      const counted = this.one(
+        'UPDATE rounds SET accepted = accepted + 1 WHERE job_id = ? AND round = ? RETURNING accepted',
+        stored.jobId,
+        stored.round,
+      );
+      return Number(counted?.accepted ?? 0);
     })();
-    return stored;
+    return { ...stored, roundAccepted };
+  }
+
+  async hasUpdate(jobId: string, round: number, clientId: string): Promise<boolean> {
+    return (
+      this.one('SELECT 1 FROM updates WHERE job_id = ? AND round = ? AND client_id = ?', jobId, round, clientId) !==
+      undefined
+    );
   }
 
   async updates(jobId: string, round: number): Promise<StoredUpdate[]> {

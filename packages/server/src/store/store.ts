@@ -130,8 +130,13 @@ export interface Store {
   countRejected(jobId: string, round: number): Promise<void>;
   endRound(ending: RoundEnding): Promise<void>;
 
-  /** Stores an accepted update and counts it, in one transaction. Refuses a second update of a client. */
-  addUpdate(update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>): Promise<StoredUpdate>;
+  /**
+   * Stores an accepted update and counts it, in one transaction; gives it with the round's new count of
+   * accepted updates. Refuses a second update of a client.
+   */
+  addUpdate(update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>): Promise<StoredUpdate & { roundAccepted: number }>;
+  /** Whether the client has an accepted update in the round. */
+  hasUpdate(jobId: string, round: number, clientId: string): Promise<boolean>;
   /** The accepted updates of a round, checksums verified. */
   updates(jobId: string, round: number): Promise<StoredUpdate[]>;
   /** Client ids with an accepted update in the round (no blobs read). */
