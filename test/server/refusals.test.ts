@@ -306,6 +306,15 @@ describe('job lifecycle', () => {
       expect(unknown).toMatchObject({ status: 404, body: { code: 'unknown_job' } });
       const quorum = await test.admin<{ code: string }>('POST', '/v1/jobs', jobSpec({ clientsPerRound: 2, quorum: 3 }));
       expect(quorum).toMatchObject({ status: 400, body: { code: 'invalid_job' } });
+      // a combiner that needs every update at once is capped; the mean folds any number of clients
+      const big = { clientsPerRound: 2500, quorum: 2500 };
+      const median = await test.admin<{ code: string; message: string }>(
+        'POST',
+        '/v1/jobs',
+        jobSpec({ ...big, robustAggregation: 'median' }),
+      );
+      expect(median).toMatchObject({ status: 400, body: { code: 'invalid_job', message: /at most 2000 clients/ } });
+      expect(await test.admin('POST', '/v1/jobs', jobSpec(big))).toMatchObject({ status: 201 });
     } finally {
       await test.close();
     }

@@ -8,3 +8,5 @@ export * from './profile-clustering.js';
 export * from './sampling.js';
 export * from './round.js';
 export * from './refinement.js';
+export * from './fold.js';
+export * from './streamed-round.js';

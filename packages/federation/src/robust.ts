@@ -103,6 +103,68 @@ function scaled(values: Float32Array, factor: number): Float32Array {
   return factor === 1 ? values : values.map((v) => v * factor);
 }
 
+/** A module's norms as clipping reads them: of A and of B (factor space), or of the product. */
+export type ModuleNorms = Map<string, { a: number; b: number; product: number }>;
+
+/** Each module's norms of one adapter (`product` only in the product space). */
+export function moduleNorms(
+  adapter: LoraAdapter,
+  space: 'factors' | 'product',
+  productNorm: (f: LoraFactors) => number,
+): ModuleNorms {
+  return new Map(
+    [...adapter.modules].map(([path, f]) => [
+      path,
+      {
+        a: frobeniusNorm(f.A),
+        b: frobeniusNorm(f.B),
+        product: space === 'product' ? productNorm(f) : Infinity,
+      },
+    ]),
+  );
+}
+
+/** Per module, the median of each norm over the adapters that adapt it: what clipping caps to. */
+export function clipLimits(norms: readonly ModuleNorms[]): ModuleNorms {
+  const paths = [...new Set(norms.flatMap((n) => [...n.keys()]))];
+  return new Map(
+    paths.map((path) => {
+      const held = norms.map((n) => n.get(path)).filter((x) => x !== undefined);
+      return [
+        path,
+        {
+          a: median(held.map((x) => x.a)),
+          b: median(held.map((x) => x.b)),
+          product: median(held.map((x) => x.product)),
+        },
+      ];
+    }),
+  );
+}
+
+/** `adapter` with each module scaled down to `limits` (B scaled for the product, A and B for factors). */
+export function clipWith(
+  adapter: LoraAdapter,
+  limits: ModuleNorms,
+  space: 'factors' | 'product',
+  productNorm: (f: LoraFactors) => number,
+): LoraAdapter {
+  const cap = (value: number, limit: number) => (value > limit && value > 0 ? limit / value : 1);
+  return {
+    alpha: adapter.alpha,
+    modules: new Map(
+      [...adapter.modules].map(([path, f]) => {
+        const limit = limits.get(path) ?? { a: Infinity, b: Infinity, product: Infinity };
+        if (space === 'product') return [path, { ...f, B: scaled(f.B, cap(productNorm(f), limit.product)) }];
+        return [
+          path,
+          { ...f, A: scaled(f.A, cap(frobeniusNorm(f.A), limit.a)), B: scaled(f.B, cap(frobeniusNorm(f.B), limit.b)) },
+        ];
+      }),
+    ),
+  };
+}
+
 /**
  * Every module's norms scaled down to the median of the round: under fedavg/hetlora the norms of A and
  * of B (what they average), under flexlora the norm of the product `normOf` (scaling B scales it).
@@ -112,28 +174,7 @@ export function clipToMedian(
   space: 'factors' | 'product',
   productNorm: (f: LoraFactors) => number,
 ): LoraAdapter[] {
-  const paths = [...new Set(adapters.flatMap((a) => [...a.modules.keys()]))];
-  const limits = new Map<string, { a: number; b: number; product: number }>();
-  for (const path of paths) {
-    const held = adapters.map((a) => a.modules.get(path)).filter((f): f is LoraFactors => f !== undefined);
-    limits.set(path, {
-      a: median(held.map((f) => frobeniusNorm(f.A))),
-      b: median(held.map((f) => frobeniusNorm(f.B))),
-      product: space === 'product' ? median(held.map(productNorm)) : Infinity,
-    });
-  }
-  const cap = (value: number, limit: number) => (value > limit && value > 0 ? limit / value : 1);
-  return adapters.map((adapter) => ({
-    alpha: adapter.alpha,
-    modules: new Map(
-      [...adapter.modules].map(([path, f]) => {
-        const limit = limits.get(path) as { a: number; b: number; product: number };
-        if (space === 'product') return [path, { ...f, B: scaled(f.B, cap(productNorm(f), limit.product)) }];
-        return [
-          path,
-          { ...f, A: scaled(f.A, cap(frobeniusNorm(f.A), limit.a)), B: scaled(f.B, cap(frobeniusNorm(f.B), limit.b)) },
-        ];
-      }),
-    ),
-  }));
+  const norms = adapters.map((a) => moduleNorms(a, space, productNorm));
+  const limits = clipLimits(norms);
+  return adapters.map((adapter) => clipWith(adapter, limits, space, productNorm));
 }

@@ -26,7 +26,7 @@ import {
 } from '@floe/shared';
 import { clusterUpdates } from './clustering.js';
 import { refineClusters } from './refinement.js';
-import { UpdateSketch, updateSignature } from './sketch.js';
+import { type UpdateSignature, UpdateSketch, updateSignature } from './sketch.js';
 import { sampleClients } from './sampling.js';
 import { STRATEGIES } from './strategy.js';
 import {
@@ -262,46 +262,17 @@ export async function aggregateRound(
   round: number,
   kernels: Kernels = {},
 ): Promise<RoundAggregate> {
-  let clusterIds = updates.map(() => 0);
-  let centroids = new Map(state.centroids);
-  let pendingSplits: Record<string, string> = {};
-  const metrics: Metrics = medianMetrics(updates);
-  if (spec.clustering) {
-    const starts = new Map<string, LoraAdapter | undefined>();
-    const signatures = updates.map((u) => {
-      const key = `${u.assignment.clusterId}:${u.assignment.rank}:${layersKey(u.assignment.layers)}`;
-      if (!starts.has(key)) starts.set(key, startAdapter(spec, stored(u.assignment.clusterId), u.assignment));
-      return updateSignature(
-        sketcher,
-        u.adapter,
-        starts.get(key),
-        `${u.assignment.rank}:${layersKey(u.assignment.layers)}`,
-      );
-    });
-    const clustering = clusterUpdates(signatures, {
-      maxClusters: Math.min(spec.maxClusters ?? 8, updates.length),
-      previous: centroids,
-      previousIds: updates.map((u) => state.clusterOf[u.clientId]),
-      seed: round,
-    });
-    centroids = new Map([...centroids, ...clustering.centroids]);
-    const refined = refineClusters({
-      signatures,
-      clientIds: updates.map((u) => u.clientId),
-      clusterIds: clustering.ids,
-      pending: state.pendingSplits ?? {},
-      usedIds: [...Object.values(state.clusterOf), ...centroids.keys()],
-      seed: round,
-    });
-    clusterIds = refined.clusterIds;
-    pendingSplits = refined.pending;
-    for (const id of refined.created) {
-      centroids.set(id, meanDirection(signatures.filter((_, i) => clusterIds[i] === id).map((s) => s.sketch)));
-    }
-    metrics.silhouette = clustering.silhouette;
-    metrics.cluster_view = { none: 0, direction: 1, profile: 2 }[clustering.view];
-    metrics.subsplits = refined.created.length;
-  }
+  const signature = signer(spec, stored);
+  const clustered = spec.clustering
+    ? clusterRound(
+        spec,
+        state,
+        updates.map((u) => signature(u)),
+        updates.map((u) => u.clientId),
+        round,
+      )
+    : unclustered(state, updates.length);
+  const { clusterIds } = clustered;
 
   const strategy = STRATEGIES[spec.strategy];
   const groups = new Map<number, RoundUpdate[]>();
@@ -335,6 +306,94 @@ export async function aggregateRound(
       adapters.set(clusterId, aggregate.forRank(spec.maxRank));
     }
   }
+  return roundResult(spec, state, updates, clustered, adapters);
+}
+
+/** What clustering decided for a round's updates (all in one cluster when the job does not cluster). */
+export interface RoundClusters {
+  clusterIds: number[];
+  centroids: Map<number, number[]>;
+  pendingSplits: Record<string, string>;
+  metrics: Metrics;
+}
+
+export function unclustered(state: FederationState, count: number): RoundClusters {
+  return {
+    clusterIds: Array.from({ length: count }, () => 0),
+    centroids: new Map(state.centroids),
+    pendingSplits: {},
+    metrics: {},
+  };
+}
+
+/** Each update's signature for clustering: what it changed from the adapter it started from. */
+export function signer(
+  spec: FederationSpec,
+  stored: (clusterId: number) => LoraAdapter | undefined,
+): (u: Pick<RoundUpdate, 'adapter' | 'assignment'>) => UpdateSignature {
+  const starts = new Map<string, LoraAdapter | undefined>();
+  return (u) => {
+    const key = `${u.assignment.clusterId}:${u.assignment.rank}:${layersKey(u.assignment.layers)}`;
+    if (!starts.has(key)) starts.set(key, startAdapter(spec, stored(u.assignment.clusterId), u.assignment));
+    return updateSignature(
+      sketcher,
+      u.adapter,
+      starts.get(key),
+      `${u.assignment.rank}:${layersKey(u.assignment.layers)}`,
+    );
+  };
+}
+
+/** Clusters a round's updates by their signatures, with the previous centroids for stable ids. */
+export function clusterRound(
+  spec: FederationSpec,
+  state: FederationState,
+  signatures: UpdateSignature[],
+  clientIds: string[],
+  round: number,
+): RoundClusters {
+  let centroids = new Map(state.centroids);
+  const clustering = clusterUpdates(signatures, {
+    maxClusters: Math.min(spec.maxClusters ?? 8, signatures.length),
+    previous: centroids,
+    previousIds: clientIds.map((id) => state.clusterOf[id]),
+    seed: round,
+  });
+  centroids = new Map([...centroids, ...clustering.centroids]);
+  const refined = refineClusters({
+    signatures,
+    clientIds,
+    clusterIds: clustering.ids,
+    pending: state.pendingSplits ?? {},
+    usedIds: [...Object.values(state.clusterOf), ...centroids.keys()],
+    seed: round,
+  });
+  const clusterIds = refined.clusterIds;
+  for (const id of refined.created) {
+    centroids.set(id, meanDirection(signatures.filter((_, i) => clusterIds[i] === id).map((s) => s.sketch)));
+  }
+  return {
+    clusterIds,
+    centroids,
+    pendingSplits: refined.pending,
+    metrics: {
+      silhouette: clustering.silhouette,
+      cluster_view: { none: 0, direction: 1, profile: 2 }[clustering.view],
+      subsplits: refined.created.length,
+    },
+  };
+}
+
+/** The round's aggregate from its cluster adapters: memberships, state and metrics. */
+export function roundResult(
+  spec: FederationSpec,
+  state: FederationState,
+  updates: readonly Pick<RoundUpdate, 'clientId' | 'numSamples' | 'metrics'>[],
+  clustered: RoundClusters,
+  adapters: Map<number, LoraAdapter>,
+): RoundAggregate {
+  const { clusterIds, centroids, pendingSplits } = clustered;
+  const metrics: Metrics = { ...medianMetrics(updates), ...clustered.metrics };
   const clusterOf = { ...state.clusterOf };
   updates.forEach((u, i) => (clusterOf[u.clientId] = clusterIds[i] as number));
   metrics.samples = updates.reduce((n, u) => n + updateWeight({ ...spec, weighting: 'samples' }, u.numSamples), 0);

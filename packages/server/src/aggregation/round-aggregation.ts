@@ -1,9 +1,11 @@
 /**
  * One round's aggregation as a self-contained job: stored frames and cluster adapters in, serialized
- * cluster adapters out. Everything a worker thread needs travels in the input (bytes and plain data),
- * so the event loop only copies buffers while the decoding, clustering and factorization run elsewhere.
+ * cluster adapters out; the updates are read from the store one at a time and folded (two passes when
+ * the job clusters or clips), so the round's memory does not grow with its updates. Everything a worker
+ * thread needs travels in the input (bytes, plain data and where the store is), so the event loop only
+ * copies buffers while the decoding, clustering and factorization run elsewhere.
  */
-import { type Assignment, type FederationState, type RoundUpdate, aggregateRound } from '@floe/federation';
+import { type Assignment, type FederationState, type RoundUpdate, aggregateRoundStreamed } from '@floe/federation';
 import {
   type JobSpec,
   type LoraAdapter,
@@ -17,7 +19,8 @@ import {
   serializeSafetensors,
 } from '@floe/shared';
 import { SqliteStore } from '../store/sqlite-store.js';
-import type { StoredUpdate } from '../store/store.js';
+import { PostgresStore } from '../store/postgres-store.js';
+import type { StoredUpdate, WorkerAccess } from '../store/store.js';
 
 export interface AggregationInput {
   jobId: string;
@@ -30,10 +33,10 @@ export interface AggregationInput {
   /** What the round asked of each sampled client. */
   assignments: Assignment[];
   /**
-   * Where the accepted updates are: the SQLite store's directory (the worker reads and verifies them
-   * itself, so hundreds of megabytes of frames never cross the event loop), or the frames themselves.
+   * Where the accepted updates are: the store (the worker reads and verifies them itself, one at a time,
+   * so frames never cross the event loop nor sit in memory together), or the frames themselves.
    */
-  updates: { dataDir: string } | { frames: StoredUpdate[] };
+  updates: WorkerAccess | { frames: StoredUpdate[] };
 }
 
 export interface AggregationOutput {
@@ -42,13 +45,20 @@ export interface AggregationOutput {
   metrics: Metrics;
 }
 
-async function storedUpdates(input: AggregationInput): Promise<StoredUpdate[]> {
-  if ('frames' in input.updates) return input.updates.frames;
-  const store = new SqliteStore(input.updates.dataDir);
-  try {
-    return await store.updates(input.jobId, input.round);
-  } finally {
-    await store.close();
+/** The round's stored updates, read anew on each call (the streamed round reads them twice). */
+async function* storedUpdates(input: AggregationInput): AsyncGenerator<StoredUpdate> {
+  const { updates } = input;
+  if ('frames' in updates) {
+    yield* updates.frames;
+  } else if ('databaseUrl' in updates) {
+    yield* PostgresStore.streamUpdates(updates.databaseUrl, input.jobId, input.round);
+  } else {
+    const store = new SqliteStore(updates.dataDir);
+    try {
+      yield* store.streamUpdates(input.jobId, input.round);
+    } finally {
+      await store.close();
+    }
   }
 }
 
@@ -66,18 +76,20 @@ export async function aggregateStoredRound(input: AggregationInput, kernels: Ker
     ]),
   );
   const assignments = new Map(input.assignments.map((a) => [a.clientId, a]));
-  const updates: RoundUpdate[] = (await storedUpdates(input)).map((u) => {
-    const assignment = assignments.get(u.clientId);
-    if (!assignment) throw new Error(`update of ${u.clientId}, who was not sampled in round ${input.round}`);
-    return {
-      clientId: u.clientId,
-      numSamples: u.numSamples,
-      adapter: fromWireAdapter(decodeMessageOf(u.frame, 'update', { maxBytes: input.maxFrameBytes }).adapter),
-      metrics: u.metrics,
-      assignment,
-    };
-  });
-  const result = await aggregateRound(spec, input.state, (id) => stored.get(id), updates, input.round, kernels);
+  const source = async function* (): AsyncGenerator<RoundUpdate> {
+    for await (const u of storedUpdates(input)) {
+      const assignment = assignments.get(u.clientId);
+      if (!assignment) throw new Error(`update of ${u.clientId}, who was not sampled in round ${input.round}`);
+      yield {
+        clientId: u.clientId,
+        numSamples: u.numSamples,
+        adapter: fromWireAdapter(decodeMessageOf(u.frame, 'update', { maxBytes: input.maxFrameBytes }).adapter),
+        metrics: u.metrics,
+        assignment,
+      };
+    }
+  };
+  const result = await aggregateRoundStreamed(spec, input.state, (id) => stored.get(id), source, input.round, kernels);
   const adapters = [...result.adapters].map(([clusterId, adapter]) => ({
     clusterId,
     safetensors: serializeSafetensors(adapterToTensors(adapter), 'F32', {

@@ -11,7 +11,9 @@ import {
   checkAdapter,
   checkPlan,
   configureRound,
+  foldable,
   initialAdapter,
+  MAX_HELD_UPDATES,
   layersKey,
   roundStartMessage,
   startAdapter,
@@ -134,6 +136,13 @@ export class Coordinator {
   private async addJob(id: string, spec: JobSpec): Promise<JobRow> {
     if (spec.quorum > spec.clientsPerRound) {
       throw new JobError('invalid_job', `quorum ${spec.quorum} exceeds clientsPerRound ${spec.clientsPerRound}`);
+    }
+    if (!foldable(spec) && spec.clientsPerRound > MAX_HELD_UPDATES) {
+      throw new JobError(
+        'invalid_job',
+        `${spec.robustAggregation ?? 'mean'} aggregation holds a round's updates in memory at once: at most ` +
+          `${MAX_HELD_UPDATES} clients per round (the weighted mean folds any number)`,
+      );
     }
     const shapes = adapterModuleShapes(spec.baseModel.architecture, spec.targetModules); // throws on unknown modules
     // f32 factors at the job's largest rank, plus room for tensor names and the message around them
@@ -481,7 +490,7 @@ export class Coordinator {
       const stored = await this.store.adapter(jobId, a.clusterId);
       if (stored) clusters.push({ clusterId: a.clusterId, safetensors: stored.safetensors });
     }
-    const updatesDir = this.store.updatesDir;
+    const access = this.store.workerAccess;
     const input: AggregationInput = {
       jobId,
       spec,
@@ -490,7 +499,7 @@ export class Coordinator {
       maxFrameBytes: this.options.maxFrameBytes,
       clusters,
       assignments: round.sampled,
-      updates: updatesDir ? { dataDir: updatesDir } : { frames: await this.store.updates(jobId, roundIndex) },
+      updates: access ?? { frames: await this.store.updates(jobId, roundIndex) },
     };
     // updates that arrive while the aggregate is computed are refused (the round is closing), until the
     // aggregate is committed under the lock

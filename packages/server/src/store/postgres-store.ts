@@ -16,6 +16,7 @@ import {
   type Store,
   type StoredAdapter,
   type StoredUpdate,
+  type WorkerAccess,
   StoreError,
   adapterFromColumns,
   bytesOf,
@@ -76,7 +77,7 @@ type Queryable = Pick<pg.PoolClient, 'query'>;
 
 export class PostgresStore implements Store {
   readonly engine = 'postgres';
-  readonly updatesDir = undefined;
+  readonly workerAccess: WorkerAccess;
 
   private lease: pg.Client | undefined;
   private leaseRetry: NodeJS.Timeout | undefined;
@@ -86,7 +87,9 @@ export class PostgresStore implements Store {
     private readonly pool: pg.Pool,
     private readonly url: string,
     private readonly options: PostgresOptions,
-  ) {}
+  ) {
+    this.workerAccess = { databaseUrl: url };
+  }
 
   /**
    * Connects to `url` (postgres://user:password@host:port/database), brings its schema up to date and
@@ -448,6 +451,34 @@ export class PostgresStore implements Store {
       verified(`update of ${r.client_id as string} in ${jobId}/${round}`, frame, r as { sha256: string });
       return updateFromColumns(r, frame);
     });
+  }
+
+  /**
+   * A round's accepted updates one at a time (ordered by client, checksums verified), read by another
+   * process or thread over its own connection, a page of rows at a time.
+   */
+  static async *streamUpdates(url: string, jobId: string, round: number, pageRows = 16): AsyncGenerator<StoredUpdate> {
+    const client = new pg.Client({ connectionString: url, keepAlive: true });
+    client.on('error', () => undefined); // a query in flight fails with it
+    await client.connect();
+    try {
+      let after = '';
+      for (;;) {
+        const { rows } = await client.query<Columns>(
+          'SELECT * FROM updates WHERE job_id = $1 AND round = $2 AND client_id > $3 ORDER BY client_id LIMIT $4',
+          [jobId, round, after, pageRows],
+        );
+        for (const r of rows) {
+          const frame = bytesOf(r.frame as Buffer);
+          verified(`update of ${r.client_id as string} in ${jobId}/${round}`, frame, r as { sha256: string });
+          yield updateFromColumns(r, frame);
+        }
+        if (rows.length < pageRows) return;
+        after = rows[rows.length - 1]?.client_id as string;
+      }
+    } finally {
+      await client.end().catch(() => undefined);
+    }
   }
 
   async acceptedClients(jobId: string, round: number): Promise<Set<string>> {

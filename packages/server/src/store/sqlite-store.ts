@@ -17,6 +17,7 @@ import {
   type Store,
   type StoredAdapter,
   type StoredUpdate,
+  type WorkerAccess,
   StoreError,
   bytesOf,
   adapterFromColumns,
@@ -54,18 +55,18 @@ type Columns = Record<string, unknown>;
 
 export class SqliteStore implements Store {
   readonly engine = 'sqlite';
-  readonly updatesDir: string | undefined;
+  readonly workerAccess: WorkerAccess | undefined;
   private readonly db: Database.Database;
 
   /** Opens (creating if needed) `dataDir/floe.db`; `:memory:` for a throwaway store. */
   constructor(dataDir: string) {
     if (dataDir === ':memory:') {
       this.db = new Database(':memory:');
-      this.updatesDir = undefined;
+      this.workerAccess = undefined;
     } else {
       mkdirSync(dataDir, { recursive: true });
       this.db = new Database(path.join(dataDir, 'floe.db'));
-      this.updatesDir = dataDir;
+      this.workerAccess = { dataDir };
     }
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
@@ -321,6 +322,18 @@ export class SqliteStore implements Store {
         return updateFromColumns(r, frame);
       },
     );
+  }
+
+  /** A round's accepted updates one at a time (ordered by client, checksums verified). */
+  async *streamUpdates(jobId: string, round: number): AsyncGenerator<StoredUpdate> {
+    const rows = this.db
+      .prepare('SELECT * FROM updates WHERE job_id = ? AND round = ? ORDER BY client_id')
+      .iterate(jobId, round) as IterableIterator<Columns>;
+    for (const r of rows) {
+      const frame = bytesOf(r.frame as Buffer);
+      verified(`update of ${r.client_id as string} in ${jobId}/${round}`, frame, r as { sha256: string });
+      yield updateFromColumns(r, frame);
+    }
   }
 
   async acceptedClients(jobId: string, round: number): Promise<Set<string>> {

@@ -92,13 +92,16 @@ export interface RoundEnding {
   adapters?: Omit<StoredAdapter, 'sha256'>[];
 }
 
+/** How another thread opens the store to read a round's updates. */
+export type WorkerAccess = { dataDir: string } | { databaseUrl: string };
+
 export interface Store {
   readonly engine: 'sqlite' | 'postgres';
   /**
-   * Where an aggregation worker can read a round's updates by itself (the SQLite file's directory), so
-   * that the frames never cross the event loop; undefined when they are handed over.
+   * Where an aggregation worker reads a round's updates by itself, one at a time, so that the frames
+   * never cross the event loop nor sit in memory together; undefined (an in-memory store): handed over.
    */
-  readonly updatesDir: string | undefined;
+  readonly workerAccess: WorkerAccess | undefined;
   close(): Promise<void>;
 
   meta(key: string): Promise<string | undefined>;

@@ -342,8 +342,36 @@ export async function factorizeLargeSum(
   if (terms.some((t) => t.outFeatures !== rows || t.inFeatures !== cols)) {
     throw new AdapterMathError('shape_mismatch', 'the terms of a sum must adapt the same shape');
   }
+  const sum = await weightedProductSum(terms, weights, alpha, kernels, scratch);
+  return factorizeDense(matrix(rows, cols, sum), rank, alpha, kernels);
+}
+
+/** The rank-`rank` factorization of a dense dW: randomized when rank is small against its shape. */
+export async function factorizeDense(
+  dense: Matrix,
+  rank: number,
+  alpha: number,
+  kernels: Kernels = {},
+): Promise<Factorization> {
+  const smaller = Math.min(dense.rows, dense.cols);
+  return 4 * rank <= smaller
+    ? factorizeTop(dense, rank, alpha, kernels.matmul ?? jsMatMul)
+    : factorize(dense, rank, alpha);
+}
+
+/**
+ * sum_k weights[k] (alpha / r_k) B_k A_k as a dense [rows, cols] matrix, the factors stacked into one
+ * product through `kernels` (terms of one shape).
+ */
+export async function weightedProductSum(
+  terms: readonly LoraFactors[],
+  weights: readonly number[],
+  alpha: number,
+  kernels: Kernels = {},
+  scratch: StackScratch = {},
+): Promise<Float32Array> {
+  const { outFeatures: rows, inFeatures: cols } = terms[0] as LoraFactors;
   const matmul = kernels.matmul ?? jsMatMul;
-  let sum: Float32Array;
   if (kernels.stackedProduct) {
     // one rank for all (zero-padded): the factors are copied end to end, no element-wise stacking in JavaScript
     const r = Math.max(...terms.map((t) => t.rank));
@@ -355,13 +383,10 @@ export async function factorizeLargeSum(
       A.set(padded.A, k * r * cols);
     });
     const scales = Float32Array.from(terms, (t, k) => ((weights[k] as number) * alpha) / t.rank);
-    sum = await kernels.stackedProduct(B, A, scales, terms.length, rows, r, cols);
-  } else {
-    const { Bt, A, stacked } = stackedFactors(terms, weights, alpha);
-    sum = await matmul(Bt, rows, stacked, A, cols, true);
+    return kernels.stackedProduct(B, A, scales, terms.length, rows, r, cols);
   }
-  const dense = matrix(rows, cols, sum);
-  return 4 * rank <= smaller ? factorizeTop(dense, rank, alpha, matmul) : factorize(dense, rank, alpha);
+  const { Bt, A, stacked } = stackedFactors(terms, weights, alpha);
+  return matmul(Bt, rows, stacked, A, cols, true);
 }
 
 /**
