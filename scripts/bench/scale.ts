@@ -3,12 +3,15 @@
  * round) through a 3-round flexlora job against one server process, on each store engine: the
  * embedded SQLite file and PostgreSQL (a throwaway server from Debian's binaries, when installed).
  * Figures: connect time, round times, updates and messages per second, the server's peak RSS and its
- * CPU time. The devices run in this process, so both share the machine's cores with the server.
+ * CPU time; then the peak RSS of aggregating 1,000 and 10,000 rank-8 updates folded one at a time (as
+ * the server's workers do) against 1,000 and 4,000 held together. The devices run in this process, so both share the machine's cores with the server.
  * FLOE_BENCH_SCALE_CLIENTS changes the count (a quick look: 100).
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import pidusage from 'pidusage';
 import { LORA_MODULES, MODEL_PRESETS, architectureOf } from '@floe/model';
 import { type ServerProcess, spawnServerProcess } from '@floe/server';
@@ -138,6 +141,32 @@ async function runOn(engine: 'sqlite' | 'postgres', postgres: LocalPostgres | un
   }
 }
 
+interface FoldMemory {
+  count: number;
+  mode: 'fold' | 'batch';
+  seconds: number;
+  peakRssMiB: number;
+  baselineRssMiB: number;
+}
+
+/** Peak RSS of aggregating `count` rank-8 edge-small flexlora updates, in a process of its own. */
+function foldMemory(count: number, mode: 'fold' | 'batch'): FoldMemory {
+  const script = fileURLToPath(new URL('./fold-memory.ts', import.meta.url));
+  const out = execFileSync(
+    process.execPath,
+    ['--import', 'tsx', '--conditions=floe-source', script, String(count), mode],
+    {
+      encoding: 'utf8',
+      maxBuffer: 1 << 20,
+    },
+  );
+  const figures = JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as FoldMemory;
+  console.log(
+    `aggregate ${count} updates (${mode}): ${figures.seconds.toFixed(1)} s, peak RSS ${figures.peakRssMiB.toFixed(0)} MiB`,
+  );
+  return figures;
+}
+
 export async function run(): Promise<BenchResult> {
   const rows: BenchResult['rows'] = [];
   const engines: Record<string, EngineFigures> = {};
@@ -167,5 +196,29 @@ export async function run(): Promise<BenchResult> {
   } finally {
     postgres?.stop();
   }
-  return { rows, data: { clients: CLIENTS, rounds: ROUNDS, strategy: 'flexlora', modules: MODULES, engines } };
+  // the server's workers fold a round's updates; median and trimmed-mean jobs hold them (capped at 2,000)
+  const memory = [
+    foldMemory(1000, 'fold'),
+    foldMemory(10_000, 'fold'),
+    foldMemory(1000, 'batch'),
+    foldMemory(4000, 'batch'),
+  ];
+  for (const m of memory) {
+    rows.push({
+      workload: `aggregate ${m.count} rank-8 edge-small updates (${m.mode === 'fold' ? 'folded' : 'held'})`,
+      seconds: m.seconds,
+      detail: `peak RSS ${m.peakRssMiB.toFixed(0)} MiB (${m.baselineRssMiB.toFixed(0)} before)`,
+    });
+  }
+  return {
+    rows,
+    data: {
+      clients: CLIENTS,
+      rounds: ROUNDS,
+      strategy: 'flexlora',
+      modules: MODULES,
+      engines,
+      aggregationMemory: memory,
+    },
+  };
 }

@@ -1,8 +1,9 @@
 /**
- * `aggregateRound` over updates read one at a time, for rounds too large to hold: a first pass keeps
- * what clustering and clipping need of each update (its sketch, its module norms, its metrics: a few
- * kilobytes), a second pass folds each update into its cluster's running sums. The source is read
- * twice and must give the same updates in the same order each time (the store's order by client).
+ * `aggregateRound` over updates read one at a time, for rounds too large to hold: each update is folded
+ * into its cluster's running sums. When the job clusters or clips, a first pass keeps what those need
+ * of each update (its sketch, its module norms, its metrics: a few kilobytes) and the fold is a second
+ * pass: the source must then give the same updates in the same order each time (the store's order by
+ * client).
  * Robust combiners (median, trimmed mean) need every update at once: such rounds are read whole,
  * which the server bounds by a cap on the job's clients per round (`MAX_HELD_UPDATES`).
  */
@@ -50,16 +51,19 @@ export async function aggregateRoundStreamed(
   const clip = spec.clipUpdates === 'median';
   const signature = signer(spec, stored);
 
-  // pass 1: what each update is, without its factors
+  // pass 1, when clustering or clipping needs to see the whole round first: each update without its factors
+  const twoPasses = spec.clustering || clip;
   const seen: Pick<RoundUpdate, 'clientId' | 'numSamples' | 'metrics'>[] = [];
   const signatures: ReturnType<typeof signature>[] = [];
   const norms: ModuleNorms[] = [];
-  for await (const u of source()) {
-    seen.push({ clientId: u.clientId, numSamples: u.numSamples, metrics: u.metrics });
-    if (spec.clustering) signatures.push(signature(u));
-    if (clip) norms.push(moduleNorms(u.adapter, space, productNorm));
+  if (twoPasses) {
+    for await (const u of source()) {
+      seen.push({ clientId: u.clientId, numSamples: u.numSamples, metrics: u.metrics });
+      if (spec.clustering) signatures.push(signature(u));
+      if (clip) norms.push(moduleNorms(u.adapter, space, productNorm));
+    }
   }
-  const clustered = spec.clustering
+  const decided = spec.clustering
     ? clusterRound(
         spec,
         state,
@@ -67,21 +71,24 @@ export async function aggregateRoundStreamed(
         seen.map((u) => u.clientId),
         round,
       )
-    : unclustered(state, seen.length);
-  const { clusterIds } = clustered;
+    : undefined;
+  const clusterIds = decided?.clusterIds;
   const limits = new Map<number, ReturnType<typeof clipLimits>>();
   if (clip) {
-    for (const id of new Set(clusterIds)) limits.set(id, clipLimits(norms.filter((_, i) => clusterIds[i] === id)));
+    for (const id of new Set(clusterIds ?? [0])) {
+      limits.set(id, clipLimits(norms.filter((_, i) => (clusterIds?.[i] ?? 0) === id)));
+    }
   }
 
-  // pass 2: each update into its cluster's sums
+  // the fold: each update into its cluster's sums
   const folds = new Map<number, ReturnType<typeof strategyFold>>();
   let index = 0;
   for await (const u of source()) {
-    if (u.clientId !== seen[index]?.clientId) {
+    if (!twoPasses) seen.push({ clientId: u.clientId, numSamples: u.numSamples, metrics: u.metrics });
+    else if (u.clientId !== seen[index]?.clientId) {
       throw new Error(`the round's updates changed between passes (${u.clientId} at ${index})`);
     }
-    const clusterId = clusterIds[index] as number;
+    const clusterId = clusterIds?.[index] ?? 0;
     let fold = folds.get(clusterId);
     if (!fold)
       folds.set(clusterId, (fold = strategyFold(spec.strategy, spec.alpha, { maxRank: spec.maxRank, kernels })));
@@ -94,6 +101,7 @@ export async function aggregateRoundStreamed(
     index++;
   }
   if (index !== seen.length) throw new Error(`the round's updates changed between passes (${index} of ${seen.length})`);
+  const clustered = decided ?? unclustered(state, seen.length);
   const adapters = new Map<number, LoraAdapter>();
   for (const [clusterId, fold] of folds) adapters.set(clusterId, (await fold.finish()).forRank(spec.maxRank));
   return roundResult(spec, state, seen, clustered, adapters);
