@@ -13,6 +13,7 @@ import {
   type StackScratch,
   type StrategyName,
   factorizeDense,
+  factorizeLargeSum,
   matrix,
   padRank,
   weightedProductSum,
@@ -117,22 +118,32 @@ function factorFold(name: 'fedavg' | 'hetlora', alpha: number, maxRank: number):
 interface ProductSums {
   rows: number;
   cols: number;
-  sum: Float64Array;
+  /** The dense sum, made only once the stacked rank reaches min(rows, cols) (before, the factors are exact). */
+  sum: Float64Array | undefined;
   total: number;
   pending: LoraFactors[];
   weights: number[];
+  /** Sum of the pending terms' ranks. */
+  pendingRank: number;
 }
 
-/** flexlora: the weighted mean of the products, factorized once at `maxRank`. */
+/**
+ * flexlora: the weighted mean of the products, factorized once at `maxRank`. While the stacked rank of
+ * a module's updates stays below min(rows, cols) they are kept and factorized exactly as the batch path
+ * does (`factorizeLargeSum`); past it they go into a dense sum, a chunk at a time. Memory per module:
+ * the dense sum or fewer factors than it has entries.
+ */
 function productFold(alpha: number, maxRank: number, kernels: Kernels, chunk: number): StrategyFold {
   const sums = new Map<string, ProductSums>();
   const scratch: StackScratch = {};
   const flush = async (entry: ProductSums) => {
     if (entry.pending.length === 0) return;
     const part = await weightedProductSum(entry.pending, entry.weights, alpha, kernels, scratch);
-    for (let i = 0; i < part.length; i++) entry.sum[i] = (entry.sum[i] as number) + (part[i] as number);
+    const sum = (entry.sum ??= new Float64Array(entry.rows * entry.cols));
+    for (let i = 0; i < part.length; i++) sum[i] = (sum[i] as number) + (part[i] as number);
     entry.pending = [];
     entry.weights = [];
+    entry.pendingRank = 0;
   };
   return {
     async add({ adapter, numSamples }) {
@@ -141,7 +152,7 @@ function productFold(alpha: number, maxRank: number, kernels: Kernels, chunk: nu
         let entry = sums.get(path);
         if (!entry) {
           const { outFeatures: rows, inFeatures: cols } = f;
-          entry = { rows, cols, sum: new Float64Array(rows * cols), total: 0, pending: [], weights: [] };
+          entry = { rows, cols, sum: undefined, total: 0, pending: [], weights: [], pendingRank: 0 };
           sums.set(path, entry);
         }
         if (f.outFeatures !== entry.rows || f.inFeatures !== entry.cols) {
@@ -149,8 +160,10 @@ function productFold(alpha: number, maxRank: number, kernels: Kernels, chunk: nu
         }
         entry.pending.push(f);
         entry.weights.push(weight);
+        entry.pendingRank += f.rank;
         entry.total += weight;
-        if (entry.pending.length >= chunk) await flush(entry);
+        const dense = entry.sum !== undefined || entry.pendingRank >= Math.min(entry.rows, entry.cols);
+        if (dense && entry.pending.length >= chunk) await flush(entry);
       }
     },
     async finish() {
@@ -158,9 +171,15 @@ function productFold(alpha: number, maxRank: number, kernels: Kernels, chunk: nu
       const full = new Map<string, LoraFactors>();
       for (const path of [...sums.keys()].sort()) {
         const entry = sums.get(path) as ProductSums;
-        await flush(entry);
-        const mean = meanOf(entry.sum, entry.total);
         const rank = Math.min(entry.rows, entry.cols, maxRank);
+        if (entry.sum === undefined && entry.pendingRank < Math.min(entry.rows, entry.cols)) {
+          // a low stacked rank: the exact factorization of the batch path
+          const weights = entry.weights.map((w) => w / entry.total);
+          full.set(path, (await factorizeLargeSum(entry.pending, weights, rank, alpha, kernels, scratch)).factors);
+          continue;
+        }
+        await flush(entry);
+        const mean = meanOf(entry.sum as Float64Array, entry.total);
         full.set(path, (await factorizeDense(matrix(entry.rows, entry.cols, mean), rank, alpha, kernels)).factors);
       }
       const byRank = new Map<number, LoraAdapter>();
@@ -173,6 +192,13 @@ function productFold(alpha: number, maxRank: number, kernels: Kernels, chunk: nu
       };
     },
   };
+}
+
+/** Bytes of running sums a fold of one cluster keeps, for a job's shapes (flexlora's dense sums at most). */
+export function foldBytes(strategy: StrategyName, shapes: Iterable<[number, number]>, maxRank: number): number {
+  let floats = 0;
+  for (const [out, inn] of shapes) floats += strategy === 'flexlora' ? out * inn : maxRank * (out + inn);
+  return 8 * floats;
 }
 
 export function strategyFold(name: StrategyName, alpha: number, options: FoldOptions): StrategyFold {

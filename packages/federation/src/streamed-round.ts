@@ -5,7 +5,8 @@
  * pass: the source must then give the same updates in the same order each time (the store's order by
  * client).
  * Robust combiners (median, trimmed mean) need every update at once: such rounds are read whole,
- * which the server bounds by a cap on the job's clients per round (`MAX_HELD_UPDATES`).
+ * which the server bounds by a cap on the job's clients per round (`MAX_HELD_UPDATES`), as it bounds
+ * clustered rounds (`MAX_CLUSTERED_UPDATES`) and the fold's sums (`MAX_FOLD_BYTES`).
  */
 import { type Kernels, type LoraAdapter, loraProductNorm } from '@floe/shared';
 import { strategyFold } from './fold.js';
@@ -27,6 +28,12 @@ export type UpdateSource = () => AsyncIterable<RoundUpdate>;
 
 /** Rounds whose aggregation needs every update at once are held whole up to this many updates. */
 export const MAX_HELD_UPDATES = 2000;
+
+/** Clustering compares every pair of a round's updates (n x n distances): at most this many per round. */
+export const MAX_CLUSTERED_UPDATES = 4000;
+
+/** A fold's running sums (every cluster of a round) may take at most this many bytes. */
+export const MAX_FOLD_BYTES = 2 * 1024 ** 3;
 
 /** Whether a job's rounds can be folded update by update (its combiner is the weighted mean). */
 export function foldable(spec: FederationSpec): boolean {

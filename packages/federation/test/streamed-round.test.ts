@@ -124,6 +124,25 @@ describe('aggregateRoundStreamed', () => {
     }
   }
 
+  for (const strategy of ['hetlora', 'flexlora'] as const) {
+    it(`equals the batch round for three clients, one adapting layer 0 only, weighted equally: ${strategy}`, async () => {
+      // three updates stack rank 24 < 32 (past maxRank + 8): flexlora's exact factorization, not a sketch
+      const all = updates(3, [8], 13);
+      const partial = all[1]!;
+      partial.adapter = {
+        alpha: 16,
+        modules: new Map([...partial.adapter.modules].filter(([path]) => path.includes('layers.0.'))),
+      };
+      const job = spec({ strategy, weighting: 'equal' });
+      const state = { centroids: [], clusterOf: {} };
+      const batch = await aggregateRound(job, state, () => undefined, all, 0);
+      const { source } = sourceOf(all);
+      const streamed = await aggregateRoundStreamed(job, state, () => undefined, source, 0);
+      expectSameAdapters(streamed.adapters, batch.adapters);
+      expect(streamed.metrics).toEqual(batch.metrics);
+    });
+  }
+
   it('reads a round whole when its combiner needs every update at once', async () => {
     const job = spec({ robustAggregation: 'median' });
     expect(foldable(job)).toBe(false);

@@ -11,8 +11,11 @@ import {
   checkAdapter,
   checkPlan,
   configureRound,
+  foldBytes,
   foldable,
   initialAdapter,
+  MAX_CLUSTERED_UPDATES,
+  MAX_FOLD_BYTES,
   MAX_HELD_UPDATES,
   layersKey,
   roundStartMessage,
@@ -144,7 +147,22 @@ export class Coordinator {
           `${MAX_HELD_UPDATES} clients per round (the weighted mean folds any number)`,
       );
     }
+    if (spec.clustering && spec.clientsPerRound > MAX_CLUSTERED_UPDATES) {
+      throw new JobError(
+        'invalid_job',
+        `clustering compares every pair of a round's updates: at most ${MAX_CLUSTERED_UPDATES} clients per round`,
+      );
+    }
     const shapes = adapterModuleShapes(spec.baseModel.architecture, spec.targetModules); // throws on unknown modules
+    const clusters = spec.clustering ? Math.min(spec.maxClusters ?? 8, spec.clientsPerRound) : 1;
+    const sums = clusters * foldBytes(spec.strategy, shapes.values(), spec.maxRank);
+    if (sums > MAX_FOLD_BYTES) {
+      throw new JobError(
+        'invalid_job',
+        `aggregating ${clusters} cluster(s) of these modules keeps ${(sums / 1024 ** 3).toFixed(1)} GiB of running ` +
+          `sums, over the server's ${MAX_FOLD_BYTES / 1024 ** 3} GiB (fewer modules or clusters, or hetlora)`,
+      );
+    }
     // f32 factors at the job's largest rank, plus room for tensor names and the message around them
     let frameBytes = 64 * 1024;
     for (const [out, inner] of shapes.values()) frameBytes += 4 * spec.maxRank * (out + inner) + 256;

@@ -458,10 +458,15 @@ export class PostgresStore implements Store {
    * process or thread over its own connection, a page of rows at a time.
    */
   static async *streamUpdates(url: string, jobId: string, round: number, pageRows = 16): AsyncGenerator<StoredUpdate> {
-    const client = new pg.Client({ connectionString: url, keepAlive: true });
+    const client = new pg.Client({
+      connectionString: url,
+      keepAlive: true,
+      connectionTimeoutMillis: 30_000,
+      query_timeout: 60_000,
+    });
     client.on('error', () => undefined); // a query in flight fails with it
-    await client.connect();
     try {
+      await client.connect();
       let after = '';
       for (;;) {
         const { rows } = await client.query<Columns>(
