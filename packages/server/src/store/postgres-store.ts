@@ -19,12 +19,16 @@ import {
   type WorkerAccess,
   StoreError,
   adapterFromColumns,
+  adapterValues,
   bytesOf,
   clientFromColumns,
   jobFromColumns,
+  jobValues,
   roundFromColumns,
+  roundValues,
   sha256Hex,
   updateFromColumns,
+  updateValues,
   verified,
 } from './store.js';
 
@@ -307,7 +311,7 @@ export class PostgresStore implements Store {
   async addJob(job: JobRow): Promise<void> {
     await this.run(
       'INSERT INTO jobs (id, spec, status, current_round, created_at, state) VALUES ($1, $2, $3, $4, $5, $6)',
-      [job.id, JSON.stringify(job.spec), job.status, job.currentRound, job.createdAt, JSON.stringify(job.state)],
+      jobValues(job),
     );
   }
 
@@ -336,20 +340,7 @@ export class PostgresStore implements Store {
     await this.run(
       `INSERT INTO rounds (job_id, round, status, started_at, deadline, ended_at, sampled, accepted, rejected,
        dropped, clusters, metrics) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-      [
-        round.jobId,
-        round.round,
-        round.status,
-        round.startedAt,
-        round.deadline,
-        round.endedAt,
-        JSON.stringify(round.sampled),
-        round.accepted,
-        round.rejected,
-        round.dropped,
-        round.clusters,
-        JSON.stringify(round.metrics),
-      ],
+      roundValues(round),
     );
   }
 
@@ -417,17 +408,7 @@ export class PostgresStore implements Store {
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING job_id, round)
        UPDATE rounds SET accepted = accepted + 1 FROM inserted
        WHERE rounds.job_id = inserted.job_id AND rounds.round = inserted.round RETURNING accepted`,
-      [
-        stored.jobId,
-        stored.round,
-        stored.clientId,
-        stored.numSamples,
-        stored.rank,
-        JSON.stringify(stored.metrics),
-        Buffer.from(stored.frame.buffer, stored.frame.byteOffset, stored.frame.byteLength),
-        stored.sha256,
-        stored.receivedAt,
-      ],
+      updateValues(stored),
     );
     return { ...stored, roundAccepted: Number(row?.accepted ?? 0) };
   }
@@ -507,14 +488,7 @@ export class PostgresStore implements Store {
       `INSERT INTO adapters (job_id, cluster_id, round, rank, safetensors, sha256) VALUES ($1, $2, $3, $4, $5, $6)
        ON CONFLICT (job_id, cluster_id) DO UPDATE SET round = excluded.round, rank = excluded.rank,
        safetensors = excluded.safetensors, sha256 = excluded.sha256`,
-      [
-        adapter.jobId,
-        adapter.clusterId,
-        adapter.round,
-        adapter.rank,
-        Buffer.from(adapter.safetensors.buffer, adapter.safetensors.byteOffset, adapter.safetensors.byteLength),
-        sha256Hex(adapter.safetensors),
-      ],
+      adapterValues(adapter),
       via,
     );
   }

@@ -21,11 +21,15 @@ import {
   StoreError,
   bytesOf,
   adapterFromColumns,
+  adapterValues,
   clientFromColumns,
   jobFromColumns,
+  jobValues,
   roundFromColumns,
+  roundValues,
   sha256Hex,
   updateFromColumns,
+  updateValues,
   verified,
 } from './store.js';
 
@@ -179,12 +183,7 @@ export class SqliteStore implements Store {
   async addJob(job: JobRow): Promise<void> {
     this.run(
       'INSERT INTO jobs (id, spec, status, current_round, created_at, state) VALUES (?, ?, ?, ?, ?, ?)',
-      job.id,
-      JSON.stringify(job.spec),
-      job.status,
-      job.currentRound,
-      job.createdAt,
-      JSON.stringify(job.state),
+      ...jobValues(job),
     );
   }
 
@@ -216,18 +215,7 @@ export class SqliteStore implements Store {
     this.run(
       `INSERT INTO rounds (job_id, round, status, started_at, deadline, ended_at, sampled, accepted, rejected,
        dropped, clusters, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      round.jobId,
-      round.round,
-      round.status,
-      round.startedAt,
-      round.deadline,
-      round.endedAt,
-      JSON.stringify(round.sampled),
-      round.accepted,
-      round.rejected,
-      round.dropped,
-      round.clusters,
-      JSON.stringify(round.metrics),
+      ...roundValues(round),
     );
   }
 
@@ -287,15 +275,7 @@ export class SqliteStore implements Store {
       this.run(
         `INSERT INTO updates (job_id, round, client_id, num_samples, rank, metrics, frame, sha256, received_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-        stored.jobId,
-        stored.round,
-        stored.clientId,
-        stored.numSamples,
-        stored.rank,
-        JSON.stringify(stored.metrics),
-        Buffer.from(stored.frame.buffer, stored.frame.byteOffset, stored.frame.byteLength),
-        stored.sha256,
-        stored.receivedAt,
+        ...updateValues(stored),
       );
       const counted = this.one(
         'UPDATE rounds SET accepted = accepted + 1 WHERE job_id = ? AND round = ? RETURNING accepted',
@@ -360,12 +340,7 @@ export class SqliteStore implements Store {
       `INSERT INTO adapters (job_id, cluster_id, round, rank, safetensors, sha256) VALUES (?, ?, ?, ?, ?, ?)
        ON CONFLICT(job_id, cluster_id) DO UPDATE SET round = excluded.round, rank = excluded.rank,
        safetensors = excluded.safetensors, sha256 = excluded.sha256`,
-      adapter.jobId,
-      adapter.clusterId,
-      adapter.round,
-      adapter.rank,
-      Buffer.from(adapter.safetensors.buffer, adapter.safetensors.byteOffset, adapter.safetensors.byteLength),
-      sha256Hex(adapter.safetensors),
+      ...adapterValues(adapter),
     );
   }
 

@@ -232,3 +232,40 @@ export function adapterFromColumns(r: Record<string, unknown>): Omit<StoredAdapt
     sha256: r.sha256 as string,
   };
 }
+
+// Rows as the engines insert them: values in the order of their INSERT column lists.
+
+/** jobs (id, spec, status, current_round, created_at, state) */
+export function jobValues(job: JobRow): unknown[] {
+  return [job.id, JSON.stringify(job.spec), job.status, job.currentRound, job.createdAt, JSON.stringify(job.state)];
+}
+
+/** rounds (job_id, round, status, started_at, deadline, ended_at, sampled, accepted, rejected, dropped, clusters, metrics) */
+export function roundValues(r: RoundRow): unknown[] {
+  return [
+    r.jobId,
+    r.round,
+    r.status,
+    r.startedAt,
+    r.deadline,
+    r.endedAt,
+    JSON.stringify(r.sampled),
+    r.accepted,
+    r.rejected,
+    r.dropped,
+    r.clusters,
+    JSON.stringify(r.metrics),
+  ];
+}
+
+/** updates (job_id, round, client_id, num_samples, rank, metrics, frame, sha256, received_at) */
+export function updateValues(u: StoredUpdate): unknown[] {
+  const frame = Buffer.from(u.frame.buffer, u.frame.byteOffset, u.frame.byteLength);
+  return [u.jobId, u.round, u.clientId, u.numSamples, u.rank, JSON.stringify(u.metrics), frame, u.sha256, u.receivedAt];
+}
+
+/** adapters (job_id, cluster_id, round, rank, safetensors, sha256) */
+export function adapterValues(a: Omit<StoredAdapter, 'sha256'>): unknown[] {
+  const bytes = Buffer.from(a.safetensors.buffer, a.safetensors.byteOffset, a.safetensors.byteLength);
+  return [a.jobId, a.clusterId, a.round, a.rank, bytes, sha256Hex(a.safetensors)];
+}
