@@ -163,6 +163,17 @@ describe('bad settings', () => {
     await expect(
       spawnServerProcess({ FLOE_HOST: '127.0.0.1', FLOE_PORT: 'eighty', FLOE_DATA_DIR: dataDir }),
     ).rejects.toThrow(/server exited with 2/);
+    // a database it cannot open (nothing listens on port 1): one line on stderr, exit 1
+    await expect(
+      spawnServerProcess({
+        FLOE_HOST: '127.0.0.1',
+        FLOE_PORT: '0',
+        FLOE_DATA_DIR: dataDir,
+        FLOE_JOIN_TOKEN: JOIN_TOKEN,
+        FLOE_ADMIN_TOKEN: ADMIN_TOKEN,
+        FLOE_DATABASE_URL: 'postgres://floe:secret@127.0.0.1:1/floe',
+      }),
+    ).rejects.toThrow(/server exited with 1/);
     await rm(dataDir, { recursive: true, force: true });
   }, 60_000);
 });

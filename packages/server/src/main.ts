@@ -7,7 +7,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
-import { startServer } from './app.js';
+import { FloeError } from '@floe/shared';
+import { type FloeServer, startServer } from './app.js';
 import { DEFAULT_CONFIG, ENV_NAMES, type ServerConfig, configFromEnv } from './config.js';
 import { trustedProxy } from './transport/gateway.js';
 
@@ -23,7 +24,8 @@ const USAGE = [
   'The join and admin tokens are required; FLOE_DEV=1 generates and prints missing ones (local use only).',
   'FLOE_TRUST_PROXY is false, true or the trusted proxies (comma-separated addresses, CIDR ranges, loopback,',
   'linklocal, uniquelocal) whose X-Forwarded-For names the client; 0 turns FLOE_REQUEST_TIMEOUT_MS and',
-  'FLOE_MAX_CONNECTIONS_PER_IP off.',
+  'FLOE_MAX_CONNECTIONS_PER_IP off. FLOE_DATABASE_URL (postgres://user:password@host:port/database) keeps the',
+  'state in PostgreSQL instead of the SQLite file in FLOE_DATA_DIR; one server coordinates a database at a time.',
   '',
   ...Object.entries(ENV_NAMES).map(
     ([key, name]) => `  ${name.padEnd(34)} [${String(DEFAULT_CONFIG[key as keyof ServerConfig] ?? '')}]`,
@@ -73,7 +75,15 @@ for (const key of ['joinToken', 'adminToken'] as const) {
   console.error(`floe-server (dev): ${key} = ${config[key]}`);
 }
 
-const server = await startServer(config);
+let server: FloeServer;
+try {
+  server = await startServer(config);
+} catch (error) {
+  // a setting the process cannot work with (a database it cannot open, a bad certificate): one line, exit 1
+  console.error(`floe-server: ${error instanceof FloeError ? error.message : String(error)}`);
+  if (!(error instanceof FloeError)) console.error(error);
+  process.exit(1);
+}
 server.app.log.info({ url: server.url, dataDir: config.dataDir }, 'floe server listening');
 
 let stopping = false;

@@ -77,6 +77,17 @@ export interface PostgresOptions {
 }
 
 type Columns = Record<string, unknown>;
+
+/** A database URL as it may be shown (logs, errors): its password replaced. */
+function withoutPassword(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(an unparseable URL)';
+  }
+}
 type Queryable = Pick<pg.PoolClient, 'query'>;
 
 export class PostgresStore implements Store {
@@ -144,7 +155,12 @@ export class PostgresStore implements Store {
       }
     } catch (error) {
       await store.close();
-      throw error;
+      if (error instanceof StoreError) throw error;
+      const reason = error instanceof Error ? error.message : String(error);
+      throw new StoreError(
+        'database_unavailable',
+        `cannot open the PostgreSQL database ${withoutPassword(url)}: ${reason}`,
+      );
     }
     return store;
   }
