@@ -4,12 +4,12 @@
  * folded one at a time as the server's workers do (`fold`) or held together (`batch`, the path of
  * median/trimmed-mean jobs). Prints one JSON line. Usage: fold-memory.ts COUNT fold|batch
  */
-import { readFileSync } from 'node:fs';
 import { type FederationSpec, type RoundUpdate, aggregateRound, aggregateRoundStreamed } from '@floe/federation';
 import { LORA_MODULES, MODEL_PRESETS, architectureOf } from '@floe/model';
 import { ortKernels } from '@floe/server';
 import type { RoundStart } from '@floe/shared';
 import { sampleAdapter } from '@floe/simulator';
+import { peakRssMiB } from '../lib/process-memory.js';
 
 const [countArg, mode] = process.argv.slice(2);
 const count = Number(countArg);
@@ -52,17 +52,8 @@ const update = (i: number): RoundUpdate => ({
   metrics: { loss: 1 },
   assignment: { clientId: `c${i}`, rank: 8, clusterId: 0 },
 });
-/**
- * This process's peak RSS (VmHWM), MiB. Not getrusage's maxRSS: that keeps the parent's size at the fork
- * across exec, so a child of a big bench process reads the parent's peak.
- */
-function peakRssMiB(): number {
-  const match = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'));
-  return Number(match?.[1]) / 1024;
-}
-
 const kernels = await ortKernels(1);
-const baseline = peakRssMiB();
+const baseline = await peakRssMiB('self');
 const started = performance.now();
 const state = { centroids: [], clusterOf: {} };
 if (mode === 'fold') {
@@ -85,7 +76,7 @@ console.log(
     count,
     mode,
     seconds: (performance.now() - started) / 1000,
-    peakRssMiB: peakRssMiB(),
+    peakRssMiB: await peakRssMiB('self'),
     baselineRssMiB: baseline,
   }),
 );

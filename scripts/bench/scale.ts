@@ -8,7 +8,7 @@
  * FLOE_BENCH_SCALE_CLIENTS changes the count (a quick look: 100).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,6 +24,7 @@ import {
   findPostgresBin,
   startLocalPostgres,
 } from '../lib/local-postgres.js';
+import { peakRssMiB } from '../lib/process-memory.js';
 import { connectFleet } from '../lib/synthetic-fleet.js';
 
 const ARCH = architectureOf(MODEL_PRESETS['edge-small']);
@@ -32,13 +33,6 @@ const CLIENTS = Number(process.env['FLOE_BENCH_SCALE_CLIENTS'] ?? 1000);
 const ROUNDS = 3;
 const JOIN = 'bench-join-token';
 const ADMIN = 'bench-admin-token';
-
-/** The most memory the process has held (VmHWM), in MiB. */
-async function peakRssMiB(pid: number): Promise<number> {
-  const match = /^VmHWM:\s+(\d+) kB/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'));
-  if (!match) throw new Error(`no VmHWM in /proc/${pid}/status`);
-  return Number(match[1]) / 1024;
-}
 
 interface EngineFigures {
   connectSeconds: number;

@@ -2,7 +2,6 @@
  * What the attack tests need beyond the protocol's own client: a raw engine.io websocket (to send what
  * no Floe client would), a /healthz watcher, and the server process's peak resident memory.
  */
-import { readFile } from 'node:fs/promises';
 import WebSocket from 'ws';
 
 export { type HealthWatch, watchHealth } from '../../scripts/lib/health-watch.js';
@@ -58,12 +57,4 @@ export function sendBinaryEvent(socket: RawSocket, event: string, bytes: Uint8Ar
 /** The binary payloads received so far (server frames). */
 export function binaryFrames(socket: RawSocket): Uint8Array[] {
   return socket.received.filter((m): m is Buffer => typeof m !== 'string').map((b) => new Uint8Array(b));
-}
-
-/** The process's peak resident set (VmHWM), MiB: Linux only. */
-export async function peakRssMiB(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  const match = /^VmHWM:\s+(\d+) kB/m.exec(status);
-  if (!match) throw new Error(`no VmHWM in /proc/${pid}/status`);
-  return Number(match[1]) / 1024;
 }

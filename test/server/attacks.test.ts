@@ -13,11 +13,11 @@ import {
   type RawSocket,
   binaryFrames,
   joinNamespace,
-  peakRssMiB,
   rawSocket,
   sendBinaryEvent,
   watchHealth,
 } from './attack-tools.js';
+import { peakRssMiB } from '../../scripts/lib/process-memory.js';
 import { ADMIN_TOKEN, JOIN_TOKEN, type TestStore, testStore } from './helpers.js';
 
 const MiB = 1024 * 1024;

@@ -443,11 +443,7 @@ export class PostgresStore implements Store {
       jobId,
       round,
     ]);
-    return rows.map((r) => {
-      const frame = bytesOf(r.frame as Buffer);
-      verified(`update of ${r.client_id as string} in ${jobId}/${round}`, frame, r as { sha256: string });
-      return updateFromColumns(r, frame);
-    });
+    return rows.map(updateFromColumns);
   }
 
   /**
@@ -470,11 +466,7 @@ export class PostgresStore implements Store {
           'SELECT * FROM updates WHERE job_id = $1 AND round = $2 AND client_id > $3 ORDER BY client_id LIMIT $4',
           [jobId, round, after, pageRows],
         );
-        for (const r of rows) {
-          const frame = bytesOf(r.frame as Buffer);
-          verified(`update of ${r.client_id as string} in ${jobId}/${round}`, frame, r as { sha256: string });
-          yield updateFromColumns(r, frame);
-        }
+        for (const r of rows) yield updateFromColumns(r);
         if (rows.length < pageRows) return;
         after = rows[rows.length - 1]?.client_id as string;
       }

@@ -296,11 +296,7 @@ export class SqliteStore implements Store {
 
   async updates(jobId: string, round: number): Promise<StoredUpdate[]> {
     return this.all('SELECT * FROM updates WHERE job_id = ? AND round = ? ORDER BY client_id', jobId, round).map(
-      (r) => {
-        const frame = bytesOf(r.frame as Buffer);
-        verified(`update of ${r.client_id as string} in ${jobId}/${round}`, frame, r as { sha256: string });
-        return updateFromColumns(r, frame);
-      },
+      updateFromColumns,
     );
   }
 
@@ -309,11 +305,7 @@ export class SqliteStore implements Store {
     const rows = this.db
       .prepare('SELECT * FROM updates WHERE job_id = ? AND round = ? ORDER BY client_id')
       .iterate(jobId, round) as IterableIterator<Columns>;
-    for (const r of rows) {
-      const frame = bytesOf(r.frame as Buffer);
-      verified(`update of ${r.client_id as string} in ${jobId}/${round}`, frame, r as { sha256: string });
-      yield updateFromColumns(r, frame);
-    }
+    for (const r of rows) yield updateFromColumns(r);
   }
 
   async acceptedClients(jobId: string, round: number): Promise<Set<string>> {

@@ -204,7 +204,14 @@ export function clientFromColumns(r: Record<string, unknown>): ClientRow {
   };
 }
 
-export function updateFromColumns(r: Record<string, unknown>, frame: Uint8Array): StoredUpdate {
+/** A stored update's row, its frame checked against its SHA-256. */
+export function updateFromColumns(r: Record<string, unknown>): StoredUpdate {
+  const frame = bytesOf(r.frame as Buffer);
+  verified(
+    `update of ${r.client_id as string} in ${r.job_id as string}/${Number(r.round)}`,
+    frame,
+    r as { sha256: string },
+  );
   return {
     jobId: r.job_id as string,
     round: Number(r.round),
