@@ -1,6 +1,7 @@
 /**
  * Composition root: one fastify instance (REST, /metrics, /docs, dashboard) and one socket.io server
- * on the same HTTP port, over one embedded store.
+ * on the same HTTP port, over a store (SQLite or PostgreSQL); replicas add a Redis, through which
+ * socket.io reaches every replica's connections and the rate limits are shared.
  */
 import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
@@ -10,7 +11,10 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { TypeBoxValidatorCompiler, registerAjvFormats } from '@fastify/type-provider-typebox';
 import { Server as SocketServer } from 'socket.io';
-import { PROTOCOL_VERSION, asyncApiDocument } from '@floe/shared';
+import { createAdapter } from '@socket.io/redis-adapter';
+import { Redis } from 'ioredis';
+import { RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible';
+import { FloeError, PROTOCOL_VERSION, asyncApiDocument } from '@floe/shared';
 import { Credentials } from './auth.js';
 import { DEFAULT_CONFIG, type ServerConfig } from './config.js';
 import { registerApi, HttpError } from './http/api.js';
@@ -36,6 +40,24 @@ export interface FloeServer {
 export interface StartOptions {
   /** Where the log lines (pino JSON, one per write) go instead of stdout. */
   logStream?: { write(line: string): void };
+  /** The server stopped itself (another one took its database's lease): the process should exit non-zero. */
+  onFatal?: (reason: string) => void;
+}
+
+/** Connects to the replicas' Redis, or fails with one line (password masked). */
+async function connectRedis(url: string): Promise<Redis> {
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 3, connectTimeout: 10_000 });
+  redis.on('error', () => undefined); // ioredis reconnects by itself; commands in flight fail with the error
+  try {
+    await redis.connect();
+    await redis.ping();
+    return redis;
+  } catch (error) {
+    redis.disconnect();
+    const shown = url.replace(/\/\/([^@/]*)@/, '//***@');
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new FloeError('redis_unavailable', `cannot reach the Redis ${shown}: ${reason}`);
+  }
 }
 
 registerAjvFormats();
@@ -94,7 +116,13 @@ export async function startServer(
     return reply.code(500).send({ code: 'internal_error', message: 'internal server error' });
   });
 
-  await app.register(rateLimit, { max: config.httpRateLimitPerMinute, timeWindow: 60_000 });
+  const redis = config.redisUrl === '' ? undefined : await connectRedis(config.redisUrl);
+  // with replicas the HTTP limit is counted in Redis, so that spreading requests over them gains nothing
+  await app.register(rateLimit, {
+    max: config.httpRateLimitPerMinute,
+    timeWindow: 60_000,
+    ...(redis ? { redis, nameSpace: 'floe-http-' } : {}),
+  });
   await app.register(swagger, {
     openapi: {
       info: {
@@ -121,19 +149,33 @@ export async function startServer(
   );
 
   let server: FloeServer | undefined;
-  const store = await openStore(config, {
-    onError: (error) => app.log.error({ err: error }, 'database connection error'),
-    onLeaseLost: () => {
-      app.log.fatal('another server now coordinates this database: stopping this one');
-      void server?.close();
-    },
-  });
+  // a replica may be handed the lease before the coordinator exists: it takes over once it does
+  const leadership = { taken: false, takeOver: () => undefined as unknown };
+  let store: Store;
   try {
-    server = await serve(app, store, config, metrics);
+    store = await openStore(config, {
+      onError: (error) => app.log.error({ err: error }, 'database connection error'),
+      onLeaseLost: () => {
+        app.log.fatal('another server now coordinates this database: stopping this one');
+        void server?.close().then(() => options.onFatal?.('lost the coordinator lease to another server'));
+      },
+      onLeaseTaken: () => {
+        leadership.taken = true;
+        leadership.takeOver();
+      },
+    });
+  } catch (error) {
+    redis?.disconnect();
+    await app.close();
+    throw error;
+  }
+  try {
+    server = await serve(app, store, config, metrics, redis, leadership);
     return server;
   } catch (error) {
     await store.close();
     await app.close();
+    redis?.disconnect();
     throw error;
   }
 }
@@ -144,6 +186,8 @@ async function serve(
   store: Store,
   config: ServerConfig,
   metrics: ServerMetrics,
+  redis: Redis | undefined,
+  leadership: { taken: boolean; takeOver: () => unknown },
 ): Promise<FloeServer> {
   // the first secret written to a store is kept (a server that restarts keeps its devices' credentials)
   const secret =
@@ -163,11 +207,26 @@ async function serve(
     pingInterval: 10_000,
     pingTimeout: 20_000,
   });
+  const subscriber = redis?.duplicate();
+  subscriber?.on('error', () => undefined);
+  if (redis && subscriber) io.adapter(createAdapter(redis, subscriber, { key: 'floe', requestsTimeout: 3000 }));
+  const limit = { points: config.rateLimitMessages, duration: config.rateWindowSec };
   const gateway = new Gateway(io, metrics, app.log, {
     maxFrameBytes: config.maxFrameBytes,
     helloTimeoutMs: config.helloTimeoutMs,
     rateLimitMessages: config.rateLimitMessages,
     rateWindowSec: config.rateWindowSec,
+    ...(redis && {
+      replicated: {
+        // counted in Redis, so a device hopping between replicas gets no more; in memory while Redis is down
+        messageLimiter: new RateLimiterRedis({
+          storeClient: redis,
+          keyPrefix: 'floe-messages',
+          ...limit,
+          insuranceLimiter: new RateLimiterMemory(limit),
+        }),
+      },
+    }),
   });
   const aggregation = new AggregationPool(config.aggregationThreads);
   const coordinator = new Coordinator(
@@ -179,6 +238,7 @@ async function serve(
       gatherMs: config.gatherMs,
       restartGraceMs: config.restartGraceMs,
       maxFrameBytes: config.maxFrameBytes,
+      replicated: redis !== undefined,
     },
     aggregation,
   );
@@ -187,7 +247,13 @@ async function serve(
   registerApi(app, { config, store, credentials, coordinator, gateway, metrics });
   registerDashboard(app);
 
-  await coordinator.recover();
+  if (redis) {
+    leadership.takeOver = () =>
+      void coordinator.takeOver().catch((error: unknown) => app.log.error({ err: error }, 'could not take over'));
+    if (leadership.taken) leadership.takeOver();
+  } else {
+    await coordinator.recover();
+  }
   await app.listen({ host: config.host, port: config.port });
   const address = app.server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
@@ -207,6 +273,8 @@ async function serve(
         await app.close();
         await aggregation.close();
         await store.close();
+        subscriber?.disconnect();
+        redis?.disconnect();
       })();
       return closing;
     },

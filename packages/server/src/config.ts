@@ -12,9 +12,14 @@ export interface ServerConfig {
   dataDir: string;
   /**
    * A PostgreSQL database (postgres://user:password@host:port/database) to keep the server's state in
-   * instead of the embedded SQLite file; empty for SQLite. One server coordinates a database at a time.
+   * instead of the embedded SQLite file; empty for SQLite. Without `redisUrl`, one server per database.
    */
   databaseUrl: string;
+  /**
+   * A Redis (redis://[:password@]host:port[/db]) shared by several replicas of the server over one
+   * PostgreSQL database: devices connect to any of them; one coordinates at a time. Empty: one server.
+   */
+  redisUrl: string;
   /** Devices present this to enroll. */
   joinToken: string;
   /** Admin endpoints take `Authorization: Bearer <adminToken>`. */
@@ -69,6 +74,7 @@ export const DEFAULT_CONFIG: ServerConfig = {
   port: 8080,
   dataDir: './data',
   databaseUrl: '',
+  redisUrl: '',
   joinToken: '',
   adminToken: '',
   credentialSecret: '',
@@ -95,6 +101,7 @@ export const ENV_NAMES: Readonly<Record<keyof ServerConfig, string>> = {
   port: 'FLOE_PORT',
   dataDir: 'FLOE_DATA_DIR',
   databaseUrl: 'FLOE_DATABASE_URL',
+  redisUrl: 'FLOE_REDIS_URL',
   joinToken: 'FLOE_JOIN_TOKEN',
   adminToken: 'FLOE_ADMIN_TOKEN',
   credentialSecret: 'FLOE_CREDENTIAL_SECRET',

@@ -25,7 +25,9 @@ const USAGE = [
   'FLOE_TRUST_PROXY is false, true or the trusted proxies (comma-separated addresses, CIDR ranges, loopback,',
   'linklocal, uniquelocal) whose X-Forwarded-For names the client; 0 turns FLOE_REQUEST_TIMEOUT_MS and',
   'FLOE_MAX_CONNECTIONS_PER_IP off. FLOE_DATABASE_URL (postgres://user:password@host:port/database) keeps the',
-  'state in PostgreSQL instead of the SQLite file in FLOE_DATA_DIR; one server coordinates a database at a time.',
+  'state in PostgreSQL instead of the SQLite file in FLOE_DATA_DIR; one server per database, unless FLOE_REDIS_URL',
+  '(redis://host:port) names a Redis shared by replicas: then devices connect to any replica, one coordinates',
+  'at a time and another takes over when it dies (docs/deployment.md).',
   '',
   ...Object.entries(ENV_NAMES).map(
     ([key, name]) => `  ${name.padEnd(34)} [${String(DEFAULT_CONFIG[key as keyof ServerConfig] ?? '')}]`,
@@ -77,7 +79,12 @@ for (const key of ['joinToken', 'adminToken'] as const) {
 
 let server: FloeServer;
 try {
-  server = await startServer(config);
+  server = await startServer(config, {
+    onFatal: (reason) => {
+      console.error(`floe-server: ${reason}`);
+      process.exitCode = 1;
+    },
+  });
 } catch (error) {
   // a setting the process cannot work with (a database it cannot open, a bad certificate): one line, exit 1
   console.error(`floe-server: ${error instanceof FloeError ? error.message : String(error)}`);

@@ -96,6 +96,7 @@ const round: RoundRow = {
   dropped: 0,
   clusters: 0,
   metrics: {},
+  closing: false,
 };
 
 const update = (clientId: string, frame: Uint8Array) => ({
@@ -115,9 +116,9 @@ describe(`Store on ${ENGINE}`, () => {
     await test.store.addRound(round);
     const frame = Uint8Array.from({ length: 1000 }, (_, i) => i % 256);
     const stored = await test.store.addUpdate(update('c-1', frame));
-    expect(stored.sha256).toBe(sha256Hex(frame));
-    expect(stored.roundAccepted).toBe(1);
-    expect((await test.store.addUpdate(update('c-2', frame))).roundAccepted).toBe(2);
+    expect(stored?.sha256).toBe(sha256Hex(frame));
+    expect(stored?.roundAccepted).toBe(1);
+    expect((await test.store.addUpdate(update('c-2', frame)))?.roundAccepted).toBe(2);
     const reopened = await test.reopen();
     const [read] = await reopened.updates('job-1', 0); // ordered by client id
     expect(read?.frame).toEqual(frame);
@@ -131,6 +132,56 @@ describe(`Store on ${ENGINE}`, () => {
     // a second update of the same client in the same round is refused by the store itself, and not counted
     await expect(reopened.addUpdate(update('c-1', frame))).rejects.toThrow();
     expect((await reopened.round('job-1', 0))?.accepted).toBe(2);
+  });
+
+  it('accepts no update into a closing round: the updates stored are exactly the ones acknowledged', async () => {
+    const test = await tempStore();
+    await test.store.addJob(job);
+    const sampled = Array.from({ length: 40 }, (_, i) => ({ clientId: `c-${i}`, rank: 4, clusterId: 0 }));
+    await test.store.addRound({ ...round, sampled });
+    const frame = new Uint8Array(4096).fill(7);
+    // updates racing the coordinator's closing (on PostgreSQL over several pooled connections at once)
+    const racing = sampled.map((a, i) =>
+      (i < 10 ? Promise.resolve() : new Promise((r) => setTimeout(r, i % 7))).then(() =>
+        test.store.addUpdate(update(a.clientId, frame)),
+      ),
+    );
+    await Promise.all(racing.slice(0, 10));
+    const closed = test.store.beginClosing('job-1', 0);
+    const results = await Promise.all(racing);
+    expect(await closed).toBe(true);
+    const acknowledged = results.flatMap((r) => (r ? [r.clientId] : []));
+    expect(acknowledged.length).toBeGreaterThanOrEqual(10);
+    expect(acknowledged.length).toBeLessThan(40);
+    expect([...(await test.store.acceptedClients('job-1', 0))].sort()).toEqual(acknowledged.sort());
+    expect(await test.store.round('job-1', 0)).toMatchObject({ accepted: acknowledged.length, closing: true });
+    expect(await test.store.addUpdate(update('c-39', frame))).toBeUndefined();
+    // a closing round is still open (a coordinator that died while aggregating left it so)
+    expect(await test.store.openRounds()).toMatchObject([{ round: 0, closing: true }]);
+    expect(await test.store.beginClosing('job-1', 0)).toBe(true);
+    expect(await test.store.beginClosing('job-1', 5)).toBe(false);
+  });
+
+  it('ends a round only if it is still open when asked to: of two servers ending it, one does', async () => {
+    const test = await tempStore();
+    await test.store.addJob(job);
+    await test.store.addRound(round);
+    const ending = (status: 'aggregated' | 'failed', jobStatus: 'running' | 'stopped') => ({
+      onlyIfOpen: true,
+      jobId: 'job-1',
+      round: { index: 0, fields: { status, endedAt: new Date().toISOString() } },
+      job: jobStatus === 'running' ? { currentRound: 1 } : { status: jobStatus },
+    });
+    const both = await Promise.all([
+      test.store.endRound(ending('aggregated', 'running')),
+      test.store.endRound(ending('failed', 'stopped')),
+    ]);
+    expect(both.filter(Boolean)).toHaveLength(1);
+    const [job0, round0] = [await test.store.job('job-1'), await test.store.round('job-1', 0)];
+    // whichever won, its round and job fields went together
+    if (both[0]) expect([round0?.status, job0?.status, job0?.currentRound]).toEqual(['aggregated', 'running', 1]);
+    else expect([round0?.status, job0?.status, job0?.currentRound]).toEqual(['failed', 'stopped', 0]);
+    expect(await test.store.endRound(ending('failed', 'stopped'))).toBe(false);
   });
 
   it('detects a stored update or adapter whose bytes no longer match their checksum', async () => {

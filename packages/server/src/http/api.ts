@@ -202,6 +202,8 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       protocolVersion: PROTOCOL_VERSION,
       uptimeSec: Math.round(process.uptime()),
       connectedClients: gateway.connectedCount(),
+      // with replicas, whether this one starts and closes rounds (one does at a time)
+      coordinating: coordinator.isCoordinating,
       runningJobs: (await store.jobs()).filter((j) => j.status === 'running').length,
     }),
   );
@@ -506,7 +508,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     },
     async (request) => {
       const { clientId } = await activeClient(request);
-      return { clientId, connected: gateway.isConnected(clientId) };
+      return { clientId, connected: await gateway.isConnected(clientId) };
     },
   );
 
@@ -548,7 +550,6 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       const revokedAt = await store.revokeClient(id);
       if (!revokedAt) throw new HttpError(404, 'unknown_client', `no client ${id}`);
       gateway.disconnectClient(id, 'revoked', 'this client was revoked by the operator');
-      coordinator.clientGone(id);
       request.log.info({ clientId: id }, 'client revoked');
       return { id, revokedAt };
     },
@@ -620,6 +621,9 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       },
       onRequest: requireAdmin,
     },
-    async () => (await store.clients()).map((c) => ({ ...c, connected: gateway.isConnected(c.id) })),
+    async () => {
+      const connected = await gateway.connectedClients();
+      return (await store.clients()).map((c) => ({ ...c, connected: connected.has(c.id) }));
+    },
   );
 }

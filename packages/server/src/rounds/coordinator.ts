@@ -44,9 +44,21 @@ import { Mutex } from 'async-mutex';
 import type { JobRow, RoundRow, Store } from '../store/store.js';
 import type { AggregationInput, AggregationOutput, RoundAggregator } from '../aggregation/round-aggregation.js';
 
-/** Delivers server messages to connected clients; false when the client is not connected. */
+/** What a replica tells the coordinating one about events that happened on its connections. */
+export type ReplicaEvent =
+  | { type: 'ready' }
+  | { type: 'round_complete'; jobId: string; round: number }
+  | { type: 'refused'; jobId: string; clientId: string }
+  | { type: 'job_changed'; jobId: string };
+
+/** The device connections: on this server alone, or on every replica (through Redis). */
 export interface RoundTransport {
-  send(clientId: string, message: RoundStart | RoundEnd): boolean;
+  /** Sends to a client's connection on whichever replica holds it (dropped when it has none). */
+  send(clientId: string, message: RoundStart | RoundEnd): void;
+  /** Connected clients that said hello with a plan (they may be sampled), on every replica. */
+  readyClients(): Promise<Map<string, RankPlan>>;
+  /** Tells the coordinating replica (another process) about an event here; a no-op on a single server. */
+  tellCoordinator(event: ReplicaEvent): void;
 }
 
 export interface Logger {
@@ -61,12 +73,11 @@ export interface CoordinatorOptions {
   /** After a restart, an open round's deadline is moved to at least now + this, so clients can reconnect. */
   restartGraceMs: number;
   maxFrameBytes: number;
-}
-
-interface Session {
-  plan: RankPlan | undefined;
-  /** The job whose open round this client is sampled in. */
-  busyWith: string | undefined;
+  /**
+   * One of several replicas: it coordinates only once it holds the lease (`takeOver`); until then it
+   * stores the updates of its own connections and tells the coordinator, which starts and closes rounds.
+   */
+  replicated?: boolean;
 }
 
 export class JobError extends FloeError {}
@@ -81,7 +92,11 @@ const RETRY_MS = 5000;
  */
 export class Coordinator {
   private readonly lock = new Mutex();
-  private readonly sessions = new Map<string, Session>();
+  /** Clients sampled in an open round, and its job (known to the coordinating server only). */
+  private readonly busy = new Map<string, string>();
+  /** Whether this server starts and closes rounds (always, unless it is a replica without the lease). */
+  private coordinating: boolean;
+  private scheduleTimer: NodeJS.Timeout | undefined;
   private readonly deadlineTimers = new Map<string, NodeJS.Timeout>();
   private readonly gatherTimers = new Map<string, NodeJS.Timeout>();
   /** Clients refused in the current round of a job (they may still retry until it closes). */
@@ -97,33 +112,95 @@ export class Coordinator {
     private readonly log: Logger,
     private readonly options: CoordinatorOptions,
     private readonly aggregator: RoundAggregator,
-  ) {}
+  ) {
+    this.coordinating = !options.replicated;
+  }
 
-  /** Picks up rounds left open by a previous process. */
-  recover(): Promise<void> {
+  get isCoordinating(): boolean {
+    return this.coordinating;
+  }
+
+  /**
+   * Starts coordinating: picks up rounds left open by a previous process (or by the coordinating replica
+   * that died) and starts the rounds that can start. A no-op when already coordinating, unless `recover`.
+   */
+  takeOver(): Promise<void> {
     return this.lock.runExclusive(async () => {
-      for (const round of await this.store.openRounds()) {
-        const deadline = Math.ceil(Math.max(round.deadline, Date.now() + this.options.restartGraceMs));
-        await this.store.updateRound(round.jobId, round.round, { deadline });
-        for (const a of round.sampled) this.sessionOf(a.clientId).busyWith = round.jobId;
-        this.armDeadline(round.jobId, round.round, deadline);
-        this.log.info(
-          {
-            jobId: round.jobId,
-            round: round.round,
-            accepted: round.accepted,
-            deadline: new Date(deadline).toISOString(),
-          },
-          'resuming open round',
-        );
-      }
-      this.metrics.activeJobs.set((await this.store.jobs()).filter((j) => j.status === 'running').length);
+      if (this.closed) return;
+      const wasCoordinating = this.coordinating;
+      this.coordinating = true;
+      await this.recoverOpenRounds(wasCoordinating ? 'restart' : 'takeover');
+      await this.schedule();
     });
+  }
+
+  /** Picks up rounds left open by a previous process (a single server at start-up). */
+  recover(): Promise<void> {
+    return this.lock.runExclusive(() => this.recoverOpenRounds('restart'));
+  }
+
+  private async recoverOpenRounds(why: 'restart' | 'takeover'): Promise<void> {
+    for (const round of await this.store.openRounds()) {
+      const job = await this.store.job(round.jobId);
+      if (job?.status !== 'running' || job.currentRound !== round.round) continue;
+      // A round that was being aggregated, or has every update, closes now. Otherwise a restarted server
+      // gives devices time to reconnect; a replica taking over keeps the deadline (the devices are
+      // connected to the other replicas, and those of the dead one reconnect to them meanwhile).
+      const complete = round.closing || round.accepted >= round.sampled.length;
+      const deadline = complete
+        ? Date.now()
+        : Math.ceil(
+            Math.max(round.deadline, this.options.replicated ? Date.now() : Date.now() + this.options.restartGraceMs),
+          );
+      if (deadline !== round.deadline && !complete)
+        await this.store.updateRound(round.jobId, round.round, { deadline });
+      for (const a of round.sampled) this.busy.set(a.clientId, round.jobId);
+      this.armDeadline(round.jobId, round.round, deadline);
+      this.log.info(
+        {
+          jobId: round.jobId,
+          round: round.round,
+          accepted: round.accepted,
+          closing: round.closing,
+          deadline: new Date(deadline).toISOString(),
+          why,
+        },
+        'resuming open round',
+      );
+    }
+    this.metrics.activeJobs.set((await this.store.jobs()).filter((j) => j.status === 'running').length);
+  }
+
+  /** An event another replica told the coordinator about (ignored unless this server coordinates). */
+  onReplicaEvent(event: ReplicaEvent): void {
+    if (!this.coordinating || this.closed) return;
+    switch (event.type) {
+      case 'ready':
+        this.scheduleSoon();
+        break;
+      case 'round_complete':
+        this.safely(event.jobId, async () => {
+          const round = await this.store.round(event.jobId, event.round);
+          if (round && round.accepted >= round.sampled.length) await this.closeRound(event.jobId, event.round);
+        });
+        break;
+      case 'refused':
+        this.refusedIn(event.jobId).add(event.clientId);
+        break;
+      case 'job_changed':
+        this.safely(event.jobId, async () => {
+          const job = await this.store.job(event.jobId);
+          if (job && job.status !== 'running') this.forgetJob(job.id, await this.store.round(job.id, job.currentRound));
+          await this.schedule();
+        });
+        break;
+    }
   }
 
   /** Stops every timer and waits for the work already under way (the store may be closed after it). */
   async close(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.scheduleTimer);
     for (const timer of [...this.deadlineTimers.values(), ...this.gatherTimers.values()]) clearTimeout(timer);
     this.deadlineTimers.clear();
     this.gatherTimers.clear();
@@ -184,7 +261,8 @@ export class Coordinator {
     await this.store.addJob(job);
     this.metrics.activeJobs.inc();
     this.log.info({ jobId: id, strategy: spec.strategy, rounds: spec.rounds }, 'job created');
-    await this.schedule();
+    if (this.coordinating) await this.schedule();
+    else this.transport.tellCoordinator({ type: 'job_changed', jobId: id });
     return job;
   }
 
@@ -198,15 +276,19 @@ export class Coordinator {
     if (job.status !== 'running') return job;
     const open = await this.store.round(id, job.currentRound);
     const isOpen = open?.status === 'open';
-    await this.store.endRound({
+    const stopped = await this.store.endRound({
       jobId: id,
       job: { status: 'stopped' },
       ...(open && isOpen
-        ? { round: { index: open.round, fields: { status: 'failed', endedAt: new Date().toISOString() } } }
+        ? {
+            round: { index: open.round, fields: { status: 'failed', endedAt: new Date().toISOString() } },
+            // the coordinating replica may be ending that round right now: then stop after it
+            onlyIfOpen: true,
+          }
         : {}),
     });
+    if (!stopped) return this.stop(id);
     const ended = isOpen ? open : await this.store.round(id, job.currentRound - 1);
-    if (open && isOpen) this.release(open);
     // the round the stop ended failed; with none open, the last round's end is told again as it was
     if (ended) {
       const aggregated = !isOpen && ended.status === 'aggregated';
@@ -220,47 +302,67 @@ export class Coordinator {
         aggregated ? ended.accepted : 0,
       );
     }
-    this.refused.delete(id);
-    this.clearTimers(id);
+    this.forgetJob(id, open);
     this.metrics.activeJobs.dec();
     this.log.info({ jobId: id }, 'job stopped');
-    await this.schedule();
+    if (this.coordinating) await this.schedule();
+    else this.transport.tellCoordinator({ type: 'job_changed', jobId: id });
     return (await this.store.job(id)) as JobRow;
+  }
+
+  /** Drops what this server keeps about a job that is no longer running. */
+  private forgetJob(id: string, open: RoundRow | undefined): void {
+    if (open) this.release(open);
+    this.refused.delete(id);
+    this.clearTimers(id);
   }
 
   // --------------------------------------------------------------------------------------- clients
 
-  /** A client said hello: it may be sampled; if it is owed a round_start (after a reconnect), it gets it. */
-  clientReady(clientId: string, plan: RankPlan | undefined): Promise<void> {
+  /**
+   * A client said hello (the transport now counts it ready, with its plan): it may be sampled; if it is
+   * owed a round_start (after a reconnect, perhaps to another replica), it gets it.
+   */
+  clientReady(clientId: string): Promise<void> {
     return this.lock.runExclusive(async () => {
       if (this.closed) return;
-      const session = this.sessionOf(clientId);
-      session.plan = plan;
       for (const job of await this.store.jobs()) {
         if (job.status !== 'running') continue;
         const round = await this.store.round(job.id, job.currentRound);
-        const assignment = round?.status === 'open' ? round.sampled.find((a) => a.clientId === clientId) : undefined;
+        const open = round?.status === 'open' && !round.closing;
+        const assignment = open ? round.sampled.find((a) => a.clientId === clientId) : undefined;
         if (round && assignment && !(await this.store.hasUpdate(job.id, round.round, clientId))) {
-          session.busyWith = job.id;
           await this.sendRoundStart(job, round, assignment, new Map());
         }
       }
-      await this.schedule();
+      if (this.coordinating) this.scheduleSoon();
+      else this.transport.tellCoordinator({ type: 'ready' });
     });
   }
 
-  /** A client's connection ended (queued behind its own hello, if that is still waiting for the lock). */
-  clientGone(clientId: string): void {
-    void this.lock.runExclusive(() => {
-      const session = this.sessions.get(clientId);
-      // a sampled client keeps its place in the round until the deadline: it may reconnect and deliver
-      if (session && !session.busyWith) this.sessions.delete(clientId);
-      else if (session) session.plan = undefined;
-    });
+  /** Ready clients not sampled in an open round, with their plans. */
+  private async connectedIdle(): Promise<Map<string, RankPlan>> {
+    const ready = await this.transport.readyClients();
+    for (const clientId of this.busy.keys()) ready.delete(clientId);
+    return ready;
   }
 
-  connectedIdle(): string[] {
-    return [...this.sessions].filter(([, s]) => s.plan !== undefined && !s.busyWith).map(([id]) => id);
+  /**
+   * A schedule after a client became ready: at once on a single server; on replicas, coalesced over
+   * 100 ms, since each asks every replica for its ready clients.
+   */
+  private scheduleSoon(): void {
+    if (!this.options.replicated) {
+      void this.schedule().catch((error: unknown) => this.log.error({ err: error }, 'could not schedule'));
+      return;
+    }
+    if (this.scheduleTimer) return;
+    this.scheduleTimer = setTimeout(() => {
+      this.scheduleTimer = undefined;
+      void this.lock
+        .runExclusive(() => this.schedule())
+        .catch((error: unknown) => this.log.error({ err: error }, 'could not schedule'));
+    }, 100);
   }
 
   // --------------------------------------------------------------------------------------- updates
@@ -288,14 +390,14 @@ export class Coordinator {
       if (
         code !== 'duplicate_update' &&
         round?.status === 'open' &&
+        !round.closing &&
         !this.closing.has(update.jobId) &&
         round.sampled.some((a) => a.clientId === clientId) &&
         !(await this.store.hasUpdate(update.jobId, update.round, clientId))
       ) {
         await this.store.countRejected(update.jobId, update.round);
-        let set = this.refused.get(update.jobId);
-        if (!set) this.refused.set(update.jobId, (set = new Set()));
-        set.add(clientId);
+        if (this.coordinating) this.refusedIn(update.jobId).add(clientId);
+        else this.transport.tellCoordinator({ type: 'refused', jobId: update.jobId, clientId });
       }
       this.log.warn({ clientId, jobId: update.jobId, round: update.round, code }, `update refused: ${message}`);
       return {
@@ -311,7 +413,13 @@ export class Coordinator {
     if (!job) return refuse('unknown_job', `no job ${update.jobId}`);
     if (job.status !== 'running') return refuse('job_not_running', `job ${job.id} is ${job.status}`);
     const round = await this.store.round(job.id, job.currentRound);
-    if (!round || round.status !== 'open' || round.round !== update.round || this.closing.has(job.id)) {
+    if (
+      !round ||
+      round.status !== 'open' ||
+      round.closing ||
+      round.round !== update.round ||
+      this.closing.has(job.id)
+    ) {
       return refuse('wrong_round', `job ${job.id} is not collecting round ${update.round}`);
     }
     const assignment = round.sampled.find((a) => a.clientId === clientId);
@@ -344,7 +452,7 @@ export class Coordinator {
       throw error;
     }
     if (wrongAdapter) return refuse(wrongAdapter.code, wrongAdapter.message);
-    const { roundAccepted } = await this.store.addUpdate({
+    const stored = await this.store.addUpdate({
       jobId: job.id,
       round: round.round,
       clientId,
@@ -353,12 +461,16 @@ export class Coordinator {
       metrics: update.metrics,
       frame,
     });
+    // the coordinating replica began closing the round since it was read
+    if (!stored) return refuse('wrong_round', `job ${job.id} is not collecting round ${update.round}`);
     this.metrics.updates.inc({ outcome: 'accepted' });
     this.refused.get(job.id)?.delete(clientId);
     // every sampled client has an accepted update (only sampled clients get one, once each)
-    if (roundAccepted >= round.sampled.length) {
+    if (stored.roundAccepted >= round.sampled.length) {
+      if (!this.coordinating)
+        this.transport.tellCoordinator({ type: 'round_complete', jobId: job.id, round: round.round });
       // after the ack that completed the round has been sent
-      setImmediate(() => this.safely(job.id, () => this.closeRound(job.id, round.round)));
+      else setImmediate(() => this.safely(job.id, () => this.closeRound(job.id, round.round)));
     }
     return { type: 'update_ack', jobId: job.id, round: round.round, accepted: true };
   }
@@ -367,7 +479,7 @@ export class Coordinator {
 
   /** Starts a round for every running job that can start one. */
   private async schedule(): Promise<void> {
-    if (this.closed) return;
+    if (this.closed || !this.coordinating) return;
     for (const job of await this.store.jobs()) {
       if (job.status !== 'running') continue;
       // one job that cannot start (its store writes fail) does not keep the others from starting
@@ -382,9 +494,9 @@ export class Coordinator {
 
   private async tryStart(job: JobRow): Promise<void> {
     const { spec } = job;
-    const idle = this.connectedIdle();
-    if (idle.length < spec.quorum) return;
-    if (idle.length < spec.clientsPerRound && this.options.gatherMs > 0) {
+    const idle = await this.connectedIdle();
+    if (idle.size < spec.quorum) return;
+    if (idle.size < spec.clientsPerRound && this.options.gatherMs > 0) {
       if (!this.gatherTimers.has(job.id)) {
         this.gatherTimers.set(
           job.id,
@@ -407,14 +519,14 @@ export class Coordinator {
 
   private async startRound(job: JobRow): Promise<void> {
     const { spec } = job;
-    const idle = this.connectedIdle();
-    if (idle.length < spec.quorum) return;
+    const idle = await this.connectedIdle();
+    if (idle.size < spec.quorum) return;
     const gather = this.gatherTimers.get(job.id);
     if (gather) clearTimeout(gather);
     this.gatherTimers.delete(job.id);
 
     const clusters = [...new Set((await this.store.adapters(job.id)).map((a) => a.clusterId))];
-    const candidates = idle.map((clientId) => ({ clientId, plan: this.sessions.get(clientId)?.plan }));
+    const candidates = [...idle].map(([clientId, plan]) => ({ clientId, plan }));
     const sampled = configureRound(
       spec,
       job.state,
@@ -436,12 +548,13 @@ export class Coordinator {
       dropped: 0,
       clusters: 0,
       metrics: {},
+      closing: false,
     };
     await this.store.addRound(round);
     this.refused.set(job.id, new Set());
-    for (const a of sampled) this.sessionOf(a.clientId).busyWith = job.id;
+    for (const a of sampled) this.busy.set(a.clientId, job.id);
     this.armDeadline(job.id, round.round, round.deadline);
-    this.log.info({ jobId: job.id, round: round.round, sampled: sampled.length, idle: idle.length }, 'round started');
+    this.log.info({ jobId: job.id, round: round.round, sampled: sampled.length, idle: idle.size }, 'round started');
     const cache = new Map<string, RoundStart['adapter']>();
     for (const a of sampled) await this.sendRoundStart(job, round, a, cache);
   }
@@ -489,6 +602,8 @@ export class Coordinator {
     if (!job || !round || round.status !== 'open' || job.currentRound !== roundIndex) return;
     this.clearTimers(jobId);
     const started = performance.now();
+    // from here on no replica accepts an update into the round: the ones read below are all there are
+    if (!(await this.store.beginClosing(jobId, roundIndex))) return;
     const acceptedIds = await this.store.acceptedClients(jobId, roundIndex);
     const refused = this.refused.get(jobId) ?? new Set();
     const dropped = round.sampled.filter((a) => !acceptedIds.has(a.clientId) && !refused.has(a.clientId)).length;
@@ -559,7 +674,8 @@ export class Coordinator {
     const aggregationSeconds = (performance.now() - started) / 1000;
     const { clusterOf } = result.state;
     const metrics: Metrics = { ...result.metrics, aggregation_seconds: aggregationSeconds };
-    await this.store.endRound({
+    const committed = await this.store.endRound({
+      onlyIfOpen: true,
       jobId,
       adapters: adapters.map((a) => ({
         jobId,
@@ -580,6 +696,11 @@ export class Coordinator {
       },
       job: { currentRound: nextRound, status: finished ? 'completed' : 'running', state: result.state },
     });
+    if (!committed) {
+      this.log.info({ jobId, round: roundIndex }, 'aggregate dropped: the round was ended meanwhile');
+      await this.schedule();
+      return;
+    }
     this.metrics.rounds.inc({ status: 'aggregated' });
     this.metrics.aggregationSeconds.observe(aggregationSeconds);
     this.log.info(
@@ -655,22 +776,18 @@ export class Coordinator {
     const recipients = new Set(round.sampled.map((a) => a.clientId));
     if (!jobOver) return recipients;
     for (const past of await this.store.rounds(job.id)) for (const a of past.sampled) recipients.add(a.clientId);
-    for (const [clientId, session] of this.sessions) if (session.plan !== undefined) recipients.add(clientId);
+    for (const clientId of (await this.transport.readyClients()).keys()) recipients.add(clientId);
     return recipients;
   }
 
-  private sessionOf(clientId: string): Session {
-    let session = this.sessions.get(clientId);
-    if (!session) this.sessions.set(clientId, (session = { plan: undefined, busyWith: undefined }));
-    return session;
+  private refusedIn(jobId: string): Set<string> {
+    let set = this.refused.get(jobId);
+    if (!set) this.refused.set(jobId, (set = new Set()));
+    return set;
   }
 
   private release(round: RoundRow): void {
-    for (const a of round.sampled) {
-      const session = this.sessions.get(a.clientId);
-      if (session?.busyWith === round.jobId) session.busyWith = undefined;
-      if (session && session.plan === undefined) this.sessions.delete(a.clientId);
-    }
+    for (const a of round.sampled) if (this.busy.get(a.clientId) === round.jobId) this.busy.delete(a.clientId);
   }
 
   private armDeadline(jobId: string, roundIndex: number, deadline: number): void {
@@ -689,11 +806,13 @@ export class Coordinator {
   private async failRound(job: JobRow, round: RoundRow, fields: { dropped?: number }): Promise<void> {
     const next = round.round + 1;
     const finished = next >= job.spec.rounds;
-    await this.store.endRound({
+    const ended = await this.store.endRound({
+      onlyIfOpen: true,
       jobId: job.id,
       round: { index: round.round, fields: { status: 'failed', endedAt: new Date().toISOString(), ...fields } },
       job: { currentRound: next, status: finished ? 'completed' : 'running' },
     });
+    if (!ended) return;
     this.metrics.rounds.inc({ status: 'failed' });
     await this.finishRound(job, round, finished, 'failed', {});
   }

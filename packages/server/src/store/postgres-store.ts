@@ -55,6 +55,7 @@ export const MIGRATIONS: readonly string[] = [
    CREATE TABLE adapters (
      job_id TEXT NOT NULL REFERENCES jobs (id), cluster_id INTEGER NOT NULL, round INTEGER NOT NULL,
      rank INTEGER NOT NULL, safetensors BYTEA NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (job_id, cluster_id));`,
+  `ALTER TABLE rounds ADD COLUMN closing BOOLEAN NOT NULL DEFAULT false;`,
 ];
 
 /** Any constants: every Floe server over the database takes the first to migrate, the second to coordinate. */
@@ -67,13 +68,17 @@ export interface PostgresOptions {
   timeoutMs?: number;
   /** Errors of connections that no caller awaits (the database restarting, a dropped link). */
   onError?: (error: Error) => void;
-  /**
-   * The coordinator's lease was lost and another server now holds it: this one must stop coordinating.
-   * Until replicas exist (issue 21), one server coordinates a database at a time.
-   */
+  /** The coordinator's lease was lost and another server now holds it: this one must stop coordinating. */
   onLeaseLost?: () => void;
-  /** How long `open` waits for the lease held by another server (10 s). */
+  /** How long `open` waits for the lease held by another server (10 s); not used by a replica. */
   leaseWaitMs?: number;
+  /**
+   * One of several replicas over the database: `open` does not wait for the lease but tries for it every
+   * `leasePollMs` (1 s) and calls `onLeaseTaken` once it has it (this replica then coordinates).
+   */
+  replica?: boolean;
+  leasePollMs?: number;
+  onLeaseTaken?: () => void;
 }
 
 type Columns = Record<string, unknown>;
@@ -140,6 +145,10 @@ export class PostgresStore implements Store {
           ]);
         }
       });
+      if (options.replica) {
+        store.pollLease();
+        return store;
+      }
       // a server killed a moment ago may still hold it until the database notices its connection is gone
       const until = Date.now() + (options.leaseWaitMs ?? 10_000);
       let leased = await store.takeLease();
@@ -165,6 +174,25 @@ export class PostgresStore implements Store {
     return store;
   }
 
+  /** Whether this server holds the coordinator's lease. */
+  get coordinating(): boolean {
+    return this.lease !== undefined;
+  }
+
+  /** A replica's wait for the lease: tries now and every `leasePollMs` until it has it. */
+  private pollLease(): void {
+    const attempt = async () => {
+      this.leaseRetry = undefined;
+      if (this.closed || this.lease) return;
+      if (await this.takeLease()) {
+        if (!this.closed) this.options.onLeaseTaken?.();
+        return;
+      }
+      if (!this.closed) this.leaseRetry = setTimeout(() => void attempt(), this.options.leasePollMs ?? 1000);
+    };
+    void attempt();
+  }
+
   /** The coordinator's lease: a session-level advisory lock, held by one dedicated connection. */
   private async takeLease(): Promise<boolean> {
     const client = new pg.Client({ connectionString: this.url, keepAlive: true });
@@ -175,6 +203,9 @@ export class PostgresStore implements Store {
     client.on('end', () => this.leaseBroken(client));
     try {
       await client.connect();
+      // the database frees the lock when this session ends; over TCP, keepalives bound how long a holder
+      // whose machine vanished (no FIN) keeps it: about idle + interval x count = 11 s
+      await client.query('SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3');
       const { rows } = await client.query<{ taken: boolean }>('SELECT pg_try_advisory_lock($1) AS taken', [
         COORDINATOR_LOCK,
       ]);
@@ -403,11 +434,39 @@ export class PostgresStore implements Store {
     await this.run('UPDATE rounds SET rejected = rejected + 1 WHERE job_id = $1 AND round = $2', [jobId, round]);
   }
 
-  async endRound(ending: RoundEnding): Promise<void> {
-    await this.transaction(async (client) => {
+  async beginClosing(jobId: string, round: number): Promise<boolean> {
+    // takes the round's row lock, so it waits for an addUpdate into the round that holds it
+    const changed = await this.run(
+      "UPDATE rounds SET closing = true WHERE job_id = $1 AND round = $2 AND status = 'open'",
+      [jobId, round],
+    );
+    return changed === 1;
+  }
+
+  async endRound(ending: RoundEnding): Promise<boolean> {
+    return this.transaction(async (client) => {
+      if (ending.onlyIfOpen) {
+        // job row, then round row: the one order every transaction here locks them in
+        const job = await this.one(
+          'SELECT status, current_round FROM jobs WHERE id = $1 FOR UPDATE',
+          [ending.jobId],
+          client,
+        );
+        const index = ending.round?.index;
+        const round =
+          index === undefined
+            ? undefined
+            : await this.one(
+                'SELECT status FROM rounds WHERE job_id = $1 AND round = $2 FOR UPDATE',
+                [ending.jobId, index],
+                client,
+              );
+        if (job?.status !== 'running' || Number(job.current_round) !== index || round?.status !== 'open') return false;
+      }
       for (const adapter of ending.adapters ?? []) await this.putAdapter(adapter, client);
       if (ending.round) await this.updateRoundRow(ending.jobId, ending.round.index, ending.round.fields, client);
       await this.updateJobRow(ending.jobId, ending.job, client);
+      return true;
     });
   }
 
@@ -415,18 +474,22 @@ export class PostgresStore implements Store {
 
   async addUpdate(
     update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>,
-  ): Promise<StoredUpdate & { roundAccepted: number }> {
+  ): Promise<(StoredUpdate & { roundAccepted: number }) | undefined> {
     const stored: StoredUpdate = { ...update, sha256: sha256Hex(update.frame), receivedAt: new Date().toISOString() };
-    // one statement, so one round trip and one implicit transaction: the row and its count together
+    // One statement, so one round trip and one implicit transaction: the count first, which locks the
+    // round's row (so a beginClosing waits for it, or it sees the round closing), then the row itself.
     const row = await this.one(
-      `WITH inserted AS (
+      `WITH counted AS (
+         UPDATE rounds SET accepted = accepted + 1
+         WHERE job_id = $1 AND round = $2 AND status = 'open' AND NOT closing RETURNING accepted),
+       inserted AS (
          INSERT INTO updates (job_id, round, client_id, num_samples, rank, metrics, frame, sha256, received_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING job_id, round)
-       UPDATE rounds SET accepted = accepted + 1 FROM inserted
-       WHERE rounds.job_id = inserted.job_id AND rounds.round = inserted.round RETURNING accepted`,
+         SELECT $1::text, $2::integer, $3::text, $4::integer, $5::integer, $6::jsonb, $7::bytea, $8::text, $9::text
+         FROM counted RETURNING 1)
+       SELECT accepted FROM counted, inserted`,
       updateValues(stored),
     );
-    return { ...stored, roundAccepted: Number(row?.accepted ?? 0) };
+    return row ? { ...stored, roundAccepted: Number(row.accepted) } : undefined;
   }
 
   async hasUpdate(jobId: string, round: number, clientId: string): Promise<boolean> {

@@ -79,6 +79,10 @@ export class SqliteStore implements Store {
     // stores made before revocation existed
     const columns = this.db.prepare('PRAGMA table_info(clients)').all() as { name: string }[];
     if (!columns.some((c) => c.name === 'revoked_at')) this.db.exec('ALTER TABLE clients ADD COLUMN revoked_at TEXT');
+    const roundColumns = this.db.prepare('PRAGMA table_info(rounds)').all() as { name: string }[];
+    if (!roundColumns.some((c) => c.name === 'closing')) {
+      this.db.exec('ALTER TABLE rounds ADD COLUMN closing INTEGER NOT NULL DEFAULT 0');
+    }
   }
 
   async close(): Promise<void> {
@@ -257,11 +261,27 @@ export class SqliteStore implements Store {
     this.run('UPDATE rounds SET rejected = rejected + 1 WHERE job_id = ? AND round = ?', jobId, round);
   }
 
-  async endRound(ending: RoundEnding): Promise<void> {
-    this.db.transaction(() => {
+  async beginClosing(jobId: string, round: number): Promise<boolean> {
+    return (
+      this.run("UPDATE rounds SET closing = 1 WHERE job_id = ? AND round = ? AND status = 'open'", jobId, round) === 1
+    );
+  }
+
+  async endRound(ending: RoundEnding): Promise<boolean> {
+    return this.db.transaction(() => {
+      if (ending.onlyIfOpen) {
+        const job = this.one('SELECT status, current_round FROM jobs WHERE id = ?', ending.jobId);
+        const index = ending.round?.index;
+        const round =
+          index === undefined
+            ? undefined
+            : this.one('SELECT status FROM rounds WHERE job_id = ? AND round = ?', ending.jobId, index);
+        if (job?.status !== 'running' || Number(job.current_round) !== index || round?.status !== 'open') return false;
+      }
       for (const adapter of ending.adapters ?? []) this.putAdapter(adapter);
       if (ending.round) this.updateRoundRow(ending.jobId, ending.round.index, ending.round.fields);
       this.updateJobRow(ending.jobId, ending.job);
+      return true;
     })();
   }
 
@@ -269,22 +289,24 @@ export class SqliteStore implements Store {
 
   async addUpdate(
     update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>,
-  ): Promise<StoredUpdate & { roundAccepted: number }> {
+  ): Promise<(StoredUpdate & { roundAccepted: number }) | undefined> {
     const stored: StoredUpdate = { ...update, sha256: sha256Hex(update.frame), receivedAt: new Date().toISOString() };
     const roundAccepted = this.db.transaction(() => {
+      const counted = this.one(
+        `UPDATE rounds SET accepted = accepted + 1
+         WHERE job_id = ? AND round = ? AND status = 'open' AND closing = 0 RETURNING accepted`,
+        stored.jobId,
+        stored.round,
+      );
+      if (!counted) return undefined;
       this.run(
         `INSERT INTO updates (job_id, round, client_id, num_samples, rank, metrics, frame, sha256, received_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ...updateValues(stored),
       );
-      const counted = this.one(
-        'UPDATE rounds SET accepted = accepted + 1 WHERE job_id = ? AND round = ? RETURNING accepted',
-        stored.jobId,
-        stored.round,
-      );
-      return Number(counted?.accepted ?? 0);
+      return Number(counted.accepted);
     })();
-    return { ...stored, roundAccepted };
+    return roundAccepted === undefined ? undefined : { ...stored, roundAccepted };
   }
 
   async hasUpdate(jobId: string, round: number, clientId: string): Promise<boolean> {

@@ -45,6 +45,11 @@ export interface RoundRow {
   dropped: number;
   clusters: number;
   metrics: Metrics;
+  /**
+   * Set (in the database, so on every replica at once) when the coordinator starts aggregating an open
+   * round: from then on no update is accepted into it, so the aggregate holds every acknowledged one.
+   */
+  closing: boolean;
 }
 
 export interface ClientRow {
@@ -90,6 +95,12 @@ export interface RoundEnding {
   round?: { index: number; fields: RoundFields };
   /** Cluster adapters that replace the job's stored ones. */
   adapters?: Omit<StoredAdapter, 'sha256'>[];
+  /**
+   * Write only if the job is running with `round.index` as its current round and that round is still
+   * open: the check and the writes are one transaction, so of two servers ending the same round (a
+   * stop on one replica, an aggregate on another) exactly one does.
+   */
+  onlyIfOpen?: boolean;
 }
 
 /** How another thread opens the store to read a round's updates. */
@@ -127,17 +138,26 @@ export interface Store {
   addRound(round: RoundRow): Promise<void>;
   round(jobId: string, round: number): Promise<RoundRow | undefined>;
   rounds(jobId: string): Promise<RoundRow[]>;
-  /** Rounds still open (the server stopped before closing them). */
+  /** Rounds still open (the server stopped before closing them), closing ones included. */
   openRounds(): Promise<RoundRow[]>;
   updateRound(jobId: string, round: number, fields: RoundFields): Promise<void>;
   countRejected(jobId: string, round: number): Promise<void>;
-  endRound(ending: RoundEnding): Promise<void>;
+  /**
+   * Marks an open round closing (no update is accepted into it from then on); false when it is not
+   * open. Waits for updates being stored into it at that moment, which are then in.
+   */
+  beginClosing(jobId: string, round: number): Promise<boolean>;
+  /** Writes a round's end in one transaction; false when `onlyIfOpen` found the round no longer open. */
+  endRound(ending: RoundEnding): Promise<boolean>;
 
   /**
-   * Stores an accepted update and counts it, in one transaction; gives it with the round's new count of
-   * accepted updates. Refuses a second update of a client.
+   * Stores an accepted update and counts it, in one transaction, if its round is open and not closing;
+   * gives it with the round's new count of accepted updates, or undefined when the round was not open.
+   * Refuses (throws on) a second update of a client.
    */
-  addUpdate(update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>): Promise<StoredUpdate & { roundAccepted: number }>;
+  addUpdate(
+    update: Omit<StoredUpdate, 'sha256' | 'receivedAt'>,
+  ): Promise<(StoredUpdate & { roundAccepted: number }) | undefined>;
   /** Whether the client has an accepted update in the round. */
   hasUpdate(jobId: string, round: number, clientId: string): Promise<boolean>;
   /** The accepted updates of a round, checksums verified. */
@@ -181,6 +201,7 @@ export function roundFromColumns(r: Record<string, unknown>): RoundRow {
     dropped: Number(r.dropped),
     clusters: Number(r.clusters),
     metrics: fromJson<Metrics>(r.metrics),
+    closing: Boolean(r.closing),
   };
 }
 

@@ -10,12 +10,13 @@ import type { IncomingMessage } from 'node:http';
 import { BlockList, isIP } from 'node:net';
 import type { Server, Socket } from 'socket.io';
 import { Decoder, Encoder } from 'socket.io-parser';
-import { RateLimiterMemory } from 'rate-limiter-flexible';
+import { type RateLimiterAbstract, RateLimiterMemory } from 'rate-limiter-flexible';
 import {
   FloeError,
   PROTOCOL_VERSION,
   type ErrorMessage,
   type Message,
+  type RankPlan,
   type RoundEnd,
   type RoundStart,
   assertCompatibleProtocol,
@@ -24,7 +25,7 @@ import {
 } from '@floe/shared';
 import { bearer, type Credentials } from '../auth.js';
 import type { ServerMetrics } from '../metrics.js';
-import type { Coordinator, Logger, RoundTransport } from '../rounds/coordinator.js';
+import type { Coordinator, Logger, ReplicaEvent, RoundTransport } from '../rounds/coordinator.js';
 import type { Store } from '../store/store.js';
 
 export interface GatewayOptions {
@@ -36,16 +37,29 @@ export interface GatewayOptions {
   rateWindowSec: number;
   /** Refusals are logged once per client, code and window of this length (default 10 s). */
   refusalLogWindowMs?: number;
+  /**
+   * One of several replicas: socket.io's adapter reaches the other replicas' connections (messages to a
+   * device, presence, events for the coordinator); the message rate limit is shared (default: per process).
+   */
+  replicated?: { messageLimiter: RateLimiterAbstract };
 }
 
 interface ClientSocketData {
   clientId: string;
   greeted: boolean;
+  /** The plan of its hello: a client with one may be sampled. */
+  plan?: RankPlan | undefined;
   /** When the credential it connected with expires (epoch ms): the connection ends then. */
   expiresAt: number;
 }
 
 type ClientSocket = Socket<Record<string, never>, Record<string, never>, Record<string, never>, ClientSocketData>;
+
+/** The socket.io room of a client's connection, on whichever replica holds it. */
+const clientRoom = (clientId: string) => `client:${clientId}`;
+/** Events between replicas (socket.io's server-side emits, through the adapter). */
+const REPLICA_EVENT = 'floe:event';
+const PRESENCE_REQUEST = 'floe:presence';
 
 /** Where a handshake's verified client id is kept between engine.io's check and socket.io's. */
 const CLIENT_ID = Symbol('floe client id');
@@ -279,7 +293,7 @@ export class RefusalLog {
 
 export class Gateway implements RoundTransport {
   private readonly sockets = new Map<string, ClientSocket>();
-  private readonly limiter: RateLimiterMemory;
+  private readonly limiter: RateLimiterAbstract;
   private readonly refusals: RefusalLog;
   private readonly sweeper: NodeJS.Timeout;
   private coordinator: Coordinator | undefined;
@@ -290,7 +304,9 @@ export class Gateway implements RoundTransport {
     private readonly log: Logger,
     private readonly options: GatewayOptions,
   ) {
-    this.limiter = new RateLimiterMemory({ points: options.rateLimitMessages, duration: options.rateWindowSec });
+    this.limiter =
+      options.replicated?.messageLimiter ??
+      new RateLimiterMemory({ points: options.rateLimitMessages, duration: options.rateWindowSec });
     const refusalLogWindowMs = options.refusalLogWindowMs ?? 10_000;
     this.refusals = new RefusalLog(log, refusalLogWindowMs);
     this.sweeper = setInterval(() => this.refusals.sweep(), refusalLogWindowMs).unref();
@@ -306,14 +322,26 @@ export class Gateway implements RoundTransport {
       next();
     });
     io.on('connection', (socket) => this.connected(socket as ClientSocket));
+    if (options.replicated) {
+      const server = io as unknown as NodeJS.EventEmitter;
+      server.on(REPLICA_EVENT, (event: ReplicaEvent) => this.coordinator?.onReplicaEvent(event));
+      server.on(PRESENCE_REQUEST, (reply: (ready: [string, RankPlan][]) => void) => reply([...this.localReady()]));
+    }
   }
 
-  /** Ends a client's connection with a reason (revoked, credential expired); false when not connected. */
-  disconnectClient(clientId: string, code: string, message: string): boolean {
+  /** Ends a client's connection with a reason (revoked, credential expired), on whichever replica holds it. */
+  disconnectClient(clientId: string, code: string, message: string): void {
     const socket = this.sockets.get(clientId);
-    if (!socket) return false;
-    this.end(socket, code, message);
-    return true;
+    if (socket) this.end(socket, code, message);
+    if (this.options.replicated) this.endElsewhere(clientId, code, message);
+  }
+
+  /** Ends the connections of `clientId` on the other replicas (and `except` here). */
+  private endElsewhere(clientId: string, code: string, message: string, except?: string): void {
+    const room = this.io.to(clientRoom(clientId));
+    const others = except === undefined ? room : room.except(except);
+    others.emit('error', encodeMessage({ type: 'error', code, message }));
+    others.disconnectSockets(true);
   }
 
   private end(socket: ClientSocket, code: string, message: string): void {
@@ -327,19 +355,53 @@ export class Gateway implements RoundTransport {
     this.coordinator = coordinator;
   }
 
-  isConnected(clientId: string): boolean {
-    return this.sockets.has(clientId);
+  /** Whether the client has a connection, here or on another replica. */
+  async isConnected(clientId: string): Promise<boolean> {
+    if (this.sockets.has(clientId) || !this.options.replicated) return this.sockets.has(clientId);
+    return (await this.io.in(clientRoom(clientId)).fetchSockets()).length > 0;
   }
 
+  /** The clients with a connection, on every replica. */
+  async connectedClients(): Promise<Set<string>> {
+    if (!this.options.replicated) return new Set(this.sockets.keys());
+    return new Set((await this.io.fetchSockets()).map((s) => (s.data as ClientSocketData).clientId));
+  }
+
+  /** Connections held by this process. */
   connectedCount(): number {
     return this.sockets.size;
   }
 
-  send(clientId: string, message: RoundStart | RoundEnd): boolean {
-    const socket = this.sockets.get(clientId);
-    if (!socket) return false;
-    this.emit(socket, message);
-    return true;
+  send(clientId: string, message: RoundStart | RoundEnd): void {
+    if (!this.options.replicated) {
+      const socket = this.sockets.get(clientId);
+      if (socket) this.emit(socket, message);
+      return;
+    }
+    this.io.to(clientRoom(clientId)).emit(message.type, encodeMessage(message));
+  }
+
+  private *localReady(): Generator<[string, RankPlan]> {
+    for (const [clientId, socket] of this.sockets) {
+      if (socket.data.greeted && socket.data.plan !== undefined) yield [clientId, socket.data.plan];
+    }
+  }
+
+  async readyClients(): Promise<Map<string, RankPlan>> {
+    const ready = new Map(this.localReady());
+    if (!this.options.replicated) return ready;
+    try {
+      const replies = (await this.io.serverSideEmitWithAck(PRESENCE_REQUEST)) as [string, RankPlan][][];
+      for (const reply of replies) for (const [clientId, plan] of reply) ready.set(clientId, plan);
+    } catch (error) {
+      // a replica did not answer in time (it is dying): this round samples from the ones that did
+      this.log.warn({ err: error }, 'not every replica told its ready clients');
+    }
+    return ready;
+  }
+
+  tellCoordinator(event: ReplicaEvent): void {
+    if (this.options.replicated) this.io.serverSideEmit(REPLICA_EVENT, event);
   }
 
   private emit(socket: ClientSocket, message: Message): void {
@@ -361,6 +423,10 @@ export class Gateway implements RoundTransport {
       this.refuse(previous, 'replaced', 'another connection of this client took over');
       previous.disconnect(true);
     }
+    if (this.options.replicated) {
+      this.endElsewhere(clientId, 'replaced', 'another connection of this client took over', socket.id);
+    }
+    void socket.join(clientRoom(clientId));
     this.sockets.set(clientId, socket);
     this.metrics.connectedClients.set(this.sockets.size);
     this.log.info({ clientId }, 'client connected');
@@ -384,10 +450,7 @@ export class Gateway implements RoundTransport {
       void this.handle(socket, event, payload);
     });
     socket.on('disconnect', (reason) => {
-      if (this.sockets.get(clientId) === socket) {
-        this.sockets.delete(clientId);
-        this.coordinator?.clientGone(clientId);
-      }
+      if (this.sockets.get(clientId) === socket) this.sockets.delete(clientId);
       this.metrics.connectedClients.set(this.sockets.size);
       this.log.info({ clientId, reason }, 'client disconnected');
     });
@@ -411,13 +474,14 @@ export class Gateway implements RoundTransport {
         const hello = decodeMessageOf(payload, 'hello', { maxBytes: this.options.maxFrameBytes });
         assertCompatibleProtocol(hello.protocolVersion, 'client');
         socket.data.greeted = true;
+        socket.data.plan = hello.plan;
         this.emit(socket, {
           type: 'welcome',
           protocolVersion: PROTOCOL_VERSION,
           clientId,
           maxFrameBytes: this.options.maxFrameBytes,
         });
-        await this.coordinator?.clientReady(clientId, hello.plan);
+        await this.coordinator?.clientReady(clientId);
       } else if (event === 'update') {
         if (!socket.data.greeted) {
           this.refuse(socket, 'hello_first', 'send hello before anything else');
