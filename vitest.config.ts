@@ -1,21 +1,38 @@
-import { defineConfig } from 'vitest/config';
+import { configDefaults, defineConfig } from 'vitest/config';
 import { findPostgresBin } from './scripts/lib/local-postgres.js';
+import { hasRedisServer } from './scripts/lib/local-redis.js';
 
 /** The server suite runs twice: on the embedded SQLite store and on PostgreSQL (a throwaway server). */
 const SERVER_SUITE = ['test/server/**/*.test.ts', 'packages/server/test/**/*.test.ts'];
+/** Server replicas over one PostgreSQL and one Redis (both throwaway servers). */
+const REPLICA_SUITE = ['test/replicas/**/*.test.ts'];
 
-function postgresProject() {
-  if (!findPostgresBin()) {
-    // CI installs it: there, a missing PostgreSQL is a failure, not a skip
-    if (process.env['CI']) throw new Error('CI needs PostgreSQL for the server suite (apt-get install postgresql)');
-    console.warn('PostgreSQL is not installed: the server suite runs on SQLite only (apt-get install postgresql)');
-    return [];
-  }
+/** CI installs both engines: there, a missing one is a failure, not a skip. */
+function missing(what: string, install: string): [] {
+  if (process.env['CI']) throw new Error(`CI needs ${what} for the server suite (apt-get install ${install})`);
+  console.warn(`${what} is not installed: the tests that need it are left out (apt-get install ${install})`);
+  return [];
+}
+
+function postgresProjects() {
+  if (!findPostgresBin()) return missing('PostgreSQL', 'postgresql');
   return [
     {
       extends: true as const,
       test: { name: 'server-on-postgres', include: SERVER_SUITE, globalSetup: ['test/support/postgres-setup.ts'] },
     },
+    ...(hasRedisServer()
+      ? [
+          {
+            extends: true as const,
+            test: {
+              name: 'replicas',
+              include: REPLICA_SUITE,
+              globalSetup: ['test/support/postgres-setup.ts', 'test/support/redis-setup.ts'],
+            },
+          },
+        ]
+      : missing('Redis', 'redis-server')),
   ];
 }
 
@@ -31,8 +48,15 @@ export default defineConfig({
     reporters: process.env['CI'] ? ['default', 'json'] : ['default'],
     outputFile: { json: '.vitest-report.json' },
     projects: [
-      { extends: true, test: { name: 'all', include: ['packages/*/test/**/*.test.ts', 'test/**/*.test.ts'] } },
-      ...postgresProject(),
+      {
+        extends: true,
+        test: {
+          name: 'all',
+          include: ['packages/*/test/**/*.test.ts', 'test/**/*.test.ts'],
+          exclude: [...configDefaults.exclude, ...REPLICA_SUITE],
+        },
+      },
+      ...postgresProjects(),
     ],
   },
 });

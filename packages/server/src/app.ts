@@ -44,6 +44,9 @@ export interface StartOptions {
   onFatal?: (reason: string) => void;
 }
 
+/** A setting the server cannot start with (never sent to a client: main.ts prints it and exits). */
+export class StartupError extends FloeError {}
+
 /** Connects to the replicas' Redis, or fails with one line (password masked). */
 async function connectRedis(url: string): Promise<Redis> {
   const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 3, connectTimeout: 10_000 });
@@ -56,7 +59,7 @@ async function connectRedis(url: string): Promise<Redis> {
     redis.disconnect();
     const shown = url.replace(/\/\/([^@/]*)@/, '//***@');
     const reason = error instanceof Error ? error.message : String(error);
-    throw new FloeError('redis_unavailable', `cannot reach the Redis ${shown}: ${reason}`);
+    throw new StartupError('redis_unavailable', `cannot reach the Redis ${shown}: ${reason}`);
   }
 }
 

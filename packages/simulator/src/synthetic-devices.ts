@@ -95,6 +95,8 @@ export interface SyntheticDeviceOptions {
   profile?: DeviceProfile;
   /** Rewrites the update before sending (to test refusals); default sends it as drawn. */
   tamper?: (start: RoundStart, update: Omit<Update, 'type'>) => Omit<Update, 'type'>;
+  /** How long it "trains" before answering a round_start (default: it answers at once). */
+  answerDelayMs?: (start: RoundStart) => number;
 }
 
 export interface SyntheticDevice {
@@ -143,10 +145,14 @@ export async function startSyntheticDevice(options: SyntheticDeviceOptions): Pro
       metrics: { loss: 1 + options.distribution.seed + 1 / (start.round + 1) },
     };
     if (options.tamper) update = options.tamper(start, update);
-    connection.sendUpdate(update).then(
-      (ack) => device.acks.push(ack),
-      () => undefined, // the round moved on without us (a timeout); the server counts it as dropped
-    );
+    const send = () =>
+      connection.sendUpdate(update).then(
+        (ack) => device.acks.push(ack),
+        () => undefined, // the round moved on without us (a timeout); the server counts it as dropped
+      );
+    const delay = options.answerDelayMs?.(start) ?? 0;
+    if (delay > 0) setTimeout(() => void send(), delay);
+    else void send();
   });
   return device;
 }
