@@ -1,10 +1,11 @@
 import { configDefaults, defineConfig } from 'vitest/config';
 import { findPostgresBin } from './scripts/lib/local-postgres.js';
+import { hasNginx } from './scripts/lib/local-nginx.js';
 import { hasRedisServer } from './scripts/lib/local-redis.js';
 
 /** The server suite runs twice: on the embedded SQLite store and on PostgreSQL (a throwaway server). */
 const SERVER_SUITE = ['test/server/**/*.test.ts', 'packages/server/test/**/*.test.ts'];
-/** Server replicas over one PostgreSQL and one Redis (both throwaway servers). */
+/** Server replicas over one PostgreSQL and one Redis (throwaway servers), behind the deployment's nginx. */
 const REPLICA_SUITE = ['test/replicas/**/*.test.ts'];
 
 /** CI installs both engines: there, a missing one is a failure, not a skip. */
@@ -21,18 +22,20 @@ function postgresProjects() {
       extends: true as const,
       test: { name: 'server-on-postgres', include: SERVER_SUITE, globalSetup: ['test/support/postgres-setup.ts'] },
     },
-    ...(hasRedisServer()
-      ? [
-          {
-            extends: true as const,
-            test: {
-              name: 'replicas',
-              include: REPLICA_SUITE,
-              globalSetup: ['test/support/postgres-setup.ts', 'test/support/redis-setup.ts'],
+    ...(!hasRedisServer()
+      ? missing('Redis', 'redis-server')
+      : !hasNginx()
+        ? missing('nginx', 'nginx')
+        : [
+            {
+              extends: true as const,
+              test: {
+                name: 'replicas',
+                include: REPLICA_SUITE,
+                globalSetup: ['test/support/postgres-setup.ts', 'test/support/redis-setup.ts'],
+              },
             },
-          },
-        ]
-      : missing('Redis', 'redis-server')),
+          ]),
   ];
 }
 

@@ -171,6 +171,39 @@ describe('docker/compose.postgres.yml', () => {
   });
 });
 
+describe('docker/compose.replicas.yml', () => {
+  it('puts two server replicas over one PostgreSQL and one Redis behind nginx, with its config mounted', async () => {
+    const file = ['-f', path.join(ROOT, 'docker', 'compose.replicas.yml')];
+    const env = { ...process.env, FLOE_JOIN_TOKEN: 'j', FLOE_ADMIN_TOKEN: 'a' };
+    await expect(run('docker-compose', [...file, 'config'], { env })).rejects.toThrow(/FLOE_POSTGRES_PASSWORD/);
+    const { stdout } = await run('docker-compose', [...file, 'config'], {
+      env: { ...env, FLOE_POSTGRES_PASSWORD: 'secret2' },
+    });
+    const service = (name: string) => {
+      const from = stdout.slice(stdout.indexOf(`\n  ${name}:`) + 1);
+      return from.slice(0, from.slice(1).search(/\n {0,2}\S/) + 1);
+    };
+    for (const name of ['server-1', 'server-2']) {
+      const server = service(name);
+      expect(server).toContain('FLOE_DATABASE_URL: postgres://floe:secret2@postgres:5432/floe');
+      expect(server).toContain('FLOE_REDIS_URL: redis://redis:6379');
+      expect(server).toContain('target: server');
+      expect(server).toMatch(
+        /depends_on:\s+postgres:\s+condition: service_healthy\s+redis:\s+condition: service_healthy/,
+      );
+    }
+    const balancer = service('balancer');
+    expect(balancer).toMatch(/nginx-replicas\.conf:\/etc\/nginx\/nginx\.conf:ro/);
+    expect(balancer).toMatch(/target: 8080/);
+    // the balancer's upstreams are exactly the compose file's replicas (test/replicas runs it in front of two)
+    const upstreams = [
+      ...readFileSync(path.join(ROOT, 'docker', 'nginx-replicas.conf'), 'utf8').matchAll(/server (server-\d+):8080/g),
+    ];
+    expect(upstreams.map((m) => m[1])).toEqual(['server-1', 'server-2']);
+    expect(service('redis')).toContain('redis-server');
+  });
+});
+
 describe('docker/Dockerfile', () => {
   it('builds on a Node.js LTS line still supported, with an exact pnpm 10', () => {
     const build = stage('build');

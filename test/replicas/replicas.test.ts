@@ -9,6 +9,7 @@ import { ServerConnection, enroll } from '@floe/edge-client';
 import { type ServerProcess, spawnServerProcess } from '@floe/server';
 import type { ErrorMessage, JobSummary } from '@floe/shared';
 import { DEFAULT_PROFILE } from '@floe/simulator';
+import { startLocalNginx } from '../../scripts/lib/local-nginx.js';
 import { type TcpBalancer, startTcpBalancer } from '../../scripts/lib/tcp-balancer.js';
 import {
   ADMIN_TOKEN,
@@ -188,5 +189,32 @@ describe('two replicas over PostgreSQL and Redis', () => {
         ? true
         : undefined,
     );
+  });
+
+  it("serve devices through the deployment's load balancer (docker/nginx-replicas.conf)", async () => {
+    const store = await testStore();
+    cleanups.push(() => store.dispose());
+    const [first, second] = [await startReplica(store), await startReplica(store)];
+    const nginx = await startLocalNginx([hostPort(first.url), hostPort(second.url)]);
+    cleanups.push(() => nginx.stop());
+    const devices = await startDevices(nginx.url, 6, (i) => ({
+      plan: PLAN,
+      distribution: { seed: 4, scale: 0.05, noise: 0.5 },
+      clientSeed: i,
+    }));
+    cleanups.push(() => devices.forEach((d) => d.stop()));
+    // websockets went through it to both replicas
+    const split = [(await health(first)).connectedClients, (await health(second)).connectedClients];
+    expect(split[0]! + split[1]!).toBe(6);
+    expect(Math.min(...split)).toBeGreaterThanOrEqual(2);
+    const test = { url: nginx.url, admin: adminClient(nginx.url) } as TestServer;
+    const spec = jobSpec({ strategy: 'fedavg', rounds: 2, clientsPerRound: 6, quorum: 6 });
+    const created = await test.admin<JobSummary>('POST', '/v1/jobs', spec);
+    expect(created.status).toBe(201);
+    const job = await waitForJob(test, created.body.id, undefined, 60_000);
+    expect(job.rounds.map((r) => [r.status, r.accepted])).toEqual([
+      ['aggregated', 6],
+      ['aggregated', 6],
+    ]);
   });
 });
