@@ -104,7 +104,8 @@ interface Device {
   connection: ServerConnection | undefined;
   /** Rounds whose update this device saw acknowledged. */
   acked: Set<number>;
-  kills: number;
+  /** Rounds in which it was killed (once each). */
+  diedIn: Set<number>;
 }
 
 interface Replica {
@@ -168,9 +169,18 @@ async function main(): Promise<void> {
       }
     };
 
-    // devices answer after a little "training"; a device picked to die this round is cut before it answers
-    let doomed = new Set<number>();
-    let killedThisRound = 0;
+    // devices answer after a little "training"; a device picked to die in a round is cut before it answers
+    const doomed = new Map<number, Set<number>>();
+    const doomedIn = (round: number): Set<number> => {
+      let set = doomed.get(round);
+      if (!set) {
+        const pick = random(opts.seed * 7919 + round + 1);
+        const order = devices.map((d) => ({ index: d.index, key: pick() })).sort((a, b) => a.key - b.key);
+        set = new Set(order.slice(0, Math.round(opts.killShare * opts.devices)).map((d) => d.index));
+        doomed.set(round, set);
+      }
+      return set;
+    };
     const connect = async (device: Device): Promise<void> => {
       const connection = await ServerConnection.open(url, device.credential, {
         profile: DEFAULT_PROFILE,
@@ -179,10 +189,8 @@ async function main(): Promise<void> {
       });
       device.connection = connection;
       connection.on('round_start', (start: RoundStart) => {
-        if (doomed.has(device.index)) {
-          doomed.delete(device.index);
-          killedThisRound++;
-          device.kills++;
+        if (doomedIn(start.round).has(device.index) && !device.diedIn.has(start.round)) {
+          device.diedIn.add(start.round);
           connection.close();
           device.connection = undefined;
           // it restarts a moment later, with the same credential (the server re-sends what it is owed)
@@ -215,7 +223,14 @@ async function main(): Promise<void> {
     };
     for (let i = 0; i < opts.devices; i++) {
       const { clientId, credential } = await enroll(url, JOIN, DEFAULT_PROFILE);
-      const device: Device = { index: i, clientId, credential, connection: undefined, acked: new Set(), kills: 0 };
+      const device: Device = {
+        index: i,
+        clientId,
+        credential,
+        connection: undefined,
+        acked: new Set(),
+        diedIn: new Set(),
+      };
       devices.push(device);
       await connect(device);
     }
@@ -246,13 +261,6 @@ async function main(): Promise<void> {
       maxRank: 4,
       alpha: 8,
     };
-    const doom = () => {
-      const count = Math.round(opts.killShare * opts.devices);
-      const order = devices.map((d) => d.index).sort(() => rng() - 0.5);
-      doomed = new Set(order.slice(0, count));
-      killedThisRound = 0;
-    };
-    doom();
     const job = await admin<JobSummary>('POST', '/v1/jobs', spec);
     const lines: RoundLine[] = [];
     const takeovers: { round: number; killed: string; wasCoordinating: boolean; secondsToCoordinator: number }[] = [];
@@ -311,6 +319,7 @@ async function main(): Promise<void> {
       }
       for (const r of current.rounds.filter((r) => r.status !== 'open').slice(seen)) {
         const takeover = takeovers.find((t) => t.round === r.round);
+        const killedThisRound = devices.filter((d) => d.diedIn.has(r.round)).length;
         const line: RoundLine = {
           round: r.round,
           status: r.status,
@@ -329,7 +338,6 @@ async function main(): Promise<void> {
             (line.replicaKilled ? `, ${line.replicaKilled} SIGKILLed` : ''),
         );
         seen++;
-        doom();
       }
     }
 
@@ -364,7 +372,7 @@ async function main(): Promise<void> {
       rounds: lines,
       roundsAggregated: current.rounds.filter((r) => r.status === 'aggregated').length,
       roundsFailed: current.rounds.filter((r) => r.status === 'failed').length,
-      devicesKilled: devices.reduce((n, d) => n + d.kills, 0),
+      devicesKilled: devices.reduce((n, d) => n + d.diedIn.size, 0),
       replicasKilled: takeovers,
       acknowledgedUpdates: acknowledged,
       storedUpdates: rows.length,
