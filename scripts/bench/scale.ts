@@ -1,7 +1,8 @@
 /**
  * Scale: 1,000 synthetic devices speaking the real protocol (enroll, websocket, hello, an update per
  * round) through a 3-round flexlora job against one server process, on each store engine: the
- * embedded SQLite file and PostgreSQL (a throwaway server from Debian's binaries, when installed).
+ * embedded SQLite file and PostgreSQL (a throwaway server from Debian's binaries, when installed);
+ * then against two replicas over PostgreSQL and Redis behind a TCP balancer (with redis-server).
  * Figures: connect time, round times, updates and messages per second, the server's peak RSS and its
  * CPU time; then the peak RSS of aggregating 1,000 and 10,000 rank-8 updates folded one at a time (as
  * the server's workers do) against 1,000 and 4,000 held together. The devices run in this process, so both share the machine's cores with the server.
@@ -24,8 +25,10 @@ import {
   findPostgresBin,
   startLocalPostgres,
 } from '../lib/local-postgres.js';
+import { hasRedisServer, startLocalRedis } from '../lib/local-redis.js';
 import { peakRssMiB } from '../lib/process-memory.js';
 import { connectFleet } from '../lib/synthetic-fleet.js';
+import { startTcpBalancer } from '../lib/tcp-balancer.js';
 
 const ARCH = architectureOf(MODEL_PRESETS['edge-small']);
 const MODULES = [...LORA_MODULES];
@@ -40,33 +43,52 @@ interface EngineFigures {
   aggregationSeconds: number[];
   updatesPerSecond: number;
   messagesPerSecond: number;
+  /** The largest of the replicas' when there are several. */
   serverPeakRssMiB: number;
+  /** Summed over the replicas. */
   serverCpuSeconds: number;
   serverCpuShare: number;
+  replicas: number;
+  replicaPeakRssMiB: number[];
+  /** Devices connected to each replica once all were in. */
+  replicaConnections: number[];
 }
 
-async function runOn(engine: 'sqlite' | 'postgres', postgres: LocalPostgres | undefined): Promise<EngineFigures> {
+type Engine = 'sqlite' | 'postgres' | 'replicas';
+
+async function runOn(engine: Engine, postgres: LocalPostgres | undefined): Promise<EngineFigures> {
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'floe-scale-'));
   const database = postgres ? await createScratchDatabase(postgres.adminUrl) : undefined;
-  let server: ServerProcess | undefined;
+  const redis = engine === 'replicas' ? await startLocalRedis() : undefined;
+  const servers: ServerProcess[] = [];
+  let balancer: Awaited<ReturnType<typeof startTcpBalancer>> | undefined;
   let devices: SyntheticDevice[] = [];
   try {
-    server = await spawnServerProcess({
-      FLOE_HOST: '127.0.0.1',
-      FLOE_PORT: '0',
-      FLOE_DATA_DIR: dataDir,
-      FLOE_DATABASE_URL: database?.url ?? '',
-      FLOE_JOIN_TOKEN: JOIN,
-      FLOE_ADMIN_TOKEN: ADMIN,
-      FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '1000000',
-      FLOE_GATHER_MS: '600000',
-      FLOE_LOG_LEVEL: 'info', // spawnServerProcess waits for the line saying it listens
-      FLOE_MAX_CONNECTIONS_PER_IP: '100000',
-      FLOE_RATE_LIMIT_MESSAGES: '1000',
-    });
-    const pid = server.child.pid as number;
+    for (let i = 0; i < (engine === 'replicas' ? 2 : 1); i++) {
+      servers.push(
+        await spawnServerProcess({
+          FLOE_HOST: '127.0.0.1',
+          FLOE_PORT: '0',
+          FLOE_DATA_DIR: dataDir,
+          FLOE_DATABASE_URL: database?.url ?? '',
+          FLOE_REDIS_URL: redis?.url ?? '',
+          FLOE_JOIN_TOKEN: JOIN,
+          FLOE_ADMIN_TOKEN: ADMIN,
+          FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '1000000',
+          FLOE_GATHER_MS: '600000',
+          FLOE_LOG_LEVEL: 'info', // spawnServerProcess waits for the line saying it listens
+          FLOE_MAX_CONNECTIONS_PER_IP: '100000',
+          FLOE_RATE_LIMIT_MESSAGES: '1000',
+        }),
+      );
+    }
+    if (servers.length > 1) balancer = await startTcpBalancer(servers.map((s) => new URL(s.url).host));
+    const url = balancer?.url ?? (servers[0] as ServerProcess).url;
+    const pids = servers.map((s) => s.child.pid as number);
+    const cpu = async () =>
+      (await Promise.all(pids.map(async (pid) => (await pidusage(pid)).ctime))).reduce((a, b) => a + b, 0);
     const started = performance.now();
-    devices = await connectFleet(server.url, JOIN, CLIENTS, MODULES);
+    devices = await connectFleet(url, JOIN, CLIENTS, MODULES);
     const connectSeconds = (performance.now() - started) / 1000;
     console.log(`${engine}: ${CLIENTS} clients connected in ${connectSeconds.toFixed(1)} s`);
 
@@ -87,16 +109,22 @@ async function runOn(engine: 'sqlite' | 'postgres', postgres: LocalPostgres | un
       alpha: 16,
     };
     const headers = { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' };
-    const cpuBefore = (await pidusage(pid)).ctime;
+    const replicaConnections = await Promise.all(
+      servers.map(
+        async (s) =>
+          ((await (await fetch(`${s.url}/healthz`)).json()) as { connectedClients: number }).connectedClients,
+      ),
+    );
+    const cpuBefore = await cpu();
     const jobStarted = performance.now();
     const created = (await (
-      await fetch(`${server.url}/v1/jobs`, { method: 'POST', headers, body: JSON.stringify(spec) })
+      await fetch(`${url}/v1/jobs`, { method: 'POST', headers, body: JSON.stringify(spec) })
     ).json()) as JobSummary;
     let job = created;
     let shown = -1;
     while (job.status === 'running') {
       await new Promise((resolve) => setTimeout(resolve, 250));
-      job = (await (await fetch(`${server.url}/v1/jobs/${created.id}`, { headers })).json()) as JobSummary;
+      job = (await (await fetch(`${url}/v1/jobs/${created.id}`, { headers })).json()) as JobSummary;
       const done = job.rounds.filter((r) => r.status !== 'open');
       for (const r of done.slice(shown + 1)) {
         console.log(
@@ -107,7 +135,7 @@ async function runOn(engine: 'sqlite' | 'postgres', postgres: LocalPostgres | un
       }
     }
     const jobSeconds = (performance.now() - jobStarted) / 1000;
-    const serverCpuSeconds = ((await pidusage(pid)).ctime - cpuBefore) / 1000;
+    const serverCpuSeconds = ((await cpu()) - cpuBefore) / 1000;
     if (job.status !== 'completed' || job.rounds.some((r) => r.accepted !== CLIENTS)) {
       throw new Error(`${engine}: the job did not complete cleanly: ${JSON.stringify(job.rounds)}`);
     }
@@ -120,16 +148,21 @@ async function runOn(engine: 'sqlite' | 'postgres', postgres: LocalPostgres | un
       updatesPerSecond: updates / roundSeconds.reduce((a, b) => a + b, 0),
       // per device and round: round_start and update_ack and round_end out, the update in
       messagesPerSecond: (4 * updates) / jobSeconds,
-      serverPeakRssMiB: await peakRssMiB(pid),
+      serverPeakRssMiB: Math.max(...(await Promise.all(pids.map((pid) => peakRssMiB(pid))))),
       serverCpuSeconds,
       serverCpuShare: serverCpuSeconds / jobSeconds,
+      replicas: servers.length,
+      replicaPeakRssMiB: await Promise.all(pids.map((pid) => peakRssMiB(pid))),
+      replicaConnections,
     };
   } finally {
     devices.forEach((d) => d.stop());
-    if (server) {
+    await balancer?.close();
+    for (const server of servers) {
       server.child.kill('SIGTERM');
-      await new Promise((resolve) => server?.child.once('exit', resolve));
+      await new Promise((resolve) => server.child.once('exit', resolve));
     }
+    await redis?.stop();
     await database?.drop();
     await rm(dataDir, { recursive: true, force: true });
   }
@@ -163,13 +196,17 @@ function foldMemory(count: number, mode: 'fold' | 'batch'): FoldMemory {
 
 export async function run(): Promise<BenchResult> {
   const rows: BenchResult['rows'] = [];
-  const engines: Record<string, EngineFigures> = {};
+  const figuresOf: Record<string, EngineFigures> = {};
   const postgres = findPostgresBin() ? await startLocalPostgres() : undefined;
   if (!postgres) console.warn('PostgreSQL is not installed: SQLite only (apt-get install postgresql)');
   try {
-    for (const engine of postgres ? (['sqlite', 'postgres'] as const) : (['sqlite'] as const)) {
-      const figures = await runOn(engine, engine === 'postgres' ? postgres : undefined);
-      engines[engine] = figures;
+    const engines: Engine[] = ['sqlite'];
+    if (postgres) engines.push('postgres');
+    if (postgres && hasRedisServer()) engines.push('replicas');
+    else if (postgres) console.warn('redis-server is not installed: no run on replicas (apt-get install redis-server)');
+    for (const engine of engines) {
+      const figures = await runOn(engine, engine === 'sqlite' ? undefined : postgres);
+      figuresOf[engine] = figures;
       rows.push(
         { workload: `${engine}: enroll + connect ${CLIENTS} clients`, seconds: figures.connectSeconds, detail: '' },
         ...figures.roundSeconds.map((s, i) => ({
@@ -182,7 +219,9 @@ export async function run(): Promise<BenchResult> {
           seconds: figures.serverCpuSeconds,
           detail:
             `CPU s (${(100 * figures.serverCpuShare).toFixed(0)}% of a core), peak RSS ` +
-            `${figures.serverPeakRssMiB.toFixed(0)} MiB, ${figures.updatesPerSecond.toFixed(0)} updates/s, ` +
+            `${figures.replicaPeakRssMiB.map((m) => m.toFixed(0)).join(' + ')} MiB` +
+            (figures.replicas > 1 ? ` (devices ${figures.replicaConnections.join(' + ')})` : '') +
+            `, ${figures.updatesPerSecond.toFixed(0)} updates/s, ` +
             `${figures.messagesPerSecond.toFixed(0)} messages/s`,
         },
       );
@@ -211,7 +250,7 @@ export async function run(): Promise<BenchResult> {
       rounds: ROUNDS,
       strategy: 'flexlora',
       modules: MODULES,
-      engines,
+      engines: figuresOf,
       aggregationMemory: memory,
     },
   };
