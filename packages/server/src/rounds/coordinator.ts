@@ -176,7 +176,7 @@ export class Coordinator {
     if (!this.coordinating || this.closed) return;
     switch (event.type) {
       case 'ready':
-        this.scheduleSoon();
+        void this.scheduleSoon(); // replicas only: it sets a timer
         break;
       case 'round_complete':
         this.safely(event.jobId, async () => {
@@ -335,7 +335,7 @@ export class Coordinator {
           await this.sendRoundStart(job, round, assignment, new Map());
         }
       }
-      if (this.coordinating) this.scheduleSoon();
+      if (this.coordinating) await this.scheduleSoon();
       else this.transport.tellCoordinator({ type: 'ready' });
     });
   }
@@ -348,14 +348,11 @@ export class Coordinator {
   }
 
   /**
-   * A schedule after a client became ready: at once on a single server; on replicas, coalesced over
-   * 100 ms, since each asks every replica for its ready clients.
+   * A schedule after a client became ready: at once on a single server (under the caller's lock); on
+   * replicas, coalesced over 100 ms, since each asks every replica for its ready clients.
    */
-  private scheduleSoon(): void {
-    if (!this.options.replicated) {
-      void this.schedule().catch((error: unknown) => this.log.error({ err: error }, 'could not schedule'));
-      return;
-    }
+  private async scheduleSoon(): Promise<void> {
+    if (!this.options.replicated) return this.schedule();
     if (this.scheduleTimer) return;
     this.scheduleTimer = setTimeout(() => {
       this.scheduleTimer = undefined;
