@@ -48,7 +48,7 @@ import type { AggregationInput, AggregationOutput, RoundAggregator } from '../ag
 export type ReplicaEvent =
   | { type: 'ready' }
   | { type: 'round_complete'; jobId: string; round: number }
-  | { type: 'refused'; jobId: string; clientId: string }
+  | { type: 'refused'; jobId: string; round: number; clientId: string }
   | { type: 'job_changed'; jobId: string };
 
 /** The device connections: on this server alone, or on every replica (through Redis). */
@@ -84,6 +84,8 @@ export class JobError extends FloeError {}
 
 /** How long to wait before trying again to close a round whose closing failed in the store. */
 const RETRY_MS = 5000;
+/** How often a coordinating replica looks for jobs that could start a round (events may be lost). */
+const RECONCILE_MS = 5000;
 
 /**
  * Every entry point (a client's message, an admin call, a timer) runs under one lock: the store answers
@@ -97,6 +99,7 @@ export class Coordinator {
   /** Whether this server starts and closes rounds (always, unless it is a replica without the lease). */
   private coordinating: boolean;
   private scheduleTimer: NodeJS.Timeout | undefined;
+  private reconcileTimer: NodeJS.Timeout | undefined;
   private readonly deadlineTimers = new Map<string, NodeJS.Timeout>();
   private readonly gatherTimers = new Map<string, NodeJS.Timeout>();
   /** Clients refused in the current round of a job (they may still retry until it closes). */
@@ -114,6 +117,16 @@ export class Coordinator {
     private readonly aggregator: RoundAggregator,
   ) {
     this.coordinating = !options.replicated;
+    if (options.replicated) {
+      // Events between replicas are hints and can be lost (a replica dying as it sends one): the
+      // coordinator looks again every few seconds for jobs that could start a round.
+      this.reconcileTimer = setInterval(() => {
+        if (!this.coordinating || this.closed || this.lock.isLocked()) return;
+        void this.lock
+          .runExclusive(() => this.schedule())
+          .catch((error: unknown) => this.log.error({ err: error }, 'could not schedule'));
+      }, RECONCILE_MS).unref();
+    }
   }
 
   get isCoordinating(): boolean {
@@ -185,7 +198,13 @@ export class Coordinator {
         });
         break;
       case 'refused':
-        this.refusedIn(event.jobId).add(event.clientId);
+        // under the lock, and only for the round it was refused in (the set is that round's)
+        void this.lock
+          .runExclusive(async () => {
+            const job = await this.store.job(event.jobId);
+            if (job?.currentRound === event.round) this.refusedIn(event.jobId).add(event.clientId);
+          })
+          .catch((error: unknown) => this.log.warn({ err: error }, 'could not record a refusal'));
         break;
       case 'job_changed':
         this.safely(event.jobId, async () => {
@@ -201,6 +220,7 @@ export class Coordinator {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.scheduleTimer);
+    clearInterval(this.reconcileTimer);
     for (const timer of [...this.deadlineTimers.values(), ...this.gatherTimers.values()]) clearTimeout(timer);
     this.deadlineTimers.clear();
     this.gatherTimers.clear();
@@ -279,12 +299,10 @@ export class Coordinator {
     const stopped = await this.store.endRound({
       jobId: id,
       job: { status: 'stopped' },
+      // the coordinating replica may be ending or starting that round right now: then stop after it
+      expect: { round: job.currentRound, open: isOpen },
       ...(open && isOpen
-        ? {
-            round: { index: open.round, fields: { status: 'failed', endedAt: new Date().toISOString() } },
-            // the coordinating replica may be ending that round right now: then stop after it
-            onlyIfOpen: true,
-          }
+        ? { round: { index: open.round, fields: { status: 'failed', endedAt: new Date().toISOString() } } }
         : {}),
     });
     if (!stopped) return this.stop(id);
@@ -394,7 +412,7 @@ export class Coordinator {
       ) {
         await this.store.countRejected(update.jobId, update.round);
         if (this.coordinating) this.refusedIn(update.jobId).add(clientId);
-        else this.transport.tellCoordinator({ type: 'refused', jobId: update.jobId, clientId });
+        else this.transport.tellCoordinator({ type: 'refused', jobId: update.jobId, round: update.round, clientId });
       }
       this.log.warn({ clientId, jobId: update.jobId, round: update.round, code }, `update refused: ${message}`);
       return {
@@ -406,6 +424,11 @@ export class Coordinator {
       };
     };
 
+    // a revocation ends the connection on whichever replica holds it, through Redis; should that message
+    // be lost, the device's updates are still refused
+    if (this.options.replicated && (await this.store.clientStatus(clientId)) !== 'active') {
+      return refuse('revoked', `client ${clientId} was revoked`);
+    }
     const job = await this.store.job(update.jobId);
     if (!job) return refuse('unknown_job', `no job ${update.jobId}`);
     if (job.status !== 'running') return refuse('job_not_running', `job ${job.id} is ${job.status}`);
@@ -477,12 +500,26 @@ export class Coordinator {
   /** Starts a round for every running job that can start one. */
   private async schedule(): Promise<void> {
     if (this.closed || !this.coordinating) return;
-    for (const job of await this.store.jobs()) {
-      if (job.status !== 'running') continue;
+    const idleJobs: JobRow[] = [];
+    const busy = new Map<string, string>();
+    try {
+      for (const job of await this.store.jobs()) {
+        if (job.status !== 'running') continue;
+        const round = await this.store.round(job.id, job.currentRound);
+        if (round?.status === 'open') for (const a of round.sampled) busy.set(a.clientId, job.id);
+        else idleJobs.push(job);
+      }
+    } catch (error) {
+      this.log.error({ err: error }, 'could not read the jobs to schedule');
+      return;
+    }
+    // who is busy is what the open rounds say (a round ended by another replica released its clients too)
+    this.busy.clear();
+    for (const [clientId, jobId] of busy) this.busy.set(clientId, jobId);
+    for (const job of idleJobs) {
       // one job that cannot start (its store writes fail) does not keep the others from starting
       try {
-        const round = await this.store.round(job.id, job.currentRound);
-        if (round?.status !== 'open') await this.tryStart(job);
+        await this.tryStart(job);
       } catch (error) {
         this.log.error({ jobId: job.id, err: error }, 'could not start a round');
       }
@@ -511,12 +548,12 @@ export class Coordinator {
       }
       return;
     }
-    await this.startRound(job);
+    await this.startRound(job, idle);
   }
 
-  private async startRound(job: JobRow): Promise<void> {
+  private async startRound(job: JobRow, known?: Map<string, RankPlan>): Promise<void> {
     const { spec } = job;
-    const idle = await this.connectedIdle();
+    const idle = known ?? (await this.connectedIdle());
     if (idle.size < spec.quorum) return;
     const gather = this.gatherTimers.get(job.id);
     if (gather) clearTimeout(gather);
@@ -547,7 +584,8 @@ export class Coordinator {
       metrics: {},
       closing: false,
     };
-    await this.store.addRound(round);
+    // false: the job was stopped (through another replica) since it was read
+    if (!(await this.store.addRound(round))) return;
     this.refused.set(job.id, new Set());
     for (const a of sampled) this.busy.set(a.clientId, job.id);
     this.armDeadline(job.id, round.round, round.deadline);
@@ -596,7 +634,10 @@ export class Coordinator {
     if (this.closed || this.closing.has(jobId)) return;
     const job = await this.store.job(jobId);
     const round = job && (await this.store.round(jobId, roundIndex));
-    if (!job || !round || round.status !== 'open' || job.currentRound !== roundIndex) return;
+    if (!job || !round || job.status !== 'running' || round.status !== 'open' || job.currentRound !== roundIndex) {
+      if (round) this.release(round);
+      return;
+    }
     this.clearTimers(jobId);
     const started = performance.now();
     // from here on no replica accepts an update into the round: the ones read below are all there are
@@ -672,7 +713,7 @@ export class Coordinator {
     const { clusterOf } = result.state;
     const metrics: Metrics = { ...result.metrics, aggregation_seconds: aggregationSeconds };
     const committed = await this.store.endRound({
-      onlyIfOpen: true,
+      expect: { round: roundIndex, open: true },
       jobId,
       adapters: adapters.map((a) => ({
         jobId,
@@ -695,6 +736,7 @@ export class Coordinator {
     });
     if (!committed) {
       this.log.info({ jobId, round: roundIndex }, 'aggregate dropped: the round was ended meanwhile');
+      this.release(round);
       await this.schedule();
       return;
     }
@@ -804,12 +846,15 @@ export class Coordinator {
     const next = round.round + 1;
     const finished = next >= job.spec.rounds;
     const ended = await this.store.endRound({
-      onlyIfOpen: true,
+      expect: { round: round.round, open: true },
       jobId: job.id,
       round: { index: round.round, fields: { status: 'failed', endedAt: new Date().toISOString(), ...fields } },
       job: { currentRound: next, status: finished ? 'completed' : 'running' },
     });
-    if (!ended) return;
+    if (!ended) {
+      this.release(round);
+      return;
+    }
     this.metrics.rounds.inc({ status: 'failed' });
     await this.finishRound(job, round, finished, 'failed', {});
   }

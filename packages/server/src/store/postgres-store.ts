@@ -195,7 +195,12 @@ export class PostgresStore implements Store {
 
   /** The coordinator's lease: a session-level advisory lock, held by one dedicated connection. */
   private async takeLease(): Promise<boolean> {
-    const client = new pg.Client({ connectionString: this.url, keepAlive: true });
+    const client = new pg.Client({
+      connectionString: this.url,
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 5000,
+      query_timeout: 3000,
+    });
     client.on('error', (error) => {
       this.options.onError?.(error);
       this.leaseBroken(client);
@@ -211,6 +216,17 @@ export class PostgresStore implements Store {
       ]);
       if (rows[0]?.taken) {
         this.lease = client;
+        // A link cut without a FIN (a partition) would leave this server believing it coordinates while
+        // the database, past its keepalives, frees the lock for another: ask the session every 2 s.
+        const check = setInterval(() => {
+          if (this.lease !== client) return clearInterval(check);
+          client.query('SELECT 1').catch(() => {
+            clearInterval(check);
+            void client.end().catch(() => undefined);
+            this.leaseBroken(client);
+          });
+        }, 2000);
+        check.unref();
         return true;
       }
     } catch (error) {
@@ -383,12 +399,24 @@ export class PostgresStore implements Store {
 
   // -------------------------------------------------------------------------------------- rounds
 
-  async addRound(round: RoundRow): Promise<void> {
-    await this.run(
-      `INSERT INTO rounds (job_id, round, status, started_at, deadline, ended_at, sampled, accepted, rejected,
-       dropped, clusters, metrics) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-      roundValues(round),
-    );
+  async addRound(round: RoundRow): Promise<boolean> {
+    return this.transaction(async (client) => {
+      // shares the job row's lock with other starts, so a stop (which takes it for update) waits or wins
+      const job = await this.one(
+        'SELECT status, current_round FROM jobs WHERE id = $1 FOR SHARE',
+        [round.jobId],
+        client,
+      );
+      if (job?.status !== 'running' || Number(job.current_round) !== round.round) return false;
+      const inserted = await this.run(
+        `INSERT INTO rounds (job_id, round, status, started_at, deadline, ended_at, sampled, accepted, rejected,
+         dropped, clusters, metrics) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (job_id, round) DO NOTHING`,
+        roundValues(round),
+        client,
+      );
+      return inserted === 1;
+    });
   }
 
   async round(jobId: string, round: number): Promise<RoundRow | undefined> {
@@ -445,23 +473,22 @@ export class PostgresStore implements Store {
 
   async endRound(ending: RoundEnding): Promise<boolean> {
     return this.transaction(async (client) => {
-      if (ending.onlyIfOpen) {
+      if (ending.expect) {
         // job row, then round row: the one order every transaction here locks them in
+        const { round: index, open } = ending.expect;
         const job = await this.one(
           'SELECT status, current_round FROM jobs WHERE id = $1 FOR UPDATE',
           [ending.jobId],
           client,
         );
-        const index = ending.round?.index;
-        const round =
-          index === undefined
-            ? undefined
-            : await this.one(
-                'SELECT status FROM rounds WHERE job_id = $1 AND round = $2 FOR UPDATE',
-                [ending.jobId, index],
-                client,
-              );
-        if (job?.status !== 'running' || Number(job.current_round) !== index || round?.status !== 'open') return false;
+        const round = await this.one(
+          'SELECT status FROM rounds WHERE job_id = $1 AND round = $2 FOR UPDATE',
+          [ending.jobId, index],
+          client,
+        );
+        if (job?.status !== 'running' || Number(job.current_round) !== index || (round?.status === 'open') !== open) {
+          return false;
+        }
       }
       for (const adapter of ending.adapters ?? []) await this.putAdapter(adapter, client);
       if (ending.round) await this.updateRoundRow(ending.jobId, ending.round.index, ending.round.fields, client);

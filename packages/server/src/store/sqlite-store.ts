@@ -215,12 +215,19 @@ export class SqliteStore implements Store {
 
   // -------------------------------------------------------------------------------------- rounds
 
-  async addRound(round: RoundRow): Promise<void> {
-    this.run(
-      `INSERT INTO rounds (job_id, round, status, started_at, deadline, ended_at, sampled, accepted, rejected,
-       dropped, clusters, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      ...roundValues(round),
-    );
+  async addRound(round: RoundRow): Promise<boolean> {
+    return this.db.transaction(() => {
+      const job = this.one('SELECT status, current_round FROM jobs WHERE id = ?', round.jobId);
+      if (job?.status !== 'running' || Number(job.current_round) !== round.round) return false;
+      return (
+        this.run(
+          `INSERT INTO rounds (job_id, round, status, started_at, deadline, ended_at, sampled, accepted, rejected,
+           dropped, clusters, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (job_id, round) DO NOTHING`,
+          ...roundValues(round),
+        ) === 1
+      );
+    })();
   }
 
   async round(jobId: string, round: number): Promise<RoundRow | undefined> {
@@ -269,14 +276,13 @@ export class SqliteStore implements Store {
 
   async endRound(ending: RoundEnding): Promise<boolean> {
     return this.db.transaction(() => {
-      if (ending.onlyIfOpen) {
+      if (ending.expect) {
+        const { round: index, open } = ending.expect;
         const job = this.one('SELECT status, current_round FROM jobs WHERE id = ?', ending.jobId);
-        const index = ending.round?.index;
-        const round =
-          index === undefined
-            ? undefined
-            : this.one('SELECT status FROM rounds WHERE job_id = ? AND round = ?', ending.jobId, index);
-        if (job?.status !== 'running' || Number(job.current_round) !== index || round?.status !== 'open') return false;
+        const round = this.one('SELECT status FROM rounds WHERE job_id = ? AND round = ?', ending.jobId, index);
+        if (job?.status !== 'running' || Number(job.current_round) !== index || (round?.status === 'open') !== open) {
+          return false;
+        }
       }
       for (const adapter of ending.adapters ?? []) this.putAdapter(adapter);
       if (ending.round) this.updateRoundRow(ending.jobId, ending.round.index, ending.round.fields);

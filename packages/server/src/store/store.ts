@@ -96,11 +96,12 @@ export interface RoundEnding {
   /** Cluster adapters that replace the job's stored ones. */
   adapters?: Omit<StoredAdapter, 'sha256'>[];
   /**
-   * Write only if the job is running with `round.index` as its current round and that round is still
-   * open: the check and the writes are one transaction, so of two servers ending the same round (a
-   * stop on one replica, an aggregate on another) exactly one does.
+   * Write only if the job is running with `expect.round` as its current round, and that round is open
+   * (`open: true`) or not (`open: false`: none was started, or it ended): the check and the writes are
+   * one transaction, so of two servers ending the same round (a stop on one replica, an aggregate on
+   * another) exactly one does, and a stop cannot slip in between a round's start and its row.
    */
-  onlyIfOpen?: boolean;
+  expect?: { round: number; open: boolean };
 }
 
 /** How another thread opens the store to read a round's updates. */
@@ -135,7 +136,8 @@ export interface Store {
   job(id: string): Promise<JobRow | undefined>;
   jobs(): Promise<JobRow[]>;
 
-  addRound(round: RoundRow): Promise<void>;
+  /** Records a round if its job is running at that round and it has no row yet; false otherwise. */
+  addRound(round: RoundRow): Promise<boolean>;
   round(jobId: string, round: number): Promise<RoundRow | undefined>;
   rounds(jobId: string): Promise<RoundRow[]>;
   /** Rounds still open (the server stopped before closing them), closing ones included. */
@@ -147,7 +149,7 @@ export interface Store {
    * open. Waits for updates being stored into it at that moment, which are then in.
    */
   beginClosing(jobId: string, round: number): Promise<boolean>;
-  /** Writes a round's end in one transaction; false when `onlyIfOpen` found the round no longer open. */
+  /** Writes a round's end in one transaction; false when `expect` did not hold. */
   endRound(ending: RoundEnding): Promise<boolean>;
 
   /**

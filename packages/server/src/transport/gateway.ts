@@ -60,6 +60,8 @@ const clientRoom = (clientId: string) => `client:${clientId}`;
 /** Events between replicas (socket.io's server-side emits, through the adapter). */
 const REPLICA_EVENT = 'floe:event';
 const PRESENCE_REQUEST = 'floe:presence';
+/** Longest wait for the other replicas' ready clients (the adapter's own timeout is 3 s). */
+const PRESENCE_TIMEOUT_MS = 4000;
 
 /** Where a handshake's verified client id is kept between engine.io's check and socket.io's. */
 const CLIENT_ID = Symbol('floe client id');
@@ -390,12 +392,23 @@ export class Gateway implements RoundTransport {
   async readyClients(): Promise<Map<string, RankPlan>> {
     const ready = new Map(this.localReady());
     if (!this.options.replicated) return ready;
+    // The adapter times the ask out after 3 s, but not when Redis itself fails (its promise never
+    // settles): a timer of our own bounds it, and the coordinator's lock with it.
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error('no answer within 4 s')), PRESENCE_TIMEOUT_MS);
+    });
     try {
-      const replies = (await this.io.serverSideEmitWithAck(PRESENCE_REQUEST)) as [string, RankPlan][][];
+      const replies = (await Promise.race([this.io.serverSideEmitWithAck(PRESENCE_REQUEST), timeout])) as [
+        string,
+        RankPlan,
+      ][][];
       for (const reply of replies) for (const [clientId, plan] of reply) ready.set(clientId, plan);
     } catch (error) {
-      // a replica did not answer in time (it is dying): this round samples from the ones that did
-      this.log.warn({ err: error }, 'not every replica told its ready clients');
+      // a replica is dying, or Redis is unreachable: this round samples from this replica's clients
+      this.log.warn({ err: error }, 'the other replicas did not tell their ready clients');
+    } finally {
+      clearTimeout(timer);
     }
     return ready;
   }
