@@ -44,21 +44,25 @@ import { Mutex } from 'async-mutex';
 import type { JobRow, RoundRow, Store } from '../store/store.js';
 import type { AggregationInput, AggregationOutput, RoundAggregator } from '../aggregation/round-aggregation.js';
 
-/** What a replica tells the coordinating one about events that happened on its connections. */
+/** What replicas tell each other: events on a replica's connections for the coordinator, and round starts. */
 export type ReplicaEvent =
   | { type: 'ready' }
   | { type: 'round_complete'; jobId: string; round: number }
   | { type: 'refused'; jobId: string; round: number; clientId: string }
-  | { type: 'job_changed'; jobId: string };
+  | { type: 'job_changed'; jobId: string }
+  /** To every replica: send the round's start to the sampled devices connected here. */
+  | { type: 'round_started'; jobId: string; round: number };
 
 /** The device connections: on this server alone, or on every replica (through Redis). */
 export interface RoundTransport {
   /** Sends to a client's connection on whichever replica holds it (dropped when it has none). */
   send(clientId: string, message: RoundStart | RoundEnd): void;
+  /** Whether the client's connection is held by this process. */
+  isLocal(clientId: string): boolean;
   /** Connected clients that said hello with a plan (they may be sampled), on every replica. */
   readyClients(): Promise<Map<string, RankPlan>>;
-  /** Tells the coordinating replica (another process) about an event here; a no-op on a single server. */
-  tellCoordinator(event: ReplicaEvent): void;
+  /** Tells the other replicas (processes) about an event here; a no-op on a single server. */
+  tellReplicas(event: ReplicaEvent): void;
 }
 
 export interface Logger {
@@ -184,9 +188,16 @@ export class Coordinator {
     this.metrics.activeJobs.set((await this.store.jobs()).filter((j) => j.status === 'running').length);
   }
 
-  /** An event another replica told the coordinator about (ignored unless this server coordinates). */
+  /** An event another replica told about (all but `round_started` only matter to the coordinator). */
   onReplicaEvent(event: ReplicaEvent): void {
-    if (!this.coordinating || this.closed) return;
+    if (this.closed) return;
+    if (event.type === 'round_started') {
+      void this.sendRoundStartsHere(event.jobId, event.round).catch((error: unknown) =>
+        this.log.error({ jobId: event.jobId, err: error }, 'could not send round starts'),
+      );
+      return;
+    }
+    if (!this.coordinating) return;
     switch (event.type) {
       case 'ready':
         void this.scheduleSoon(); // replicas only: it sets a timer
@@ -282,7 +293,7 @@ export class Coordinator {
     this.metrics.activeJobs.inc();
     this.log.info({ jobId: id, strategy: spec.strategy, rounds: spec.rounds }, 'job created');
     if (this.coordinating) await this.schedule();
-    else this.transport.tellCoordinator({ type: 'job_changed', jobId: id });
+    else this.transport.tellReplicas({ type: 'job_changed', jobId: id });
     return job;
   }
 
@@ -324,7 +335,7 @@ export class Coordinator {
     this.metrics.activeJobs.dec();
     this.log.info({ jobId: id }, 'job stopped');
     if (this.coordinating) await this.schedule();
-    else this.transport.tellCoordinator({ type: 'job_changed', jobId: id });
+    else this.transport.tellReplicas({ type: 'job_changed', jobId: id });
     return (await this.store.job(id)) as JobRow;
   }
 
@@ -354,7 +365,7 @@ export class Coordinator {
         }
       }
       if (this.coordinating) await this.scheduleSoon();
-      else this.transport.tellCoordinator({ type: 'ready' });
+      else this.transport.tellReplicas({ type: 'ready' });
     });
   }
 
@@ -412,7 +423,7 @@ export class Coordinator {
       ) {
         await this.store.countRejected(update.jobId, update.round);
         if (this.coordinating) this.refusedIn(update.jobId).add(clientId);
-        else this.transport.tellCoordinator({ type: 'refused', jobId: update.jobId, round: update.round, clientId });
+        else this.transport.tellReplicas({ type: 'refused', jobId: update.jobId, round: update.round, clientId });
       }
       this.log.warn({ clientId, jobId: update.jobId, round: update.round, code }, `update refused: ${message}`);
       return {
@@ -488,7 +499,7 @@ export class Coordinator {
     // every sampled client has an accepted update (only sampled clients get one, once each)
     if (stored.roundAccepted >= round.sampled.length) {
       if (!this.coordinating)
-        this.transport.tellCoordinator({ type: 'round_complete', jobId: job.id, round: round.round });
+        this.transport.tellReplicas({ type: 'round_complete', jobId: job.id, round: round.round });
       // after the ack that completed the round has been sent
       else setImmediate(() => this.safely(job.id, () => this.closeRound(job.id, round.round)));
     }
@@ -590,8 +601,22 @@ export class Coordinator {
     for (const a of sampled) this.busy.set(a.clientId, job.id);
     this.armDeadline(job.id, round.round, round.deadline);
     this.log.info({ jobId: job.id, round: round.round, sampled: sampled.length, idle: idle.size }, 'round started');
+    // Each replica sends the starts of its own devices (read from the database), so that the adapters
+    // do not cross Redis once per device: one small event does (a round of 1,000 devices would push
+    // hundreds of MiB through pub/sub, past Redis's output buffer limit for subscribers).
+    this.transport.tellReplicas({ type: 'round_started', jobId: job.id, round: round.round });
     const cache = new Map<string, RoundStart['adapter']>();
-    for (const a of sampled) await this.sendRoundStart(job, round, a, cache);
+    for (const a of sampled) if (this.transport.isLocal(a.clientId)) await this.sendRoundStart(job, round, a, cache);
+  }
+
+  /** The start of an open round, to the devices it sampled that are connected to this process. */
+  private async sendRoundStartsHere(jobId: string, roundIndex: number): Promise<void> {
+    const job = await this.store.job(jobId);
+    const round = await this.store.round(jobId, roundIndex);
+    if (job?.status !== 'running' || round?.status !== 'open' || round.closing) return;
+    const cache = new Map<string, RoundStart['adapter']>();
+    for (const a of round.sampled)
+      if (this.transport.isLocal(a.clientId)) await this.sendRoundStart(job, round, a, cache);
   }
 
   private async sendRoundStart(

@@ -375,12 +375,13 @@ export class Gateway implements RoundTransport {
   }
 
   send(clientId: string, message: RoundStart | RoundEnd): void {
-    if (!this.options.replicated) {
-      const socket = this.sockets.get(clientId);
-      if (socket) this.emit(socket, message);
-      return;
-    }
-    this.io.to(clientRoom(clientId)).emit(message.type, encodeMessage(message));
+    const socket = this.sockets.get(clientId);
+    if (socket) this.emit(socket, message);
+    else if (this.options.replicated) this.io.to(clientRoom(clientId)).emit(message.type, encodeMessage(message));
+  }
+
+  isLocal(clientId: string): boolean {
+    return this.sockets.has(clientId);
   }
 
   private *localReady(): Generator<[string, RankPlan]> {
@@ -413,7 +414,8 @@ export class Gateway implements RoundTransport {
     return ready;
   }
 
-  tellCoordinator(event: ReplicaEvent): void {
+  /** Sent to every other replica; each decides whether it concerns it. */
+  tellReplicas(event: ReplicaEvent): void {
     if (this.options.replicated) this.io.serverSideEmit(REPLICA_EVENT, event);
   }
 
