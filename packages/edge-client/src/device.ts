@@ -45,6 +45,11 @@ export interface DeviceOptions {
   evaluateRounds?: boolean;
   /** Score the held-out split with the base model and the adapter kept, once the job ends (default true). */
   evaluateAtEnd?: boolean;
+  /**
+   * Seeds local training the same way in every job (batch order per round), so that a simulation replays
+   * from its seed; default: each job draws its own.
+   */
+  trainingSeed?: number;
   /** Lines worth showing a person (one per round, and what the device decided). */
   log?: (line: string) => void;
   /** How long to wait for a job to join, ms (default: as long as it takes). */
@@ -202,7 +207,8 @@ export async function startDevice(options: DeviceOptions): Promise<Device> {
   const participant = new LoraParticipant({
     trainer,
     plan: plan.plan,
-    seed: 0,
+    seed: options.trainingSeed ?? 0,
+    seedPerJob: options.trainingSeed === undefined,
     baseModelSha256: sha256,
     ...(emulate ? { emulateLink: { uplinkMbps: profile.uplinkMbps, downlinkMbps: profile.downlinkMbps } } : {}),
     ...(options.onStep

@@ -35,8 +35,13 @@ export interface LoraParticipantOptions {
   trainer: LocalTrainer;
   /** The device's plan: its layers are trained, its rank is what it asked for (the server may lower it). */
   plan: RankPlan;
-  /** Seeds the order of local batches, with the job and round. */
+  /** Seeds the order of local batches (and a start drawn here), with the round and, by default, the job. */
   seed: number;
+  /**
+   * Whether each job draws its own batches (default): the seed is mixed with the job's id. False: every
+   * job draws the same for a round, so that a simulation, whose job ids are random, replays from its seed.
+   */
+  seedPerJob?: boolean;
   /**
    * SHA-256 of the device's checkpoint: rounds of a job over another base model are refused (training
    * them would send the job updates of a model it does not have). Unchecked when absent.
@@ -70,7 +75,11 @@ export class LoraParticipant implements RoundParticipant {
         `job ${start.jobId} trains base model ${start.config.baseModel.id} (${start.config.baseModel.sha256.slice(0, 12)}...), this device holds ${expected.slice(0, 12)}...`,
       );
     }
-    const seed = hashString(`${this.options.seed}:${start.jobId}:${start.round}`);
+    const seed = hashString(
+      this.options.seedPerJob === false
+        ? `${this.options.seed}:${start.round}`
+        : `${this.options.seed}:${start.jobId}:${start.round}`,
+    );
     const adapter = start.adapter
       ? fromWireAdapter(start.adapter)
       : initialAdapter(

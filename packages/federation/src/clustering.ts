@@ -156,7 +156,7 @@ function incumbentLabels(
  */
 export function clusterUpdates(signatures: readonly UpdateSignature[], options: ClusterOptions): Clustering {
   // a function of the set of updates, not of the order they arrived in: cluster them in a canonical order
-  const order = [...signatures.keys()].sort((a, b) => compareSketches(signatures[a]!.sketch, signatures[b]!.sketch));
+  const order = canonicalOrder(signatures);
   const result = clusterInOrder(
     order.map((i) => signatures[i]!),
     { ...options, ...(options.previousIds ? { previousIds: order.map((i) => options.previousIds![i]) } : {}) },
@@ -164,6 +164,14 @@ export function clusterUpdates(signatures: readonly UpdateSignature[], options: 
   const ids = new Array<number>(signatures.length);
   order.forEach((original, position) => (ids[original] = result.ids[position]!));
   return { ...result, ids };
+}
+
+/**
+ * Positions of `signatures` sorted by their sketches: an order that depends on the updates alone, not on
+ * the order they arrived or were stored in (client ids are random).
+ */
+export function canonicalOrder(signatures: readonly UpdateSignature[]): number[] {
+  return [...signatures.keys()].sort((a, b) => compareSketches(signatures[a]!.sketch, signatures[b]!.sketch));
 }
 
 function compareSketches(a: Float64Array, b: Float64Array): number {

@@ -24,7 +24,7 @@ import {
   moduleLayer,
   truncateRank,
 } from '@floe/shared';
-import { clusterUpdates } from './clustering.js';
+import { canonicalOrder, clusterUpdates } from './clustering.js';
 import { refineClusters } from './refinement.js';
 import { type UpdateSignature, UpdateSketch, updateSignature } from './sketch.js';
 import { sampleClients } from './sampling.js';
@@ -360,15 +360,19 @@ export function clusterRound(
     seed: round,
   });
   centroids = new Map([...centroids, ...clustering.centroids]);
+  // the sub-split test (its first medoid, its shuffles) depends on its input's order: give it the
+  // canonical one, so that a round's clusters are a function of its updates
+  const order = canonicalOrder(signatures);
   const refined = refineClusters({
-    signatures,
-    clientIds,
-    clusterIds: clustering.ids,
+    signatures: order.map((i) => signatures[i]!),
+    clientIds: order.map((i) => clientIds[i]!),
+    clusterIds: order.map((i) => clustering.ids[i]!),
     pending: state.pendingSplits ?? {},
     usedIds: [...Object.values(state.clusterOf), ...centroids.keys()],
     seed: round,
   });
-  const clusterIds = refined.clusterIds;
+  const clusterIds = new Array<number>(signatures.length);
+  order.forEach((original, position) => (clusterIds[original] = refined.clusterIds[position]!));
   for (const id of refined.created) {
     centroids.set(id, meanDirection(signatures.filter((_, i) => clusterIds[i] === id).map((s) => s.sketch)));
   }

@@ -15,7 +15,7 @@ import { calibrate, deviceProfile, planRound } from '@floe/edge-client';
 import { adjustedRandIndex } from '@floe/federation';
 import { architectureOf, checkpointSha256, loadCheckpoint } from '@floe/model';
 import { type ServerProcess, spawnServerProcess } from '@floe/server';
-import { type JobSpec, type JobSummary, Random, type StrategyName, parse } from '@floe/shared';
+import { type JobSpec, type JobSummary, Random, type StrategyName, hashString, parse } from '@floe/shared';
 import { type ClientData, taskManifest, writeDataDir } from '@floe/tasks';
 import type { TopLevelSpec } from 'vega-lite';
 import pMap from 'p-map';
@@ -265,7 +265,9 @@ export async function runSimulation(
       FLOE_JOIN_TOKEN: tokens.join,
       FLOE_ADMIN_TOKEN: tokens.admin,
       FLOE_CREDENTIAL_SECRET: randomBytes(32).toString('hex'),
-      FLOE_GATHER_MS: '60000',
+      // round 0 waits for every client the run starts (which ones take part must not depend on how fast
+      // they load); the quorum rules only if some have not said hello after 5 minutes
+      FLOE_GATHER_MS: '300000',
       FLOE_LOG_LEVEL: 'info', // the child is ready when it logs that it listens (at info)
       FLOE_RATE_LIMIT_MESSAGES: '1000',
       FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '100000',
@@ -386,6 +388,8 @@ export async function runSimulation(
                 calibration: cost,
                 personalize,
                 throttle: c.straggler ? scenario.stragglerSlowdown : 1,
+                // the same draws for a client in every method (and in every run of this seed)
+                trainingSeed: hashString(`${scenario.seed}:${c.data.id}`),
                 ...(c.dieInRound !== undefined
                   ? { dieAt: { round: c.dieInRound, step: Math.floor(scenario.localSteps / 2) } }
                   : {}),

@@ -83,6 +83,7 @@ async function federate(task: FederateTask): Promise<void> {
       evaluateAtEnd: false, // this worker scores every method itself, one way
       personalize: task.personalize,
       throttle: task.throttle,
+      trainingSeed: task.trainingSeed,
       log: (line) => post({ type: 'log', line }),
       onStep: (round, step, loss) => {
         post({ type: 'step', round, step, loss });

@@ -33,6 +33,8 @@ export interface FederateTask {
   personalize: boolean;
   /** >= 1: runs slower than its plan assumes (a straggler). */
   throttle: number;
+  /** Seeds its local training the same in every method's job (see DeviceOptions.trainingSeed). */
+  trainingSeed: number;
   /** The device dies at this step of this round's training, and restarts (it gets the round again). */
   dieAt?: { round: number; step: number };
   /** Also score the final adapter fused with this cloud. */
