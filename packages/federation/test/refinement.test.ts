@@ -5,7 +5,16 @@
  */
 import { describe, expect, it } from 'vitest';
 import { Random } from '@floe/shared';
-import { type UpdateSignature, adjustedRandIndex, clusterUpdates, refineClusters, refines } from '../src/index.js';
+import {
+  type FederationSpec,
+  type FederationState,
+  type UpdateSignature,
+  adjustedRandIndex,
+  clusterRound,
+  clusterUpdates,
+  refineClusters,
+  refines,
+} from '../src/index.js';
 import { MODULES, attention, mlp, signature } from './signatures.js';
 
 const upper = (lift: number) => MODULES.map((m) => (/layers\.[23]\./.test(m) ? lift : 0));
@@ -76,5 +85,38 @@ describe('refineClusters', () => {
     expect(refines([0, 0, 1, 1, 2, 2], [0, 0, 0, 0, 1, 1])).toBe(true);
     expect(refines([0, 0, 1, 1, 2, 2], [0, 0, 0, 1, 1, 1])).toBe(false);
     expect(refines([3, 3, 5], [7, 7, 7])).toBe(true);
+  });
+});
+
+describe('clusterRound', () => {
+  it("gives each client the same cluster whatever order its round's updates are stored in", () => {
+    // the server reads a round's updates ordered by client id, and client ids are random: the clusters,
+    // sub-splits included, must not depend on that order (a simulation replays from its seed)
+    const spec = { maxClusters: 8 } as FederationSpec;
+    const near = [attention(0.2), mlp(0.2), upper(2)];
+    for (let seed = 0; seed < 12; seed++) {
+      const random = new Random(700 + seed);
+      const draws = [0, 1, 2].map(() => TASKS.map((t, i) => signature(near[t]!, 0.15, random, STRATA[i])));
+      const run = (order: number[]) => {
+        let state: FederationState = { centroids: [], clusterOf: {} };
+        for (const [r, draw] of draws.entries()) {
+          const result = clusterRound(
+            spec,
+            state,
+            order.map((i) => draw[i]!),
+            order.map((i) => CLIENTS[i]!),
+            r,
+          );
+          const clusterOf = { ...state.clusterOf };
+          order.forEach((i, k) => (clusterOf[CLIENTS[i]!] = result.clusterIds[k]!));
+          state = { centroids: [...result.centroids], clusterOf, pendingSplits: result.pendingSplits };
+        }
+        return CLIENTS.map((c) => state.clusterOf[c]);
+      };
+      const identity = CLIENTS.map((_, i) => i);
+      const keys = identity.map(() => random.next());
+      const shuffled = [...identity].sort((a, b) => keys[a]! - keys[b]!);
+      expect(run(shuffled), `seed ${seed}`).toEqual(run(identity));
+    }
   });
 });
