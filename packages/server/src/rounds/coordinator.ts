@@ -98,8 +98,6 @@ const RECONCILE_MS = 5000;
  */
 export class Coordinator {
   private readonly lock = new Mutex();
-  /** Clients sampled in an open round, and its job (known to the coordinating server only). */
-  private readonly busy = new Map<string, string>();
   /** Whether this server starts and closes rounds (always, unless it is a replica without the lease). */
   private coordinating: boolean;
   private scheduleTimer: NodeJS.Timeout | undefined;
@@ -139,7 +137,7 @@ export class Coordinator {
 
   /**
    * Starts coordinating: picks up rounds left open by a previous process (or by the coordinating replica
-   * that died) and starts the rounds that can start. A no-op when already coordinating, unless `recover`.
+   * that died) and starts the rounds that can start.
    */
   takeOver(): Promise<void> {
     return this.lock.runExclusive(async () => {
@@ -171,7 +169,6 @@ export class Coordinator {
           );
       if (deadline !== round.deadline && !complete)
         await this.store.updateRound(round.jobId, round.round, { deadline });
-      for (const a of round.sampled) this.busy.set(a.clientId, round.jobId);
       this.armDeadline(round.jobId, round.round, deadline);
       this.log.info(
         {
@@ -220,7 +217,7 @@ export class Coordinator {
       case 'job_changed':
         this.safely(event.jobId, async () => {
           const job = await this.store.job(event.jobId);
-          if (job && job.status !== 'running') this.forgetJob(job.id, await this.store.round(job.id, job.currentRound));
+          if (job && job.status !== 'running') this.forgetJob(job.id);
           await this.schedule();
         });
         break;
@@ -331,7 +328,7 @@ export class Coordinator {
         aggregated ? ended.accepted : 0,
       );
     }
-    this.forgetJob(id, open);
+    this.forgetJob(id);
     this.metrics.activeJobs.dec();
     this.log.info({ jobId: id }, 'job stopped');
     if (this.coordinating) await this.schedule();
@@ -340,8 +337,7 @@ export class Coordinator {
   }
 
   /** Drops what this server keeps about a job that is no longer running. */
-  private forgetJob(id: string, open: RoundRow | undefined): void {
-    if (open) this.release(open);
+  private forgetJob(id: string): void {
     this.refused.delete(id);
     this.clearTimers(id);
   }
@@ -369,11 +365,27 @@ export class Coordinator {
     });
   }
 
-  /** Ready clients not sampled in an open round, with their plans. */
-  private async connectedIdle(): Promise<Map<string, RankPlan>> {
+  /** Ready clients not in `busy` (sampled in an open round), with their plans. */
+  private async connectedIdle(busy: ReadonlySet<string>): Promise<Map<string, RankPlan>> {
     const ready = await this.transport.readyClients();
-    for (const clientId of this.busy.keys()) ready.delete(clientId);
+    for (const clientId of busy) ready.delete(clientId);
     return ready;
+  }
+
+  /**
+   * The running jobs without an open round, and the clients sampled in the open rounds of the others:
+   * who is busy is what the store says (a round ended by another replica has released its clients).
+   */
+  private async runningJobs(): Promise<{ idleJobs: JobRow[]; busy: Set<string> }> {
+    const idleJobs: JobRow[] = [];
+    const busy = new Set<string>();
+    for (const job of await this.store.jobs()) {
+      if (job.status !== 'running') continue;
+      const round = await this.store.round(job.id, job.currentRound);
+      if (round?.status === 'open') for (const a of round.sampled) busy.add(a.clientId);
+      else idleJobs.push(job);
+    }
+    return { idleJobs, busy };
   }
 
   /**
@@ -511,35 +523,27 @@ export class Coordinator {
   /** Starts a round for every running job that can start one. */
   private async schedule(): Promise<void> {
     if (this.closed || !this.coordinating) return;
-    const idleJobs: JobRow[] = [];
-    const busy = new Map<string, string>();
+    let running;
     try {
-      for (const job of await this.store.jobs()) {
-        if (job.status !== 'running') continue;
-        const round = await this.store.round(job.id, job.currentRound);
-        if (round?.status === 'open') for (const a of round.sampled) busy.set(a.clientId, job.id);
-        else idleJobs.push(job);
-      }
+      running = await this.runningJobs();
     } catch (error) {
       this.log.error({ err: error }, 'could not read the jobs to schedule');
       return;
     }
-    // who is busy is what the open rounds say (a round ended by another replica released its clients too)
-    this.busy.clear();
-    for (const [clientId, jobId] of busy) this.busy.set(clientId, jobId);
-    for (const job of idleJobs) {
+    for (const job of running.idleJobs) {
       // one job that cannot start (its store writes fail) does not keep the others from starting
       try {
-        await this.tryStart(job);
+        await this.tryStart(job, running.busy);
       } catch (error) {
         this.log.error({ jobId: job.id, err: error }, 'could not start a round');
       }
     }
   }
 
-  private async tryStart(job: JobRow): Promise<void> {
+  /** `busy`: the clients of open rounds; a round started here adds its own. */
+  private async tryStart(job: JobRow, busy: Set<string>): Promise<void> {
     const { spec } = job;
-    const idle = await this.connectedIdle();
+    const idle = await this.connectedIdle(busy);
     if (idle.size < spec.quorum) return;
     if (idle.size < spec.clientsPerRound && this.options.gatherMs > 0) {
       if (!this.gatherTimers.has(job.id)) {
@@ -551,7 +555,8 @@ export class Coordinator {
               const current = await this.store.job(job.id);
               if (current?.status !== 'running') return;
               if ((await this.store.round(job.id, current.currentRound))?.status !== 'open') {
-                await this.startRound(current);
+                const { busy: now } = await this.runningJobs();
+                await this.startRound(current, await this.connectedIdle(now), now);
               }
             });
           }, this.options.gatherMs),
@@ -559,12 +564,11 @@ export class Coordinator {
       }
       return;
     }
-    await this.startRound(job, idle);
+    await this.startRound(job, idle, busy);
   }
 
-  private async startRound(job: JobRow, known?: Map<string, RankPlan>): Promise<void> {
+  private async startRound(job: JobRow, idle: Map<string, RankPlan>, busy: Set<string>): Promise<void> {
     const { spec } = job;
-    const idle = known ?? (await this.connectedIdle());
     if (idle.size < spec.quorum) return;
     const gather = this.gatherTimers.get(job.id);
     if (gather) clearTimeout(gather);
@@ -598,7 +602,7 @@ export class Coordinator {
     // false: the job was stopped (through another replica) since it was read
     if (!(await this.store.addRound(round))) return;
     this.refused.set(job.id, new Set());
-    for (const a of sampled) this.busy.set(a.clientId, job.id);
+    for (const a of sampled) busy.add(a.clientId);
     this.armDeadline(job.id, round.round, round.deadline);
     this.log.info({ jobId: job.id, round: round.round, sampled: sampled.length, idle: idle.size }, 'round started');
     // Each replica sends the starts of its own devices (read from the database), so that the adapters
@@ -660,7 +664,6 @@ export class Coordinator {
     const job = await this.store.job(jobId);
     const round = job && (await this.store.round(jobId, roundIndex));
     if (!job || !round || job.status !== 'running' || round.status !== 'open' || job.currentRound !== roundIndex) {
-      if (round) this.release(round);
       return;
     }
     this.clearTimers(jobId);
@@ -761,7 +764,6 @@ export class Coordinator {
     });
     if (!committed) {
       this.log.info({ jobId, round: roundIndex }, 'aggregate dropped: the round was ended meanwhile');
-      this.release(round);
       await this.schedule();
       return;
     }
@@ -795,7 +797,6 @@ export class Coordinator {
       this.metrics.activeJobs.dec();
       this.log.info({ jobId: job.id, rounds: job.spec.rounds }, 'job completed');
     }
-    this.release(round);
     await this.sendRoundEnd(job, round, finished ? 'completed' : 'running', status, clusterOf, metrics, accepted);
     this.refused.delete(job.id);
     await this.schedule();
@@ -850,10 +851,6 @@ export class Coordinator {
     return set;
   }
 
-  private release(round: RoundRow): void {
-    for (const a of round.sampled) if (this.busy.get(a.clientId) === round.jobId) this.busy.delete(a.clientId);
-  }
-
   private armDeadline(jobId: string, roundIndex: number, deadline: number): void {
     const existing = this.deadlineTimers.get(jobId);
     if (existing) clearTimeout(existing);
@@ -876,10 +873,7 @@ export class Coordinator {
       round: { index: round.round, fields: { status: 'failed', endedAt: new Date().toISOString(), ...fields } },
       job: { currentRound: next, status: finished ? 'completed' : 'running' },
     });
-    if (!ended) {
-      this.release(round);
-      return;
-    }
+    if (!ended) return;
     this.metrics.rounds.inc({ status: 'failed' });
     await this.finishRound(job, round, finished, 'failed', {});
   }
