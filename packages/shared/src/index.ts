@@ -13,6 +13,7 @@ export * from './adapter/peft.js';
 export * from './adapter/architecture.js';
 export * from './formats/safetensors.js';
 export * from './random.js';
+export * from './bootstrap.js';
 export * from './openai/schemas.js';
 export * from './openai/sse.js';
 export * from './protocol/error-codes.js';

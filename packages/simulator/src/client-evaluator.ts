@@ -8,14 +8,14 @@ import { CloudByteSource, CloudClient, FusedByteSource } from '@floe/edge-client
 import { type LoadedCheckpoint, ModelByteSource, OrtLlama } from '@floe/model';
 import type { LoraAdapter } from '@floe/shared';
 import type { LocalData } from '@floe/tasks';
-import { type HeldOutModel, cloudModel, scoreHeldOut, sourceModel } from './held-out.js';
+import { type HeldOutModel, type HeldOutScore, cloudModel, scoreHeldOut, sourceModel } from './held-out.js';
 
 /** How long a fused byte or a cloud call may wait in an evaluation (ms). */
 const CLOUD_PATIENCE_MS = 60_000;
 
 export class ClientEvaluator {
   private edgeModel: { modules: string; model: OrtLlama } | undefined;
-  private baseScore: Promise<number> | undefined;
+  private baseScore: Promise<HeldOutScore> | undefined;
   private cloudClient: CloudClient | undefined;
 
   constructor(
@@ -49,16 +49,16 @@ export class ClientEvaluator {
     return this.cloudClient;
   }
 
-  private async score(model: HeldOutModel): Promise<number> {
+  private async score(model: HeldOutModel): Promise<HeldOutScore> {
     const { test, manifest } = this.data;
-    return (await scoreHeldOut(model, test!, manifest, { seqLen: this.options.seqLen })).value;
+    return scoreHeldOut(model, test!, manifest, { seqLen: this.options.seqLen });
   }
 
   /**
    * The edge model with `adapter` (the base model without). An adapter that changes nothing (every
    * module's B or A zero, as a fresh LoRA start is) is the base model: its figure is the base's, scored once.
    */
-  async edge(adapter?: LoraAdapter): Promise<number> {
+  async edge(adapter?: LoraAdapter): Promise<HeldOutScore> {
     if (!adapter || changesNothing(adapter)) {
       if (!this.baseScore) {
         const scored = this.edgeSource().then((source) => this.score(sourceModel(source)));
@@ -71,20 +71,20 @@ export class ClientEvaluator {
     return this.score(sourceModel(await this.edgeSource(adapter)));
   }
 
-  async cloudAlone(): Promise<number> {
+  async cloudAlone(): Promise<HeldOutScore> {
     const client = this.cloud();
     return this.score(cloudModel(client, new CloudByteSource(client)));
   }
 
   /** The edge with `adapter` fused with the cloud (entropy mode, the default), and the share that fell back. */
-  async fused(adapter?: LoraAdapter): Promise<{ value: number; fallback: number }> {
+  async fused(adapter?: LoraAdapter): Promise<HeldOutScore & { fallback: number }> {
     const source = new FusedByteSource(await this.edgeSource(adapter), this.cloud(), {
       fusion: { mode: 'entropy' },
       deadlineMs: CLOUD_PATIENCE_MS,
     });
-    const value = await this.score(sourceModel(source));
+    const score = await this.score(sourceModel(source));
     const { positions, fellBack } = source.stats;
-    return { value, fallback: positions > 0 ? fellBack / positions : 0 };
+    return { ...score, fallback: positions > 0 ? fellBack / positions : 0 };
   }
 
   async dispose(): Promise<void> {

@@ -11,6 +11,7 @@
 import { ByteTokenizer, type ByteSource, END_OF_TEXT } from '@floe/model';
 import pMap from 'p-map';
 import type { CloudClient } from '@floe/edge-client';
+import type { ItemScores } from '@floe/shared';
 import { type DataManifest, type Example, type Split, TRAINED_CONTEXT, promptRoom } from '@floe/tasks';
 
 /** Bytes per prose window: the pretraining window without its BOS. */
@@ -31,6 +32,8 @@ export interface HeldOutScore {
   higherIsBetter: boolean;
   /** Bytes (prose) or examples scored. */
   count: number;
+  /** Each item's part of `value` (a window's bits and bytes, an example's 1 or 0), in the split's order. */
+  items: ItemScores;
 }
 
 const encoder = new TextEncoder();
@@ -145,9 +148,17 @@ export async function scoreHeldOut(
     const windows = proseWindows(split.documents);
     const logProbs = await pMap(windows, (window) => model.log2Prob('', window), { concurrency });
     // summed in window order, so the figure does not depend on which call finished first
-    const bits = -logProbs.reduce((a, b) => a + b, 0);
-    const bytes = windows.reduce((n, window) => n + encoder.encode(window).length, 0);
-    return { metric: manifest.metric, value: bits / Math.max(1, bytes), higherIsBetter: false, count: bytes };
+    const sums = logProbs.map((lp) => -lp);
+    const weights = windows.map((window) => encoder.encode(window).length);
+    const bits = sums.reduce((a, b) => a + b, 0);
+    const bytes = weights.reduce((a, b) => a + b, 0);
+    return {
+      metric: manifest.metric,
+      value: bits / Math.max(1, bytes),
+      higherIsBetter: false,
+      count: bytes,
+      items: { sums, weights },
+    };
   }
   const examples: readonly Example[] = split.examples ?? [];
   if (examples.length === 0) throw new Error(`${manifest.metric} needs examples; the split holds none`);
@@ -175,5 +186,11 @@ export async function scoreHeldOut(
     );
   }
   const right = correct.filter(Boolean).length;
-  return { metric: manifest.metric, value: right / examples.length, higherIsBetter: true, count: examples.length };
+  return {
+    metric: manifest.metric,
+    value: right / examples.length,
+    higherIsBetter: true,
+    count: examples.length,
+    items: { sums: correct.map(Number), weights: correct.map(() => 1) },
+  };
 }

@@ -59,7 +59,7 @@ export const DEFAULT_SCENARIO: Scenario = {
   tasks: [...TASKS],
   clientsPerTask: 4,
   tiers: ['phone-low', 'phone-high', 'laptop'],
-  rounds: 3,
+  rounds: 5,
   localSteps: 20,
   learningRate: 3e-3,
   batchSize: 8,

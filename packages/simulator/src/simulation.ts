@@ -15,7 +15,17 @@ import { calibrate, deviceProfile, planRound } from '@floe/edge-client';
 import { adjustedRandIndex } from '@floe/federation';
 import { architectureOf, checkpointSha256, loadCheckpoint } from '@floe/model';
 import { type ServerProcess, spawnServerProcess } from '@floe/server';
-import { type JobSpec, type JobSummary, Random, type StrategyName, hashString, parse } from '@floe/shared';
+import {
+  type Interval,
+  type ItemScores,
+  type JobSpec,
+  type JobSummary,
+  Random,
+  type StrategyName,
+  hashString,
+  pairedBootstrap,
+  parse,
+} from '@floe/shared';
 import { type ClientData, taskManifest, writeDataDir } from '@floe/tasks';
 import type { TopLevelSpec } from 'vega-lite';
 import pMap from 'p-map';
@@ -34,7 +44,15 @@ import {
   perClient,
   roundTimes,
 } from './report/charts.js';
-import { type Claim, METHODS, type Method, SimulationReport, checkClaims, thisMachine } from './report/schema.js';
+import {
+  COMPARED,
+  type Claim,
+  METHODS,
+  type Method,
+  SimulationReport,
+  checkClaims,
+  thisMachine,
+} from './report/schema.js';
 import { type Scenario, checkScenario } from './scenario.js';
 import type { ClientSpec, WorkerEvent, WorkerTask } from './worker/protocol.js';
 import { type WorkerResult, WorkerPool } from './worker/pool.js';
@@ -452,21 +470,49 @@ interface Collected {
   seconds: number;
 }
 
+/**
+ * Where a method's figure comes from: the run that scored it and which of its scores. The base
+ * reference run scores the base model, the cloud and their fusion; Floe's run also scores its adapter fused.
+ */
+function scoredBy(method: Method): { run: Method; score: 'edge' | 'cloud' | 'fused' } {
+  switch (method) {
+    case 'cloud':
+      return { run: 'base', score: 'cloud' };
+    case 'fused':
+      return { run: 'base', score: 'fused' };
+    case 'floe_fused':
+      return { run: 'floe', score: 'fused' };
+    default:
+      return { run: method, score: 'edge' };
+  }
+}
+
 /** The figure each method gives a client, from the workers' results. */
 function figureOf(runs: Collected['runs'], method: Method, client: string): number | undefined {
-  const scores = (m: Method) => runs.get(m)?.get(client)?.result?.scores;
-  switch (method) {
-    case 'base':
-      return scores('base')?.edge;
-    case 'cloud':
-      return scores('base')?.cloud;
-    case 'fused':
-      return scores('base')?.fused;
-    case 'floe_fused':
-      return scores('floe')?.fused;
-    default:
-      return scores(method)?.edge;
-  }
+  const { run, score } = scoredBy(method);
+  return runs.get(run)?.get(client)?.result?.scores[score];
+}
+
+/** What each held-out item of `client` contributed to `method`'s figure. */
+function itemsOf(runs: Collected['runs'], method: Method, client: string): ItemScores | undefined {
+  const { run, score } = scoredBy(method);
+  return runs.get(run)?.get(client)?.result?.scores.items[score];
+}
+
+/** The compared pairs' differences on one task's clients, each with its paired bootstrap interval. */
+function differencesOf(runs: Collected['runs'], clients: readonly string[], seed: number): Record<string, Interval> {
+  const methods = [...new Set(COMPARED.flat())];
+  const strata = Object.fromEntries(
+    methods.map((method) => [
+      method,
+      clients.map((id) => {
+        const items = itemsOf(runs, method, id);
+        if (!items) throw new Error(`no ${method} items for ${id}`);
+        return items;
+      }),
+    ]),
+  );
+  return pairedBootstrap(strata, COMPARED, { seed }).difference;
 }
 
 function assemble(collected: Collected): SimulationResult {
@@ -490,7 +536,12 @@ function assemble(collected: Collected): SimulationResult {
         return [method, { mean: mean(Object.values(perClientFigures)), perClient: perClientFigures }];
       }),
     ) as SimulationReport['tasks'][string]['methods'];
-    tasks[task] = { metric: metrics[task], higherIsBetter: manifest.metric !== 'bits-per-byte', methods };
+    tasks[task] = {
+      metric: metrics[task],
+      higherIsBetter: manifest.metric !== 'bits-per-byte',
+      differences: differencesOf(runs, ofTask, scenario.seed),
+      methods,
+    };
   }
 
   // metric per round: the mean over a task's clients of the adapter each round started from, the final one last

@@ -78,7 +78,7 @@ describe('scoreHeldOut on the edge model', () => {
     const plan = { rank: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] };
     const start = initialAdapter(checkpoint.config, plan, 1);
     const base = (await scoreHeldOut(sourceModel(new ModelByteSource(model)), test, manifest, { seqLen: SEQ })).value;
-    expect(await evaluator.edge(start)).toBe(base);
+    expect((await evaluator.edge(start)).value).toBe(base);
     // one non-zero column of B in one module: no longer the base model
     const moved = initialAdapter(checkpoint.config, plan, 1);
     const [, factors] = [...moved.modules][0]!;
@@ -96,7 +96,7 @@ describe('scoreHeldOut on the edge model', () => {
         },
       );
       expect(Math.abs(direct.value - base)).toBeGreaterThan(1e-3); // the change is visible at all
-      expect(await evaluator.edge(moved)).toBeCloseTo(direct.value, 6);
+      expect((await evaluator.edge(moved)).value).toBeCloseTo(direct.value, 6);
     } finally {
       await withLora.release();
       await evaluator.dispose();

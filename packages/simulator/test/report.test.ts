@@ -5,27 +5,40 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { isValid, parse } from '@floe/shared';
-import { METHODS, type Method, SimulationReport, checkClaims, reportMarkdown } from '../src/index.js';
+import { COMPARED, METHODS, type Method, SimulationReport, checkClaims, reportMarkdown } from '../src/index.js';
 
-/** A report where each method's mean is given; per-client figures equal the mean. */
+/**
+ * A report where each method's mean is given; per-client figures equal the mean, and each compared
+ * difference has an interval `halfWidth` either side of it.
+ */
 function report(
   means: Record<string, Partial<Record<Method, number>>>,
   extra: Partial<SimulationReport> = {},
+  halfWidth = 0.01,
 ): SimulationReport {
   const tasks = Object.fromEntries(
-    Object.entries(means).map(([task, given]) => [
-      task,
-      {
-        metric: task === 'speech' ? 'bits per byte' : 'accuracy',
-        higherIsBetter: task !== 'speech',
-        methods: Object.fromEntries(
-          METHODS.map((m) => {
-            const mean = given[m] ?? (task === 'speech' ? 2 : 0.5);
-            return [m, { mean, perClient: { [`${task}-0`]: mean, [`${task}-1`]: mean } }];
-          }),
-        ) as SimulationReport['tasks'][string]['methods'],
-      },
-    ]),
+    Object.entries(means).map(([task, given]) => {
+      const meanOf = (m: Method) => given[m] ?? (task === 'speech' ? 2 : 0.5);
+      return [
+        task,
+        {
+          metric: task === 'speech' ? 'bits per byte' : 'accuracy',
+          higherIsBetter: task !== 'speech',
+          differences: Object.fromEntries(
+            COMPARED.map(([a, b]) => {
+              const d = meanOf(a) - meanOf(b);
+              return [`${a}-${b}`, { mean: d, low: d - halfWidth, high: d + halfWidth }];
+            }),
+          ),
+          methods: Object.fromEntries(
+            METHODS.map((m) => [
+              m,
+              { mean: meanOf(m), perClient: { [`${task}-0`]: meanOf(m), [`${task}-1`]: meanOf(m) } },
+            ]),
+          ) as SimulationReport['tasks'][string]['methods'],
+        },
+      ];
+    }),
   );
   return {
     config: { clientsPerTask: 2, rounds: 3 },
@@ -60,7 +73,19 @@ describe('simulation report', () => {
   it('holds every claim on a report that shows them, reading each metric in its direction', () => {
     const claims = checkClaims(report(good));
     expect(claims.map((c) => c.holds)).toEqual([true, true, true, true, true]);
-    expect(claims[0]!.detail).toBe('Floe 1.7000, FedAvg 1.8000, local 1.7500');
+    expect(claims[0]!.detail).toBe(
+      'Floe 1.7000, FedAvg 1.8000, local 1.7500; Floe - FedAvg -0.1000 [-0.1100, -0.0900] (resolved), ' +
+        'Floe - local -0.0500 [-0.0600, -0.0400] (resolved)',
+    );
+  });
+
+  it('says when a difference is within the noise of the held-out items, whichever way the means go', () => {
+    // Floe ahead of local by 0.005 on the mean, but the interval (+-0.02) holds 0
+    const close = checkClaims(report({ ...good, email: { ...good.email, local: 0.925 } }, {}, 0.02));
+    const email = close.find((c) => c.id === 'email:floe')!;
+    expect(email.holds).toBe(true);
+    expect(email.detail).toContain('Floe - local +0.0050 [-0.0150, +0.0250] (within noise)');
+    expect(email.detail).toContain('Floe - FedAvg +0.0300 [+0.0100, +0.0500] (resolved)');
   });
 
   it('fails each claim the figures do not support', () => {
@@ -86,7 +111,10 @@ describe('simulation report', () => {
     expect(md.indexOf('## Claims')).toBeLessThan(md.indexOf('## speech'));
     expect(md).toContain('**does not hold**: clustering agrees with the true tasks');
     const speech = md.slice(md.indexOf('## speech'), md.indexOf('## email'));
-    const rows = speech
+    const [methodTable, differenceTable] = speech.split('Differences of the mean client figure') as [string, string];
+    // Floe 1.7 against local 1.75, each difference with the interval the report holds
+    expect(differenceTable).toMatch(/\| Floe - local-only LoRA +\| -0\.0500 \| \[-0\.0600, -0\.0400\] \|/);
+    const rows = methodTable
       .split('\n')
       .filter((l) => l.startsWith('|'))
       .slice(2);

@@ -9,7 +9,14 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULT_SCENARIO, METHODS, type Scenario, type SimulationResult, runSimulation } from '../src/index.js';
+import {
+  COMPARED,
+  DEFAULT_SCENARIO,
+  METHODS,
+  type Scenario,
+  type SimulationResult,
+  runSimulation,
+} from '../src/index.js';
 
 const ROOT = path.join(import.meta.dirname, '..', '..', '..');
 
@@ -54,6 +61,20 @@ describe('runSimulation on a small scenario', () => {
         // accuracies and exact matches over 10 examples: multiples of a tenth
         for (const value of Object.values(methods[method].perClient))
           expect(Math.round(value * 10)).toBeCloseTo(value * 10, 9);
+      }
+    }
+  });
+
+  it('gives each compared pair the difference of its means, inside an interval from the same items', () => {
+    for (const task of SCENARIO.tasks) {
+      const { methods, differences } = result.report.tasks[task]!;
+      for (const [a, b] of COMPARED) {
+        const d = differences[`${a}-${b}`]!;
+        // each figure is a client's share of 10 examples: the bootstrap draws can only move it in tenths
+        expect(d.mean, `${task} ${a}-${b}`).toBeCloseTo(methods[a].mean - methods[b].mean, 9);
+        expect(d.low).toBeLessThanOrEqual(d.mean + 1e-9);
+        expect(d.high).toBeGreaterThanOrEqual(d.mean - 1e-9);
+        expect(Math.round(d.low * 20)).toBeCloseTo(d.low * 20, 9);
       }
     }
   });

@@ -4,7 +4,7 @@
  * empty the edge answers itself. In evaluation a budget is a share of the queries: a method's wishes
  * are granted in arrival order until the share is spent, and the overflow is answered locally.
  */
-import { Random } from '@floe/shared';
+import { type Interval, Random, pairedBootstrap } from '@floe/shared';
 
 export class TokenBucket {
   private tokens: number;
@@ -74,12 +74,6 @@ export function randomWishes(n: number, budget: number, seed: number): boolean[]
   return Array.from({ length: n }, (_, i) => chosen.has(i));
 }
 
-export interface Interval {
-  mean: number;
-  low: number;
-  high: number;
-}
-
 /**
  * 95% percentile bootstrap intervals over queries: of each method's accuracy, and of the difference
  * between methods that `pairs` names (`a - b`). Every resample draws the same queries for every method.
@@ -89,37 +83,9 @@ export function bootstrap(
   pairs: readonly (readonly [string, string])[],
   options: { resamples?: number; seed?: number } = {},
 ): { accuracy: Record<string, Interval>; difference: Record<string, Interval> } {
-  const names = Object.keys(correct);
-  const n = correct[names[0] as string]?.length ?? 0;
-  const random = new Random(options.seed ?? 0);
-  const resamples = options.resamples ?? 2000;
-  const draws: Record<string, number[]> = Object.fromEntries(names.map((name) => [name, []]));
-  for (let r = 0; r < resamples; r++) {
-    const picks = Array.from({ length: n }, () => random.integer(n));
-    for (const name of names) {
-      const values = correct[name] as readonly boolean[];
-      draws[name]!.push(picks.reduce((s, i) => s + (values[i] ? 1 : 0), 0) / n);
-    }
-  }
-  const interval = (point: number, samples: number[]): Interval => {
-    const sorted = [...samples].sort((a, b) => a - b);
-    return {
-      mean: point,
-      low: sorted[Math.floor(0.025 * (sorted.length - 1))] as number,
-      high: sorted[Math.ceil(0.975 * (sorted.length - 1))] as number,
-    };
-  };
-  const accuracyOf = (name: string) => (correct[name] as readonly boolean[]).filter(Boolean).length / n;
-  return {
-    accuracy: Object.fromEntries(names.map((name) => [name, interval(accuracyOf(name), draws[name]!)])),
-    difference: Object.fromEntries(
-      pairs.map(([a, b]) => [
-        `${a}-${b}`,
-        interval(
-          accuracyOf(a) - accuracyOf(b),
-          draws[a]!.map((x, r) => x - (draws[b]![r] as number)),
-        ),
-      ]),
-    ),
-  };
+  const items = Object.fromEntries(
+    Object.entries(correct).map(([name, right]) => [name, [{ sums: right.map(Number), weights: right.map(() => 1) }]]),
+  );
+  const { value, difference } = pairedBootstrap(items, pairs, options);
+  return { accuracy: value, difference };
 }

@@ -1,6 +1,6 @@
 /** `report.md`: what a simulation showed, for a person: the claims first, then a table per task and the charts. */
 import { markdownTable } from 'markdown-table';
-import { type Claim, METHODS, type SimulationReport } from './schema.js';
+import { type Claim, METHODS, type Method, type SimulationReport, signed } from './schema.js';
 
 const METHOD_NAMES: Record<(typeof METHODS)[number], string> = {
   base: 'base checkpoint',
@@ -53,6 +53,21 @@ export function reportMarkdown(
             ...clients.map((c) => (c in r.perClient ? figure(r.perClient[c]!) : '')),
           ];
         }),
+      ]),
+      '',
+      'Differences of the mean client figure, with 95% paired bootstrap intervals over the held-out items ' +
+        '(an interval that holds 0 does not tell the two methods apart):',
+      '',
+      markdownTable([
+        ['difference', 'mean', '95% interval'],
+        ...Object.entries(result.differences).map(([pair, d]) => [
+          pair
+            .split('-')
+            .map((m) => METHOD_NAMES[m as Method] ?? m)
+            .join(' - '),
+          signed(d.mean),
+          `[${signed(d.low)}, ${signed(d.high)}]`,
+        ]),
       ]),
       '',
     );

@@ -19,10 +19,27 @@ const MethodResult = Type.Object(
   { additionalProperties: false },
 );
 
+const Interval = Type.Object(
+  { mean: Type.Number(), low: Type.Number(), high: Type.Number() },
+  { additionalProperties: false },
+);
+
+/** The method pairs the claims compare, `a-b`: the difference a - b of their mean client figures. */
+export const COMPARED = [
+  ['floe', 'fedavg'],
+  ['floe', 'local'],
+  ['floe_fused', 'floe'],
+  ['floe_fused', 'cloud'],
+] as const satisfies readonly (readonly [Method, Method])[];
+
 const TaskResult = Type.Object(
   {
     metric: Type.String({ description: 'e.g. bits per byte, accuracy, exact match' }),
     higherIsBetter: Type.Boolean(),
+    differences: Type.Record(Type.String(), Interval, {
+      description:
+        "'a-b' -> a's mean client figure minus b's, with a 95% paired bootstrap interval over the held-out items (resampled within each client)",
+    }),
     methods: Type.Object(
       Object.fromEntries(METHODS.map((m) => [m, MethodResult])) as Record<Method, typeof MethodResult>,
       {
@@ -92,6 +109,23 @@ const show = (x: number) => (Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(4));
  * fusion beats Floe and the cloud alone on speech; clustering agreement at least `minAri`; no raw data
  * at the server.
  */
+/**
+ * A difference with its interval, and whether the held-out items resolve it: an interval that holds 0
+ * says the two methods are not told apart on this many items, whichever mean is ahead.
+ */
+function differenceNote(result: SimulationReport['tasks'][string], key: string, name: string): string {
+  const d = result.differences[key];
+  if (!d) return `${name}: no interval`;
+  const resolved = d.low > 0 || d.high < 0 ? 'resolved' : 'within noise';
+  return `${name} ${signed(d.mean)} [${signed(d.low)}, ${signed(d.high)}] (${resolved})`;
+}
+
+/** A difference with its sign, to four places (a float a hair below zero shows as +0.0000). */
+export function signed(x: number): string {
+  const shown = x.toFixed(4);
+  return Number(shown) < 0 ? shown : `+${shown.replace('-', '')}`;
+}
+
 export function checkClaims(report: SimulationReport, minAri = 0.8): Claim[] {
   const claims: Claim[] = [];
   for (const [task, result] of Object.entries(report.tasks)) {
@@ -101,7 +135,9 @@ export function checkClaims(report: SimulationReport, minAri = 0.8): Claim[] {
       claim: `${task}: Floe beats FedAvg and local-only on the mean ${result.metric}`,
       holds:
         better(result.higherIsBetter, floe.mean, fedavg.mean) && better(result.higherIsBetter, floe.mean, local.mean),
-      detail: `Floe ${show(floe.mean)}, FedAvg ${show(fedavg.mean)}, local ${show(local.mean)}`,
+      detail:
+        `Floe ${show(floe.mean)}, FedAvg ${show(fedavg.mean)}, local ${show(local.mean)}; ` +
+        `${differenceNote(result, 'floe-fedavg', 'Floe - FedAvg')}, ${differenceNote(result, 'floe-local', 'Floe - local')}`,
     });
   }
   const speech = report.tasks['speech'];
@@ -113,7 +149,10 @@ export function checkClaims(report: SimulationReport, minAri = 0.8): Claim[] {
       holds:
         better(speech.higherIsBetter, fusedFloe.mean, floe.mean) &&
         better(speech.higherIsBetter, fusedFloe.mean, cloud.mean),
-      detail: `Floe + fusion ${show(fusedFloe.mean)}, Floe ${show(floe.mean)}, cloud ${show(cloud.mean)}`,
+      detail:
+        `Floe + fusion ${show(fusedFloe.mean)}, Floe ${show(floe.mean)}, cloud ${show(cloud.mean)}; ` +
+        `${differenceNote(speech, 'floe_fused-floe', 'Floe + fusion - Floe')}, ` +
+        differenceNote(speech, 'floe_fused-cloud', 'Floe + fusion - cloud'),
     });
   }
   claims.push({

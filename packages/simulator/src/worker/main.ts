@@ -61,7 +61,7 @@ async function federate(task: FederateTask): Promise<void> {
   const scoreRound = (round: number, adapter: LoraAdapter | undefined) => {
     // a failure is kept for the task's result, not left unhandled (that would end the worker and its other clients)
     scoring = scoring
-      .then(async () => post({ type: 'heldOut', round, value: await evaluator.edge(adapter) }))
+      .then(async () => post({ type: 'heldOut', round, value: (await evaluator.edge(adapter)).value }))
       .catch((error: unknown) => {
         scoringFailed ??= error instanceof Error ? error : new Error(String(error));
       });
@@ -141,11 +141,13 @@ async function federate(task: FederateTask): Promise<void> {
   if (scoringFailed !== undefined) throw scoringFailed;
   const adapter = outcome.personalization?.adapter;
   if (outcome.status !== 'completed' || !adapter) throw new Error(`job ${task.jobId} ended ${outcome.status}`);
-  const scores: WorkerScores = { edge: await evaluator.edge(adapter) };
+  const edge = await evaluator.edge(adapter);
+  const scores: WorkerScores = { edge: edge.value, items: { edge: edge.items } };
   if (task.cloudUrl) {
     const fused = await evaluator.fused(adapter);
     scores.fused = fused.value;
     scores.fusedFallback = fused.fallback;
+    scores.items.fused = fused.items;
   }
   post({ type: 'result', scores, ...(outcome.personalization ? { rule: outcome.personalization.rule } : {}) });
 }
@@ -165,7 +167,7 @@ async function trainAlone(task: LocalTask): Promise<void> {
     { rank: task.plan.rank, alpha: task.alpha, targetModules: task.targetModules, layers: task.plan.layers },
     task.seed,
   );
-  post({ type: 'heldOut', round: 0, value: await evaluator.edge(adapter) });
+  post({ type: 'heldOut', round: 0, value: (await evaluator.edge(adapter)).value });
   const phases = [...Array.from({ length: task.rounds }, () => task.localSteps), task.extraSteps];
   try {
     for (const [round, steps] of phases.entries()) {
@@ -179,12 +181,14 @@ async function trainAlone(task: LocalTask): Promise<void> {
         onStep: (step, loss) => post({ type: 'step', round, step, loss }),
       });
       adapter = result.adapter;
-      if (round < task.rounds - 1) post({ type: 'heldOut', round: round + 1, value: await evaluator.edge(adapter) });
+      if (round < task.rounds - 1)
+        post({ type: 'heldOut', round: round + 1, value: (await evaluator.edge(adapter)).value });
     }
   } finally {
     await trainer.dispose();
   }
-  post({ type: 'result', scores: { edge: await evaluator.edge(adapter) } });
+  const final = await evaluator.edge(adapter);
+  post({ type: 'result', scores: { edge: final.value, items: { edge: final.items } } });
 }
 
 async function reference(task: ReferenceTask): Promise<void> {
@@ -192,7 +196,16 @@ async function reference(task: ReferenceTask): Promise<void> {
   const edge = await evaluator.edge();
   const cloud = await evaluator.cloudAlone();
   const fused = await evaluator.fused();
-  post({ type: 'result', scores: { edge, cloud, fused: fused.value, fusedFallback: fused.fallback } });
+  post({
+    type: 'result',
+    scores: {
+      edge: edge.value,
+      cloud: cloud.value,
+      fused: fused.value,
+      fusedFallback: fused.fallback,
+      items: { edge: edge.items, cloud: cloud.items, fused: fused.items },
+    },
+  });
 }
 
 const runners = { federate, local: trainAlone, reference } as Record<

@@ -5,6 +5,7 @@
  */
 import type { TrainingCost } from '@floe/edge-client';
 import type { TaskName } from '@floe/tasks';
+import type { ItemScores } from '@floe/shared';
 
 export interface ClientSpec {
   id: string;
@@ -75,6 +76,8 @@ export interface WorkerScores {
   fused?: number;
   /** Share of fused bytes that fell back to the edge (the cloud failed or was late); 0 expected. */
   fusedFallback?: number;
+  /** What each held-out item contributed to each figure above, for paired comparisons. */
+  items: { edge: ItemScores; cloud?: ItemScores; fused?: ItemScores };
 }
 
 export type WorkerEvent =
