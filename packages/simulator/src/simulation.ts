@@ -40,6 +40,7 @@ import {
   type RoundTime,
   bytesPerClient,
   clusterAssignment,
+  differences,
   metricPerRound,
   perClient,
   roundTimes,
@@ -659,6 +660,12 @@ function assemble(collected: Collected): SimulationResult {
     'bytes-per-client': bytesPerClient(byteRows),
     'round-times': roundTimes(timeRows),
     'cluster-assignment': clusterAssignment(cells),
+    differences: differences(
+      Object.entries(tasks).flatMap(([task, result]) =>
+        Object.entries(result.differences).map(([pair, d]) => ({ task, pair: pair.replace('-', ' - '), ...d })),
+      ),
+      metrics,
+    ),
   };
   return { report, claims: checkClaims(report), charts };
 }

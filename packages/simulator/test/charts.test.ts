@@ -11,8 +11,10 @@ import {
   type ClientPoint,
   type ClusterCell,
   type RoundPoint,
+  type DifferenceRow,
   bytesPerClient,
   clusterAssignment,
+  differences,
   metricPerRound,
   perClient,
   renderSvg,
@@ -32,6 +34,11 @@ const clients: ClientPoint[] = CLIENTS.flatMap(({ task, client }, c) =>
 );
 const cells: ClusterCell[] = CLIENTS.flatMap(({ task, client }) =>
   [1, 2, 3].map((round) => ({ client, task, round, cluster: round === 1 ? '0' : task })),
+);
+const PAIRS = ['floe - fedavg', 'floe - local', 'floe_fused - floe', 'floe_fused - cloud'];
+// some intervals hold 0, some lie wholly on one side of it
+const gaps: DifferenceRow[] = Object.keys(TASKS).flatMap((task, t) =>
+  PAIRS.map((pair, p) => ({ task, pair, mean: 0.01 * (p - 1) * (t + 1), low: 0.01 * (p - 2), high: 0.01 * p })),
 );
 const count = (svg: string, role: string) => svg.split(`aria-roledescription="${role}"`).length - 1;
 
@@ -53,6 +60,7 @@ beforeAll(async () => {
       roundTimes(METHODS.flatMap((method) => [1, 2, 3].map((round) => ({ method, round, seconds: round })))),
     ),
     clusters: await renderSvg(clusterAssignment(cells)),
+    differences: await renderSvg(differences(gaps, TASKS)),
   };
 });
 
@@ -64,6 +72,9 @@ describe('report charts as SVG', () => {
     expect(count(svgs['clusters']!, 'rect mark')).toBe(cells.length);
     expect(count(svgs['metric']!, 'line mark')).toBe(Object.keys(TASKS).length * METHODS.length);
     expect(count(svgs['times']!, 'line mark')).toBe(METHODS.length);
+    // a point and an interval per task and pair, and each task's line at 0
+    expect(count(svgs['differences']!, 'point')).toBe(gaps.length);
+    for (const pair of PAIRS) expect(svgs['differences']).toContain(`>${pair}</text>`);
     for (const svg of Object.values(svgs)) expect(svg.startsWith('<svg')).toBe(true);
   });
 });
@@ -93,7 +104,8 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env['CI'])('report charts in h
           const frame = root.getBoundingClientRect();
           const marks = [
             ...document.querySelectorAll(
-              '[aria-roledescription="bar"], [aria-roledescription="rect mark"], [aria-roledescription="line mark"]',
+              '[aria-roledescription="bar"], [aria-roledescription="rect mark"], [aria-roledescription="line mark"], ' +
+                '[aria-roledescription="point"], [aria-roledescription="rule mark"]',
             ),
           ];
           const outside = marks.filter((m) => {
@@ -112,7 +124,9 @@ describe.skipIf(!existsSync(CHROMIUM) && !process.env['CI'])('report charts in h
         });
         expect(seen.marks, name).toBeGreaterThan(0);
         expect(seen.outside, name).toBe(0);
-        if (name !== 'bytes' && name !== 'clusters') for (const m of METHODS) expect(seen.texts, name).toContain(m);
+        if (name === 'differences') for (const p of PAIRS) expect(seen.texts, name).toContain(p);
+        else if (name !== 'bytes' && name !== 'clusters')
+          for (const m of METHODS) expect(seen.texts, name).toContain(m);
         const png = await page.screenshot({ clip: { x: 0, y: 0, width: seen.width, height: seen.height } });
         // a PNG of the chart's size
         expect(png.subarray(1, 4).toString()).toBe('PNG');

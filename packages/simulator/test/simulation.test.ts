@@ -115,6 +115,7 @@ describe('runSimulation on a small scenario', () => {
     expect(Object.keys(result.charts).sort()).toEqual([
       'bytes-per-client',
       'cluster-assignment',
+      'differences',
       'metric-per-round',
       'per-client',
       'round-times',

@@ -43,6 +43,16 @@ export interface ClusterCell {
   cluster: string;
 }
 
+/** A difference between two methods' mean client figures on a task, with its interval. */
+export interface DifferenceRow {
+  task: string;
+  /** e.g. `floe - local` */
+  pair: string;
+  mean: number;
+  low: number;
+  high: number;
+}
+
 const WIDTH = 260;
 const HEIGHT = 160;
 
@@ -99,6 +109,47 @@ export function perClient(points: readonly ClientPoint[], metrics: Record<string
       },
     },
     resolve: { scale: { y: 'independent', x: 'independent' } },
+  };
+}
+
+/**
+ * Each compared pair's difference as a point on its 95% interval, against a line at 0: an interval
+ * crossing the line does not tell the two methods apart. One panel per task, in the task's units.
+ */
+export function differences(rows: readonly DifferenceRow[], metrics: Record<string, string>): TopLevelSpec {
+  return {
+    title: {
+      text: 'Differences of the mean client figure, 95% paired bootstrap intervals',
+      subtitle: 'left of the dashed line favours a where lower is better (bits per byte), b where higher is better',
+    },
+    data: { values: withMetric(rows, metrics) },
+    facet: { row: { field: 'metric', type: 'nominal', title: null } },
+    spec: {
+      width: WIDTH * 1.5,
+      height: { step: 22 },
+      layer: [
+        {
+          mark: { type: 'rule', color: '#999', strokeDash: [4, 3] },
+          encoding: { x: { datum: 0, type: 'quantitative' } },
+        },
+        {
+          mark: { type: 'rule', strokeWidth: 2 },
+          encoding: {
+            y: { field: 'pair', type: 'nominal', title: null, sort: null },
+            x: { field: 'low', type: 'quantitative', title: 'difference (a - b)' },
+            x2: { field: 'high' },
+          },
+        },
+        {
+          mark: { type: 'point', filled: true, size: 50 },
+          encoding: {
+            y: { field: 'pair', type: 'nominal', sort: null },
+            x: { field: 'mean', type: 'quantitative' },
+          },
+        },
+      ],
+    },
+    resolve: { scale: { x: 'independent' } },
   };
 }
 
