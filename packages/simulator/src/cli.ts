@@ -19,7 +19,7 @@ import { parse } from '@floe/shared';
 import { TASKS } from '@floe/tasks';
 import { reportMarkdown } from './report/markdown.js';
 import { renderSvg } from './report/charts.js';
-import { type Claim, METHODS, SimulationReport, checkClaims } from './report/schema.js';
+import { type Claim, METHODS, SimulationReport, checkClaims, verdict } from './report/schema.js';
 import { OffloadUsageError, simulateOffload } from './offload/command.js';
 import { OffloadReport, offloadClaims } from './offload/report.js';
 import { DEFAULT_OFFLOAD } from './offload/scenario.js';
@@ -150,16 +150,17 @@ async function simulate(flags: Record<string, unknown>, quick: boolean, configFi
   console.log(
     `\nclustering agreement (ARI) ${report.clusteringAri.toFixed(3)}; raw data bytes at the server ${report.rawBytesAtServer}`,
   );
-  for (const c of claims) console.log(`${c.holds ? 'holds' : 'DOES NOT HOLD'}: ${c.claim} (${c.detail})`);
+  for (const c of claims) console.log(`${verdict(c)}: ${c.claim} (${c.detail})`);
   console.log(`\nreport: ${path.join(outDir, 'report.md')}`);
   return claims.every((c) => c.holds);
 }
 
 /**
  * Validates a written report (a mismatch is a usage error) and checks its claims; true when the required
- * ones hold (all of them when `required` is undefined). Every claim is printed.
+ * ones hold (all of them when `required` is undefined) and, with `failRefuted`, no claim is refuted.
+ * Every claim is printed.
  */
-async function check(file: string, required?: readonly string[]): Promise<boolean> {
+async function check(file: string, required?: readonly string[], failRefuted = false): Promise<boolean> {
   let value: unknown;
   try {
     value = JSON.parse(await readFile(file, 'utf8'));
@@ -183,11 +184,9 @@ async function check(file: string, required?: readonly string[]): Promise<boolea
   }
   const enforced = (c: Claim) => required === undefined || required.includes(c.id);
   for (const c of claims) {
-    console.log(
-      `${c.holds ? 'holds' : 'DOES NOT HOLD'}: [${c.id}] ${c.claim} (${c.detail})${enforced(c) ? '' : ' (not required)'}`,
-    );
+    console.log(`${verdict(c)}: [${c.id}] ${c.claim} (${c.detail})${enforced(c) ? '' : ' (not required)'}`);
   }
-  return claims.every((c) => c.holds || !enforced(c));
+  return claims.every((c) => (c.holds || !enforced(c)) && !(failRefuted && c.refuted));
 }
 
 const d = DEFAULT_SCENARIO;
@@ -334,9 +333,13 @@ program
     '--require <ids>',
     'exit 1 only when one of these claims does not hold (comma-separated: <task>:floe, speech:fusion, clustering, raw-data); the others are printed',
   )
+  .option(
+    '--fail-refuted',
+    'also exit 1 when any claim is refuted: it does not hold and the held-out items resolve a difference against it',
+  )
   .action(async (file, o) => {
     const required = o.require?.split(',').map((id) => id.trim());
-    if (!(await check(file, required))) process.exitCode = 1;
+    if (!(await check(file, required, o.failRefuted === true))) process.exitCode = 1;
   });
 
 program.exitOverride();

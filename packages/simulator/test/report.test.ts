@@ -88,6 +88,25 @@ describe('simulation report', () => {
     expect(email.detail).toContain('Floe - FedAvg +0.0300 [+0.0100, +0.0500] (resolved)');
   });
 
+  it('calls a failed claim refuted only when an interval it rests on lies wholly against it', () => {
+    // local ahead of Floe by 0.02 on email accuracy; FedAvg ahead of Floe + fusion by 0.05 bits per byte
+    const behind = { ...good, email: { ...good.email, local: 0.95 }, speech: { ...good.speech, fedavg: 1.65 } };
+    const resolved = checkClaims(report(behind, {}, 0.01));
+    expect(resolved.find((c) => c.id === 'email:floe')).toMatchObject({ holds: false, refuted: true });
+    // lower is better: Floe's 1.7 against FedAvg's 1.65 is +0.05, resolved against Floe
+    expect(resolved.find((c) => c.id === 'speech:floe')).toMatchObject({ holds: false, refuted: true });
+    const noisy = checkClaims(report(behind, {}, 0.1));
+    expect(noisy.find((c) => c.id === 'email:floe')).toMatchObject({ holds: false, refuted: false });
+    expect(noisy.find((c) => c.id === 'speech:floe')).toMatchObject({ holds: false, refuted: false });
+    // behind FedAvg within noise and ahead of local beyond it: it fails, and it is not refuted
+    const close = checkClaims(report({ ...good, speech: { ...good.speech, fedavg: 1.695 } }, {}, 0.01));
+    expect(close.find((c) => c.id === 'speech:floe')).toMatchObject({ holds: false, refuted: false });
+    // a claim that holds on the means is never refuted, however wide its intervals
+    expect(checkClaims(report(good, {}, 0.5)).every((c) => c.holds && !c.refuted)).toBe(true);
+    const fusionBehind = checkClaims(report({ ...good, speech: { ...good.speech, cloud: 1.55 } }, {}, 0.01));
+    expect(fusionBehind.find((c) => c.id === 'speech:fusion')).toMatchObject({ holds: false, refuted: true });
+  });
+
   it('fails each claim the figures do not support', () => {
     // lower bits per byte is better: FedAvg at 1.65 beats Floe at 1.7
     const worse = checkClaims(report({ ...good, speech: { ...good.speech, fedavg: 1.65 } }));
@@ -155,6 +174,18 @@ describe('simulation report', () => {
     expect(
       check(await write('leak.json', report(good, { rawBytesAtServer: 16 })), '--require', 'raw-data').status,
     ).toBe(1);
+    // a claim failing within noise passes --fail-refuted; a refuted one fails it, required or not
+    const behind = { ...good, email: { ...good.email, local: 0.95 } };
+    const noisy = await write('noisy.json', report(behind, {}, 0.1));
+    expect(check(noisy, '--require', 'raw-data', '--fail-refuted').status).toBe(0);
+    const refuted = check(
+      await write('refuted.json', report(behind, {}, 0.01)),
+      '--require',
+      'raw-data',
+      '--fail-refuted',
+    );
+    expect(refuted.status).toBe(1);
+    expect(refuted.stdout).toMatch(/REFUTED: \[email:floe\]/);
     const wrong = check(split, '--require', 'raw-bytes');
     expect(wrong.status).toBe(2);
     expect(wrong.stderr).toMatch(/no claim raw-bytes.*raw-data/);

@@ -4,7 +4,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse } from '@floe/shared';
 import { renderSvg } from '../report/charts.js';
-import type { Claim } from '../report/schema.js';
+import { type Claim, verdict } from '../report/schema.js';
 import { OffloadReport, offloadCharts, offloadClaims, offloadMarkdown } from './report.js';
 import { runOffload } from './run.js';
 import { DEFAULT_OFFLOAD, OffloadScenario, QUICK_OFFLOAD } from './scenario.js';
@@ -75,7 +75,7 @@ export async function simulateOffload(
     const calls = (callRatio as Record<string, number>)[method];
     console.log(`  ${method.padEnd(10)} ${accuracy.toFixed(3)}${calls === undefined ? '' : ` (${calls.toFixed(2)})`}`);
   }
-  for (const c of claims) console.log(`${c.holds ? 'holds' : 'DOES NOT HOLD'}: ${c.claim} (${c.detail})`);
+  for (const c of claims) console.log(`${verdict(c)}: ${c.claim} (${c.detail})`);
   console.log(`\nreport: ${path.join(outDir, 'report.md')}`);
   return claims;
 }

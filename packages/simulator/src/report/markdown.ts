@@ -1,6 +1,6 @@
 /** `report.md`: what a simulation showed, for a person: the claims first, then a table per task and the charts. */
 import { markdownTable } from 'markdown-table';
-import { type Claim, METHODS, type Method, type SimulationReport, signed } from './schema.js';
+import { type Claim, METHODS, type Method, type SimulationReport, signed, verdict } from './schema.js';
 
 const METHOD_NAMES: Record<(typeof METHODS)[number], string> = {
   base: 'base checkpoint',
@@ -30,7 +30,7 @@ export function reportMarkdown(
     '',
     '## Claims',
     '',
-    ...claims.map((c) => `- ${c.holds ? 'holds' : '**does not hold**'}: ${c.claim} (${c.detail})`),
+    ...claims.map((c) => `- ${c.holds ? 'holds' : `**${verdict(c).toLowerCase()}**`}: ${c.claim} (${c.detail})`),
     '',
   );
   for (const [task, result] of Object.entries(report.tasks)) {

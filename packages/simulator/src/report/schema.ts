@@ -95,9 +95,17 @@ export interface Claim {
   id: string;
   claim: string;
   holds: boolean;
+  /**
+   * It does not hold, and the held-out items resolve it: a difference it rests on lies wholly on the
+   * losing side of 0 (absent for claims without intervals). A claim that fails within noise is not refuted.
+   */
+  refuted?: boolean;
   /** The figures behind it. */
   detail: string;
 }
+
+/** A claim's state as printed: holds, fails within the noise of the held-out items, or is refuted by them. */
+export const verdict = (c: Claim) => (c.holds ? 'holds' : c.refuted ? 'REFUTED' : 'DOES NOT HOLD');
 
 /** `a` beats `b` in the metric's direction by more than float noise (a tie is not a win). */
 const better = (higherIsBetter: boolean, a: number, b: number) =>
@@ -113,6 +121,13 @@ const show = (x: number) => (Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(4));
  * A difference with its interval, and whether the held-out items resolve it: an interval that holds 0
  * says the two methods are not told apart on this many items, whichever mean is ahead.
  */
+/** Whether `a-b`'s interval lies wholly where a loses to b, in the task's direction. */
+function resolvedAgainst(result: SimulationReport['tasks'][string], key: string): boolean {
+  const d = result.differences[key];
+  if (!d) return false;
+  return result.higherIsBetter ? d.high < 0 : d.low > 0;
+}
+
 function differenceNote(result: SimulationReport['tasks'][string], key: string, name: string): string {
   const d = result.differences[key];
   if (!d) return `${name}: no interval`;
@@ -130,11 +145,13 @@ export function checkClaims(report: SimulationReport, minAri = 0.8): Claim[] {
   const claims: Claim[] = [];
   for (const [task, result] of Object.entries(report.tasks)) {
     const { floe, fedavg, local } = result.methods;
+    const holds =
+      better(result.higherIsBetter, floe.mean, fedavg.mean) && better(result.higherIsBetter, floe.mean, local.mean);
     claims.push({
       id: `${task}:floe`,
       claim: `${task}: Floe beats FedAvg and local-only on the mean ${result.metric}`,
-      holds:
-        better(result.higherIsBetter, floe.mean, fedavg.mean) && better(result.higherIsBetter, floe.mean, local.mean),
+      holds,
+      refuted: !holds && (resolvedAgainst(result, 'floe-fedavg') || resolvedAgainst(result, 'floe-local')),
       detail:
         `Floe ${show(floe.mean)}, FedAvg ${show(fedavg.mean)}, local ${show(local.mean)}; ` +
         `${differenceNote(result, 'floe-fedavg', 'Floe - FedAvg')}, ${differenceNote(result, 'floe-local', 'Floe - local')}`,
@@ -143,12 +160,14 @@ export function checkClaims(report: SimulationReport, minAri = 0.8): Claim[] {
   const speech = report.tasks['speech'];
   if (speech) {
     const { floe_fused: fusedFloe, floe, cloud } = speech.methods;
+    const holds =
+      better(speech.higherIsBetter, fusedFloe.mean, floe.mean) &&
+      better(speech.higherIsBetter, fusedFloe.mean, cloud.mean);
     claims.push({
       id: 'speech:fusion',
       claim: `speech: Floe with fusion beats Floe and cloud-only on ${speech.metric}`,
-      holds:
-        better(speech.higherIsBetter, fusedFloe.mean, floe.mean) &&
-        better(speech.higherIsBetter, fusedFloe.mean, cloud.mean),
+      holds,
+      refuted: !holds && (resolvedAgainst(speech, 'floe_fused-floe') || resolvedAgainst(speech, 'floe_fused-cloud')),
       detail:
         `Floe + fusion ${show(fusedFloe.mean)}, Floe ${show(floe.mean)}, cloud ${show(cloud.mean)}; ` +
         `${differenceNote(speech, 'floe_fused-floe', 'Floe + fusion - Floe')}, ` +
