@@ -12,12 +12,14 @@ export function hasRedisServer(): boolean {
 
 export interface LocalRedis {
   url: string;
+  port: number;
   stop(): Promise<void>;
 }
 
-export async function startLocalRedis(): Promise<LocalRedis> {
+/** A Redis on `port` (default: a free one); starting one again on a stopped one's port brings it back, empty. */
+export async function startLocalRedis(port?: number): Promise<LocalRedis> {
   if (!hasRedisServer()) throw new Error('redis-server is not installed (apt-get install redis-server)');
-  const port = await freePort();
+  port ??= await freePort();
   const child: ChildProcess = spawn(
     'redis-server',
     ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'],
@@ -45,6 +47,7 @@ export async function startLocalRedis(): Promise<LocalRedis> {
   }
   return {
     url,
+    port,
     stop: () =>
       new Promise((resolve) => {
         if (child.exitCode !== null) return resolve();

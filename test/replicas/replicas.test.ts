@@ -10,6 +10,7 @@ import { type ServerProcess, spawnServerProcess } from '@floe/server';
 import type { ErrorMessage, JobSummary } from '@floe/shared';
 import { DEFAULT_PROFILE } from '@floe/simulator';
 import { startLocalNginx } from '../../scripts/lib/local-nginx.js';
+import { startLocalRedis } from '../../scripts/lib/local-redis.js';
 import { type TcpBalancer, startTcpBalancer } from '../../scripts/lib/tcp-balancer.js';
 import {
   ADMIN_TOKEN,
@@ -189,6 +190,104 @@ describe('two replicas over PostgreSQL and Redis', () => {
         ? true
         : undefined,
     );
+  });
+
+  it('stay up through a Redis outage, answering devices and admins, and federate across replicas once it is back', async () => {
+    const store = await testStore();
+    cleanups.push(() => store.dispose());
+    let redis = await startLocalRedis();
+    cleanups.push(() => redis.stop());
+    const env = { FLOE_REDIS_URL: redis.url };
+    const [first, second] = [await startReplica(store, env), await startReplica(store, env)];
+    const exits: string[] = [];
+    for (const [name, replica] of [
+      ['first', first],
+      ['second', second],
+    ] as const)
+      replica.child.once('exit', (code, signal) => exits.push(`${name} exited ${code ?? signal}`));
+    await until('a replica to coordinate', async () =>
+      (await health(first)).coordinating || (await health(second)).coordinating ? true : undefined,
+    );
+    const devices = [
+      ...(await startDevices(first.url, 3, (i) => ({
+        plan: PLAN,
+        distribution: { seed: 3, scale: 0.05, noise: 0.5 },
+        clientSeed: i,
+      }))),
+      ...(await startDevices(second.url, 3, (i) => ({
+        plan: PLAN,
+        distribution: { seed: 3, scale: 0.05, noise: 0.5 },
+        clientSeed: 3 + i,
+      }))),
+    ];
+    cleanups.push(() => devices.forEach((d) => d.stop()));
+
+    await redis.stop();
+    // what reaches a replica while Redis is gone: health checks, a job created (an event for the other
+    // replica), device messages (the shared rate limiter), presence asks; then the retries of 10 s
+    const { clientId, credential } = await enroll(second.url, JOIN_TOKEN, DEFAULT_PROFILE);
+    const connection = await ServerConnection.open(second.url, credential, {
+      profile: DEFAULT_PROFILE,
+      plan: PLAN,
+      reconnect: false,
+    });
+    cleanups.push(() => connection.close());
+    expect(clientId).toBeTruthy();
+    expect(await connection.sendFrame('probe', new Uint8Array(1), 'none', 0)).toMatchObject({ code: 'unknown_event' });
+    const during = await second.test.admin<JobSummary>(
+      'POST',
+      '/v1/jobs',
+      jobSpec({ strategy: 'fedavg', rounds: 1, clientsPerRound: 6, quorum: 1, roundDeadlineSec: 10 }),
+    );
+    expect(during.status).toBe(201);
+    const outageEnds = Date.now() + 10_000;
+    while (Date.now() < outageEnds) {
+      for (const replica of [first, second]) expect((await fetch(`${replica.url}/healthz`)).status).toBe(200);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    connection.close();
+    expect(exits).toEqual([]);
+
+    redis = await startLocalRedis(redis.port);
+    // the job started in the outage ends (its round may miss devices whose start was lost)
+    await waitForJob(second.test, during.body.id, undefined, 60_000);
+    const after = await second.test.admin<JobSummary>(
+      'POST',
+      '/v1/jobs',
+      jobSpec({ strategy: 'fedavg', rounds: 2, clientsPerRound: 6, quorum: 6, roundDeadlineSec: 30 }),
+    );
+    const job = await waitForJob(second.test, after.body.id, undefined, 90_000);
+    expect(job.status).toBe('completed');
+    expect(job.rounds.map((r) => r.accepted)).toEqual([6, 6]);
+    expect(exits).toEqual([]);
+  });
+
+  it('count the HTTP rate limit over both replicas, and in each one alone while Redis is down', async () => {
+    const store = await testStore();
+    cleanups.push(() => store.dispose());
+    const redis = await startLocalRedis();
+    cleanups.push(() => redis.stop());
+    const env = { FLOE_REDIS_URL: redis.url, FLOE_HTTP_RATE_LIMIT_PER_MINUTE: '6' };
+    const [first, second] = [await startReplica(store, env), await startReplica(store, env)];
+    const status = async (replica: Replica) => (await fetch(`${replica.url}/healthz`)).status;
+    // six requests spread over both replicas fill the minute; the seventh is refused wherever it goes
+    const spread = [];
+    for (let i = 0; i < 6; i++) spread.push(await status(i % 2 === 0 ? first : second));
+    expect(spread).toEqual([200, 200, 200, 200, 200, 200]);
+    expect(await status(first)).toBe(429);
+    expect(await status(second)).toBe(429);
+    // enrollment has its own quarter of the limit (2): one on each replica, then refused on either
+    expect((await enroll(first.url, JOIN_TOKEN, DEFAULT_PROFILE)).clientId).toBeTruthy();
+    expect((await enroll(second.url, JOIN_TOKEN, DEFAULT_PROFILE)).clientId).toBeTruthy();
+    await expect(enroll(first.url, JOIN_TOKEN, DEFAULT_PROFILE)).rejects.toThrow(/Rate limit exceeded/);
+
+    await redis.stop();
+    // each replica counts alone in memory: six more each, then refused, and no request fails otherwise
+    for (const replica of [first, second]) {
+      const answers = [];
+      for (let i = 0; i < 7; i++) answers.push(await status(replica));
+      expect(answers).toEqual([200, 200, 200, 200, 200, 200, 429]);
+    }
   });
 
   it("serve devices through the deployment's load balancer (docker/nginx-replicas.conf)", async () => {

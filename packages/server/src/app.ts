@@ -17,6 +17,7 @@ import { RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible';
 import { FloeError, PROTOCOL_VERSION, asyncApiDocument } from '@floe/shared';
 import { Credentials } from './auth.js';
 import { DEFAULT_CONFIG, type ServerConfig } from './config.js';
+import { insuredRedisStore } from './http/rate-limit-store.js';
 import { registerApi, HttpError } from './http/api.js';
 import { registerDashboard } from './http/dashboard.js';
 import { ServerMetrics } from './metrics.js';
@@ -61,6 +62,22 @@ async function connectRedis(url: string): Promise<Redis> {
     const reason = error instanceof Error ? error.message : String(error);
     throw new StartupError('redis_unavailable', `cannot reach the Redis ${shown}: ${reason}`);
   }
+}
+
+/**
+ * `client` whose publishes never reject unheard: the socket.io Redis adapter publishes without awaiting,
+ * so while Redis is unreachable each lost message would be an unhandled rejection, which ends Node.
+ * The callers that need an answer (requests to the other replicas) time out on their own.
+ */
+function settledPublisher(client: Redis, onLost: (error: unknown) => void): Redis {
+  client.on('error', () => undefined);
+  const publish = client.publish.bind(client) as (...args: unknown[]) => Promise<number>;
+  client.publish = (...args: unknown[]) => {
+    const sent = publish(...args);
+    sent.catch(onLost);
+    return sent;
+  };
+  return client;
 }
 
 registerAjvFormats();
@@ -124,7 +141,7 @@ export async function startServer(
   await app.register(rateLimit, {
     max: config.httpRateLimitPerMinute,
     timeWindow: 60_000,
-    ...(redis ? { redis, nameSpace: 'floe-http-' } : {}),
+    ...(redis ? { store: insuredRedisStore(redis, 'floe-http-') } : {}),
   });
   await app.register(swagger, {
     openapi: {
@@ -212,7 +229,14 @@ async function serve(
   });
   const subscriber = redis?.duplicate();
   subscriber?.on('error', () => undefined);
-  if (redis && subscriber) io.adapter(createAdapter(redis, subscriber, { key: 'floe', requestsTimeout: 3000 }));
+  const publisher =
+    redis &&
+    settledPublisher(redis.duplicate(), (error) =>
+      app.log.warn({ err: error }, 'a message to the other replicas was lost (Redis unreachable)'),
+    );
+  if (publisher && subscriber) {
+    io.adapter(createAdapter(publisher, subscriber, { key: 'floe', requestsTimeout: 3000 }));
+  }
   const limit = { points: config.rateLimitMessages, duration: config.rateWindowSec };
   const gateway = new Gateway(io, metrics, app.log, {
     maxFrameBytes: config.maxFrameBytes,
@@ -226,6 +250,7 @@ async function serve(
           storeClient: redis,
           keyPrefix: 'floe-messages',
           ...limit,
+          rejectIfRedisNotReady: true,
           insuranceLimiter: new RateLimiterMemory(limit),
         }),
       },
@@ -277,6 +302,7 @@ async function serve(
         await aggregation.close();
         await store.close();
         subscriber?.disconnect();
+        publisher?.disconnect();
         redis?.disconnect();
       })();
       return closing;

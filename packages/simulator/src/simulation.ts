@@ -662,7 +662,7 @@ function assemble(collected: Collected): SimulationResult {
     'cluster-assignment': clusterAssignment(cells),
     differences: differences(
       Object.entries(tasks).flatMap(([task, result]) =>
-        Object.entries(result.differences).map(([pair, d]) => ({ task, pair: pair.replace('-', ' - '), ...d })),
+        Object.entries(result.differences ?? {}).map(([pair, d]) => ({ task, pair: pair.replace('-', ' - '), ...d })),
       ),
       metrics,
     ),

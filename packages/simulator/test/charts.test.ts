@@ -72,7 +72,7 @@ describe('report charts as SVG', () => {
     expect(count(svgs['clusters']!, 'rect mark')).toBe(cells.length);
     expect(count(svgs['metric']!, 'line mark')).toBe(Object.keys(TASKS).length * METHODS.length);
     expect(count(svgs['times']!, 'line mark')).toBe(METHODS.length);
-    // a point and an interval per task and pair, and each task's line at 0
+    // a point per task and pair, each pair named
     expect(count(svgs['differences']!, 'point')).toBe(gaps.length);
     for (const pair of PAIRS) expect(svgs['differences']).toContain(`>${pair}</text>`);
     for (const svg of Object.values(svgs)) expect(svg.startsWith('<svg')).toBe(true);

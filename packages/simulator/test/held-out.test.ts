@@ -39,6 +39,11 @@ describe('scoreHeldOut on the edge model', () => {
     const batched = await evaluateSpeech(model, [text]);
     expect(ours.count).toBe(batched.bytes);
     expect(ours.value).toBeCloseTo(batched.bitsPerByte, 4);
+    // one item per window: its bits and its bytes, which add up to the figure
+    expect(ours.items.weights).toEqual([WINDOW_BYTES, WINDOW_BYTES, WINDOW_BYTES, 40]);
+    const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
+    expect(sum(ours.items.sums) / sum(ours.items.weights)).toBe(ours.value);
+    for (const bits of ours.items.sums) expect(bits).toBeGreaterThan(0);
   });
 
   it('chooses the labels the batched evaluator chooses, on the same end of each email', async () => {
@@ -64,6 +69,11 @@ describe('scoreHeldOut on the edge model', () => {
     const batched = await evaluateArithmetic(model, examples);
     expect(ours.value).toBe(batched.exactMatch);
     expect(ours.count).toBe(40);
+    // one item per problem, in order: 1 where the generator, asked that problem alone, gets it right
+    expect(ours.items.weights).toEqual(examples.map(() => 1));
+    const alone = [];
+    for (const example of examples) alone.push((await evaluateArithmetic(model, [example])).exactMatch);
+    expect(ours.items.sums).toEqual(alone);
   });
 
   it('scores a fresh LoRA start as the base model and any other adapter through it', async () => {

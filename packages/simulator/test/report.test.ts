@@ -107,6 +107,16 @@ describe('simulation report', () => {
     expect(fusionBehind.find((c) => c.id === 'speech:fusion')).toMatchObject({ holds: false, refuted: true });
   });
 
+  it('still validates and checks a report written before the intervals, on its means', () => {
+    const old = report(good);
+    for (const task of Object.values(old.tasks)) delete task.differences;
+    expect(isValid(SimulationReport, old)).toBe(true);
+    const claims = checkClaims(old);
+    expect(claims.map((c) => c.holds)).toEqual([true, true, true, true, true]);
+    expect(claims[0]!.detail).toContain('Floe - local: no interval');
+    expect(reportMarkdown(old, claims, {})).toContain('## speech');
+  });
+
   it('fails each claim the figures do not support', () => {
     // lower bits per byte is better: FedAvg at 1.65 beats Floe at 1.7
     const worse = checkClaims(report({ ...good, speech: { ...good.speech, fedavg: 1.65 } }));

@@ -67,7 +67,7 @@ describe('runSimulation on a small scenario', () => {
 
   it('gives each compared pair the difference of its means, inside an interval from the same items', () => {
     for (const task of SCENARIO.tasks) {
-      const { methods, differences } = result.report.tasks[task]!;
+      const { methods, differences = {} } = result.report.tasks[task]!;
       for (const [a, b] of COMPARED) {
         const d = differences[`${a}-${b}`]!;
         // each figure is a client's share of 10 examples: the bootstrap draws can only move it in tenths

@@ -129,6 +129,8 @@ export function differences(rows: readonly DifferenceRow[], metrics: Record<stri
       height: { step: 22 },
       layer: [
         {
+          // one line per panel, not one per row of the panel's data
+          data: { values: [{}] },
           mark: { type: 'rule', color: '#999', strokeDash: [4, 3] },
           encoding: { x: { datum: 0, type: 'quantitative' } },
         },

@@ -60,7 +60,7 @@ export function reportMarkdown(
       '',
       markdownTable([
         ['difference', 'mean', '95% interval'],
-        ...Object.entries(result.differences).map(([pair, d]) => [
+        ...Object.entries(result.differences ?? {}).map(([pair, d]) => [
           pair
             .split('-')
             .map((m) => METHOD_NAMES[m as Method] ?? m)

@@ -36,10 +36,13 @@ const TaskResult = Type.Object(
   {
     metric: Type.String({ description: 'e.g. bits per byte, accuracy, exact match' }),
     higherIsBetter: Type.Boolean(),
-    differences: Type.Record(Type.String(), Interval, {
-      description:
-        "'a-b' -> a's mean client figure minus b's, with a 95% paired bootstrap interval over the held-out items (resampled within each client)",
-    }),
+    // optional: reports written before the intervals (2026-12-03) still validate and are checked on their means
+    differences: Type.Optional(
+      Type.Record(Type.String(), Interval, {
+        description:
+          "'a-b' -> a's mean client figure minus b's, with a 95% paired bootstrap interval over the held-out items (resampled within each client)",
+      }),
+    ),
     methods: Type.Object(
       Object.fromEntries(METHODS.map((m) => [m, MethodResult])) as Record<Method, typeof MethodResult>,
       {
@@ -112,24 +115,19 @@ const better = (higherIsBetter: boolean, a: number, b: number) =>
   (higherIsBetter ? a - b : b - a) > 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
 const show = (x: number) => (Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(4));
 
-/**
- * The issue's claims on a report: Floe beats FedAvg and local-only on every task's mean; Floe with
- * fusion beats Floe and the cloud alone on speech; clustering agreement at least `minAri`; no raw data
- * at the server.
- */
-/**
- * A difference with its interval, and whether the held-out items resolve it: an interval that holds 0
- * says the two methods are not told apart on this many items, whichever mean is ahead.
- */
-/** Whether `a-b`'s interval lies wholly where a loses to b, in the task's direction. */
+/** Whether `a-b`'s interval lies wholly where a loses to b, in the task's direction (false without one). */
 function resolvedAgainst(result: SimulationReport['tasks'][string], key: string): boolean {
-  const d = result.differences[key];
+  const d = result.differences?.[key];
   if (!d) return false;
   return result.higherIsBetter ? d.high < 0 : d.low > 0;
 }
 
+/**
+ * A difference with its interval, and whether the held-out items resolve it: an interval that holds 0
+ * says the two methods are not told apart on this many items, whichever mean is ahead.
+ */
 function differenceNote(result: SimulationReport['tasks'][string], key: string, name: string): string {
-  const d = result.differences[key];
+  const d = result.differences?.[key];
   if (!d) return `${name}: no interval`;
   const resolved = d.low > 0 || d.high < 0 ? 'resolved' : 'within noise';
   return `${name} ${signed(d.mean)} [${signed(d.low)}, ${signed(d.high)}] (${resolved})`;
@@ -141,6 +139,11 @@ export function signed(x: number): string {
   return Number(shown) < 0 ? shown : `+${shown.replace('-', '')}`;
 }
 
+/**
+ * The issue's claims on a report: Floe beats FedAvg and local-only on every task's mean; Floe with
+ * fusion beats Floe and the cloud alone on speech; clustering agreement at least `minAri`; no raw data
+ * at the server.
+ */
 export function checkClaims(report: SimulationReport, minAri = 0.8): Claim[] {
   const claims: Claim[] = [];
   for (const [task, result] of Object.entries(report.tasks)) {
