@@ -13,6 +13,9 @@ export function hasRedisServer(): boolean {
 export interface LocalRedis {
   url: string;
   port: number;
+  /** Freezes the server (SIGSTOP): connections stay open and nothing answers, as on a network cut. */
+  pause(): void;
+  resume(): void;
   stop(): Promise<void>;
 }
 
@@ -48,6 +51,8 @@ export async function startLocalRedis(port?: number): Promise<LocalRedis> {
   return {
     url,
     port,
+    pause: () => child.kill('SIGSTOP'),
+    resume: () => child.kill('SIGCONT'),
     stop: () =>
       new Promise((resolve) => {
         if (child.exitCode !== null) return resolve();

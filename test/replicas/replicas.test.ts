@@ -260,7 +260,7 @@ describe('two replicas over PostgreSQL and Redis', () => {
     expect(job.status).toBe('completed');
     expect(job.rounds.map((r) => r.accepted)).toEqual([6, 6]);
     expect(exits).toEqual([]);
-  });
+  }, 180_000);
 
   it('count the HTTP rate limit over both replicas, and in each one alone while Redis is down', async () => {
     const store = await testStore();
@@ -281,14 +281,21 @@ describe('two replicas over PostgreSQL and Redis', () => {
     expect((await enroll(second.url, JOIN_TOKEN, DEFAULT_PROFILE)).clientId).toBeTruthy();
     await expect(enroll(first.url, JOIN_TOKEN, DEFAULT_PROFILE)).rejects.toThrow(/Rate limit exceeded/);
 
-    await redis.stop();
-    // each replica counts alone in memory: six more each, then refused, and no request fails otherwise
+    // a Redis that stops answering but keeps its connections (a network cut): its commands time out and
+    // each replica counts alone in memory, six more each, then refused
+    redis.pause();
     for (const replica of [first, second]) {
       const answers = [];
       for (let i = 0; i < 7; i++) answers.push(await status(replica));
       expect(answers).toEqual([200, 200, 200, 200, 200, 200, 429]);
     }
-  });
+    redis.resume();
+    await redis.stop();
+    // a Redis gone (connections closed): the same, at once
+    const third = await startReplica(store, env).catch(() => undefined);
+    expect(third).toBeUndefined(); // a replica cannot start without its Redis
+    for (const replica of [first, second]) expect(await status(replica)).toBe(429);
+  }, 180_000);
 
   it("serve devices through the deployment's load balancer (docker/nginx-replicas.conf)", async () => {
     const store = await testStore();

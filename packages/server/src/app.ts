@@ -50,7 +50,14 @@ export class StartupError extends FloeError {}
 
 /** Connects to the replicas' Redis, or fails with one line (password masked). */
 async function connectRedis(url: string): Promise<Redis> {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 3, connectTimeout: 10_000 });
+  // commandTimeout: a Redis that stops answering without closing the connection fails commands in 2 s
+  // (the limiters then count in memory) rather than after the kernel's retransmissions (minutes)
+  const redis = new Redis(url, {
+    lazyConnect: true,
+    maxRetriesPerRequest: 3,
+    connectTimeout: 10_000,
+    commandTimeout: 2000,
+  });
   redis.on('error', () => undefined); // ioredis reconnects by itself; commands in flight fail with the error
   try {
     await redis.connect();

@@ -357,16 +357,32 @@ export class Gateway implements RoundTransport {
     this.coordinator = coordinator;
   }
 
-  /** Whether the client has a connection, here or on another replica. */
+  /** Whether the client has a connection, here or on another replica (here only while Redis cannot answer). */
   async isConnected(clientId: string): Promise<boolean> {
     if (this.sockets.has(clientId) || !this.options.replicated) return this.sockets.has(clientId);
-    return (await this.io.in(clientRoom(clientId)).fetchSockets()).length > 0;
+    const remote = await this.askReplicas(() => this.io.in(clientRoom(clientId)).fetchSockets());
+    return (remote?.length ?? 0) > 0;
   }
 
-  /** The clients with a connection, on every replica. */
+  /** The clients with a connection, on every replica (this one's only while Redis cannot answer). */
   async connectedClients(): Promise<Set<string>> {
-    if (!this.options.replicated) return new Set(this.sockets.keys());
-    return new Set((await this.io.fetchSockets()).map((s) => (s.data as ClientSocketData).clientId));
+    const here = new Set(this.sockets.keys());
+    if (!this.options.replicated) return here;
+    const all = await this.askReplicas(() => this.io.fetchSockets());
+    return all ? new Set(all.map((s) => (s.data as ClientSocketData).clientId)) : here;
+  }
+
+  /** A question to the other replicas through Redis; undefined (logged) when Redis cannot carry it. */
+  private async askReplicas<T>(ask: () => Promise<T>): Promise<T | undefined> {
+    try {
+      return await ask();
+    } catch (error) {
+      this.log.warn(
+        { err: error },
+        'the other replicas could not be asked (Redis unreachable): answering for this one',
+      );
+      return undefined;
+    }
   }
 
   /** Connections held by this process. */
