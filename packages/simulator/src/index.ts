@@ -14,3 +14,4 @@ export * from './attacks.js';
 export * from './offload/scenario.js';
 export * from './offload/report.js';
 export * from './offload/run.js';
+export { OffloadUsageError, offloadScenarioOf } from './offload/command.js';

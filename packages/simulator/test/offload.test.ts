@@ -51,6 +51,20 @@ describe('the offload scenario', () => {
       expect(systemAccuracy.random).toBeLessThanOrEqual(systemAccuracy.taskTuned + systemAccuracy.cloud);
       expect(report.cloudCalls.failures).toBe(0);
       expect(report.cloudCalls.prompts).toBeGreaterThanOrEqual(n);
+      // the per-kind table adds up to the report's own figures
+      const kinds = report.byKind!;
+      const weighted = (pick: (k: (typeof kinds)[number]) => number) =>
+        kinds.reduce((sum, k) => sum + pick(k) * k.problems, 0) / n;
+      expect(kinds.reduce((sum, k) => sum + k.problems, 0)).toBe(n);
+      expect(kinds.every((k) => /^[+*-][123]$/.test(k.kind))).toBe(true);
+      expect(weighted((k) => k.taskTuned)).toBeCloseTo(systemAccuracy.taskTuned, 9);
+      expect(weighted((k) => k.cloud)).toBeCloseTo(systemAccuracy.cloud, 9);
+      for (const method of ['gapg', 'router', 'random', 'grpo'] as const) {
+        expect(weighted((k) => k.offloaded[method]!)).toBeCloseTo(report.budget30.callRatio[method], 9);
+      }
+      for (const policy of ['gapg', 'grpo'] as const) {
+        expect(weighted((k) => k.asks[policy]!)).toBeCloseTo(report.budget30.askRatio[policy], 9);
+      }
       expect(offloadClaims(report).map((c) => c.id)).toEqual([
         'offload:gapg>router',
         'offload:router>random',

@@ -1,7 +1,17 @@
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_SCENARIO, QUICK_SCENARIO, ScenarioError, checkScenario } from '../src/index.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import {
+  DEFAULT_OFFLOAD,
+  DEFAULT_SCENARIO,
+  OffloadUsageError,
+  QUICK_SCENARIO,
+  ScenarioError,
+  checkScenario,
+  offloadScenarioOf,
+} from '../src/index.js';
 
 const ROOT = path.join(import.meta.dirname, '..', '..', '..');
 const simulate = (...args: string[]) =>
@@ -17,6 +27,27 @@ describe('scenarios', () => {
     expect(() => checkScenario(QUICK_SCENARIO)).not.toThrow();
     expect(() => checkScenario({ ...DEFAULT_SCENARIO, dropouts: 0.25, rounds: 1 })).toThrow(/at least 2 rounds/);
     expect(() => checkScenario({ ...DEFAULT_SCENARIO, tiers: ['laptop', 'watch'] })).toThrow(ScenarioError);
+  });
+
+  it("takes the offload scenario's reward from a config file only when it ranks local above help above a wrong answer", () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'floe-offload-config-'));
+    const withReward = (reward: unknown) => {
+      const file = path.join(dir, `${Math.random()}.json`);
+      writeFileSync(
+        file,
+        JSON.stringify({
+          reward,
+          edgeModel: path.join(ROOT, 'models', 'edge-small'),
+          cloudModel: path.join(ROOT, 'models', 'cloud'),
+        }),
+      );
+      return () => offloadScenarioOf({}, false, file);
+    };
+    expect(withReward({ correct: 2, cloud: 1, format: 0.2 })().reward).toEqual({ correct: 2, cloud: 1, format: 0.2 });
+    expect(offloadScenarioOf({}, false, undefined).reward).toEqual(DEFAULT_OFFLOAD.reward);
+    expect(withReward({ correct: 2, cloud: 3, format: 0.2 })).toThrow(OffloadUsageError);
+    expect(withReward({ correct: 2, cloud: 0.1, format: 0.2 })).toThrow(/must pay more than a well-formed answer/);
+    expect(withReward({ correct: 2, cloud: 0.5 })).toThrow(/format/);
   });
 
   it('pnpm simulate answers a wrong flag with exit 2 and one line of reason, before starting anything', () => {

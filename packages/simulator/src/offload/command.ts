@@ -35,6 +35,12 @@ export function offloadScenarioOf(
   } catch (error) {
     throw new OffloadUsageError((error as Error).message);
   }
+  const { correct, cloud, format } = scenario.reward;
+  if (!(correct > cloud && cloud > format && format >= 0)) {
+    throw new OffloadUsageError(
+      `reward: a correct answer (${correct}) must pay more than the cloud's help (${cloud}), which must pay more than a well-formed answer (${format}) >= 0`,
+    );
+  }
   for (const dir of [scenario.edgeModel, scenario.cloudModel]) {
     if (!existsSync(path.join(dir, 'config.json'))) throw new OffloadUsageError(`${dir} is not a checkpoint directory`);
   }

@@ -20,9 +20,26 @@ const Step = Type.Object({
   seconds: Type.Number({ minimum: 0 }),
 });
 
+const PerMethod = Type.Record(Type.String(), Share);
+const Kind = Type.Object({
+  /** Operation and digits, e.g. `+3`. */
+  kind: Type.String(),
+  problems: Type.Integer({ minimum: 1 }),
+  /** Exact match of the task-tuned edge and of the cloud on this kind. */
+  taskTuned: Share,
+  cloud: Share,
+  /** Share of this kind sent to the cloud at the budget, per budgeted method. */
+  offloaded: PerMethod,
+  /** Share the RL policies ask about on their own (greedy), and their mean probability of opening the tag. */
+  asks: PerMethod,
+  askProbability: PerMethod,
+});
+
 export const OffloadReport = Type.Object(
   {
     scenario: Type.Literal('offload'),
+    /** Per kind of held-out problem (optional: reports before it validate). */
+    byKind: Type.Optional(Type.Array(Kind)),
     config: Type.Record(Type.String(), Type.Unknown()),
     machine: Machine,
     problems: Type.Object({
@@ -137,6 +154,7 @@ export function offloadMarkdown(
     '',
     ...claims.map((c) => `- ${c.holds ? 'holds' : '**does not hold**'}: ${c.claim} (${c.detail})`),
     '',
+    ...kindsMarkdown(report),
     '## Charts',
     '',
     ...Object.entries(charts).map(([title, file]) => `![${title}](${file})`),
@@ -150,6 +168,37 @@ export function offloadMarkdown(
     '',
   ];
   return lines.join('\n');
+}
+
+/** Where each method spends its budget, per kind of problem: offloading pays where the edge fails and the cloud does not. */
+function kindsMarkdown(report: OffloadReport): string[] {
+  const kinds = report.byKind;
+  if (!kinds || kinds.length === 0) return [];
+  const methods = Object.keys(kinds[0]!.offloaded);
+  const policies = Object.keys(kinds[0]!.asks);
+  return [
+    `## By kind of problem (sent to the cloud at a ${pct(report.budget30.budget)} budget)`,
+    '',
+    markdownTable([
+      [
+        'kind',
+        'problems',
+        'task-tuned right',
+        'cloud right',
+        ...methods.map((m) => `${m} sent`),
+        ...policies.map((p) => `${p} asks (p)`),
+      ],
+      ...kinds.map((k) => [
+        k.kind,
+        String(k.problems),
+        pct(k.taskTuned),
+        pct(k.cloud),
+        ...methods.map((m) => pct(k.offloaded[m] ?? 0)),
+        ...policies.map((p) => `${pct(k.asks[p] ?? 0)} (${(k.askProbability[p] ?? 0).toFixed(3)})`),
+      ]),
+    ]),
+    '',
+  ];
 }
 
 export function offloadCharts(report: OffloadReport): Record<string, TopLevelSpec> {

@@ -28,7 +28,7 @@ import {
 } from '@floe/edge-client';
 import { OrtLlama, loadCheckpoint } from '@floe/model';
 import { type LoraAdapter, Random } from '@floe/shared';
-import { type Example, arithmeticTask } from '@floe/tasks';
+import { type Example, arithmeticDifficulty, arithmeticTask } from '@floe/tasks';
 import type { OffloadScenario } from './scenario.js';
 import { thisMachine } from '../report/schema.js';
 import type { OffloadReport } from './report.js';
@@ -138,6 +138,7 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
         group: scenario.group,
         promptsPerStep: scenario.promptsPerStep,
         learningRate: scenario.rlLearningRate,
+        reward: scenario.reward,
         seed: scenario.seed,
       });
       try {
@@ -227,6 +228,13 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
     });
     return {
       scenario: 'offload',
+      byKind: byKind(held, {
+        taskTuned: taskTunedLocal,
+        cloud: cloudCorrect,
+        offloaded: Object.fromEntries(BUDGETED.map((m) => [m, main[m].offloaded])),
+        asks: { gapg: evaluated.gapg.asks, grpo: evaluated.grpo.asks },
+        askProbability: { gapg: evaluated.gapg.askProbability, grpo: evaluated.grpo.askProbability },
+      }),
       config: { ...scenario },
       machine: thisMachine(),
       problems: { train: train.length, heldOut: n, overlap: 0 },
@@ -263,6 +271,43 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
     await Promise.all(sessions.map((s) => s.release()));
     await cloudProcess?.stop();
   }
+}
+
+/**
+ * Each kind of held-out problem (operation and digits): how often the edge and the cloud get it right,
+ * and where each method spends its budget. It shows why an ordering holds or not: offloading pays only
+ * on kinds the edge gets wrong and the cloud right.
+ */
+function byKind(
+  problems: readonly Example[],
+  outcomes: {
+    taskTuned: readonly boolean[];
+    cloud: readonly boolean[];
+    offloaded: Record<string, readonly boolean[]>;
+    asks: Record<string, readonly boolean[]>;
+    askProbability: Record<string, readonly number[]>;
+  },
+) {
+  const kinds = new Map<string, number[]>();
+  problems.forEach((p, i) => {
+    const kind = arithmeticDifficulty(p.prompt).replace(' ', '');
+    kinds.set(kind, [...(kinds.get(kind) ?? []), i]);
+  });
+  const meanOver = (indices: readonly number[], values: readonly (boolean | number)[]) =>
+    indices.reduce((sum, i) => sum + Number(values[i]), 0) / indices.length;
+  const each = (indices: readonly number[], record: Record<string, readonly (boolean | number)[]>) =>
+    Object.fromEntries(Object.entries(record).map(([method, values]) => [method, meanOver(indices, values)]));
+  return [...kinds.entries()]
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([kind, indices]) => ({
+      kind,
+      problems: indices.length,
+      taskTuned: meanOver(indices, outcomes.taskTuned),
+      cloud: meanOver(indices, outcomes.cloud),
+      offloaded: each(indices, outcomes.offloaded),
+      asks: each(indices, outcomes.asks),
+      askProbability: each(indices, outcomes.askProbability),
+    }));
 }
 
 export function describeStep(s: RlStep, steps: number): string {

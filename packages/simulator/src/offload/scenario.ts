@@ -2,6 +2,7 @@
  * The offload scenario of `pnpm simulate --scenario offload`: learning when to ask the cloud (GAPG)
  * against its baselines on arithmetic. The defaults are the full run; `quick` is the CI run.
  */
+import { DEFAULT_REWARD } from '@floe/edge-client';
 import Type, { type Static } from 'typebox';
 
 export const OffloadScenario = Type.Object(
@@ -22,6 +23,14 @@ export const OffloadScenario = Type.Object(
     group: Type.Integer({ minimum: 2, maximum: 64, description: 'samples per prompt (G)' }),
     promptsPerStep: Type.Integer({ minimum: 1, maximum: 256 }),
     rlLearningRate: Type.Number({ exclusiveMinimum: 0, maximum: 1 }),
+    reward: Type.Object(
+      {
+        correct: Type.Number({ description: 'alpha_a: a correct local answer (plus alpha_f for its format)' }),
+        cloud: Type.Number({ description: 'alpha_c: a request for help the cloud answered correctly' }),
+        format: Type.Number({ description: 'alpha_f: a well-formed answer' }),
+      },
+      { additionalProperties: false, description: 'the hierarchical reward of GAPG and GRPO' },
+    ),
     budget: Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'share of queries the cloud may take' }),
     curve: Type.Array(Type.Number({ minimum: 0, maximum: 1 }), { minItems: 1, description: 'budgets of the curve' }),
     edgeModel: Type.String(),
@@ -43,6 +52,7 @@ export const DEFAULT_OFFLOAD: OffloadScenario = {
   promptsPerStep: 32,
   // 1e-4 and 2e-4 drove the tag's probability down on every kind of problem within 50 steps
   rlLearningRate: 2e-5,
+  reward: { ...DEFAULT_REWARD },
   budget: 0.3,
   curve: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
   edgeModel: 'models/edge-small',
