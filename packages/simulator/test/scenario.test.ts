@@ -44,10 +44,17 @@ describe('scenarios', () => {
       return () => offloadScenarioOf({}, false, file);
     };
     expect(withReward({ correct: 2, cloud: 1, format: 0.2 })().reward).toEqual({ correct: 2, cloud: 1, format: 0.2 });
-    expect(offloadScenarioOf({}, false, undefined).reward).toEqual(DEFAULT_OFFLOAD.reward);
+    const models = {
+      edgeModel: path.join(ROOT, 'models', 'edge-small'),
+      cloudModel: path.join(ROOT, 'models', 'cloud'),
+    };
+    expect(offloadScenarioOf(models, false, undefined).reward).toEqual(DEFAULT_OFFLOAD.reward);
+    expect(withReward({ cloud: 1 })().reward).toEqual({ ...DEFAULT_OFFLOAD.reward, cloud: 1 });
     expect(withReward({ correct: 2, cloud: 3, format: 0.2 })).toThrow(OffloadUsageError);
     expect(withReward({ correct: 2, cloud: 0.1, format: 0.2 })).toThrow(/must pay more than a well-formed answer/);
-    expect(withReward({ correct: 2, cloud: 0.5 })).toThrow(/format/);
+    expect(withReward({ correct: 2, cloud: 0.5, format: -0.1 })).toThrow(/at least 0/);
+    expect(withReward({ cloud: 1, bonus: 3 })).toThrow(/additional properties/);
+    expect(withReward(7)).toThrow(/reward/);
   });
 
   it('pnpm simulate answers a wrong flag with exit 2 and one line of reason, before starting anything', () => {

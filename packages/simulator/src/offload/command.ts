@@ -25,11 +25,14 @@ export function offloadScenarioOf(
     }
   }
   const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined));
+  const base = quick ? QUICK_OFFLOAD : DEFAULT_OFFLOAD;
+  // a file may set one weight of the reward and keep the others
+  const reward = isRecord(fromFile['reward']) ? { ...base.reward, ...fromFile['reward'] } : fromFile['reward'];
   let scenario: OffloadScenario;
   try {
     scenario = parse(
       OffloadScenario,
-      { ...(quick ? QUICK_OFFLOAD : DEFAULT_OFFLOAD), ...fromFile, ...given },
+      { ...base, ...fromFile, ...(reward === undefined ? {} : { reward }), ...given },
       'scenario',
     );
   } catch (error) {
@@ -38,7 +41,7 @@ export function offloadScenarioOf(
   const { correct, cloud, format } = scenario.reward;
   if (!(correct > cloud && cloud > format && format >= 0)) {
     throw new OffloadUsageError(
-      `reward: a correct answer (${correct}) must pay more than the cloud's help (${cloud}), which must pay more than a well-formed answer (${format}) >= 0`,
+      `reward: a correct answer (${correct}) must pay more than the cloud's help (${cloud}), which must pay more than a well-formed answer (${format}), which must pay at least 0`,
     );
   }
   for (const dir of [scenario.edgeModel, scenario.cloudModel]) {
@@ -46,6 +49,9 @@ export function offloadScenarioOf(
   }
   return scenario;
 }
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value);
 
 export async function simulateOffload(
   flags: Record<string, unknown>,

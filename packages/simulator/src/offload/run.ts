@@ -297,8 +297,9 @@ function byKind(
     indices.reduce((sum, i) => sum + Number(values[i]), 0) / indices.length;
   const each = (indices: readonly number[], record: Record<string, readonly (boolean | number)[]>) =>
     Object.fromEntries(Object.entries(record).map(([method, values]) => [method, meanOver(indices, values)]));
+  const order = (kind: string) => `${'+-*'.indexOf(kind[0] ?? '')}${kind.slice(1)}`;
   return [...kinds.entries()]
-    .sort(([a], [b]) => a.localeCompare(b))
+    .sort(([a], [b]) => order(a).localeCompare(order(b)))
     .map(([kind, indices]) => ({
       kind,
       problems: indices.length,
