@@ -51,6 +51,17 @@ describe('the offload scenario', () => {
       expect(systemAccuracy.random).toBeLessThanOrEqual(systemAccuracy.taskTuned + systemAccuracy.cloud);
       expect(report.cloudCalls.failures).toBe(0);
       expect(report.cloudCalls.prompts).toBeGreaterThanOrEqual(n);
+      // each difference is the difference of the two accuracies, inside its interval
+      const { difference } = report.budget30.intervals;
+      expect(Object.keys(difference).sort()).toEqual(
+        ['gapg-grpo', 'gapg-random', 'gapg-router', 'random-taskTuned', 'router-random'].sort(),
+      );
+      for (const [pair, d] of Object.entries(difference)) {
+        const [a, b] = pair.split('-') as [keyof typeof systemAccuracy, keyof typeof systemAccuracy];
+        expect(d.mean).toBeCloseTo(systemAccuracy[a] - systemAccuracy[b], 9);
+        expect(d.low).toBeLessThanOrEqual(d.mean);
+        expect(d.high).toBeGreaterThanOrEqual(d.mean);
+      }
       // the per-kind table adds up to the report's own figures
       const kinds = report.byKind!;
       const weighted = (pick: (k: (typeof kinds)[number]) => number) =>

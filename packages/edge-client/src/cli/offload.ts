@@ -21,7 +21,7 @@ import {
 import { readDataDir } from '@floe/tasks';
 import { CloudClient } from '../inference/cloud-client.js';
 import { CloudAnswers } from '../offload/cloud-answers.js';
-import { DEFAULT_RHO } from '../offload/gapg.js';
+import { DEFAULT_REWARD, DEFAULT_RHO } from '../offload/gapg.js';
 import { type RlState, RlTrainer } from '../offload/rl-trainer.js';
 import { taskTune } from '../offload/task-tuning.js';
 import { CloudCallLog } from '../privacy/call-log.js';
@@ -108,12 +108,26 @@ export function addOffloadCommands(program: Command): void {
         .argParser(share)
         .default(0.3),
     )
+    .addOption(
+      new Option(
+        '--cloud-reward <x>',
+        `reward of a request the cloud answers right (alpha_c), between a wrong answer's ${DEFAULT_REWARD.format} and a right one's ${DEFAULT_REWARD.correct + DEFAULT_REWARD.format}`,
+      )
+        .argParser(positiveNumber)
+        .default(DEFAULT_REWARD.cloud),
+    )
     .addOption(new Option('--answer-format <regex>', 'a well-formed answer').argParser(pattern).default(/^-?\d+$/))
     .addOption(new Option('--save-every <n>', 'steps between saved states').argParser(integer(1)).default(10))
     .addOption(new Option('--fresh', 'start over instead of resuming a saved run'))
     .addOption(new Option('--seed <n>', 'seed of stage 1 and of the samples').argParser(integer(0)).default(0))
     .addOption(threadsOption())
     .action(async (o) => {
+      if (!(o.cloudReward > DEFAULT_REWARD.format && o.cloudReward < DEFAULT_REWARD.correct)) {
+        throw new UsageError(
+          `--cloud-reward: ${o.cloudReward} must lie between a wrong answer's ${DEFAULT_REWARD.format} and a right one's ${DEFAULT_REWARD.correct}`,
+        );
+      }
+      const reward = { ...DEFAULT_REWARD, cloud: o.cloudReward };
       const modelDir = required(o.model, '--model');
       const cloudUrl = required(o.cloudUrl, '--cloud-url');
       const data = readDataDir(required(o.data, '--data'));
@@ -131,6 +145,7 @@ export function addOffloadCommands(program: Command): void {
         promptsPerStep: o.promptsPerStep,
         lr: o.lr,
         rho: o.rho,
+        reward,
         seed: o.seed,
         adapter: o.adapter ?? null,
         taskTuningSteps: o.adapter ? null : o.taskTuningSteps,
@@ -177,6 +192,7 @@ export function addOffloadCommands(program: Command): void {
         promptsPerStep: o.promptsPerStep,
         learningRate: o.lr,
         rho: o.rho,
+        reward,
         seed: o.seed,
         format: o.answerFormat,
         ...(o.threads ? { threads: o.threads } : {}),

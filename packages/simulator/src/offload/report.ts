@@ -154,6 +154,17 @@ export function offloadMarkdown(
     '',
     ...claims.map((c) => `- ${c.holds ? 'holds' : '**does not hold**'}: ${c.claim} (${c.detail})`),
     '',
+    '## Differences at the budget (95% bootstrap intervals)',
+    '',
+    markdownTable([
+      ['difference', 'mean', 'interval'],
+      ...Object.entries(budget30.intervals.difference).map(([pair, d]) => [
+        pair.replace('-', ' - '),
+        pct(d.mean),
+        `[${pct(d.low)}, ${pct(d.high)}]`,
+      ]),
+    ]),
+    '',
     ...kindsMarkdown(report),
     '## Charts',
     '',

@@ -209,6 +209,8 @@ export async function runOffload(scenario: OffloadScenario, observer: OffloadObs
         ['gapg', 'router'],
         ['router', 'random'],
         ['random', 'taskTuned'],
+        ['gapg', 'random'],
+        ['gapg', 'grpo'],
       ],
       { seed: scenario.seed },
     );

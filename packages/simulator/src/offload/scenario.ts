@@ -52,6 +52,7 @@ export const DEFAULT_OFFLOAD: OffloadScenario = {
   promptsPerStep: 32,
   // 1e-4 and 2e-4 drove the tag's probability down on every kind of problem within 50 steps
   rlLearningRate: 2e-5,
+  // help worth 1, not the paper's 0.5: with 0.5 the policy stopped asking everywhere (decision 0031)
   reward: { ...DEFAULT_REWARD },
   budget: 0.3,
   curve: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
