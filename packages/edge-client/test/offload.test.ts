@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Random } from '@floe/shared';
 import {
+  COUNTDOWN_REWARD,
   DEFAULT_REWARD,
   HELP_TAG,
   TokenBucket,
@@ -39,8 +40,11 @@ describe('the help tag', () => {
 });
 
 describe('GAPG arithmetic', () => {
-  it('rewards local right answers above the cloud above a well-formed wrong answer (2.2, 0.5, 0.2, 0)', () => {
+  it('rewards local right answers above the cloud above a well-formed wrong answer (2.2, 1, 0.2, 0)', () => {
     const r = (reply: string, cloudCorrect: boolean) => rewardOf(parseReply(reply), '42', cloudCorrect);
+    expect([r('42', false), r(HELP_TAG, true), r('41', true)]).toEqual([2.2, 1, 0.2]);
+    // the paper's Countdown weights, on request
+    expect(rewardOf(parseReply(HELP_TAG), '42', true, COUNTDOWN_REWARD)).toBe(0.5);
     expect(r('42', false)).toBeCloseTo(DEFAULT_REWARD.correct + DEFAULT_REWARD.format);
     expect(r(HELP_TAG, true)).toBe(DEFAULT_REWARD.cloud);
     expect(r(HELP_TAG, false)).toBe(0);
