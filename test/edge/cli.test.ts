@@ -57,8 +57,11 @@ describe('floe-edge', { timeout: 300_000 }, () => {
     expectUsageError(floeEdge(['train', '--target-modules', 'q_proj,w_proj']), /unknown module w_proj/);
     expectUsageError(floeEdge(['plan', '--model', MODEL]), /give --tier NAME or --profile FILE/);
     expectUsageError(floeEdge(['join']), /--server is required/);
-    expectUsageError(floeEdge(['rl-train', '--cloud-reward', '3']), /--cloud-reward: 3 must lie between .*0\.2.* 2/);
-    expectUsageError(floeEdge(['rl-train', '--cloud-reward', '0.1']), /--cloud-reward: 0\.1 must lie between/);
+    expectUsageError(
+      floeEdge(['rl-train', '--cloud-reward', '3']),
+      /--cloud-reward: 3 must lie above alpha_f = 0\.2 and below alpha_a = 2/,
+    );
+    expectUsageError(floeEdge(['rl-train', '--cloud-reward', '0.1']), /--cloud-reward: 0\.1 must lie above/);
   });
 
   it('refuses wrong values from the environment, the config file and the profile file the same way', () => {

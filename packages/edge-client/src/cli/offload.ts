@@ -111,7 +111,7 @@ export function addOffloadCommands(program: Command): void {
     .addOption(
       new Option(
         '--cloud-reward <x>',
-        `reward of a request the cloud answers right (alpha_c), between a wrong answer's ${DEFAULT_REWARD.format} and a right one's ${DEFAULT_REWARD.correct + DEFAULT_REWARD.format}`,
+        `reward of a request the cloud answers right (alpha_c), above alpha_f = ${DEFAULT_REWARD.format} (a wrong answer) and below alpha_a = ${DEFAULT_REWARD.correct} (a right one)`,
       )
         .argParser(positiveNumber)
         .default(DEFAULT_REWARD.cloud),
@@ -124,7 +124,7 @@ export function addOffloadCommands(program: Command): void {
     .action(async (o) => {
       if (!(o.cloudReward > DEFAULT_REWARD.format && o.cloudReward < DEFAULT_REWARD.correct)) {
         throw new UsageError(
-          `--cloud-reward: ${o.cloudReward} must lie between a wrong answer's ${DEFAULT_REWARD.format} and a right one's ${DEFAULT_REWARD.correct}`,
+          `--cloud-reward: ${o.cloudReward} must lie above alpha_f = ${DEFAULT_REWARD.format} and below alpha_a = ${DEFAULT_REWARD.correct}`,
         );
       }
       const reward = { ...DEFAULT_REWARD, cloud: o.cloudReward };
