@@ -31,23 +31,16 @@ describe('scenarios', () => {
 
   it("takes the offload scenario's reward from a config file only when it ranks local above help above a wrong answer", () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'floe-offload-config-'));
-    const withReward = (reward: unknown) => {
-      const file = path.join(dir, `${Math.random()}.json`);
-      writeFileSync(
-        file,
-        JSON.stringify({
-          reward,
-          edgeModel: path.join(ROOT, 'models', 'edge-small'),
-          cloudModel: path.join(ROOT, 'models', 'cloud'),
-        }),
-      );
-      return () => offloadScenarioOf({}, false, file);
-    };
-    expect(withReward({ correct: 2, cloud: 1, format: 0.2 })().reward).toEqual({ correct: 2, cloud: 1, format: 0.2 });
     const models = {
       edgeModel: path.join(ROOT, 'models', 'edge-small'),
       cloudModel: path.join(ROOT, 'models', 'cloud'),
     };
+    const withReward = (reward: unknown) => {
+      const file = path.join(dir, `${Math.random()}.json`);
+      writeFileSync(file, JSON.stringify({ reward, ...models }));
+      return () => offloadScenarioOf({}, false, file);
+    };
+    expect(withReward({ correct: 2, cloud: 1, format: 0.2 })().reward).toEqual({ correct: 2, cloud: 1, format: 0.2 });
     expect(offloadScenarioOf(models, false, undefined).reward).toEqual(DEFAULT_OFFLOAD.reward);
     expect(withReward({ cloud: 1 })().reward).toEqual({ ...DEFAULT_OFFLOAD.reward, cloud: 1 });
     expect(withReward({ correct: 2, cloud: 3, format: 0.2 })).toThrow(OffloadUsageError);

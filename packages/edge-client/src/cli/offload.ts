@@ -21,7 +21,7 @@ import {
 import { readDataDir } from '@floe/tasks';
 import { CloudClient } from '../inference/cloud-client.js';
 import { CloudAnswers } from '../offload/cloud-answers.js';
-import { DEFAULT_REWARD, DEFAULT_RHO } from '../offload/gapg.js';
+import { DEFAULT_REWARD, DEFAULT_RHO, rewardIsOrdered } from '../offload/gapg.js';
 import { type RlState, RlTrainer } from '../offload/rl-trainer.js';
 import { taskTune } from '../offload/task-tuning.js';
 import { CloudCallLog } from '../privacy/call-log.js';
@@ -122,12 +122,12 @@ export function addOffloadCommands(program: Command): void {
     .addOption(new Option('--seed <n>', 'seed of stage 1 and of the samples').argParser(integer(0)).default(0))
     .addOption(threadsOption())
     .action(async (o) => {
-      if (!(o.cloudReward > DEFAULT_REWARD.format && o.cloudReward < DEFAULT_REWARD.correct)) {
+      const reward = { ...DEFAULT_REWARD, cloud: o.cloudReward };
+      if (!rewardIsOrdered(reward)) {
         throw new UsageError(
           `--cloud-reward: ${o.cloudReward} must lie above alpha_f = ${DEFAULT_REWARD.format} and below alpha_a = ${DEFAULT_REWARD.correct}`,
         );
       }
-      const reward = { ...DEFAULT_REWARD, cloud: o.cloudReward };
       const modelDir = required(o.model, '--model');
       const cloudUrl = required(o.cloudUrl, '--cloud-url');
       const data = readDataDir(required(o.data, '--data'));

@@ -26,6 +26,11 @@ export const COUNTDOWN_REWARD: RewardWeights = { correct: 2, cloud: 0.5, format:
  */
 export const DEFAULT_REWARD: RewardWeights = { ...COUNTDOWN_REWARD, cloud: 1 };
 
+/** The order the method needs: a right local answer pays more than help, which pays more than a wrong answer, which pays at least 0. */
+export function rewardIsOrdered({ correct, cloud, format }: RewardWeights): boolean {
+  return correct > cloud && cloud > format && format >= 0;
+}
+
 /** The reward of one sampled reply, given the true answer and whether the cloud answers this prompt right. */
 export function rewardOf(reply: Reply, truth: string, cloudCorrect: boolean, weights = DEFAULT_REWARD): number {
   if (reply.kind === 'help') return cloudCorrect ? weights.cloud : 0;

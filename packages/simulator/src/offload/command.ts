@@ -2,6 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { rewardIsOrdered } from '@floe/edge-client';
 import { parse } from '@floe/shared';
 import { renderSvg } from '../report/charts.js';
 import { type Claim, verdict } from '../report/schema.js';
@@ -39,7 +40,7 @@ export function offloadScenarioOf(
     throw new OffloadUsageError((error as Error).message);
   }
   const { correct, cloud, format } = scenario.reward;
-  if (!(correct > cloud && cloud > format && format >= 0)) {
+  if (!rewardIsOrdered(scenario.reward)) {
     throw new OffloadUsageError(
       `reward: a correct answer (${correct}) must pay more than the cloud's help (${cloud}), which must pay more than a well-formed answer (${format}), which must pay at least 0`,
     );

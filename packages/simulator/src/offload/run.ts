@@ -293,7 +293,9 @@ function byKind(
   const kinds = new Map<string, number[]>();
   problems.forEach((p, i) => {
     const kind = arithmeticDifficulty(p.prompt).replace(' ', '');
-    kinds.set(kind, [...(kinds.get(kind) ?? []), i]);
+    const indices = kinds.get(kind) ?? [];
+    indices.push(i);
+    kinds.set(kind, indices);
   });
   const meanOver = (indices: readonly number[], values: readonly (boolean | number)[]) =>
     indices.reduce((sum, i) => sum + Number(values[i]), 0) / indices.length;
